@@ -1,0 +1,58 @@
+#pragma once
+// GPU inference. A session is built once for (model, batch, height, width, precision): it
+// folds batch norm, uploads weights, plans every activation into one arena, and captures the
+// forward in a CUDA graph. run() allocates nothing and does not synchronise the host unless
+// the output is a host buffer.
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "effnet/model.hpp"
+
+namespace effnet {
+
+enum class Precision { FP32, FP16, BF16 };
+const char* precision_name(Precision p); // "fp32" | "fp16" | "bf16"
+Precision parse_precision(const std::string& s); // throws effnet::Error on unknown names
+
+// True when this build has CUDA and a usable GPU is present (never throws).
+bool cuda_available();
+// A one-line description of the GPU, driver and runtime, or why there is none.
+std::string cuda_device_description();
+
+struct SessionOptions {
+    bool fused_mbconv = true; // false selects the unfused path (a check on the fused one)
+    bool use_cuda_graph = true;
+    bool allow_tf32 = false;  // fp32 only: TF32 tensor cores for 1x1 convolutions
+    int device = 0;
+};
+
+class InferenceSession {
+public:
+    // Throws effnet::Error when CUDA is unavailable or the shape/precision is unsupported.
+    InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
+                     const SessionOptions& options = {});
+    ~InferenceSession();
+    InferenceSession(InferenceSession&&) noexcept;
+    InferenceSession& operator=(InferenceSession&&) noexcept;
+
+    // input: NCHW float32 [batch, 3, height, width]; logits: float32 [batch, num_classes].
+    // Host pointers (copies in/out, synchronises) or device pointers (stream-ordered, async).
+    void run(const float* input, float* logits, bool device_pointers = false);
+    void synchronize();
+
+    int batch() const;
+    int height() const;
+    int width() const;
+    int num_classes() const;
+    Precision precision() const;
+    size_t peak_device_memory() const; // bytes: weights + activation arena + workspaces
+    size_t activation_arena_bytes() const;
+    void* stream() const;              // the session's cudaStream_t
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace effnet

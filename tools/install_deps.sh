@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need on a fresh Debian machine (root), and nothing if it
+# is already there. The CUDA toolkit is expected under /usr/local/cuda (it is on this kind of
+# machine); without it, configure with -DEFFNET_ENABLE_CUDA=OFF.
+set -euo pipefail
+pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+py_missing=()
+python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
+python3 -c "import PIL" 2>/dev/null || py_missing+=(pillow)
+if ((${#py_missing[@]})); then
+  echo "installing (pip): ${py_missing[*]}"
+  python3 -m pip install -q "${py_missing[@]}" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "${py_missing[@]}"
+fi
