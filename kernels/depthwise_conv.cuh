@@ -1,0 +1,24 @@
+#pragma once
+// Depthwise KxK convolution (K = 3 or 5, any stride, any top/left padding; bottom/right padding
+// is implied by the output size), NHWC, batch norm folded, activation fused, and optionally the
+// squeeze of squeeze-excite fused into the epilogue: the per-channel sum of the activated output
+// is atomically added into pooled_sum (which the caller zeroes first).
+#include "kernels/types.cuh"
+
+namespace effnet::kernels {
+
+struct DepthwiseArgs {
+    const void* input = nullptr;  // [N, H, W, C] storage precision
+    const float* weight = nullptr; // [k*k, C] float32, BN folded (tap-major so channels are contiguous)
+    const float* bias = nullptr;   // [C] float32, BN folded
+    void* output = nullptr;        // [N, Ho, Wo, C] storage precision
+    float* pooled_sum = nullptr;   // [N, C] float32 or null: += sum over Ho*Wo of the output
+    int batch = 0, height = 0, width = 0, channels = 0;
+    int kernel = 3, stride = 1, pad_top = 0, pad_left = 0;
+    int out_height = 0, out_width = 0;
+    Act act = Act::SiLU;
+};
+
+void launch_depthwise_conv(const DepthwiseArgs& args, Precision precision, cudaStream_t stream);
+
+} // namespace effnet::kernels

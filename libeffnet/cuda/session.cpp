@@ -1,0 +1,426 @@
+// InferenceSession: builds the plan once (BN folding, weight upload, arena by liveness, CUDA
+// graph), then run() copies the input in, replays, and copies the logits out.
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "effnet/error.hpp"
+#include "effnet/inference.hpp"
+#include "kernels/depthwise_conv.cuh"
+#include "kernels/fused_mbconv.cuh"
+#include "kernels/pointwise_conv.cuh"
+#include "kernels/pool_classifier.cuh"
+#include "kernels/squeeze_excite.cuh"
+#include "kernels/stem_conv.cuh"
+#include "libeffnet/cuda/arena_plan.hpp"
+#include "libeffnet/cuda/context.hpp"
+#include "libeffnet/cuda/folded_weights.hpp"
+
+namespace effnet {
+namespace {
+
+using kernels::Act;
+
+constexpr int kMaxSide = 2048;   // keeps every grid dimension inside its limit
+constexpr int kMaxBatch = 65535; // grid.z of the depthwise kernel
+
+// Host staging for all weights: one upload, 256-byte aligned entries.
+class WeightPack {
+public:
+    size_t add(const std::vector<uint8_t>& bytes) {
+        const size_t offset = (bytes_.size() + 255) / 256 * 256;
+        bytes_.resize(offset + bytes.size());
+        if (!bytes.empty()) std::memcpy(bytes_.data() + offset, bytes.data(), bytes.size());
+        return offset;
+    }
+    size_t add_f32(const std::vector<float>& v) { return add(cuda::to_storage(v, Precision::FP32)); }
+    const std::vector<uint8_t>& bytes() const { return bytes_; }
+
+private:
+    std::vector<uint8_t> bytes_;
+};
+
+void check_shape(const Tensor& t, const Shape& expected, const std::string& name) {
+    EFFNET_CHECK(t.shape == expected, "InferenceSession: parameter " + name + " has shape " + shape_str(t.shape) +
+                                          ", expected " + shape_str(expected));
+}
+
+} // namespace
+
+struct InferenceSession::Impl {
+    int batch = 0, height = 0, width = 0, num_classes = 0;
+    Precision precision = Precision::FP32;
+    SessionOptions options;
+    std::unique_ptr<cuda::Context> ctx;
+    cuda::DeviceBuffer weights;
+    cuda::DeviceBuffer arena;
+    cuda::ArenaPlan plan;
+    struct Step {
+        std::string name;
+        std::function<void(cudaStream_t)> launch;
+    };
+    std::vector<Step> steps;
+    int input_id = -1, logits_id = -1;
+    size_t input_bytes = 0, logits_bytes = 0;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t graph_exec = nullptr;
+    size_t measured_bytes = 0; // cudaMemGetInfo delta across construction
+    bool sync_debug = false;   // EFFNET_CUDA_SYNC_DEBUG=1: synchronise and check after every step
+
+    ~Impl() {
+        if (graph_exec) cudaGraphExecDestroy(graph_exec);
+        if (graph) cudaGraphDestroy(graph);
+    }
+
+    char* tensor(int id) const { return static_cast<char*>(arena.data()) + plan.offset(id); }
+    const char* weight(size_t offset) const { return static_cast<const char*>(weights.data()) + offset; }
+    const float* weight_f32(size_t offset) const { return reinterpret_cast<const float*>(weight(offset)); }
+
+    void build(const Model& model);
+    void run_steps(cudaStream_t stream) {
+        for (const Step& s : steps) {
+            s.launch(stream);
+            if (sync_debug) {
+                const cudaError_t err = cudaStreamSynchronize(stream);
+                if (err != cudaSuccess)
+                    throw Error("InferenceSession: step '" + s.name + "' failed: " + cudaGetErrorString(err));
+            }
+        }
+    }
+    void capture_graph();
+};
+
+void InferenceSession::Impl::build(const Model& model) {
+    const ModelConfig& cfg = model.config;
+    const size_t es = kernels::storage_size(precision);
+    const int64_t N = batch;
+    WeightPack pack;
+    int step = 0; // index of the step being planned
+
+    // --- input and stem ------------------------------------------------------------------
+    input_bytes = size_t(N) * cfg.in_channels * height * width * sizeof(float);
+    input_id = plan.add("input", input_bytes, 0, 0);
+
+    const cuda::FoldedConv stem = cuda::fold_batchnorm(model, "stem");
+    EFFNET_CHECK(stem.shape.size() == 4 && stem.shape[0] == cfg.stem_channels && stem.shape[1] == cfg.in_channels &&
+                     stem.shape[2] == stem.shape[3],
+                 "InferenceSession: stem.conv.weight has shape " + shape_str(stem.shape));
+    const int stem_k = int(stem.shape[2]);
+    int pt, pb, pl, pr;
+    conv_padding(height, stem_k, 2, cfg.padding, pt, pb);
+    conv_padding(width, stem_k, 2, cfg.padding, pl, pr);
+    int h = conv_output_size(height, stem_k, 2, cfg.padding);
+    int w = conv_output_size(width, stem_k, 2, cfg.padding);
+    EFFNET_CHECK(h >= 1 && w >= 1, "InferenceSession: input " + std::to_string(height) + "x" + std::to_string(width) +
+                                       " too small for the stem");
+    int c = cfg.stem_channels;
+    int cur = plan.add("stem", size_t(N) * h * w * c * es, step, step);
+    {
+        kernels::StemConvArgs a;
+        a.batch = batch; a.in_channels = cfg.in_channels; a.height = height; a.width = width;
+        a.out_channels = c; a.out_height = h; a.out_width = w;
+        a.kernel = stem_k; a.stride = 2; a.pad_top = pt; a.pad_left = pl;
+        a.act = kernels::to_act(cfg.activation);
+        const size_t w_off = pack.add_f32(cuda::stem_layout(stem)), b_off = pack.add_f32(stem.bias);
+        const int in_id = input_id, out_id = cur;
+        steps.push_back({"stem", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
+                             a.input = reinterpret_cast<const float*>(tensor(in_id));
+                             a.weight = weight_f32(w_off);
+                             a.bias = weight_f32(b_off);
+                             a.output = tensor(out_id);
+                             kernels::launch_stem_conv(a, precision, s);
+                         }});
+        ++step;
+    }
+
+    const Act act = kernels::to_act(cfg.activation);
+    auto add_pointwise = [&](const std::string& name, const cuda::FoldedConv& conv, int in_id, int64_t rows,
+                             int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id) {
+        const int cout = int(conv.shape[0]), cin = int(conv.shape[1]);
+        const size_t w_off = pack.add(cuda::to_storage(conv.weight, precision));
+        const size_t b_off = pack.add_f32(conv.bias);
+        kernels::PointwiseArgs a;
+        a.rows = rows; a.out_channels = cout; a.in_channels = cin; a.rows_per_image = rows_per_image;
+        a.act = epilogue_act;
+        plan.touch(in_id, step);
+        if (gate_id >= 0) plan.touch(gate_id, step);
+        if (residual_id >= 0) plan.touch(residual_id, step);
+        steps.push_back({name, [this, a, w_off, b_off, in_id, gate_id, residual_id, out_id](cudaStream_t s) mutable {
+                             a.input = tensor(in_id);
+                             a.weight = weight(w_off);
+                             a.bias = weight_f32(b_off);
+                             a.gate = gate_id >= 0 ? reinterpret_cast<const float*>(tensor(gate_id)) : nullptr;
+                             a.residual = residual_id >= 0 ? tensor(residual_id) : nullptr;
+                             a.output = tensor(out_id);
+                             kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
+                         }});
+        ++step;
+    };
+
+    // --- MBConv blocks -------------------------------------------------------------------
+    for (size_t bi = 0; bi < cfg.blocks.size(); ++bi) {
+        const BlockConfig& b = cfg.blocks[bi];
+        const std::string p = "blocks." + std::to_string(bi);
+        EFFNET_CHECK(b.in_channels == c, "InferenceSession: " + p + " expects " + std::to_string(b.in_channels) +
+                                             " input channels, the previous layer gives " + std::to_string(c));
+        const int block_in = cur;
+        const int ce = b.expand_channels;
+        const int64_t in_rows = N * h * w;
+
+        int dwp_t, dwp_b, dwp_l, dwp_r;
+        conv_padding(h, b.kernel, b.stride, cfg.padding, dwp_t, dwp_b);
+        conv_padding(w, b.kernel, b.stride, cfg.padding, dwp_l, dwp_r);
+        const int ho = conv_output_size(h, b.kernel, b.stride, cfg.padding);
+        const int wo = conv_output_size(w, b.kernel, b.stride, cfg.padding);
+        EFFNET_CHECK(ho >= 1 && wo >= 1, "InferenceSession: " + p + " output is empty for this input size");
+
+        cuda::FoldedConv expand;
+        if (b.has_expand()) {
+            expand = cuda::fold_batchnorm(model, p + ".expand");
+            check_shape(model.param(p + ".expand.conv.weight"), {ce, b.in_channels, 1, 1}, p + ".expand.conv.weight");
+        }
+        const cuda::FoldedConv dw = cuda::fold_batchnorm(model, p + ".dw");
+        check_shape(model.param(p + ".dw.conv.weight"), {ce, 1, b.kernel, b.kernel}, p + ".dw.conv.weight");
+        const size_t dw_w = pack.add_f32(cuda::depthwise_layout(dw)), dw_b = pack.add_f32(dw.bias);
+
+        kernels::DepthwiseArgs dwa;
+        dwa.batch = batch; dwa.height = h; dwa.width = w; dwa.channels = ce;
+        dwa.kernel = b.kernel; dwa.stride = b.stride; dwa.pad_top = dwp_t; dwa.pad_left = dwp_l;
+        dwa.out_height = ho; dwa.out_width = wo; dwa.act = act;
+
+        kernels::FusedExpandDepthwiseArgs fa;
+        fa.batch = batch; fa.height = h; fa.width = w; fa.in_channels = b.in_channels; fa.expand_channels = ce;
+        fa.kernel = b.kernel; fa.stride = b.stride; fa.pad_top = dwp_t; fa.pad_left = dwp_l;
+        fa.out_height = ho; fa.out_width = wo; fa.act = act;
+        const bool fuse = b.has_expand() && options.fused_mbconv && kernels::fused_expand_depthwise_supported(fa);
+
+        const int pooled_id = b.has_se() ? plan.add(p + ".se.pooled", size_t(N) * ce * sizeof(float), step, step) : -1;
+        const int dw_out = plan.add(p + ".dw", size_t(N) * ho * wo * ce * es, step, step);
+        if (fuse) {
+            const size_t e_w = pack.add(cuda::to_storage(expand.weight, precision)), e_b = pack.add_f32(expand.bias);
+            plan.touch(block_in, step);
+            plan.touch(dw_out, step);
+            if (pooled_id >= 0) plan.touch(pooled_id, step);
+            steps.push_back({p + ".fused_expand_dw",
+                             [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
+                                 fa.input = tensor(block_in);
+                                 fa.expand_weight = weight(e_w);
+                                 fa.expand_bias = weight_f32(e_b);
+                                 fa.dw_weight = weight_f32(dw_w);
+                                 fa.dw_bias = weight_f32(dw_b);
+                                 fa.output = tensor(dw_out);
+                                 fa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
+                                 if (fa.pooled_sum)
+                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(fa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
+                                 kernels::launch_fused_expand_depthwise(fa, precision, s);
+                             }});
+            ++step;
+        } else {
+            int dw_in = block_in;
+            if (b.has_expand()) {
+                dw_in = plan.add(p + ".expand", size_t(in_rows) * ce * es, step, step);
+                add_pointwise(p + ".expand", expand, block_in, in_rows, h * w, -1, -1, act, dw_in);
+            }
+            plan.touch(dw_in, step);
+            plan.touch(dw_out, step);
+            if (pooled_id >= 0) plan.touch(pooled_id, step);
+            steps.push_back({p + ".dw", [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
+                                 dwa.input = tensor(dw_in);
+                                 dwa.weight = weight_f32(dw_w);
+                                 dwa.bias = weight_f32(dw_b);
+                                 dwa.output = tensor(dw_out);
+                                 dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
+                                 if (dwa.pooled_sum)
+                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(dwa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
+                                 kernels::launch_depthwise_conv(dwa, precision, s);
+                             }});
+            ++step;
+        }
+
+        int gate_id = -1;
+        if (b.has_se()) {
+            const int S = b.se_channels;
+            const Tensor& w1 = model.param(p + ".se.reduce.weight");
+            const Tensor& b1 = model.param(p + ".se.reduce.bias");
+            const Tensor& w2 = model.param(p + ".se.expand.weight");
+            const Tensor& b2 = model.param(p + ".se.expand.bias");
+            check_shape(w1, {S, ce, 1, 1}, p + ".se.reduce.weight");
+            check_shape(b1, {S}, p + ".se.reduce.bias");
+            check_shape(w2, {ce, S, 1, 1}, p + ".se.expand.weight");
+            check_shape(b2, {ce}, p + ".se.expand.bias");
+            const size_t w1_off = pack.add_f32(w1.data), b1_off = pack.add_f32(b1.data);
+            const size_t w2_off = pack.add_f32(cuda::transpose(w2.data, ce, S)), b2_off = pack.add_f32(b2.data);
+            gate_id = plan.add(p + ".se.gate", size_t(N) * ce * sizeof(float), step, step);
+            plan.touch(pooled_id, step);
+            kernels::ExciteArgs ea;
+            ea.inv_count = 1.0f / float(ho * wo);
+            ea.batch = batch; ea.channels = ce; ea.reduced = S; ea.act = act;
+            steps.push_back({p + ".se.excite", [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id, gate_id](cudaStream_t s) mutable {
+                                 ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
+                                 ea.w_reduce = weight_f32(w1_off);
+                                 ea.b_reduce = weight_f32(b1_off);
+                                 ea.w_expand_t = weight_f32(w2_off);
+                                 ea.b_expand = weight_f32(b2_off);
+                                 ea.gate = reinterpret_cast<float*>(tensor(gate_id));
+                                 kernels::launch_excite(ea, s);
+                             }});
+            ++step;
+        }
+
+        const cuda::FoldedConv project = cuda::fold_batchnorm(model, p + ".project");
+        check_shape(model.param(p + ".project.conv.weight"), {b.out_channels, ce, 1, 1}, p + ".project.conv.weight");
+        const int out_id = plan.add(p + ".out", size_t(N) * ho * wo * b.out_channels * es, step, step);
+        add_pointwise(p + ".project", project, dw_out, N * ho * wo, ho * wo, gate_id, b.has_residual() ? block_in : -1,
+                      Act::None, out_id);
+        cur = out_id;
+        h = ho;
+        w = wo;
+        c = b.out_channels;
+    }
+
+    // --- head, pool, classifier ------------------------------------------------------------
+    const cuda::FoldedConv head = cuda::fold_batchnorm(model, "head");
+    check_shape(model.param("head.conv.weight"), {cfg.head_channels, c, 1, 1}, "head.conv.weight");
+    const int head_id = plan.add("head", size_t(N) * h * w * cfg.head_channels * es, step, step);
+    add_pointwise("head", head, cur, N * h * w, h * w, -1, -1, act, head_id);
+
+    const int pooled_id = plan.add("pool", size_t(N) * cfg.head_channels * sizeof(float), step, step);
+    plan.touch(head_id, step);
+    {
+        const int pixels = h * w, channels = cfg.head_channels;
+        steps.push_back({"pool", [this, head_id, pooled_id, pixels, channels](cudaStream_t s) {
+                             kernels::launch_global_avg_pool(tensor(head_id), reinterpret_cast<float*>(tensor(pooled_id)),
+                                                             batch, pixels, channels, precision, s);
+                         }});
+        ++step;
+    }
+
+    const Tensor& cw = model.param("classifier.weight");
+    const Tensor& cb = model.param("classifier.bias");
+    check_shape(cw, {cfg.num_classes, cfg.head_channels}, "classifier.weight");
+    check_shape(cb, {cfg.num_classes}, "classifier.bias");
+    const size_t cw_off = pack.add_f32(cw.data), cb_off = pack.add_f32(cb.data);
+    logits_bytes = size_t(N) * cfg.num_classes * sizeof(float);
+    logits_id = plan.add("logits", logits_bytes, step, step);
+    plan.touch(pooled_id, step);
+    {
+        const int K = cfg.head_channels, M = cfg.num_classes, lid = logits_id;
+        steps.push_back({"classifier", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
+                             kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)), weight_f32(cw_off),
+                                                    weight_f32(cb_off), reinterpret_cast<float*>(tensor(lid)), batch, K, M, s);
+                         }});
+        ++step;
+    }
+
+    // --- memory ----------------------------------------------------------------------------
+    weights = cuda::DeviceBuffer(pack.bytes().size(), "weights");
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(weights.data(), pack.bytes().data(), pack.bytes().size(), cudaMemcpyHostToDevice,
+                                      ctx->stream()));
+    const size_t arena_bytes = plan.plan();
+    arena = cuda::DeviceBuffer(arena_bytes, "activation arena");
+    // Defined contents for the warm-up run (the input buffer is not yet written).
+    EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+}
+
+void InferenceSession::Impl::capture_graph() {
+    cudaStream_t stream = ctx->stream();
+    EFFNET_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+        for (const Step& s : steps) s.launch(stream);
+    } catch (...) {
+        cudaGraph_t partial = nullptr;
+        cudaStreamEndCapture(stream, &partial); // leave the stream usable
+        if (partial) cudaGraphDestroy(partial);
+        (void)cudaGetLastError();
+        throw;
+    }
+    EFFNET_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    EFFNET_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
+}
+
+InferenceSession::InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
+                                   const SessionOptions& options)
+    : impl_(std::make_unique<Impl>()) {
+    EFFNET_CHECK(cuda_available(), "InferenceSession: CUDA is not available (" + cuda_device_description() + ")");
+    EFFNET_CHECK(batch >= 1 && batch <= kMaxBatch,
+                 "InferenceSession: batch " + std::to_string(batch) + " out of range [1, " + std::to_string(kMaxBatch) + "]");
+    EFFNET_CHECK(height >= 1 && width >= 1 && height <= kMaxSide && width <= kMaxSide,
+                 "InferenceSession: input size " + std::to_string(height) + "x" + std::to_string(width) +
+                     " out of range [1, " + std::to_string(kMaxSide) + "]");
+    EFFNET_CHECK(precision == Precision::FP32 || precision == Precision::FP16 || precision == Precision::BF16,
+                 "InferenceSession: unsupported precision");
+    model.config.validate();
+    EFFNET_CHECK(model.config.num_classes >= 1, "InferenceSession: model has no classes");
+
+    Impl& m = *impl_;
+    m.batch = batch;
+    m.height = height;
+    m.width = width;
+    m.num_classes = model.config.num_classes;
+    m.precision = precision;
+    m.options = options;
+    const char* debug = std::getenv("EFFNET_CUDA_SYNC_DEBUG");
+    m.sync_debug = debug && std::strcmp(debug, "0") != 0;
+    m.ctx = std::make_unique<cuda::Context>(options.device);
+    size_t free_before = 0, total = 0;
+    EFFNET_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+
+    m.build(model);
+
+    // Warm-up: run every step once eagerly (loads the kernels, surfaces execution errors here
+    // rather than at the first run), then capture.
+    m.run_steps(m.ctx->stream());
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.ctx->stream()));
+    if (options.use_cuda_graph) {
+        m.capture_graph();
+        EFFNET_CUDA_CHECK(cudaGraphLaunch(m.graph_exec, m.ctx->stream()));
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.ctx->stream()));
+    }
+    size_t free_after = 0;
+    EFFNET_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+    m.measured_bytes = free_before > free_after ? free_before - free_after : 0;
+}
+
+InferenceSession::~InferenceSession() = default;
+InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
+InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
+
+void InferenceSession::run(const float* input, float* logits, bool device_pointers) {
+    EFFNET_CHECK(impl_, "InferenceSession::run on a moved-from session");
+    EFFNET_CHECK(input && logits, "InferenceSession::run: null input or logits pointer");
+    Impl& m = *impl_;
+    m.ctx->activate();
+    cudaStream_t s = m.ctx->stream();
+    // cudaMemcpyDefault: with unified addressing the runtime tells host from device pointers.
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(m.tensor(m.input_id), input, m.input_bytes,
+                                      device_pointers ? cudaMemcpyDefault : cudaMemcpyHostToDevice, s));
+    if (m.graph_exec) EFFNET_CUDA_CHECK(cudaGraphLaunch(m.graph_exec, s));
+    else m.run_steps(s);
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(logits, m.tensor(m.logits_id), m.logits_bytes,
+                                      device_pointers ? cudaMemcpyDefault : cudaMemcpyDeviceToHost, s));
+    if (!device_pointers) EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void InferenceSession::synchronize() {
+    EFFNET_CHECK(impl_, "InferenceSession::synchronize on a moved-from session");
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(impl_->ctx->stream()));
+}
+
+int InferenceSession::batch() const { return impl_->batch; }
+int InferenceSession::height() const { return impl_->height; }
+int InferenceSession::width() const { return impl_->width; }
+int InferenceSession::num_classes() const { return impl_->num_classes; }
+Precision InferenceSession::precision() const { return impl_->precision; }
+size_t InferenceSession::peak_device_memory() const {
+    return impl_->weights.size() + impl_->arena.size() + impl_->ctx->workspace_bytes();
+}
+size_t InferenceSession::activation_arena_bytes() const { return impl_->arena.size(); }
+void* InferenceSession::stream() const { return impl_->ctx->stream(); }
+
+} // namespace effnet
