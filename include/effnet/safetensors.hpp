@@ -2,7 +2,8 @@
 // safetensors reader and writer. Format: 8-byte little-endian header length N, N bytes of JSON
 // {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}},
 // then the data. Reads are memory-mapped; every structural fault throws effnet::Error naming
-// the file and, where there is one, the tensor.
+// the file and, where there is one, the tensor. Gaps between tensors are accepted (the format
+// does not forbid them), overlaps are not; the writer packs tensors without gaps.
 #include <cstdint>
 #include <map>
 #include <memory>
