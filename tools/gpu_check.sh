@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# The one prepared script for the GPU machine (see bench/README.md). Runs from a copy of the
+# repository with the binaries tools/build_for_gpu.sh put in .carry/bin, and writes under $OUT:
+#   report.md          every figure, each target met or missed (tools/make_report.py)
+#   results.jsonl      every measurement as one JSON object per line (all tools)
+#   check.log          the full output of every step
+#   gpu_tests.log      effnet_gpu_tests and compute-sanitizer output
+#   torch_compile.log  torch.compile's output
+#   microbench.json    Google Benchmark's JSON
+# Every step runs under `timeout` and a failure never stops the next one. The whole run keeps
+# to GPU_CHECK_BUDGET_S (default 450 s) plus the report; the summary table is printed last.
+# torch.compile compiles in the background while the GPU tests, parity and sanitizer run (they
+# are not timed), and is timed later with the GPU otherwise idle, as are all other timings.
+#
+# Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
+# here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
+# sanitizer,compile,bench,torch,micro,extras; default all), EFFNET_BIN (default .carry/bin),
+# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+OUT=${OUT:-/tmp/effnet-gpu-check}
+mkdir -p "$OUT"
+DRY_RUN=${DRY_RUN:-0}
+BIN=${EFFNET_BIN:-$ROOT/.carry/bin}
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+SECTIONS=${GPU_CHECK_SECTIONS:-all}
+ITERS=${BENCH_ITERS:-30}
+MICRO_BATCH=${MICRO_BATCH:-32}
+WARMUP=${BENCH_WARMUP:-5}
+RESERVE=15              # seconds kept for the report
+POST_COMPILE_NEED=210   # seconds the timed steps after the compile window need
+TMP=$(mktemp -d /tmp/effnet-gpu-check.XXXXXX)
+RESULTS=$OUT/results.jsonl
+LOG=$OUT/check.log
+TESTLOG=$OUT/gpu_tests.log
+COMPILELOG=$OUT/torch_compile.log
+MICROJSON=$OUT/microbench.json
+HEADER=$TMP/header.txt
+: >"$RESULTS"; : >"$LOG"; : >"$TESTLOG"
+export PYTHONUNBUFFERED=1
+
+say() { echo "[$(printf '%3d' "$SECONDS")s] $*" | tee -a "$LOG"; }
+want() { [ "$SECTIONS" = all ] || [[ ",$SECTIONS," == *",$1,"* ]]; }
+record() { # name status rc seconds timeout note
+    local note=${6:-}
+    note=${note//\\/\/}; note=${note//\"/\'}
+    printf '{"tool":"step","name":"%s","status":"%s","rc":%d,"seconds":%d,"timeout_s":%d,"note":"%s"}\n' \
+        "$1" "$2" "$3" "$4" "$5" "$note" >>"$RESULTS"
+}
+left() { echo $((BUDGET - SECONDS - RESERVE)); }
+
+# run_step NAME CAP LOGFILE CMD...: runs CMD under a timeout of min(CAP, what the budget leaves),
+# appends its output to LOGFILE, echoes its last lines; the output stays in $STEP_OUT.
+STEP_OUT=$TMP/step.out
+run_step() {
+    local name=$1 cap=$2 logfile=$3; shift 3
+    local t=$cap l; l=$(left)
+    ((l < t)) && t=$l
+    : >"$STEP_OUT"
+    if ((t < 5)); then
+        say "SKIP $name: time budget spent"; record "$name" skipped 0 0 0 "time budget"; return 99
+    fi
+    if [ "$DRY_RUN" = 1 ]; then
+        say "[dry-run] $name (timeout ${t}s): $*"; record "$name" dry-run 0 0 "$t"; return 0
+    fi
+    say "== $name (timeout ${t}s)"
+    echo "===== $name: $* (timeout ${t}s, at ${SECONDS}s)" >>"$logfile"
+    local t0=$SECONDS rc
+    timeout -k 10 "$t" "$@" >"$STEP_OUT" 2>&1
+    rc=$?
+    cat "$STEP_OUT" >>"$logfile"
+    tail -n "${TAIL_LINES:-6}" "$STEP_OUT" | cut -c1-200 | sed 's/^/    /'
+    local st=ok
+    ((rc != 0)) && st=failed
+    ((rc == 124 || rc == 137)) && st=timeout
+    say "-- $name: $st (rc $rc, $((SECONDS - t0))s)"
+    record "$name" "$st" "$rc" $((SECONDS - t0)) "$t"
+    return $rc
+}
+have_bin() {
+    if [ -x "$BIN/$1" ] || [ "$DRY_RUN" = 1 ]; then return 0; fi
+    say "MISSING $BIN/$1: step $2 not run"; record "$2" missing 0 0 0 "no $1 in $BIN"; return 1
+}
+
+say "effnet GPU check: budget ${BUDGET}s, sections $SECTIONS, out $OUT$([ "$DRY_RUN" = 1 ] && echo ', DRY RUN')"
+
+# ---- libraries for our binaries (only for them: torch keeps its own cuDNN/cuBLAS resolution)
+EFFLD="$ROOT/.carry/lib"
+if [ "$DRY_RUN" != 1 ]; then
+    dirs="/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib"
+    nv=$(timeout 20 "$PY" -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null)
+    for lib in libcudnn.so.9 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do
+        # PyTorch's copy first: the cuDNN that PyTorch uses is the fair baseline.
+        f=$(find $nv $dirs -maxdepth 3 -name "$lib" 2>/dev/null | head -n 1)
+        if [ -n "$f" ]; then
+            d=$(dirname "$f"); [[ ":$EFFLD:" == *":$d:"* ]] || EFFLD="$EFFLD:$d"
+        fi
+    done
+fi
+EFFLD="$EFFLD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+EENV=(env "LD_LIBRARY_PATH=$EFFLD")
+# Tests find their data through the source path baked in at build time: make it point here.
+src=$(sed -n 's/^source_dir=//p' "$ROOT/.carry/BUILD_INFO" 2>/dev/null)
+if [ -n "$src" ] && [ "$src" != "$ROOT" ] && [ ! -e "$src" ] && [ "$DRY_RUN" != 1 ]; then
+    mkdir -p "$(dirname "$src")" && ln -s "$ROOT" "$src" && say "linked $src -> $ROOT"
+fi
+export EFFNET_SOURCE_DIR=$ROOT
+
+# ---- header
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "kernel: $(uname -r)"
+    if [ "$DRY_RUN" != 1 ]; then
+        timeout 20 nvidia-smi -L
+        timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit,temperature.gpu,clocks.sm --format=csv
+        timeout 20 nvidia-smi | grep -m1 'CUDA Version'
+        echo "nvcc: $(timeout 20 nvcc --version 2>/dev/null | tail -n 1)"
+        echo "compute-sanitizer: $(timeout 20 compute-sanitizer --version 2>/dev/null | tail -n 1)"
+        echo "cuDNN/cuBLAS for effnet: $("${EENV[@]}" ldd "$BIN/effnet-bench" 2>/dev/null | awk '/cudnn|cublas|not found/ {print $3}' |
+            while read -r f; do readlink -f "$f" 2>/dev/null || echo "$f"; done | tr '\n' ' ')"
+    fi
+    if [ -f "$ROOT/.carry/BUILD_INFO" ]; then echo "build: $(tr '\n' ' ' <"$ROOT/.carry/BUILD_INFO")"
+    else echo "build: no .carry/BUILD_INFO"; fi
+    echo "binaries: $(ls "$BIN" 2>/dev/null | tr '\n' ' ')"
+} >"$HEADER" 2>&1
+cat "$HEADER" | tee -a "$LOG"
+if [ "$DRY_RUN" != 1 ]; then
+    missing=$(for b in "$BIN"/*; do "${EENV[@]}" ldd "$b" 2>/dev/null | grep 'not found' | sed "s|^|$(basename "$b"): |"; done)
+    [ -n "$missing" ] && say "WARNING: unresolved libraries: $missing"
+fi
+
+# ---- environment and ceilings (copy bandwidth, GEMM)
+if want ceilings || want header; then
+    run_step ceilings 60 "$LOG" "$PY" bench/pytorch_bench.py --env --ceilings --json-out "$RESULTS"
+fi
+
+# ---- torch.compile, compiling in the background (timed later)
+COMPILE_PID=""
+COMPILE_DEADLINE=$((BUDGET - POST_COMPILE_NEED))   # relative to the script's start
+if want compile; then
+    if [ "$DRY_RUN" = 1 ]; then
+        say "[dry-run] torch.compile in the background until ${COMPILE_DEADLINE}s"; record compile dry-run 0 0 0
+    elif ((COMPILE_DEADLINE - SECONDS < 30)); then
+        say "SKIP torch.compile: no time"; record compile skipped 0 0 0 "time budget"
+    else
+        deadline_epoch=$(($(date +%s) + COMPILE_DEADLINE - SECONDS))
+        export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
+        export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/effnet-inductor-cache}
+        say "== torch.compile in the background (compile deadline at ${COMPILE_DEADLINE}s, $TORCHINDUCTOR_COMPILE_THREADS threads)"
+        COMPILE_T0=$SECONDS
+        timeout -k 10 $((COMPILE_DEADLINE - SECONDS + 120)) "$PY" bench/pytorch_bench.py \
+            --spec b0:256:compile --spec b0:32:compile-ro --spec b0:1:compile-ro \
+            --iters "$ITERS" --warmup "$WARMUP" --compile-deadline "$deadline_epoch" \
+            --ready-file "$TMP/compile.ready" --wait-file "$TMP/compile.go" \
+            --json-out "$TMP/compile.jsonl" >"$COMPILELOG" 2>&1 &
+        COMPILE_PID=$!
+    fi
+fi
+
+# ---- GPU tests (not timed: may overlap the compile)
+if want tests && have_bin effnet_gpu_tests gpu_tests; then
+    TAIL_LINES=4 run_step gpu_tests 100 "$TESTLOG" "${EENV[@]}" "$BIN/effnet_gpu_tests" --order decl
+fi
+
+# ---- parity with PyTorch, B0..B7
+if want parity && have_bin effnet-run parity; then
+    TAIL_LINES=20 run_step parity 110 "$LOG" "$PY" tools/torch_parity.py --effnet-run "$BIN/effnet-run" \
+        --lib-path "$EFFLD" --budget-s 90 --json-out "$RESULTS"
+fi
+
+# ---- compute-sanitizer on a few GPU tests: tests tagged [sanitize], else the first three
+run_sanitizer() { # cap per tool
+    local cap=$1 cs spec
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    if [ -z "$cs" ] && [ "$DRY_RUN" != 1 ]; then
+        say "SKIP sanitizer: no compute-sanitizer"; record sanitizer missing 0 0 0 "no compute-sanitizer"
+        SANITIZER_DONE=1; return
+    fi
+    spec='[sanitize]'
+    if [ "$DRY_RUN" != 1 ] && ! "${EENV[@]}" "$BIN/effnet_gpu_tests" --list-tags 2>/dev/null | grep -qF '[sanitize]'; then
+        spec=$("${EENV[@]}" "$BIN/effnet_gpu_tests" --list-test-names-only 2>/dev/null | sed 's/^ *//; s/ *$//' |
+            grep -v '^$' | grep -v '[],[~*"]' | grep -viE 'b[0-7]|model|session|network|e2e|end.to.end' |
+            head -n 3 | paste -sd, -)
+    fi
+    if [ -z "$spec" ]; then
+        say "SKIP sanitizer: no test to run"; record sanitizer skipped 0 0 0 "no tests"; SANITIZER_DONE=1; return
+    fi
+    echo "sanitizer test selection: $spec" >>"$TESTLOG"
+    for tool in memcheck racecheck; do
+        TAIL_LINES=3 run_step "sanitizer_$tool" "$cap" "$TESTLOG" "${EENV[@]}" ${cs:-compute-sanitizer} \
+            --tool "$tool" --error-exitcode 3 "$BIN/effnet_gpu_tests" "$spec"
+    done
+    SANITIZER_DONE=1
+}
+SANITIZER_DONE=0
+if want sanitizer && have_bin effnet_gpu_tests sanitizer; then
+    # Only while waiting for the compile anyway; else at the end if time is left.
+    if [ -n "$COMPILE_PID" ] && [ ! -e "$TMP/compile.ready" ] && ((COMPILE_DEADLINE - SECONDS > 40)); then
+        run_sanitizer $(((COMPILE_DEADLINE - SECONDS) / 2 < 45 ? (COMPILE_DEADLINE - SECONDS) / 2 : 45))
+    fi
+fi
+
+# ---- torch.compile: wait for it to be compiled, then let it time alone
+if [ -n "$COMPILE_PID" ]; then
+    say "waiting for torch.compile (until ${COMPILE_DEADLINE}s + 15s)"
+    while [ ! -e "$TMP/compile.ready" ] && kill -0 "$COMPILE_PID" 2>/dev/null && ((SECONDS < COMPILE_DEADLINE + 15)); do
+        sleep 1
+    done
+    if [ -e "$TMP/compile.ready" ]; then
+        say "torch.compile ready after $((SECONDS - COMPILE_T0))s; timing it"
+        touch "$TMP/compile.go"
+        stop_at=$((SECONDS + 60))
+        while kill -0 "$COMPILE_PID" 2>/dev/null && ((SECONDS < stop_at)); do sleep 1; done
+    fi
+    if kill -0 "$COMPILE_PID" 2>/dev/null; then
+        say "torch.compile ran out of time: stopping it"; kill -TERM "$COMPILE_PID"; sleep 3
+        kill -KILL "$COMPILE_PID" 2>/dev/null
+    fi
+    wait "$COMPILE_PID"; crc=$?
+    cat "$TMP/compile.jsonl" >>"$RESULTS" 2>/dev/null
+    grep -E '^compiled|error|Error' "$COMPILELOG" | tail -n 5 | cut -c1-200 | sed 's/^/    /'
+    st=ok; ((crc != 0)) && st=failed; ((crc == 124 || crc == 137 || crc == 143)) && st=timeout
+    say "-- torch.compile: $st (rc $crc, $((SECONDS - COMPILE_T0))s)"
+    record compile "$st" "$crc" $((SECONDS - COMPILE_T0)) 0
+fi
+
+# ---- end to end: effnet-bench, then PyTorch eager, same card, GPU otherwise idle
+BENCH_CONFIGS=("b0 fp16 256" "b0 fp16 32" "b0 fp16 1" "b4 fp16 64" "b7 fp16 32" "b0 fp32 256")
+if want bench && have_bin effnet-bench effnet_bench; then
+    for c in "${BENCH_CONFIGS[@]}"; do
+        set -- $c
+        run_step "effnet-bench $1 $2 b$3" 45 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
+            --precision "$2" --batch "$3" --iters "$ITERS" --warmup "$WARMUP" --json
+        grep '^{' "$STEP_OUT" >>"$RESULTS"
+    done
+fi
+if want torch; then
+    run_step torch_eager 130 "$LOG" "$PY" bench/pytorch_bench.py \
+        --spec b0:256:fp32+fp16-cl+graph --spec b0:32:fp32+fp16-cl+graph --spec b0:1:fp32+fp16-cl+graph \
+        --spec b4:64:fp16-cl+graph --spec b7:32:fp16-cl+graph \
+        --iters "$ITERS" --warmup "$WARMUP" --time-budget 120 --json-out "$RESULTS"
+fi
+
+# ---- microbenchmarks (kernels vs cuDNN, vs the measured copy bandwidth)
+if want micro && have_bin effnet_microbench microbench; then
+    # Batch 32 (the targets are for batch >= 32); the names do not carry it, the report is told.
+    TAIL_LINES=25 run_step microbench 90 "$LOG" "${EENV[@]}" "$BIN/effnet_microbench" --batch="$MICRO_BATCH" \
+        --benchmark_out="$MICROJSON" --benchmark_out_format=json
+fi
+
+# ---- extras, only with time left: the unfused and graph-less paths (what fusion and the
+# CUDA graph buy), then the sanitizer if it did not run during the compile.
+if want extras && have_bin effnet-bench extras; then
+    for c in "b0 fp16 256 --unfused" "b0 fp16 1 --no-graph"; do
+        set -- $c
+        (($(left) < 40)) && break
+        run_step "effnet-bench $1 $2 b$3 $4" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
+            --precision "$2" --batch "$3" "$4" --iters "$ITERS" --warmup "$WARMUP" --json
+        grep '^{' "$STEP_OUT" >>"$RESULTS"
+    done
+fi
+if want sanitizer && [ "$SANITIZER_DONE" = 0 ] && (($(left) > 40)) && { [ -x "$BIN/effnet_gpu_tests" ] || [ "$DRY_RUN" = 1 ]; }; then
+    run_sanitizer $(($(left) / 2 < 45 ? $(left) / 2 : 45))
+fi
+
+# ---- report (the summary table is the last output)
+for f in "$LOG" "$TESTLOG" "$COMPILELOG"; do   # files over 16 MiB do not come back
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt 15000000 ] && { tail -c 15000000 "$f" >"$f.tmp"; mv "$f.tmp" "$f"; }
+done
+say "== report (total ${SECONDS}s)"
+dry=(); [ "$DRY_RUN" = 1 ] && dry=(--dry-run)
+"$PY" tools/make_report.py --results "$RESULTS" --microbench "$MICROJSON" --header "$HEADER" \
+    --tests-log "$TESTLOG" --micro-batch "$MICRO_BATCH" --out "$OUT/report.md" --total-seconds "$SECONDS" "${dry[@]}" 2>&1 |
+    tee -a "$LOG" | tail -n 60
+rc=${PIPESTATUS[0]}
+rm -rf "$TMP"
+exit "$rc"
