@@ -1,0 +1,402 @@
+// effnet-train: fine-tune or train an EfficientNet on a folder of images with the CPU engine.
+//   effnet-train --data DIR [--val DIR] [--weights W.safetensors | --preset b0 | --width W --depth D]
+//                [--epochs E] [--batch B] [--lr LR] [--optimizer sgd|rmsprop|adamw] ...
+//                [--checkpoint-dir DIR [--resume]] [--export OUT.safetensors] [--log CSV] [--plot PNG]
+// A run is a pure function of its options and seed: a resumed run repeats an uninterrupted one
+// bit for bit (same machine and thread count).
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "effnet/error.hpp"
+#include "effnet/model.hpp"
+#include "effnet/train.hpp"
+#include "history.hpp"
+#include "options.hpp"
+
+namespace fs = std::filesystem;
+using namespace effnet;
+using namespace effnet::train;
+using effnet::examples::History;
+using effnet::examples::LogRow;
+using effnet::examples::TrainArgs;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string hex_double(double v) { // exact text form of a double, for checkpoint metadata
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%a", v);
+    return buf;
+}
+
+std::string format_duration(double seconds) {
+    if (!std::isfinite(seconds) || seconds < 0) return "?";
+    const long s = long(seconds + 0.5);
+    char buf[32];
+    if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+    return buf;
+}
+
+// The progress line on stderr: redrawn in place on a terminal, a line every tenth of an epoch
+// otherwise (logs of batch jobs stay readable).
+class Progress {
+public:
+    explicit Progress(int64_t steps_per_epoch)
+        : tty_(isatty(2)), every_(std::max<int64_t>(1, steps_per_epoch / 10)) {}
+    void update(int64_t epoch, int64_t epochs, int64_t batch, int64_t batches, double loss,
+                double accuracy, double images_per_s, double eta_s) {
+        const int width = 24;
+        const int filled = int(double(batch) / double(batches) * width);
+        std::string bar(size_t(filled), '=');
+        if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
+        char line[256];
+        std::snprintf(line, sizeof line, "epoch %lld/%lld [%s] %lld/%lld loss %.4f acc %5.1f%% %.1f img/s ETA %s",
+                      (long long)epoch + 1, (long long)epochs, bar.c_str(), (long long)batch,
+                      (long long)batches, loss, 100.0 * accuracy, images_per_s, format_duration(eta_s).c_str());
+        if (tty_) {
+            std::fprintf(stderr, "\r%s\033[K", line);
+            dirty_ = true;
+        } else if (batch % every_ == 0 || batch == batches) {
+            std::fprintf(stderr, "%s\n", line);
+        }
+    }
+    void message(const std::string& text) { // a line of its own, below the bar
+        finish();
+        std::fprintf(stderr, "%s\n", text.c_str());
+    }
+    void finish() {
+        if (dirty_) std::fprintf(stderr, "\n");
+        dirty_ = false;
+    }
+
+private:
+    bool tty_;
+    int64_t every_;
+    bool dirty_ = false;
+};
+
+// torchvision's Linear init for the classifier: U(-1/sqrt(out), 1/sqrt(out)), bias 0.
+void replace_classifier(Model& model, int classes, uint64_t seed) {
+    model.config.num_classes = classes;
+    const int64_t in = model.config.head_channels;
+    Tensor w({classes, in}), b({classes});
+    Rng rng(mix_seed(seed, 0x636c617373ull /* "class" */));
+    const double bound = 1.0 / std::sqrt(double(classes));
+    for (float& x : w.data) x = float(rng.uniform(-bound, bound));
+    model.params["classifier.weight"] = std::move(w);
+    model.params["classifier.bias"] = std::move(b);
+}
+
+// Trains at `resolution`: record it as the model's input size and preprocessing, so that the
+// exported weights tell effnet-classify how to prepare images.
+// The weights' resize/crop ratio is kept (torchvision's B3: 320/300; 256/224 by default).
+void set_resolution(Model& model, int resolution) {
+    Preprocess& p = model.config.preprocess;
+    const double ratio = p.crop > 0 && p.resize >= p.crop ? double(p.resize) / double(p.crop) : 256.0 / 224.0;
+    model.config.resolution = resolution;
+    if (p.crop != resolution) {
+        p.crop = resolution;
+        p.resize = int(std::lround(resolution * ratio));
+    }
+}
+
+Model build_model(const TrainArgs& a, int classes) {
+    Model model;
+    if (!a.weights.empty()) {
+        model = load_weights(a.weights);
+        if (model.config.num_classes != classes) replace_classifier(model, classes, a.seed);
+    } else if (!a.preset.empty()) {
+        model = random_model(preset(a.preset, classes), a.seed);
+    } else if (a.width > 0) {
+        CustomOptions o;
+        o.width = a.width;
+        o.depth = a.depth;
+        o.num_classes = classes;
+        model = random_model(custom_config(o), a.seed);
+    } else {
+        throw Error("no model: give --weights FILE, --preset NAME or --width W --depth D");
+    }
+    return model;
+}
+
+struct EpochStats { // accumulated over one epoch's steps; checkpointed for an exact resume
+    double loss_sum = 0;
+    int64_t correct = 0, count = 0, steps = 0;
+};
+
+int run(int argc, char** argv) {
+    TrainArgs a;
+    std::map<std::string, std::string> given;
+    if (!examples::parse_train_args(argc, argv, a, given)) return 0;
+    if (a.device == "cuda") throw Error("GPU training is not implemented yet (use --device cpu)");
+    if (a.precision != "fp32")
+        throw Error("--precision " + a.precision + " needs --device cuda; the CPU engine trains in fp32");
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+
+    const ImageFolder train_set = ImageFolder::scan(a.data);
+    const std::string ck_path = a.checkpoint_dir.empty() ? "" : (fs::path(a.checkpoint_dir) / "checkpoint.safetensors").string();
+    const nlohmann::json class_names = train_set.classes;
+
+    // The model, optimizer state and counters: from the checkpoint, or fresh.
+    Model model;
+    Checkpoint ck;
+    bool resumed = false;
+    if (a.resume) {
+        EFFNET_CHECK(fs::exists(ck_path), "--resume: no checkpoint at '" + ck_path + "'");
+        ck = load_checkpoint(ck_path);
+        auto meta = [&](const std::string& key) {
+            auto it = ck.state.metadata.find(key);
+            EFFNET_CHECK(it != ck.state.metadata.end(), "checkpoint '" + ck_path + "' lacks metadata '" + key + "'");
+            return it->second;
+        };
+        std::map<std::string, std::string> stored;
+        try {
+            stored = nlohmann::json::parse(meta("run_options")).get<std::map<std::string, std::string>>();
+        } catch (const nlohmann::json::exception& e) {
+            throw Error("checkpoint '" + ck_path + "': run_options metadata is invalid: " + e.what());
+        }
+        examples::merge_resumed_options(a, given, stored);
+        EFFNET_CHECK(meta("classes") == class_names.dump(),
+                     "--resume: the class folders of '" + a.data + "' differ from the checkpoint's " + meta("classes"));
+        model = std::move(ck.model);
+        resumed = true;
+    } else {
+        if (a.classes == 0) a.classes = int(train_set.classes.size());
+        model = build_model(a, a.classes);
+        if (a.resolution == 0) a.resolution = model.config.resolution;
+        set_resolution(model, a.resolution);
+    }
+    EFFNET_CHECK(model.config.num_classes >= int(train_set.classes.size()),
+                 "the model has " + std::to_string(model.config.num_classes) + " classes but '" + a.data +
+                     "' has " + std::to_string(train_set.classes.size()) + " class folders (see --classes)");
+    std::unique_ptr<ImageFolder> val_set;
+    if (!a.val.empty()) val_set = std::make_unique<ImageFolder>(ImageFolder::scan(a.val, train_set.classes));
+
+    LoaderOptions lo;
+    lo.batch_size = a.batch;
+    lo.resolution = a.resolution;
+    lo.workers = a.workers;
+    lo.seed = a.seed;
+    for (int c = 0; c < 3; ++c) {
+        lo.normalize.mean[c] = model.config.preprocess.mean[c];
+        lo.normalize.std[c] = model.config.preprocess.std[c];
+    }
+    DataLoader loader(train_set, lo);
+    const int64_t steps_per_epoch = loader.batches_per_epoch();
+    std::unique_ptr<DataLoader> val_loader;
+    if (val_set) {
+        LoaderOptions vo = lo;
+        vo.train = false;
+        vo.val_resize = model.config.preprocess.resize;
+        vo.val_interpolation = model.config.preprocess.interpolation;
+        val_loader = std::make_unique<DataLoader>(*val_set, vo);
+    }
+
+    TrainOptions to;
+    to.optimizer.kind = parse_optimizer(a.optimizer);
+    to.optimizer.momentum = a.momentum;
+    to.optimizer.weight_decay = a.weight_decay;
+    to.schedule.kind = parse_schedule(a.schedule);
+    to.schedule.base_lr = a.lr;
+    to.schedule.total_steps = int64_t(a.epochs) * steps_per_epoch;
+    to.schedule.warmup_steps = std::llround(a.warmup_epochs * double(steps_per_epoch));
+    to.schedule.step_size = std::max<int64_t>(1, std::llround(a.step_epochs * double(steps_per_epoch)));
+    to.schedule.gamma = a.step_gamma;
+    to.label_smoothing = float(a.label_smoothing);
+    to.clip_grad_norm = a.clip_grad_norm;
+    to.seed = a.seed;
+    to.dropout = !a.no_dropout;
+    Trainer trainer(model, to);
+
+    TrainingState state;
+    state.seed = a.seed;
+    EpochStats epoch_stats;
+    int64_t skipped_images = 0;
+    if (resumed) {
+        EFFNET_CHECK(ck.optimizer_name == a.optimizer, "checkpoint optimizer '" + ck.optimizer_name +
+                                                           "' differs from --optimizer " + a.optimizer);
+        trainer.optimizer().set_state(std::move(ck.optimizer_state), ck.optimizer_steps);
+        trainer.set_step(ck.state.step);
+        state = ck.state;
+        EFFNET_CHECK(state.batch_in_epoch <= steps_per_epoch,
+                     "checkpoint batch " + std::to_string(state.batch_in_epoch) + " is past the epoch's " +
+                         std::to_string(steps_per_epoch) + " batches (did the data change?)");
+        const auto& m = state.metadata;
+        try {
+            epoch_stats.loss_sum = std::strtod(m.at("epoch_loss_sum").c_str(), nullptr);
+            epoch_stats.correct = std::stoll(m.at("epoch_correct"));
+            epoch_stats.count = std::stoll(m.at("epoch_count"));
+            epoch_stats.steps = std::stoll(m.at("epoch_steps"));
+            skipped_images = std::stoll(m.at("skipped_images"));
+        } catch (const std::exception&) {
+            throw Error("checkpoint '" + ck_path + "' lacks the epoch statistics metadata");
+        }
+    }
+
+    History history(a.log_path, resumed, state.step, state.epoch);
+    Progress progress(steps_per_epoch);
+    std::set<std::string> reported_bad;
+
+    auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
+        if (ck_path.empty()) return;
+        std::error_code ec;
+        fs::create_directories(a.checkpoint_dir, ec);
+        EFFNET_CHECK(fs::is_directory(a.checkpoint_dir), "cannot create the checkpoint directory '" + a.checkpoint_dir + "'");
+        state.step = trainer.step();
+        state.epoch = epoch;
+        state.batch_in_epoch = batch_in_epoch;
+        state.metadata["run_options"] = nlohmann::json(examples::run_options(a)).dump();
+        state.metadata["classes"] = class_names.dump();
+        state.metadata["epoch_loss_sum"] = hex_double(epoch_stats.loss_sum);
+        state.metadata["epoch_correct"] = std::to_string(epoch_stats.correct);
+        state.metadata["epoch_count"] = std::to_string(epoch_stats.count);
+        state.metadata["epoch_steps"] = std::to_string(epoch_stats.steps);
+        state.metadata["skipped_images"] = std::to_string(skipped_images);
+        save_checkpoint(ck_path, model, trainer.optimizer(), state);
+    };
+    auto finish = [&]() {
+        progress.finish();
+        if (!a.plot_path.empty()) history.plot(a.plot_path);
+        if (!a.export_path.empty()) {
+            save_weights(model, a.export_path);
+            fs::path labels = a.export_path;
+            labels.replace_extension(".labels.txt");
+            std::ofstream out(labels);
+            for (const auto& c : train_set.classes) out << c << "\n";
+            EFFNET_CHECK(out.good(), "cannot write the labels file '" + labels.string() + "'");
+            std::fprintf(stderr, "exported %s (classify with: effnet-classify --weights %s --labels %s)\n",
+                         a.export_path.c_str(), a.export_path.c_str(), labels.string().c_str());
+        }
+        if (skipped_images > 0)
+            std::fprintf(stderr, "skipped %lld unreadable image(s) in all\n", (long long)skipped_images);
+    };
+
+    std::fprintf(stderr, "%s: %zu images, %zu classes; model %s (%lld parameters, %d classes) at %dx%d; "
+                         "%lld steps per epoch%s\n",
+                 a.data.c_str(), train_set.samples.size(), train_set.classes.size(), model.config.name.c_str(),
+                 (long long)parameter_count(model.config), model.config.num_classes, a.resolution, a.resolution,
+                 (long long)steps_per_epoch,
+                 resumed ? (", resuming at step " + std::to_string(state.step)).c_str() : "");
+
+    const int64_t total_steps = int64_t(a.epochs) * steps_per_epoch;
+    double step_seconds_ema = 0;
+    for (int64_t epoch = state.epoch; epoch < a.epochs; ++epoch) {
+        const int64_t first_batch = epoch == state.epoch ? state.batch_in_epoch : 0;
+        if (epoch != state.epoch) epoch_stats = EpochStats{};
+        loader.start_epoch(epoch, first_batch);
+        auto last = Clock::now();
+        const auto epoch_start = last;
+        int64_t epoch_images = 0, batch_index = first_batch;
+        double last_lr = 0;
+        while (loader.has_next()) {
+            if (a.max_steps > 0 && trainer.step() >= a.max_steps) {
+                save(epoch, batch_index);
+                progress.message("stopped after " + std::to_string(trainer.step()) +
+                                 " steps (--max-steps); continue with --resume");
+                finish();
+                return 0;
+            }
+            Batch batch = loader.next();
+            ++batch_index;
+            skipped_images += batch.skipped;
+            for (const std::string& e : batch.errors)
+                if (reported_bad.insert(e).second) progress.message("warning: skipping unreadable image: " + e);
+            if (batch.labels.empty()) continue; // every image of the batch was unreadable
+            const StepResult r = trainer.train_step(batch.images, batch.labels);
+            last_lr = r.lr;
+            epoch_stats.loss_sum += r.loss;
+            epoch_stats.correct += r.correct;
+            epoch_stats.count += r.count;
+            ++epoch_stats.steps;
+            epoch_images += r.count;
+
+            const auto now = Clock::now();
+            const double seconds = std::chrono::duration<double>(now - last).count();
+            last = now;
+            step_seconds_ema = step_seconds_ema == 0 ? seconds : 0.9 * step_seconds_ema + 0.1 * seconds;
+            const double images_per_s = seconds > 0 ? double(r.count) / seconds : 0;
+            LogRow row;
+            row.kind = "step";
+            row.epoch = epoch;
+            row.step = trainer.step();
+            row.lr = r.lr;
+            row.loss = r.loss;
+            row.accuracy = double(r.correct) / double(r.count);
+            row.images_per_s = images_per_s;
+            row.skipped_images = skipped_images;
+            history.add(row);
+            progress.update(epoch, a.epochs, batch_index, steps_per_epoch, epoch_stats.loss_sum / epoch_stats.steps,
+                            double(epoch_stats.correct) / double(epoch_stats.count), images_per_s,
+                            step_seconds_ema * double(total_steps - trainer.step()));
+            if (a.checkpoint_every > 0 && trainer.step() % a.checkpoint_every == 0) save(epoch, batch_index);
+        }
+        progress.finish();
+
+        LogRow row;
+        row.kind = "epoch";
+        row.epoch = epoch;
+        row.step = trainer.step();
+        row.lr = last_lr;
+        row.loss = epoch_stats.steps ? epoch_stats.loss_sum / double(epoch_stats.steps) : NAN;
+        row.accuracy = epoch_stats.count ? double(epoch_stats.correct) / double(epoch_stats.count) : NAN;
+        const double epoch_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
+        row.images_per_s = epoch_seconds > 0 ? double(epoch_images) / epoch_seconds : 0;
+        row.skipped_images = skipped_images;
+        std::string summary = "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(a.epochs) + ": loss " +
+                              std::to_string(row.loss) + ", train accuracy " + std::to_string(100.0 * row.accuracy) + "%";
+        if (val_loader) {
+            EvalResult total;
+            val_loader->start_epoch(0);
+            while (val_loader->has_next()) {
+                Batch vb = val_loader->next();
+                skipped_images += vb.skipped;
+                for (const std::string& e : vb.errors)
+                    if (reported_bad.insert(e).second) progress.message("warning: skipping unreadable image: " + e);
+                if (vb.labels.empty()) continue;
+                const EvalResult e = trainer.evaluate(vb.images, vb.labels);
+                total.loss += e.loss * double(e.count);
+                total.top1 += e.top1;
+                total.top5 += e.top5;
+                total.count += e.count;
+            }
+            if (total.count > 0) {
+                row.val_loss = total.loss / double(total.count);
+                row.val_top1 = double(total.top1) / double(total.count);
+                row.val_top5 = double(total.top5) / double(total.count);
+                summary += ", val loss " + std::to_string(row.val_loss) + ", top-1 " +
+                           std::to_string(100.0 * row.val_top1) + "%, top-5 " + std::to_string(100.0 * row.val_top5) + "%";
+            }
+            row.skipped_images = skipped_images;
+        }
+        history.add(row);
+        progress.message(summary);
+        epoch_stats = EpochStats{};
+        save(epoch + 1, 0);
+        if (!a.plot_path.empty()) history.plot(a.plot_path);
+    }
+    finish();
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

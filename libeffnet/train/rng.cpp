@@ -1,0 +1,60 @@
+// Counter-based seeding (splitmix64) and xoshiro256**: every stream is a pure function of its
+// seed, so a sample's augmentation or a step's dropout mask can be recreated on resume.
+#include "effnet/error.hpp"
+#include "effnet/train.hpp"
+
+namespace effnet::train {
+namespace {
+
+uint64_t splitmix64(uint64_t& state) {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+} // namespace
+
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
+    uint64_t s = a;
+    uint64_t h = splitmix64(s);
+    s = h ^ b;
+    h = splitmix64(s);
+    s = h ^ c;
+    return splitmix64(s);
+}
+
+Rng::Rng(uint64_t seed) {
+    uint64_t s = seed;
+    for (auto& w : s_) w = splitmix64(s);
+}
+
+uint64_t Rng::next_u64() {
+    const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+}
+
+double Rng::uniform() { return double(next_u64() >> 11) * 0x1.0p-53; }
+
+double Rng::uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+
+int64_t Rng::below(int64_t n) {
+    EFFNET_CHECK(n >= 1, "Rng::below: n must be >= 1, got " + std::to_string(n));
+    const uint64_t un = uint64_t(n);
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % un; // reject the biased tail
+    uint64_t r;
+    do r = next_u64();
+    while (r >= limit);
+    return int64_t(r % un);
+}
+
+} // namespace effnet::train
