@@ -39,7 +39,8 @@ struct Model {
     Tensor& param(const std::string& name);
 };
 
-// Seeded random initialisation (Kaiming-normal convs, BN weight 1, bias 0, ...).
+// Seeded random initialisation: fan-in Kaiming convs with per-role gains chosen so that
+// activations stay O(1) through B0..B7 (fp16-safe), BN weight 1, bias 0, running stats 0/1.
 Model random_model(const ModelConfig& config, uint64_t seed);
 
 struct LoadOptions {

@@ -1,0 +1,195 @@
+// effnet-run: one forward (and optionally one train-mode backward) of a weights file on a
+// tensor read from safetensors, writing logits / loss / gradients to safetensors. It is the
+// bridge for parity checks against PyTorch: gradients are written under the weights file's own
+// tensor names, so a script can compare them with `p.grad` directly.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <sys/stat.h>
+
+#include "common/args.hpp"
+#include "cpu/ops.hpp"
+#include "effnet/cpu_engine.hpp"
+#include "effnet/error.hpp"
+#include "effnet/inference.hpp"
+#include "effnet/model.hpp"
+#include "effnet/safetensors.hpp"
+
+using namespace effnet;
+
+namespace {
+
+const char* kUsage =
+    "usage: effnet-run --weights W.safetensors --input IN.safetensors --output OUT.safetensors\n"
+    "                  [--device cpu|cuda] [--precision fp32|fp16|bf16]\n"
+    "                  [--train --target T.safetensors] [--preset NAME] [--padding P] [--bn-eps E]\n"
+    "\n"
+    "Runs the network on tensor 'input' (NCHW, F32 or F64) of IN and writes 'logits' [N, classes]\n"
+    "to OUT. With --train: one train-mode forward (batch statistics, no dropout) and backward of\n"
+    "mean cross-entropy against int64 tensor 'target' [N] of T; writes 'loss' [1], 'grad.input'\n"
+    "and 'grad.<name>' for every parameter, named as in the weights file.\n"
+    "\n"
+    "options:\n";
+
+std::vector<examples::OptionSpec> option_specs() {
+    return {
+        {"weights", true, "weights file (torchvision, timm, lukemelas or effnet names)"},
+        {"input", true, "safetensors file holding tensor 'input' [N, 3, H, W]"},
+        {"output", true, "safetensors file to write"},
+        {"device", true, "cpu (default) or cuda (eval only)"},
+        {"precision", true, "fp32 (default); fp16 / bf16 with --device cuda"},
+        {"train", false, "train-mode forward + backward of cross-entropy"},
+        {"target", true, "safetensors file holding int64 tensor 'target' [N] (with --train)"},
+        {"preset", true, "check the weights against a preset (b0..b7, lite0..lite4)"},
+        {"padding", true, "symmetric or tf_same: overrides the weights' metadata"},
+        {"bn-eps", true, "batch-norm epsilon: overrides the weights' metadata"},
+        {"activation", true, "silu or relu6: overrides the weights' metadata"},
+        {"help", false, "print this help"},
+    };
+}
+
+bool file_exists(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string require_file(const examples::Args& args, const std::string& option) {
+    const std::string path = args.require(option);
+    EFFNET_CHECK(file_exists(path), "--" + option + " '" + path + "': no such file");
+    return path;
+}
+
+// Tensor 'input' of the file: F32 or F64, [N, C, H, W] with C the model's input channels.
+Tensor read_input(const std::string& path, int channels) {
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    EFFNET_CHECK(f.contains("input"), "--input '" + path + "' holds no tensor named 'input'");
+    const TensorInfo& info = f.info("input");
+    EFFNET_CHECK(info.dtype == DType::F32 || info.dtype == DType::F64,
+                 "--input '" + path + "': tensor 'input' is " + dtype_name(info.dtype) + ", expected F32 or F64");
+    EFFNET_CHECK(info.shape.size() == 4 && info.shape[0] >= 1 && info.shape[2] >= 1 && info.shape[3] >= 1,
+                 "--input '" + path + "': tensor 'input' has shape " + shape_str(info.shape) +
+                     ", expected [N, C, H, W] with N, H, W >= 1");
+    EFFNET_CHECK(info.shape[1] == channels, "--input '" + path + "': tensor 'input' has shape " +
+                                                shape_str(info.shape) + ", the model takes " +
+                                                std::to_string(channels) + " channels");
+    Tensor t = f.read_f32("input");
+    for (float v : t.data) EFFNET_CHECK(std::isfinite(v), "--input '" + path + "': tensor 'input' holds a non-finite value");
+    return t;
+}
+
+std::vector<int64_t> read_target(const std::string& path, int64_t batch, int classes) {
+    const SafetensorsFile f = SafetensorsFile::open(path);
+    EFFNET_CHECK(f.contains("target"), "--target '" + path + "' holds no tensor named 'target'");
+    const TensorInfo& info = f.info("target");
+    EFFNET_CHECK(info.dtype == DType::I64,
+                 "--target '" + path + "': tensor 'target' is " + dtype_name(info.dtype) + ", expected I64");
+    EFFNET_CHECK(info.shape == Shape{batch}, "--target '" + path + "': tensor 'target' has shape " +
+                                                 shape_str(info.shape) + ", expected [" + std::to_string(batch) + "]");
+    std::vector<int64_t> target = f.read_i64("target");
+    for (int64_t t : target)
+        EFFNET_CHECK(t >= 0 && t < classes, "--target '" + path + "': class " + std::to_string(t) +
+                                                " is outside [0, " + std::to_string(classes) + ")");
+    return target;
+}
+
+Tensor run_cuda(const Model& model, const Tensor& input, const std::string& precision_text) {
+    const Precision precision = parse_precision(precision_text);
+    EFFNET_CHECK(cuda_available(), "--device cuda: CUDA is not available (" + cuda_device_description() + ")");
+#ifdef EFFNET_WITH_CUDA
+    const int n = int(input.dim(0)), h = int(input.dim(2)), w = int(input.dim(3));
+    InferenceSession session(model, n, h, w, precision);
+    Tensor logits({input.dim(0), int64_t(model.config.num_classes)});
+    session.run(input.ptr(), logits.ptr());
+    return logits;
+#else
+    (void)model;
+    (void)input;
+    (void)precision;
+    throw Error("--device cuda: this build of effnet has no CUDA support");
+#endif
+}
+
+int run(int argc, char** argv) {
+    const examples::Args args(argc, argv, option_specs());
+    if (args.has("help")) {
+        std::printf("%s%s", kUsage, args.usage().c_str());
+        return 0;
+    }
+    const std::string weights_path = require_file(args, "weights");
+    const std::string input_path = require_file(args, "input");
+    const std::string output_path = args.require("output");
+    const std::string device = args.get("device", "cpu");
+    EFFNET_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '" + device + "'");
+    const std::string precision = args.get("precision", "fp32");
+    try {
+        parse_precision(precision);
+    } catch (const Error& e) {
+        throw Error(std::string("--precision: ") + e.what());
+    }
+    const bool train = args.has("train");
+    EFFNET_CHECK(device == "cpu" || !train, "--train with --device cuda is not supported yet (use --device cpu)");
+    EFFNET_CHECK(device == "cuda" || parse_precision(precision) == Precision::FP32,
+                 "--precision " + precision + " needs --device cuda (the CPU engine computes in fp32)");
+    EFFNET_CHECK(train || !args.has("target"), "--target is only used with --train");
+    const std::string target_path = train ? require_file(args, "target") : "";
+
+    LoadOptions options;
+    options.preset = args.get("preset");
+    try {
+        if (args.has("padding")) options.padding = parse_padding(args.get("padding"));
+        if (args.has("activation")) options.activation = parse_activation(args.get("activation"));
+    } catch (const Error& e) {
+        throw Error(std::string(args.has("padding") && !options.padding ? "--padding: " : "--activation: ") + e.what());
+    }
+    if (args.has("bn-eps")) {
+        const double eps = args.get_double("bn-eps", 0);
+        EFFNET_CHECK(eps > 0 && eps < 1, "--bn-eps must be in (0, 1), got " + args.get("bn-eps"));
+        options.bn_eps = float(eps);
+    }
+    Model model = load_weights(weights_path, options);
+    const Tensor input = read_input(input_path, model.config.in_channels);
+    const std::vector<int64_t> target =
+        train ? read_target(target_path, input.dim(0), model.config.num_classes) : std::vector<int64_t>{};
+
+    const auto t0 = std::chrono::steady_clock::now();
+    SafetensorsWriter out;
+    if (device == "cuda") {
+        out.add("logits", run_cuda(model, input, precision));
+    } else {
+        cpu::Network net(model);
+        cpu::ForwardOptions forward;
+        forward.train = train;
+        forward.dropout = false;
+        const cpu::ForwardResult r = net.forward(input, forward);
+        out.add("logits", r.logits);
+        if (train) {
+            Tensor dlogits;
+            const double loss = cpu::softmax_cross_entropy(r.logits, target, 0.0f, &dlogits);
+            const cpu::Gradients g = net.backward(dlogits);
+            out.add("loss", Tensor({1}, float(loss)));
+            out.add("grad.input", g.input);
+            for (const auto& [name, grad] : g.params) out.add("grad." + model.source_names.at(name), grad);
+        }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    out.set_metadata("device", device);
+    out.set_metadata("precision", device == "cuda" ? precision : "fp32");
+    out.set_metadata("mode", train ? "train" : "eval");
+    out.write(output_path);
+    std::printf("wrote %s: logits [%lld, %d]%s (%s %s, %s names, %.3f s)\n", output_path.c_str(),
+                (long long)input.dim(0), model.config.num_classes, train ? ", loss and gradients" : "", device.c_str(),
+                device == "cuda" ? precision.c_str() : "fp32", model.family.c_str(), seconds);
+    return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
