@@ -1,0 +1,804 @@
+// The GPU training step: GpuTrainer and the cuBLAS GEMM wrapper it uses.
+//
+// Layout: activations NHWC in the storage precision (fp32, or fp16/bf16 under AMP), viewed as
+// [rows = N*H*W, C]. Every parameter and running statistic lives in one flat fp32 "master"
+// buffer (offsets aligned to 32 elements); gradients and momentum use the same offsets in their
+// own flat buffers; under AMP a flat cast of the master buffer feeds the GEMMs.
+//
+// What the forward keeps for the backward, per conv -> BN [-> act] unit: the conv output z
+// (BN input) and, when it feeds another op, the activated output; the BN backward recomputes
+// the activation from z and the saved batch statistics. Squeeze-excite keeps its small fp32
+// tensors and its gated output (the project GEMM's input). The backward runs through three
+// rotating scratch buffers of the largest activation size.
+#include "libeffnet/cuda/train_step.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.hpp"
+#include "effnet/error.hpp"
+#include "effnet/gpu_training.hpp"
+#include "kernels/batchnorm.cuh"
+#include "kernels/cross_entropy.cuh"
+#include "kernels/depthwise_conv_backward.cuh"
+#include "kernels/im2col.cuh"
+#include "kernels/sgd.cuh"
+#include "kernels/small_matmul.cuh"
+#include "kernels/squeeze_excite_backward.cuh"
+#include "kernels/stochastic_depth.cuh"
+#include "libeffnet/cuda/context.hpp"
+
+namespace effnet::cuda {
+
+// ---------------------------------------------------------------------------------------------
+// TrainBlas
+
+namespace {
+
+cudaDataType_t cuda_type(Precision p) {
+    switch (p) {
+    case Precision::FP32: return CUDA_R_32F;
+    case Precision::FP16: return CUDA_R_16F;
+    case Precision::BF16: return CUDA_R_16BF;
+    }
+    throw Error("TrainBlas: unknown precision");
+}
+
+int checked_int(int64_t v, const char* what) {
+    EFFNET_CHECK(v >= 0 && v <= INT_MAX, std::string("TrainBlas: ") + what + " = " + std::to_string(v) +
+                                             " does not fit a cuBLAS int");
+    return int(v);
+}
+
+constexpr size_t kBlasWorkspaceBytes = size_t(32) << 20;
+
+} // namespace
+
+TrainBlas::TrainBlas(cudaStream_t stream, Precision storage, bool deterministic)
+    : storage_(storage), workspace_(kBlasWorkspaceBytes, "cuBLAS workspace") {
+    EFFNET_CUBLAS_CHECK(cublasCreate(&handle_));
+    try {
+        EFFNET_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+        EFFNET_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(), workspace_.size()));
+        EFFNET_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH)); // no TF32
+        EFFNET_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+        EFFNET_CUBLAS_CHECK(
+            cublasSetAtomicsMode(handle_, deterministic ? CUBLAS_ATOMICS_NOT_ALLOWED : CUBLAS_ATOMICS_ALLOWED));
+    } catch (...) {
+        cublasDestroy(handle_);
+        throw;
+    }
+}
+
+TrainBlas::~TrainBlas() {
+    if (handle_) cublasDestroy(handle_);
+}
+
+// Row-major [rows, C] activations are column-major [C, rows]: every product below is written
+// for cuBLAS's column-major view.
+void TrainBlas::forward(const void* x, int64_t x_ld, const void* w, int64_t w_ld, void* z, int64_t rows, int in,
+                        int out) {
+    EFFNET_CHECK(x && w && z && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in && w_ld >= in,
+                 "TrainBlas::forward: bad arguments rows=" + std::to_string(rows) + " in=" + std::to_string(in) +
+                     " out=" + std::to_string(out));
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t t = cuda_type(storage_);
+    // z^T [out, rows] = w [out, in] * x^T [in, rows]
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, checked_int(rows, "rows"), in, &alpha, w,
+                                     t, checked_int(w_ld, "w_ld"), x, t, checked_int(x_ld, "x_ld"), &beta, z, t, out,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void TrainBlas::backward_data(const void* dz, const void* w, void* dx, int64_t rows, int in, int out,
+                              bool accumulate) {
+    EFFNET_CHECK(dz && w && dx && in >= 1 && out >= 1 && rows >= 1,
+                 "TrainBlas::backward_data: bad arguments rows=" + std::to_string(rows) + " in=" +
+                     std::to_string(in) + " out=" + std::to_string(out));
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const cudaDataType_t t = cuda_type(storage_);
+    // dx^T [in, rows] = w^T [in, out] * dz^T [out, rows]
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, in, checked_int(rows, "rows"), out, &alpha, w,
+                                     t, in, dz, t, out, &beta, dx, t, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void TrainBlas::backward_weight(const void* x, int64_t x_ld, const void* dz, float* dw, int64_t rows, int in,
+                                int out) {
+    EFFNET_CHECK(x && dz && dw && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in,
+                 "TrainBlas::backward_weight: bad arguments rows=" + std::to_string(rows) + " in=" +
+                     std::to_string(in) + " out=" + std::to_string(out));
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t t = cuda_type(storage_);
+    // dw^T [in, out] = x^T [in, rows] * dz [rows, out]
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, checked_int(rows, "rows"), &alpha, x,
+                                     t, checked_int(x_ld, "x_ld"), dz, t, out, &beta, dw, CUDA_R_32F, in,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+} // namespace effnet::cuda
+
+// ---------------------------------------------------------------------------------------------
+// GpuTrainer
+
+namespace effnet {
+
+using cuda::DeviceBuffer;
+using kernels::Act;
+
+namespace {
+
+constexpr int64_t kParamAlign = 32; // elements: 128 B in fp32, 64 B in half
+
+Precision storage_of(TrainPrecision p) {
+    switch (p) {
+    case TrainPrecision::FP32: return Precision::FP32;
+    case TrainPrecision::AmpFP16: return Precision::FP16;
+    case TrainPrecision::AmpBF16: return Precision::BF16;
+    }
+    throw Error("GpuTrainer: unknown precision");
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Weight decay on conv / linear weights only (train::default_weight_decay's rule).
+bool decays(const std::string& name) { return ends_with(name, ".weight") && name.find(".bn.") == std::string::npos; }
+
+struct ParamSlot {
+    std::string name;
+    Shape shape;
+    int64_t offset = 0, count = 0;
+    bool trainable = false;
+};
+
+// The per-use seed cpu::Network derives from ForwardOptions::seed (libeffnet/cpu/network.cpp):
+// the same masks on both engines for the same step seed.
+uint64_t derive_seed(uint64_t seed, uint64_t use) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (use + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// A conv -> BN [-> act] unit.
+struct BnUnit {
+    std::string prefix;
+    int64_t rows = 0; // N * Ho * Wo
+    int channels = 0;
+    DeviceBuffer z;   // [rows, C] conv output = BN input
+    DeviceBuffer y;   // [rows, C] BN (+act) output, when kept
+    DeviceBuffer mean, invstd; // [C] fp32
+};
+
+struct SeState {
+    int reduced = 0;
+    DeviceBuffer squeezed, reduced_pre, reduced_out, gate; // fp32
+    DeviceBuffer out;                                      // [rows, C] x * gate
+};
+
+struct BlockState {
+    BlockConfig cfg;
+    bool drop_path = false;      // stochastic depth applied in training
+    DeviceBuffer drop_mask;      // [N] 0 or 1/(1-p)
+    std::vector<float> host_mask;
+    int in_h = 0, in_w = 0, out_h = 0, out_w = 0;
+    kernels::DepthwiseShape dw_shape;
+    BnUnit expand, dw, project; // project.y is the block output
+    SeState se;
+};
+
+} // namespace
+
+struct GpuTrainer::Impl {
+    cuda::Context ctx;
+    Model& model_ref;
+    ModelConfig config;
+    int batch, height, width;
+    TrainPrecision precision;
+    Precision storage;
+    GpuTrainOptions options;
+    float scale;
+    size_t elem; // bytes per stored activation element
+    size_t allocated = 0;
+
+    std::vector<ParamSlot> slots;
+    std::map<std::string, size_t> slot_index;
+    int64_t param_total = 0;
+    DeviceBuffer master, grads, momentum, half_params;
+
+    // Stem / head / classifier and per-block state.
+    int stem_h = 0, stem_w = 0, stem_ld = 0, stem_taps = 0;
+    int stem_pad_top = 0, stem_pad_left = 0;
+    DeviceBuffer input;   // [N, 3, H, W] fp32
+    DeviceBuffer columns; // [N*Ho*Wo, stem_ld]
+    BnUnit stem, head;
+    std::vector<BlockState> blocks;
+    int head_h = 0, head_w = 0;
+    DeviceBuffer pooled, logits, dlogits, dpooled, sample_loss, targets, finite_flag;
+    bool dropout_active = false;
+    DeviceBuffer dropout_mask, pooled_dropped; // [N, Ch]: the classifier's input after dropout
+    std::vector<float> host_dropout_mask;
+    DeviceBuffer scratch[3];
+    DeviceBuffer workspace; // fp32
+    int64_t max_activation = 0;
+    size_t workspace_floats = 0;
+
+    std::unique_ptr<cuda::TrainBlas> blas;
+    bool have_gradients = false;
+    bool finite = true;
+
+    Impl(Model& m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions& o)
+        : ctx(o.device), model_ref(m), config(m.config), batch(n), height(h), width(w), precision(p),
+          storage(storage_of(p)), options(o), scale(o.loss_scale), elem(kernels::storage_size(storage_of(p))) {}
+
+    cudaStream_t stream() const { return ctx.stream(); }
+
+    DeviceBuffer alloc(size_t bytes, const std::string& what) {
+        DeviceBuffer b(bytes, what);
+        allocated += bytes;
+        return b;
+    }
+    DeviceBuffer alloc_act(int64_t rows, int channels, const std::string& what) {
+        max_activation = std::max(max_activation, rows * channels);
+        return alloc(size_t(rows) * size_t(channels) * elem, what);
+    }
+
+    float* param(const std::string& name) { return master.as<float>() + slot(name).offset; }
+    float* grad(const std::string& name) { return grads.as<float>() + slot(name).offset; }
+    // The GEMM operand for a weight: the master weights in fp32, their cast under AMP.
+    const void* gemm_weight(const std::string& name) {
+        const int64_t off = slot(name).offset;
+        if (storage == Precision::FP32) return master.as<float>() + off;
+        return static_cast<const char*>(half_params.data()) + size_t(off) * elem;
+    }
+    const ParamSlot& slot(const std::string& name) const {
+        const auto it = slot_index.find(name);
+        EFFNET_CHECK(it != slot_index.end(), "GpuTrainer: no parameter '" + name + "'");
+        return slots[it->second];
+    }
+
+    void plan_bn(BnUnit& u, const std::string& prefix, int64_t rows, int channels, bool keep_output) {
+        EFFNET_CHECK(rows > 1, "GpuTrainer: train-mode batch norm '" + prefix + ".bn' needs more than one value per "
+                               "channel, got " + std::to_string(rows) + " (use a larger batch or input)");
+        u.prefix = prefix;
+        u.rows = rows;
+        u.channels = channels;
+        u.z = alloc_act(rows, channels, prefix + ".z");
+        if (keep_output) u.y = alloc_act(rows, channels, prefix + ".y");
+        u.mean = alloc(size_t(channels) * 4, prefix + ".mean");
+        u.invstd = alloc(size_t(channels) * 4, prefix + ".invstd");
+        workspace_floats = std::max(workspace_floats, kernels::batchnorm_workspace_floats(rows, channels));
+    }
+
+    void upload_params(const Model& m) {
+        std::vector<float> host(size_t(param_total), 0.0f);
+        for (const ParamSlot& s : slots) {
+            const Tensor& t = m.param(s.name);
+            EFFNET_CHECK(t.shape == s.shape && t.numel() == s.count,
+                         "GpuTrainer: model parameter '" + s.name + "' has shape " + shape_str(t.shape) +
+                             ", the config needs " + shape_str(s.shape));
+            std::memcpy(host.data() + s.offset, t.ptr(), size_t(s.count) * 4);
+        }
+        EFFNET_CUDA_CHECK(cudaMemcpy(master.data(), host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+    }
+
+    void plan();
+    void forward();
+    void backward();
+    void bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale = nullptr,
+                    int64_t rows_per_image = 1);
+    // Writes dz (may alias dy). dy_pooled / dy_sample_scale: see BatchNormBackwardArgs.
+    void bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image, void* dz,
+                     const float* dy_sample_scale = nullptr);
+    void upload_masks(uint64_t seed);
+    float run_forward_backward(const float* input_host, const int64_t* targets_host, uint64_t seed);
+};
+
+void GpuTrainer::Impl::plan() {
+    config.validate();
+    EFFNET_CHECK(batch >= 1 && height >= 1 && width >= 1,
+                 "GpuTrainer: batch, height and width must be >= 1, got " + std::to_string(batch) + ", " +
+                     std::to_string(height) + ", " + std::to_string(width));
+    EFFNET_CHECK(batch <= 65535, "GpuTrainer: batch " + std::to_string(batch) + " exceeds 65535");
+    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f, "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
+    EFFNET_CHECK(options.label_smoothing >= 0.0f && options.label_smoothing <= 1.0f,
+                 "GpuTrainer: label smoothing must be in [0, 1], got " + std::to_string(options.label_smoothing));
+    EFFNET_CHECK(options.momentum >= 0.0f && options.weight_decay >= 0.0f,
+                 "GpuTrainer: momentum and weight decay must be >= 0");
+    const ModelConfig& c = config;
+    EFFNET_CHECK(c.in_channels >= 1 && c.in_channels * 9 <= 64,
+                 "GpuTrainer: the stem supports 1..7 input channels, got " + std::to_string(c.in_channels));
+
+    // Parameters: one flat buffer, every tensor aligned.
+    for (const ParamSpec& spec : parameter_specs(c)) {
+        ParamSlot s;
+        s.name = spec.name;
+        s.shape = spec.shape;
+        s.count = shape_numel(spec.shape);
+        s.offset = param_total;
+        s.trainable = spec.trainable;
+        param_total += (s.count + kParamAlign - 1) / kParamAlign * kParamAlign;
+        slot_index[s.name] = slots.size();
+        slots.push_back(std::move(s));
+    }
+    master = alloc(size_t(param_total) * 4, "master weights");
+    grads = alloc(size_t(param_total) * 4, "gradients");
+    momentum = alloc(size_t(param_total) * 4, "momentum buffers");
+    EFFNET_CUDA_CHECK(cudaMemset(grads.data(), 0, grads.size()));
+    EFFNET_CUDA_CHECK(cudaMemset(momentum.data(), 0, momentum.size()));
+    if (storage != Precision::FP32) half_params = alloc(size_t(param_total) * elem, "half weights");
+    upload_params(model_ref);
+
+    const int64_t N = batch;
+    input = alloc(size_t(N) * c.in_channels * height * width * 4, "input");
+    // Stem: conv 3x3 stride 2 as im2col + GEMM.
+    const cpu::Conv2dParams sp = cpu::conv_params(height, width, 3, 2, 1, c.padding);
+    stem_h = conv_output_size(height, 3, 2, c.padding);
+    stem_w = conv_output_size(width, 3, 2, c.padding);
+    stem_pad_top = sp.pad_top;
+    stem_pad_left = sp.pad_left;
+    stem_taps = c.in_channels * 9;
+    stem_ld = (stem_taps + 7) / 8 * 8;
+    const int64_t stem_rows = N * stem_h * stem_w;
+    columns = alloc(size_t(stem_rows) * size_t(stem_ld) * elem, "stem im2col");
+    plan_bn(stem, "stem", stem_rows, c.stem_channels, true);
+
+    int h = stem_h, w = stem_w;
+    blocks.resize(c.blocks.size());
+    for (size_t i = 0; i < c.blocks.size(); ++i) {
+        BlockState& b = blocks[i];
+        b.cfg = c.blocks[i];
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        b.in_h = h;
+        b.in_w = w;
+        const int64_t in_rows = N * h * w;
+        if (b.cfg.has_expand()) plan_bn(b.expand, p + "expand", in_rows, b.cfg.expand_channels, true);
+        const cpu::Conv2dParams dp = cpu::conv_params(h, w, b.cfg.kernel, b.cfg.stride, b.cfg.expand_channels, c.padding);
+        b.out_h = conv_output_size(h, b.cfg.kernel, b.cfg.stride, c.padding);
+        b.out_w = conv_output_size(w, b.cfg.kernel, b.cfg.stride, c.padding);
+        kernels::DepthwiseShape& ds = b.dw_shape;
+        ds.batch = batch; ds.height = h; ds.width = w; ds.channels = b.cfg.expand_channels;
+        ds.kernel = b.cfg.kernel; ds.stride = b.cfg.stride; ds.pad_top = dp.pad_top; ds.pad_left = dp.pad_left;
+        ds.out_height = b.out_h; ds.out_width = b.out_w;
+        EFFNET_CHECK(ds.kernel == 3 || ds.kernel == 5, "GpuTrainer: block " + std::to_string(i) + " has depthwise kernel " +
+                                                           std::to_string(ds.kernel) + " (supported: 3, 5)");
+        workspace_floats = std::max(workspace_floats, kernels::depthwise_weight_grad_workspace_floats(ds));
+        const int64_t out_rows = N * b.out_h * b.out_w;
+        plan_bn(b.dw, p + "dw", out_rows, b.cfg.expand_channels, true);
+        if (b.cfg.has_se()) {
+            SeState& se = b.se;
+            se.reduced = b.cfg.se_channels;
+            const size_t nc = size_t(N) * b.cfg.expand_channels * 4, ns = size_t(N) * se.reduced * 4;
+            se.squeezed = alloc(nc, p + "se.squeezed");
+            se.gate = alloc(nc, p + "se.gate");
+            se.reduced_pre = alloc(ns, p + "se.reduced_pre");
+            se.reduced_out = alloc(ns, p + "se.reduced_out");
+            se.out = alloc_act(out_rows, b.cfg.expand_channels, p + "se.out");
+            workspace_floats = std::max(workspace_floats, kernels::squeeze_excite_workspace_floats(
+                                                              batch, b.cfg.expand_channels, se.reduced));
+        }
+        plan_bn(b.project, p + "project", out_rows, b.cfg.out_channels, true);
+        b.drop_path = options.dropout && b.cfg.has_residual() && b.cfg.drop_path > 0.0f;
+        if (b.drop_path) b.drop_mask = alloc(size_t(N) * 4, p + "drop mask");
+        h = b.out_h;
+        w = b.out_w;
+    }
+    head_h = h;
+    head_w = w;
+    plan_bn(head, "head", N * h * w, c.head_channels, false);
+    pooled = alloc(size_t(N) * c.head_channels * 4, "pooled");
+    dpooled = alloc(size_t(N) * c.head_channels * 4, "dpooled");
+    dropout_active = options.dropout && c.dropout > 0.0f;
+    if (dropout_active) {
+        dropout_mask = alloc(size_t(N) * c.head_channels * 4, "dropout mask");
+        pooled_dropped = alloc(size_t(N) * c.head_channels * 4, "pooled after dropout");
+    }
+    logits = alloc(size_t(N) * c.num_classes * 4, "logits");
+    dlogits = alloc(size_t(N) * c.num_classes * 4, "dlogits");
+    sample_loss = alloc(size_t(N) * 4, "sample loss");
+    targets = alloc(size_t(N) * 4, "targets");
+    finite_flag = alloc(sizeof(int), "finite flag");
+    for (int i = 0; i < 3; ++i) scratch[i] = alloc(size_t(max_activation) * elem, "backward scratch");
+    workspace = alloc(std::max<size_t>(workspace_floats, 1) * 4, "reduction workspace");
+    blas = std::make_unique<cuda::TrainBlas>(stream(), storage, options.deterministic);
+    allocated += blas->workspace_bytes();
+    // The memsets and copies above ran on the legacy default stream, which the trainer's
+    // non-blocking stream does not wait for.
+    EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale,
+                                  int64_t rows_per_image) {
+    kernels::BatchNormStatsArgs s;
+    s.x = u.z.data();
+    s.rows = u.rows;
+    s.channels = u.channels;
+    s.eps = config.bn_eps;
+    s.momentum = config.bn_momentum;
+    if (options.update_running_stats) {
+        s.running_mean = param(u.prefix + ".bn.running_mean");
+        s.running_var = param(u.prefix + ".bn.running_var");
+    }
+    s.save_mean = u.mean.as<float>();
+    s.save_invstd = u.invstd.as<float>();
+    s.workspace = workspace.as<float>();
+    kernels::launch_batchnorm_stats(s, storage, stream());
+    kernels::BatchNormApplyArgs a;
+    a.x = u.z.data();
+    a.mean = u.mean.as<float>();
+    a.invstd = u.invstd.as<float>();
+    a.gamma = param(u.prefix + ".bn.weight");
+    a.beta = param(u.prefix + ".bn.bias");
+    a.residual = residual;
+    a.sample_scale = sample_scale;
+    a.rows_per_image = rows_per_image;
+    a.y = out;
+    a.rows = u.rows;
+    a.channels = u.channels;
+    a.act = act;
+    kernels::launch_batchnorm_apply(a, storage, stream());
+}
+
+void GpuTrainer::Impl::bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image,
+                                   void* dz, const float* dy_sample_scale) {
+    kernels::BatchNormBackwardArgs a;
+    a.x = u.z.data();
+    a.dy = dy;
+    a.dy_pooled = dy_pooled;
+    a.rows_per_image = rows_per_image;
+    a.pooled_scale = float(1.0 / double(rows_per_image));
+    a.dy_sample_scale = dy_sample_scale;
+    a.mean = u.mean.as<float>();
+    a.invstd = u.invstd.as<float>();
+    a.gamma = param(u.prefix + ".bn.weight");
+    a.beta = param(u.prefix + ".bn.bias");
+    a.act = act;
+    a.dgamma = grad(u.prefix + ".bn.weight");
+    a.dbeta = grad(u.prefix + ".bn.bias");
+    a.dx = dz;
+    a.rows = u.rows;
+    a.channels = u.channels;
+    a.workspace = workspace.as<float>();
+    kernels::launch_batchnorm_backward(a, storage, stream());
+}
+
+void GpuTrainer::Impl::forward() {
+    const ModelConfig& c = config;
+    const Act act = kernels::to_act(c.activation);
+    cudaStream_t st = stream();
+    if (storage != Precision::FP32)
+        kernels::launch_cast_from_f32(master.as<float>(), half_params.data(), param_total, storage, st);
+
+    // Stem.
+    kernels::Im2colArgs ic;
+    ic.input = input.as<float>();
+    ic.columns = columns.data();
+    ic.batch = batch; ic.channels = c.in_channels; ic.height = height; ic.width = width;
+    ic.kernel = 3; ic.stride = 2; ic.pad_top = stem_pad_top; ic.pad_left = stem_pad_left;
+    ic.out_height = stem_h; ic.out_width = stem_w; ic.ld = stem_ld;
+    kernels::launch_im2col(ic, storage, st);
+    blas->forward(columns.data(), stem_ld, gemm_weight("stem.conv.weight"), stem_taps, stem.z.data(), stem.rows,
+                  stem_taps, stem.channels);
+    bn_forward(stem, act, nullptr, stem.y.data());
+
+    const void* x = stem.y.data();
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        BlockState& b = blocks[i];
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        const void* dw_in = x;
+        if (b.cfg.has_expand()) {
+            blas->forward(x, b.cfg.in_channels, gemm_weight(p + "expand.conv.weight"), b.cfg.in_channels,
+                          b.expand.z.data(), b.expand.rows, b.cfg.in_channels, b.cfg.expand_channels);
+            bn_forward(b.expand, act, nullptr, b.expand.y.data());
+            dw_in = b.expand.y.data();
+        }
+        kernels::launch_depthwise_train_forward(dw_in, param(p + "dw.conv.weight"), b.dw.z.data(), b.dw_shape, storage,
+                                                st);
+        bn_forward(b.dw, act, nullptr, b.dw.y.data());
+        const void* project_in = b.dw.y.data();
+        if (b.cfg.has_se()) {
+            kernels::SqueezeExciteTrainArgs se;
+            se.batch = batch; se.hw = int64_t(b.out_h) * b.out_w; se.channels = b.cfg.expand_channels;
+            se.reduced = b.se.reduced; se.act = act; se.x = b.dw.y.data();
+            se.w1 = param(p + "se.reduce.weight"); se.b1 = param(p + "se.reduce.bias");
+            se.w2 = param(p + "se.expand.weight"); se.b2 = param(p + "se.expand.bias");
+            se.squeezed = b.se.squeezed.as<float>(); se.reduced_pre = b.se.reduced_pre.as<float>();
+            se.reduced_out = b.se.reduced_out.as<float>(); se.gate = b.se.gate.as<float>();
+            kernels::launch_squeeze_excite_train_forward(se, b.se.out.data(), storage, st);
+            project_in = b.se.out.data();
+        }
+        blas->forward(project_in, b.cfg.expand_channels, gemm_weight(p + "project.conv.weight"), b.cfg.expand_channels,
+                      b.project.z.data(), b.project.rows, b.cfg.expand_channels, b.cfg.out_channels);
+        bn_forward(b.project, Act::None, b.cfg.has_residual() ? x : nullptr, b.project.y.data(),
+                   b.drop_path ? b.drop_mask.as<float>() : nullptr, int64_t(b.out_h) * b.out_w);
+        x = b.project.y.data();
+    }
+
+    // Head: conv 1x1 -> BN -> act (into scratch) -> global average pool -> classifier.
+    const int in_ch = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
+    blas->forward(x, in_ch, gemm_weight("head.conv.weight"), in_ch, head.z.data(), head.rows, in_ch, head.channels);
+    bn_forward(head, act, nullptr, scratch[0].data());
+    const int64_t hw = int64_t(head_h) * head_w;
+    kernels::launch_spatial_sum(scratch[0].data(), nullptr, pooled.as<float>(), batch, hw, head.channels,
+                                float(1.0 / double(hw)), storage, st);
+    const float* features = pooled.as<float>();
+    if (dropout_active) {
+        kernels::launch_mask_multiply_f32(pooled.as<float>(), dropout_mask.as<float>(), pooled_dropped.as<float>(),
+                                          int64_t(batch) * head.channels, st);
+        features = pooled_dropped.as<float>();
+    }
+    kernels::SmallMatmulArgs cl; // logits [N, K] = features [N, Ch] W^T + b
+    cl.a = features; cl.a_row = head.channels; cl.a_col = 1;
+    cl.b = param("classifier.weight"); cl.b_row = 1; cl.b_col = head.channels;
+    cl.bias = param("classifier.bias");
+    cl.out = logits.as<float>();
+    cl.rows = batch; cl.cols = c.num_classes; cl.inner = head.channels;
+    kernels::launch_small_matmul(cl, st);
+
+    kernels::CrossEntropyArgs ce;
+    ce.logits = logits.as<float>();
+    ce.targets = targets.as<int32_t>();
+    ce.sample_loss = sample_loss.as<float>();
+    ce.dlogits = dlogits.as<float>();
+    ce.batch = batch;
+    ce.classes = c.num_classes;
+    ce.label_smoothing = options.label_smoothing;
+    ce.grad_scale = scale;
+    kernels::launch_cross_entropy(ce, st);
+}
+
+void GpuTrainer::Impl::backward() {
+    const ModelConfig& c = config;
+    const Act act = kernels::to_act(c.activation);
+    cudaStream_t st = stream();
+    const int K = c.num_classes, Ch = head.channels;
+
+    // Classifier: dW [K, Ch] = dlogits^T pooled; db [K] = sum_n dlogits; dpooled [N, Ch] = dlogits W.
+    kernels::SmallMatmulArgs m;
+    m.a = dlogits.as<float>(); m.a_row = 1; m.a_col = K;
+    m.b = dropout_active ? pooled_dropped.as<float>() : pooled.as<float>(); m.b_row = Ch; m.b_col = 1;
+    m.rows = K; m.cols = Ch; m.inner = batch; m.out = grad("classifier.weight");
+    kernels::launch_small_matmul(m, st);
+    m = kernels::SmallMatmulArgs{};
+    m.a = dlogits.as<float>(); m.a_row = 1; m.a_col = K;
+    m.rows = K; m.cols = 1; m.inner = batch; m.out = grad("classifier.bias");
+    kernels::launch_small_matmul(m, st);
+    m = kernels::SmallMatmulArgs{};
+    m.a = dlogits.as<float>(); m.a_row = K; m.a_col = 1;
+    m.b = param("classifier.weight"); m.b_row = Ch; m.b_col = 1;
+    m.rows = batch; m.cols = Ch; m.inner = K; m.out = dpooled.as<float>();
+    kernels::launch_small_matmul(m, st);
+    if (dropout_active)
+        kernels::launch_mask_multiply_f32(dpooled.as<float>(), dropout_mask.as<float>(), dpooled.as<float>(),
+                                          int64_t(batch) * Ch, st);
+
+    // Head BN (+act) backward, the pool's gradient broadcast fused in.
+    const int64_t hw = int64_t(head_h) * head_w;
+    bn_backward(head, act, nullptr, dpooled.as<float>(), hw, scratch[0].data());
+    const void* last = blocks.empty() ? stem.y.data() : blocks.back().project.y.data();
+    const int in_ch = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
+    blas->backward_weight(last, in_ch, scratch[0].data(), grad("head.conv.weight"), head.rows, in_ch, Ch);
+    blas->backward_data(scratch[0].data(), gemm_weight("head.conv.weight"), scratch[1].data(), head.rows, in_ch, Ch,
+                        false);
+
+    int o = 1; // scratch index holding the gradient of the current block's output
+    for (int i = int(blocks.size()) - 1; i >= 0; --i) {
+        BlockState& b = blocks[size_t(i)];
+        const std::string p = "blocks." + std::to_string(i) + ".";
+        const int f1 = (o + 1) % 3, f2 = (o + 2) % 3;
+        void* d_out = scratch[o].data();
+        const void* x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
+        const int E = b.cfg.expand_channels, Cin = b.cfg.in_channels, Cout = b.cfg.out_channels;
+
+        // Project: BN backward (no activation), then the GEMM gradients.
+        bn_backward(b.project, Act::None, d_out, nullptr, int64_t(b.out_h) * b.out_w, scratch[f1].data(),
+                    b.drop_path ? b.drop_mask.as<float>() : nullptr);
+        const void* project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
+        blas->backward_weight(project_in, E, scratch[f1].data(), grad(p + "project.conv.weight"), b.project.rows, E, Cout);
+        blas->backward_data(scratch[f1].data(), gemm_weight(p + "project.conv.weight"), scratch[f2].data(),
+                            b.project.rows, E, Cout, false);
+        int d = f2, e = f1; // d: gradient of the depthwise unit's output; e: free
+        if (b.cfg.has_se()) {
+            kernels::SqueezeExciteTrainArgs se;
+            se.batch = batch; se.hw = int64_t(b.out_h) * b.out_w; se.channels = E;
+            se.reduced = b.se.reduced; se.act = act; se.x = b.dw.y.data();
+            se.w1 = param(p + "se.reduce.weight"); se.b1 = param(p + "se.reduce.bias");
+            se.w2 = param(p + "se.expand.weight"); se.b2 = param(p + "se.expand.bias");
+            se.squeezed = b.se.squeezed.as<float>(); se.reduced_pre = b.se.reduced_pre.as<float>();
+            se.reduced_out = b.se.reduced_out.as<float>(); se.gate = b.se.gate.as<float>();
+            kernels::launch_squeeze_excite_backward(se, scratch[f2].data(), scratch[f1].data(),
+                                                    grad(p + "se.reduce.weight"), grad(p + "se.reduce.bias"),
+                                                    grad(p + "se.expand.weight"), grad(p + "se.expand.bias"),
+                                                    workspace.as<float>(), storage, st);
+            d = f1;
+            e = f2;
+        }
+        // Depthwise: BN (+act) backward in place, then weight and data gradients.
+        bn_backward(b.dw, act, scratch[d].data(), nullptr, 1, scratch[d].data());
+        const void* dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
+        kernels::launch_depthwise_backward_weight(dw_in, scratch[d].data(), grad(p + "dw.conv.weight"),
+                                                  workspace.as<float>(), b.dw_shape, storage, st);
+        const bool residual = b.cfg.has_residual();
+        if (!b.cfg.has_expand()) {
+            kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"),
+                                                    residual ? d_out : nullptr, scratch[e].data(), b.dw_shape, storage,
+                                                    st);
+            o = e;
+            continue;
+        }
+        kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"), nullptr,
+                                                scratch[e].data(), b.dw_shape, storage, st);
+        bn_backward(b.expand, act, scratch[e].data(), nullptr, 1, scratch[e].data());
+        blas->backward_weight(x, Cin, scratch[e].data(), grad(p + "expand.conv.weight"), b.expand.rows, Cin, E);
+        if (residual)
+            EFFNET_CUDA_CHECK(cudaMemcpyAsync(scratch[d].data(), d_out, size_t(b.expand.rows) * Cin * elem,
+                                              cudaMemcpyDeviceToDevice, st));
+        blas->backward_data(scratch[e].data(), gemm_weight(p + "expand.conv.weight"), scratch[d].data(), b.expand.rows,
+                            Cin, E, residual);
+        o = d;
+    }
+
+    // Stem: BN (+act) backward in place, weight gradient from the im2col columns.
+    bn_backward(stem, act, scratch[o].data(), nullptr, 1, scratch[o].data());
+    blas->backward_weight(columns.data(), stem_ld, scratch[o].data(), grad("stem.conv.weight"), stem.rows, stem_taps,
+                          stem.channels);
+}
+
+// Dropout and stochastic-depth masks for this step, from the CPU reference's generator.
+void GpuTrainer::Impl::upload_masks(uint64_t seed) {
+    cudaStream_t st = stream();
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        BlockState& b = blocks[i];
+        if (!b.drop_path) continue;
+        cpu::stochastic_depth_forward(Tensor({int64_t(batch), 1}, 1.0f), b.cfg.drop_path, derive_seed(seed, i),
+                                      &b.host_mask);
+        EFFNET_CHECK(b.host_mask.size() == size_t(batch), "GpuTrainer: stochastic-depth mask has the wrong size");
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(b.drop_mask.data(), b.host_mask.data(), b.host_mask.size() * 4,
+                                          cudaMemcpyHostToDevice, st));
+    }
+    if (dropout_active) {
+        cpu::dropout_forward(Tensor({int64_t(batch), int64_t(head.channels)}, 1.0f), config.dropout,
+                             derive_seed(seed, blocks.size()), &host_dropout_mask);
+        EFFNET_CHECK(host_dropout_mask.size() == size_t(batch) * size_t(head.channels),
+                     "GpuTrainer: dropout mask has the wrong size");
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(dropout_mask.data(), host_dropout_mask.data(), host_dropout_mask.size() * 4,
+                                          cudaMemcpyHostToDevice, st));
+    }
+}
+
+float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int64_t* targets_host, uint64_t seed) {
+    EFFNET_CHECK(input_host && targets_host, "GpuTrainer: null input or targets");
+    std::vector<int32_t> t(static_cast<size_t>(batch));
+    for (int n = 0; n < batch; ++n) {
+        EFFNET_CHECK(targets_host[n] >= 0 && targets_host[n] < config.num_classes,
+                     "GpuTrainer: target " + std::to_string(targets_host[n]) + " of sample " + std::to_string(n) +
+                         " is outside [0, " + std::to_string(config.num_classes) + ")");
+        t[size_t(n)] = int32_t(targets_host[n]);
+    }
+    ctx.activate();
+    cudaStream_t st = stream();
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(input.data(), input_host, input.size(), cudaMemcpyHostToDevice, st));
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(targets.data(), t.data(), t.size() * 4, cudaMemcpyHostToDevice, st));
+    have_gradients = false;
+    upload_masks(seed);
+    forward();
+    backward();
+    // Unscale (AMP) and check the gradients.
+    if (scale != 1.0f) kernels::launch_scale_f32(grads.as<float>(), param_total, 1.0f / scale, st);
+    EFFNET_CUDA_CHECK(cudaMemsetAsync(finite_flag.data(), 0, sizeof(int), st));
+    kernels::launch_find_non_finite(grads.as<float>(), param_total, finite_flag.as<int>(), st);
+    std::vector<float> losses(static_cast<size_t>(batch));
+    int flag = 0;
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(losses.data(), sample_loss.data(), losses.size() * 4, cudaMemcpyDeviceToHost, st));
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(&flag, finite_flag.data(), sizeof(int), cudaMemcpyDeviceToHost, st));
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(st)); // also surfaces execution errors of the step
+    finite = flag == 0;
+    have_gradients = true;
+    double total = 0.0;
+    for (float l : losses) total += double(l);
+    return float(total / double(batch));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+GpuTrainer::GpuTrainer(Model& model, int batch, int height, int width, TrainPrecision precision,
+                       const GpuTrainOptions& options) {
+    EFFNET_CHECK(cuda_available(), "GpuTrainer: no usable CUDA device (" + cuda_device_description() + ")");
+    impl_ = std::make_unique<Impl>(model, batch, height, width, precision, options);
+    impl_->plan();
+}
+
+GpuTrainer::~GpuTrainer() = default;
+
+float GpuTrainer::compute_gradients(const float* input, const int64_t* targets, uint64_t seed) {
+    return impl_->run_forward_backward(input, targets, seed);
+}
+
+bool GpuTrainer::apply_update(float lr) {
+    Impl& m = *impl_;
+    EFFNET_CHECK(m.have_gradients, "GpuTrainer::apply_update: no gradients (call compute_gradients first)");
+    EFFNET_CHECK(std::isfinite(lr), "GpuTrainer::apply_update: learning rate is not finite");
+    if (!m.finite) return false;
+    m.ctx.activate();
+    for (const ParamSlot& s : m.slots) {
+        if (!s.trainable) continue;
+        kernels::SgdArgs a;
+        a.param = m.master.as<float>() + s.offset;
+        a.grad = m.grads.as<float>() + s.offset;
+        a.momentum_buffer = m.momentum.as<float>() + s.offset;
+        a.count = s.count;
+        a.lr = lr;
+        a.momentum = m.options.momentum;
+        a.nesterov = m.options.nesterov;
+        a.weight_decay = decays(s.name) ? m.options.weight_decay : 0.0f;
+        kernels::launch_sgd_update(a, m.stream());
+    }
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    m.have_gradients = false; // one update per backward
+    return true;
+}
+
+float GpuTrainer::step(const float* input, const int64_t* targets, float lr, uint64_t seed) {
+    const float loss = compute_gradients(input, targets, seed);
+    if (impl_->finite) apply_update(lr);
+    return loss;
+}
+
+void GpuTrainer::set_loss_scale(float scale) {
+    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f, "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
+    impl_->scale = scale;
+}
+float GpuTrainer::loss_scale() const { return impl_->scale; }
+bool GpuTrainer::last_step_finite() const { return impl_->finite; }
+
+cpu::Gradients GpuTrainer::gradients() const {
+    const Impl& m = *impl_;
+    m.ctx.activate();
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    std::vector<float> host(size_t(m.param_total));
+    EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.grads.data(), host.size() * 4, cudaMemcpyDeviceToHost));
+    cpu::Gradients g;
+    for (const ParamSlot& s : m.slots) {
+        if (!s.trainable) continue;
+        Tensor t(s.shape);
+        std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
+        g.params[s.name] = std::move(t);
+    }
+    return g;
+}
+
+Tensor GpuTrainer::logits() const {
+    const Impl& m = *impl_;
+    m.ctx.activate();
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    Tensor t({int64_t(m.batch), int64_t(m.config.num_classes)});
+    EFFNET_CUDA_CHECK(cudaMemcpy(t.ptr(), m.logits.data(), size_t(t.numel()) * 4, cudaMemcpyDeviceToHost));
+    return t;
+}
+
+void GpuTrainer::download(Model& model) const {
+    const Impl& m = *impl_;
+    m.ctx.activate();
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    std::vector<float> host(size_t(m.param_total));
+    EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.master.data(), host.size() * 4, cudaMemcpyDeviceToHost));
+    for (const ParamSlot& s : m.slots) {
+        Tensor t(s.shape);
+        std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
+        model.params[s.name] = std::move(t);
+    }
+}
+
+int GpuTrainer::batch() const { return impl_->batch; }
+int GpuTrainer::height() const { return impl_->height; }
+int GpuTrainer::width() const { return impl_->width; }
+TrainPrecision GpuTrainer::precision() const { return impl_->precision; }
+size_t GpuTrainer::peak_device_memory() const { return impl_->allocated; }
+
+} // namespace effnet
