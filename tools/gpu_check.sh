@@ -14,7 +14,7 @@
 #
 # Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
 # here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
-# sanitizer,compile,bench,torch,micro,extras; default all), EFFNET_BIN (default .carry/bin),
+# sanitizer,compile,bench,torch,train,micro,extras; default all), EFFNET_BIN (default .carry/bin),
 # PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -241,6 +241,19 @@ if want torch; then
         --spec b0:256:fp32+fp16-cl+graph --spec b0:32:fp32+fp16-cl+graph --spec b0:1:fp32+fp16-cl+graph \
         --spec b4:64:fp16-cl+graph --spec b7:32:fp16-cl+graph \
         --iters "$ITERS" --warmup "$WARMUP" --time-budget 120 --json-out "$RESULTS"
+fi
+
+# ---- training step: effnet-train_bench, then PyTorch (channels_last, SGD momentum), same card
+TRAIN_CONFIGS=("b0 amp-fp16 128" "b0 fp32 128" "b4 amp-fp16 32")
+if want train && have_bin effnet-train_bench train_bench; then
+    for c in "${TRAIN_CONFIGS[@]}"; do
+        set -- $c
+        run_step "effnet-train $1 $2 b$3" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train_bench" --variant "$1" \
+            --precision "$2" --batch "$3" --iters 10
+        grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
+    done
+    run_step torch_train 90 "$LOG" "$PY" bench/pytorch_train_bench.py --spec b0:128:amp-fp16 \
+        --spec b0:128:fp32 --spec b4:32:amp-fp16 --iters 10 --warmup 4 --json-out "$RESULTS"
 fi
 
 # ---- microbenchmarks (kernels vs cuDNN, vs the measured copy bandwidth)

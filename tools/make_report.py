@@ -351,6 +351,8 @@ def main():
     ceil = next((r for r in reversed(rows) if r.get("tool") == "ceilings"), {})
     steps = [r for r in rows if r.get("tool") == "step"]
     parity = [r for r in rows if r.get("tool") == "parity"]
+    train_rows = [r for r in rows if r.get("tool") in ("effnet-train", "pytorch-train")]
+    train_summary = []
     effnet, torch = index_runs(rows)
     copy_bps = ceil.get("copy_tb_s", 0) * 1e12 if ceil.get("copy_tb_s") else None
     benchmarks, micro_note = read_microbench(args.microbench)
@@ -489,6 +491,35 @@ def main():
         md.append("Not run.")
     md.append("")
 
+    md += ["## Training step (images/s, peak memory)", ""]
+    trows = []
+    for key in sorted({(r.get("variant"), r.get("batch"), r.get("precision")) for r in train_rows if r.get("variant")}):
+        ours = next((r for r in reversed(train_rows) if r.get("tool") == "effnet-train"
+                     and (r.get("variant"), r.get("batch"), r.get("precision")) == key), None)
+        theirs = next((r for r in reversed(train_rows) if r.get("tool") == "pytorch-train"
+                       and (r.get("variant"), r.get("batch"), r.get("precision")) == key), None)
+        oi = ours.get("images_per_s") if ours else None
+        ti = theirs.get("images_per_s") if theirs else None
+        om = ours.get("peak_device_memory_bytes") if ours else None
+        tm = theirs.get("peak_memory_bytes") if theirs else None
+        trows.append([key[0], key[1], key[2], fnum(oi) if oi else "-", fnum(ti) if ti else "-",
+                      f"{oi / ti:.2f}x" if oi and ti else "-", mib(om) if om else "-", mib(tm) if tm else "-",
+                      f"{om / tm:.2f}x" if om and tm else "-"])
+        train_summary.append((f"train {key[0]} b{key[1]} {key[2]}", fnum(oi) if oi else "-",
+                              fnum(ti) if ti else "-", f"{oi / ti:.2f}x" if oi and ti else "-"))
+    if trows:
+        md.append(table(["model", "batch", "precision", "effnet img/s", "PyTorch img/s", "ratio",
+                         "effnet peak", "PyTorch peak", "memory ratio"], trows))
+        md.append("\nPyTorch: torchvision model, channels_last, SGD momentum, AMP via autocast + GradScaler; "
+                  "fp32 keeps PyTorch's defaults (cuDNN may use TF32), effnet fp32 is true fp32. "
+                  "Targets: B0 b128 amp-fp16 >= 1.5x with <= 0.6x memory; B4 b32 amp-fp16 >= 1.5x; B0 b128 fp32 >= 1.3x.")
+    else:
+        md.append("Not measured.")
+    errs = [r for r in train_rows if r.get("status")]
+    if errs:
+        md.append("\nErrors: " + "; ".join(f"{r.get('spec')}: {r.get('status')}" for r in errs))
+    md.append("")
+
     md += ["## GPU tests and compute-sanitizer", ""]
     trows = []
     for name, text in logs.items():
@@ -531,6 +562,8 @@ def main():
     print(f"{'config':16} {'effnet img/s':>13} {'p50 ms':>9} {'best PyTorch img/s':>26} {'ratio':>7}")
     for r in summary_rows:
         print(f"{r[0]:16} {r[1]:>13} {r[2]:>9} {r[3]:>26} {r[4]:>7}")
+    for r in train_summary:
+        print(f"{r[0]:28} effnet {r[1]:>8} img/s  PyTorch {r[2]:>8} img/s  {r[3]}")
     w = max(len(t[0]) for t in targets)
     for t in targets:
         print(f"{t[3]:13} {t[0]:{w}}  {t[1]}")
