@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
@@ -9,107 +10,196 @@
 namespace effnet::kernels {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kPixelsPerThread = 4; // output pixels each thread computes per block
+// Tiling. A thread owns V channels (one 16-byte vector: 8 fp16/bf16 or 4 fp32) and a strip of
+// TW consecutive output pixels along W, so each input column it loads is converted once and
+// reused by up to min(K, TW) outputs from registers. A block is CG channel groups (threadIdx.x)
+// x a tile of TR output rows by TS strips (threadIdx.y = r * TS + s), all of one image
+// (blockIdx.z): the rows of its input tile + halo are re-read by neighbouring threads through
+// L1, so DRAM sees each input byte about once. Weights and the squeeze partial sums go through
+// shared memory; the squeeze ends in one atomicAdd per (block, channel).
+constexpr int kMaxThreads = 256;
+constexpr int kMaxStripsAcross = 4; // TS at most: a tile is at most 4 strips wide
 
-// Block: threadIdx.x over groups of V channels (TX = blockDim.x of them), threadIdx.y over
-// output pixels of one image (blockIdx.z). Each thread keeps its channel group, so the fused
-// squeeze sums in registers and the block reduces them before one atomicAdd per channel.
-// Warp reads are contiguous: TX groups x consecutive pixels of an NHWC row.
-template <typename T, int K, int V>
-__global__ void __launch_bounds__(kThreads) depthwise_conv_kernel(DepthwiseArgs a, int pixels_per_block) {
+struct Tile {
+    int strips_across = 1; // TS
+    int rows = 1;          // TR
+    int tiles_w = 1;       // tiles along W (blockIdx.x % tiles_w)
+};
+
+// fp32 keeps the accurate activation (checked to 1e-5 against the CPU); fp16/bf16 outputs
+// carry 8-11 bits, so SiLU uses the fast exp/divide (relative error ~1e-6).
+template <typename T>
+__device__ __forceinline__ float activate(float v, Act a) {
+    if constexpr (std::is_same_v<T, float>) {
+        return apply_act(v, a);
+    } else {
+        if (a == Act::SiLU) return __fdividef(v, 1.0f + __expf(-v));
+        if (a == Act::ReLU6) return fminf(fmaxf(v, 0.0f), 6.0f);
+        return v;
+    }
+}
+
+// K: kernel size. V: channels per thread. TW: output pixels per thread along W. S: the stride
+// when TW > 1 (it fixes which loaded columns feed which output); TW == 1 takes any stride.
+template <typename T, int K, int V, int TW, int S>
+__global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseArgs a, Tile t) {
+    constexpr int kSpan = (TW - 1) * S + K; // input columns one strip reads per kernel row
     extern __shared__ float smem[];
-    const int tx_count = blockDim.x;
-    const int lane_channels = tx_count * V;          // channels this block covers
-    float* w_s = smem;                               // [K*K][lane_channels]
-    float* red_s = smem + K * K * lane_channels;     // [blockDim.y][lane_channels]
+    const int cg_count = blockDim.x;
+    const int slab_channels = cg_count * V;
+    float* w_s = smem;                          // [K*K][slab_channels]
+    float* red_s = smem + K * K * slab_channels; // [blockDim.y][slab_channels]
 
     const int C = a.channels;
-    const int c_block = blockIdx.x * lane_channels;
-    const int tid = threadIdx.y * tx_count + threadIdx.x;
-    for (int i = tid; i < K * K * lane_channels; i += tx_count * blockDim.y) {
-        const int tap = i / lane_channels, c = c_block + i % lane_channels;
+    const int tile_x = blockIdx.x % t.tiles_w;
+    const int slab = blockIdx.x / t.tiles_w;
+    const int c_slab = slab * slab_channels;
+    const int tid = threadIdx.y * cg_count + threadIdx.x;
+    const int nthreads = cg_count * blockDim.y;
+    for (int i = tid; i < K * K * slab_channels; i += nthreads) {
+        const int tap = i / slab_channels, c = c_slab + i % slab_channels;
         w_s[i] = c < C ? a.weight[tap * C + c] : 0.0f;
     }
     __syncthreads();
 
-    const int c0 = c_block + threadIdx.x * V;
-    const bool active = c0 < C; // C % V == 0, so a group is either fully in or out
+    const int r = threadIdx.y / t.strips_across, s = threadIdx.y % t.strips_across;
+    const int oh = blockIdx.y * t.rows + r;
+    const int ow0 = (tile_x * t.strips_across + s) * TW;
+    const int c0 = c_slab + threadIdx.x * V;
+    // C % V == 0, so a channel group is entirely in or out.
+    const bool active = c0 < C && oh < a.out_height && ow0 < a.out_width;
     const int n = blockIdx.z;
-    const int P = a.out_height * a.out_width;
-    const int p_begin = blockIdx.y * pixels_per_block;
-    const int p_end = min(P, p_begin + pixels_per_block);
-    const T* x = static_cast<const T*>(a.input) + int64_t(n) * a.height * a.width * C;
-    T* y = static_cast<T*>(a.output) + int64_t(n) * P * C;
 
-    float bias[V], sum[V];
+    float sum[V];
 #pragma unroll
-    for (int v = 0; v < V; ++v) {
-        bias[v] = active ? a.bias[c0 + v] : 0.0f;
-        sum[v] = 0.0f;
-    }
+    for (int v = 0; v < V; ++v) sum[v] = 0.0f;
+
     if (active) {
-        for (int p = p_begin + threadIdx.y; p < p_end; p += blockDim.y) {
-            const int oh = p / a.out_width, ow = p % a.out_width;
-            float acc[V];
+        const T* x = static_cast<const T*>(a.input) + int64_t(n) * a.height * a.width * C + c0;
+        float acc[TW][V];
+        {
+            float bias[V];
 #pragma unroll
-            for (int v = 0; v < V; ++v) acc[v] = bias[v];
+            for (int v = 0; v < V; ++v) bias[v] = a.bias[c0 + v];
 #pragma unroll
-            for (int kh = 0; kh < K; ++kh) {
-                const int ih = oh * a.stride - a.pad_top + kh;
-                if (ih < 0 || ih >= a.height) continue;
+            for (int j = 0; j < TW; ++j)
 #pragma unroll
-                for (int kw = 0; kw < K; ++kw) {
-                    const int iw = ow * a.stride - a.pad_left + kw;
-                    if (iw < 0 || iw >= a.width) continue;
-                    float in[V];
-                    load_vec<T, V>(x + (int64_t(ih) * a.width + iw) * C + c0, in);
-                    const float* w = w_s + (kh * K + kw) * lane_channels + threadIdx.x * V;
+                for (int v = 0; v < V; ++v) acc[j][v] = bias[v];
+        }
+        const int ih0 = oh * a.stride - a.pad_top;
+        const int iw0 = ow0 * a.stride - a.pad_left;
+        const float* w_thread = w_s + threadIdx.x * V;
 #pragma unroll
-                    for (int v = 0; v < V; ++v) acc[v] = fmaf(in[v], w[v], acc[v]);
+        for (int kh = 0; kh < K; ++kh) {
+            const int ih = ih0 + kh;
+            if (ih < 0 || ih >= a.height) continue; // zero padding rows add nothing
+            const T* row = x + int64_t(ih) * a.width * C;
+            // All loads of this kernel row first (independent, in flight together), then the FMAs.
+            float in[kSpan][V];
+#pragma unroll
+            for (int c = 0; c < kSpan; ++c) {
+                const int iw = iw0 + c;
+                if (iw >= 0 && iw < a.width) {
+                    load_vec<T, V>(row + int64_t(iw) * C, in[c]);
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) in[c][v] = 0.0f;
                 }
             }
 #pragma unroll
-            for (int v = 0; v < V; ++v) {
-                acc[v] = apply_act(acc[v], a.act);
-                sum[v] += acc[v];
+            for (int kw = 0; kw < K; ++kw) {
+                float w[V];
+                const float* w_tap = w_thread + (kh * K + kw) * slab_channels;
+                if constexpr (V % 4 == 0) { // slab_channels and the thread offset are multiples of 4
+#pragma unroll
+                    for (int v = 0; v < V; v += 4) {
+                        const float4 w4 = *reinterpret_cast<const float4*>(w_tap + v);
+                        w[v] = w4.x; w[v + 1] = w4.y; w[v + 2] = w4.z; w[v + 3] = w4.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) w[v] = w_tap[v];
+                }
+#pragma unroll
+                for (int j = 0; j < TW; ++j)
+#pragma unroll
+                    for (int v = 0; v < V; ++v) acc[j][v] = fmaf(in[j * S + kw][v], w[v], acc[j][v]);
             }
-            store_vec<T, V>(y + int64_t(p) * C + c0, acc);
+        }
+        T* y = static_cast<T*>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+#pragma unroll
+        for (int j = 0; j < TW; ++j) {
+            if (ow0 + j >= a.out_width) break;
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                acc[j][v] = activate<T>(acc[j][v], a.act);
+                sum[v] += acc[j][v];
+            }
+            store_vec<T, V>(y + int64_t(ow0 + j) * C, acc[j]);
         }
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid
 
     // Squeeze: reduce the per-thread sums over threadIdx.y, then one atomicAdd per channel.
 #pragma unroll
-    for (int v = 0; v < V; ++v) red_s[threadIdx.y * lane_channels + threadIdx.x * V + v] = sum[v];
+    for (int v = 0; v < V; ++v) red_s[threadIdx.y * slab_channels + threadIdx.x * V + v] = sum[v];
     __syncthreads();
-    for (int i = tid; i < lane_channels; i += tx_count * blockDim.y) {
-        const int c = c_block + i;
+    for (int i = tid; i < slab_channels; i += nthreads) {
+        const int c = c_slab + i;
         if (c >= C) continue;
-        float s = 0.0f;
-        for (int r = 0; r < int(blockDim.y); ++r) s += red_s[r * lane_channels + i];
-        atomicAdd(a.pooled_sum + int64_t(n) * C + c, s);
+        float total = 0.0f;
+        for (int q = 0; q < int(blockDim.y); ++q) total += red_s[q * slab_channels + i];
+        atomicAdd(a.pooled_sum + int64_t(n) * C + c, total);
     }
 }
 
-template <typename T, int K, int V>
-void launch_typed(const DepthwiseArgs& a, cudaStream_t stream) {
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+template <typename T, int K, int V, int TW, int S>
+void launch_tiled(const DepthwiseArgs& a, cudaStream_t stream) {
     const int groups = a.channels / V;
-    const int tx = std::min(groups, 32);
-    const int ty = kThreads / tx;
-    const int pixels_per_block = ty * kPixelsPerThread;
-    const int P = a.out_height * a.out_width;
-    const dim3 grid(unsigned((groups + tx - 1) / tx), unsigned((P + pixels_per_block - 1) / pixels_per_block),
-                    unsigned(a.batch));
-    const size_t smem = (size_t(K) * K * tx * V + size_t(ty) * tx * V) * sizeof(float);
-    depthwise_conv_kernel<T, K, V><<<grid, dim3(unsigned(tx), unsigned(ty)), smem, stream>>>(a, pixels_per_block);
+    const int cg = std::min(groups, V == 1 ? 32 : 8); // 8 x 16 B: one 128-byte line per pixel
+    const int slabs = ceil_div(groups, cg);
+    const int strips_w = ceil_div(a.out_width, TW);
+    // Balanced tiles: as large as the thread cap allows, split evenly so none is mostly empty.
+    Tile t;
+    t.tiles_w = ceil_div(strips_w, kMaxStripsAcross);
+    t.strips_across = ceil_div(strips_w, t.tiles_w);
+    const int max_rows = std::max(1, kMaxThreads / cg / t.strips_across);
+    const int tiles_h = ceil_div(a.out_height, max_rows);
+    t.rows = ceil_div(a.out_height, tiles_h);
+    const dim3 block(unsigned(cg), unsigned(t.strips_across * t.rows));
+    const dim3 grid(unsigned(slabs * t.tiles_w), unsigned(tiles_h), unsigned(a.batch));
+    const size_t smem = (size_t(K) * K + block.y) * size_t(cg) * V * sizeof(float);
+    depthwise_conv_kernel<T, K, V, TW, S><<<grid, block, smem, stream>>>(a, t);
     EFFNET_LAUNCH_CHECK("depthwise_conv_kernel");
 }
 
-template <typename T, int V>
-void launch_kernel_size(const DepthwiseArgs& a, cudaStream_t stream) {
-    if (a.kernel == 3) launch_typed<T, 3, V>(a, stream);
-    else launch_typed<T, 5, V>(a, stream);
+template <typename T, int K, int V>
+void launch_vector(const DepthwiseArgs& a, cudaStream_t stream) {
+    // Measured on an H200, fp16, batch 32, every B0/B4/B7 layer (bench_depthwise forces each
+    // length): the longest strip wins everywhere, 1.3-2x over one pixel per thread, even on the
+    // small late layers where it leaves SMs idle; only at Wo <= 7 is TW = 2 ahead (10-25%).
+    // Stride 2 stops at TW = 2: TW = 4 needs (3 * 2 + K) input columns in registers (~160 for
+    // fp16, ptxas), which halves the blocks per SM.
+    int tw = a.pixels_per_thread;
+    if (tw == 0) tw = a.stride == 1 ? (a.out_width >= 8 ? 4 : 2) : a.stride == 2 ? 2 : 1;
+    if (tw == 4 && a.stride == 1) launch_tiled<T, K, V, 4, 1>(a, stream);
+    else if (tw == 2 && a.stride == 1) launch_tiled<T, K, V, 2, 1>(a, stream);
+    else if (tw == 2 && a.stride == 2) launch_tiled<T, K, V, 2, 2>(a, stream);
+    else launch_tiled<T, K, V, 1, 1>(a, stream);
+}
+
+template <typename T>
+void launch_typed(const DepthwiseArgs& a, bool vec_ok, cudaStream_t stream) {
+    constexpr int kVec = int(16 / sizeof(T));
+    if (vec_ok && a.channels % kVec == 0) {
+        if (a.kernel == 3) launch_vector<T, 3, kVec>(a, stream);
+        else launch_vector<T, 5, kVec>(a, stream);
+    } else { // odd channel counts or unaligned views: scalar, one pixel per thread
+        if (a.kernel == 3) launch_tiled<T, 3, 1, 1, 1>(a, stream);
+        else launch_tiled<T, 5, 1, 1, 1>(a, stream);
+    }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -130,20 +220,15 @@ void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStre
     EFFNET_CHECK((a.out_height - 1) * a.stride - a.pad_top < a.height &&
                      (a.out_width - 1) * a.stride - a.pad_left < a.width,
                  "depthwise_conv: output size inconsistent with input size and padding");
+    EFFNET_CHECK(a.pixels_per_thread == 0 || a.pixels_per_thread == 1 ||
+                     (a.pixels_per_thread == 2 && a.stride <= 2) || (a.pixels_per_thread == 4 && a.stride == 1),
+                 "depthwise_conv: pixels_per_thread " + std::to_string(a.pixels_per_thread) +
+                     " unsupported at stride " + std::to_string(a.stride) + " (0, 1, 2, or 4 at stride 1)");
     const bool vec_ok = aligned16(a.input) && aligned16(a.output);
     switch (precision) {
-    case Precision::FP32:
-        if (vec_ok && a.channels % 4 == 0) launch_kernel_size<float, 4>(a, stream);
-        else launch_kernel_size<float, 1>(a, stream);
-        break;
-    case Precision::FP16:
-        if (vec_ok && a.channels % 8 == 0) launch_kernel_size<__half, 8>(a, stream);
-        else launch_kernel_size<__half, 1>(a, stream);
-        break;
-    case Precision::BF16:
-        if (vec_ok && a.channels % 8 == 0) launch_kernel_size<__nv_bfloat16, 8>(a, stream);
-        else launch_kernel_size<__nv_bfloat16, 1>(a, stream);
-        break;
+    case Precision::FP32: launch_typed<float>(a, vec_ok, stream); break;
+    case Precision::FP16: launch_typed<__half>(a, vec_ok, stream); break;
+    case Precision::BF16: launch_typed<__nv_bfloat16>(a, vec_ok, stream); break;
     }
 }
 

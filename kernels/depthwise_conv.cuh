@@ -17,6 +17,9 @@ struct DepthwiseArgs {
     int kernel = 3, stride = 1, pad_top = 0, pad_left = 0;
     int out_height = 0, out_width = 0;
     Act act = Act::SiLU;
+    // Output pixels each thread computes along W: 0 lets the launcher choose (by how many threads
+    // the layer needs to fill the GPU); 1, 2 or 4 (4 only at stride 1) force it, for benchmarks.
+    int pixels_per_thread = 0;
 };
 
 void launch_depthwise_conv(const DepthwiseArgs& args, Precision precision, cudaStream_t stream);

@@ -1,12 +1,19 @@
 // Depthwise KxK over the real layer shapes: our kernel (BN folded, activation and, where the
 // block has squeeze-excite, the squeeze fused) against cuDNN's grouped convolution (group count
 // = C, NHWC, fastest algorithm by cudnnFindConvolutionForwardAlgorithm; convolution only, so
-// the comparison favours cuDNN).
+// the comparison favours cuDNN). Before the timings, a check per shape runs every strip length
+// of our kernel (the tests only reach the one the launcher picks for their small shapes) on
+// random data at batch 2, both paddings, against a float64 CPU reference.
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bench/micro/bench_env.hpp"
 #include "kernels/depthwise_conv.cuh"
+#include "libeffnet/cuda/cuda_check.hpp"
+#include "libeffnet/cuda/folded_weights.hpp"
 
 namespace effnet::bench {
 namespace {
@@ -21,7 +28,8 @@ double depthwise_bytes(const DepthwiseShape& d, int batch, size_t es) {
 }
 double depthwise_flops(const DepthwiseShape& d, int batch) { return 2.0 * batch * d.ho * d.wo * double(d.c) * d.k * d.k; }
 
-void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
+// pixels_per_thread: 0 = the launcher's choice; 1, 2, 4 force the strip length (tuning runs).
+void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pixels_per_thread) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -36,6 +44,7 @@ void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         a.pooled_sum = d.se ? pooled.as<float>() : nullptr;
         a.batch = N; a.height = d.h; a.width = d.w; a.channels = d.c; a.kernel = d.k; a.stride = d.s;
         a.pad_top = d.pad; a.pad_left = d.pad; a.out_height = d.ho; a.out_width = d.wo; a.act = kernels::Act::SiLU;
+        a.pixels_per_thread = pixels_per_thread;
         const double total = env.time_launches(state, [&](cudaStream_t s) { kernels::launch_depthwise_conv(a, p, s); });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
     } catch (const std::exception& e) {
@@ -104,15 +113,125 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
     }
 }
 
+// Uniform values in [lo, hi) from a fixed seed (xorshift): reproducible, non-constant data.
+std::vector<float> random_values(size_t count, uint64_t seed, float lo, float hi) {
+    std::vector<float> v(count);
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (float& e : v) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        e = lo + (hi - lo) * float(double(x >> 11) * (1.0 / 9007199254740992.0));
+    }
+    return v;
+}
+
+double rel_norm_error(const std::vector<float>& got, const std::vector<double>& want) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (!std::isfinite(got[i])) return INFINITY; // poisoned (unwritten) or overflowed
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// Our kernel at every strip length vs float64 on the CPU: NHWC [2, h, w, c], SiLU, squeeze.
+void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
+    try {
+        const Precision p = env.options().precision;
+        const size_t es = kernels::storage_size(p);
+        const int N = 2;
+        const size_t in_count = size_t(N) * d.h * d.w * d.c, out_count = size_t(N) * d.ho * d.wo * d.c;
+        const std::vector<float> x = cuda::round_to_storage(random_values(in_count, 11, -2.0f, 2.0f), p);
+        const std::vector<float> w = random_values(size_t(d.k) * d.k * d.c, 12, -0.5f, 0.5f); // [k*k, C]
+        const std::vector<float> b = random_values(size_t(d.c), 13, -0.5f, 0.5f);
+        const std::vector<uint8_t> x_bytes = cuda::to_storage(x, p);
+        cuda::DeviceBuffer d_x(x_bytes.size(), "check input"), d_w(w.size() * 4, "check weight"),
+            d_b(b.size() * 4, "check bias"), d_y(out_count * es, "check output"), d_pool(size_t(N) * d.c * 4, "check pool");
+        EFFNET_CUDA_CHECK(cudaMemcpy(d_x.data(), x_bytes.data(), x_bytes.size(), cudaMemcpyHostToDevice));
+        EFFNET_CUDA_CHECK(cudaMemcpy(d_w.data(), w.data(), w.size() * 4, cudaMemcpyHostToDevice));
+        EFFNET_CUDA_CHECK(cudaMemcpy(d_b.data(), b.data(), b.size() * 4, cudaMemcpyHostToDevice));
+        // fp32 agrees to rounding of the sum order (1e-5); fp16/bf16 outputs are rounded to 11/8
+        // significant bits (relative norm ~3e-4 / ~2e-3), so 1e-2 as in the GPU tests.
+        const double tol = p == Precision::FP32 ? 1e-5 : 1e-2;
+        double worst = 0.0;
+        std::string worst_name;
+        for (bool tf_same : {false, true}) {
+            // TF SAME puts the odd padding pixel at the bottom/right: top/left = total / 2.
+            const int pad_t = tf_same ? std::max((d.ho - 1) * d.s + d.k - d.h, 0) / 2 : d.pad;
+            const int pad_l = tf_same ? std::max((d.wo - 1) * d.s + d.k - d.w, 0) / 2 : d.pad;
+            std::vector<double> ref(out_count), ref_pool(size_t(N) * d.c, 0.0);
+            for (int n = 0; n < N; ++n)
+                for (int oh = 0; oh < d.ho; ++oh)
+                    for (int ow = 0; ow < d.wo; ++ow)
+                        for (int c = 0; c < d.c; ++c) {
+                            double acc = b[size_t(c)];
+                            for (int kh = 0; kh < d.k; ++kh) {
+                                const int ih = oh * d.s - pad_t + kh;
+                                if (ih < 0 || ih >= d.h) continue;
+                                for (int kw = 0; kw < d.k; ++kw) {
+                                    const int iw = ow * d.s - pad_l + kw;
+                                    if (iw < 0 || iw >= d.w) continue;
+                                    acc += double(x[((size_t(n) * d.h + ih) * d.w + iw) * d.c + c]) *
+                                           w[size_t(kh * d.k + kw) * d.c + c];
+                                }
+                            }
+                            const double y = acc / (1.0 + std::exp(-acc));
+                            ref[((size_t(n) * d.ho + oh) * d.wo + ow) * d.c + c] = y;
+                            ref_pool[size_t(n) * d.c + c] += y;
+                        }
+            for (int ppt : {0, 1, 2, 4}) {
+                if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
+                EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, out_count * es)); // NaN: unwritten fails
+                EFFNET_CUDA_CHECK(cudaMemset(d_pool.data(), 0, size_t(N) * d.c * 4));
+                kernels::DepthwiseArgs a;
+                a.input = d_x.data(); a.weight = d_w.as<float>(); a.bias = d_b.as<float>(); a.output = d_y.data();
+                a.pooled_sum = d_pool.as<float>();
+                a.batch = N; a.height = d.h; a.width = d.w; a.channels = d.c; a.kernel = d.k; a.stride = d.s;
+                a.pad_top = pad_t; a.pad_left = pad_l; a.out_height = d.ho; a.out_width = d.wo;
+                a.act = kernels::Act::SiLU; a.pixels_per_thread = ppt;
+                kernels::launch_depthwise_conv(a, p, nullptr);
+                EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
+                std::vector<uint8_t> y_bytes(out_count * es);
+                std::vector<float> pool(size_t(N) * d.c);
+                EFFNET_CUDA_CHECK(cudaMemcpy(y_bytes.data(), d_y.data(), y_bytes.size(), cudaMemcpyDeviceToHost));
+                EFFNET_CUDA_CHECK(cudaMemcpy(pool.data(), d_pool.data(), pool.size() * 4, cudaMemcpyDeviceToHost));
+                const std::string name = std::string(tf_same ? "tf_same" : "symmetric") + " ppt" + std::to_string(ppt);
+                const double err = std::max(rel_norm_error(cuda::from_storage(y_bytes, p), ref),
+                                            rel_norm_error(pool, ref_pool));
+                state.counters["err_" + std::string(tf_same ? "tf" : "sym") + "_ppt" + std::to_string(ppt)] = err;
+                if (!(err <= worst)) { worst = err; worst_name = name; }
+            }
+        }
+        state.counters["max_err"] = worst;
+        if (!(worst <= tol))
+            state.SkipWithError(("MISMATCH " + worst_name + ": rel err " + std::to_string(worst) + " > " +
+                                 std::to_string(tol)).c_str());
+        for (auto _ : state) {
+        }
+    } catch (const std::exception& e) {
+        state.SkipWithError(e.what());
+    }
+}
+
 } // namespace
 
 void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
     for (const DepthwiseShape& d : shapes.depthwise) {
         const std::string base = shape_name(shapes, d);
+        benchmark::RegisterBenchmark((base + "/check_" + prec).c_str(),
+                                     [&env, d](benchmark::State& st) { check_ours(st, env, d); })
+            ->Iterations(1)->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/ours_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { bench_ours(st, env, d); })
+                                     [&env, d](benchmark::State& st) { bench_ours(st, env, d, 0); })
             ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+        // Each forced strip length, so one run shows whether the launcher's choice is the best.
+        for (int ppt : {1, 2, 4}) {
+            if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
+            benchmark::RegisterBenchmark((base + "/ours_ppt" + std::to_string(ppt) + "_" + prec).c_str(),
+                                         [&env, d, ppt](benchmark::State& st) { bench_ours(st, env, d, ppt); })
+                ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+        }
         benchmark::RegisterBenchmark((base + "/cudnn_" + prec).c_str(),
                                      [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); })
             ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
