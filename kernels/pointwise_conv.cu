@@ -1,10 +1,9 @@
 #include "kernels/pointwise_conv.cuh"
 
-#include <mma.h>
-
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/pointwise_conv_tc.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -88,155 +87,6 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
 }
 } // namespace simt
 
-// ---------------------------------------------------------------------------------------------
-// Tensor cores (WMMA 16x16x16, fp32 accumulate): 128x64 tile per block of 8 warps (4 along M x 2
-// along N, each 32x32 = 2x2 fragments), BK = 32. The next K tile is loaded into registers while
-// the current one is multiplied. The gate is applied in fp32 on load, then rounded back to T.
-// After the K loop the accumulators go through shared memory (reusing the A/B tiles) so the
-// epilogue can write 16-byte vectors of 8 channels.
-namespace tc {
-constexpr int BM = 128, BN = 64, BK = 32, LDS = BK + 8, LDC = BN + 4;
-constexpr int kAVecs = BM * BK / 8 / 256; // 16-byte vectors per thread per tile: 2
-constexpr int kBVecs = BN * BK / 8 / 256; // 1
-constexpr size_t kTileBytes = size_t(BM + BN) * LDS * 2;
-constexpr size_t kOutBytes = size_t(BM) * LDC * sizeof(float);
-constexpr size_t kSmemBytes = kTileBytes > kOutBytes ? kTileBytes : kOutBytes;
-
-template <typename T>
-__device__ __forceinline__ void load_a(const PointwiseArgs& a, int64_t m0, int k0, uint4 (&regs)[kAVecs]) {
-    const T* x = static_cast<const T*>(a.input);
-    const int K = a.in_channels;
-#pragma unroll
-    for (int i = 0; i < kAVecs; ++i) {
-        const int v = threadIdx.x + i * 256;
-        const int r = v / (BK / 8), kc = (v % (BK / 8)) * 8;
-        const int64_t m = m0 + r;
-        const int k = k0 + kc;
-        uint4 raw = make_uint4(0, 0, 0, 0);
-        if (m < a.rows && k < K) { // K % 8 == 0: the vector is wholly in or out
-            raw = *reinterpret_cast<const uint4*>(x + m * K + k);
-            if (a.gate) {
-                const float* g = a.gate + (m / a.rows_per_image) * K + k;
-                const float4 g0 = *reinterpret_cast<const float4*>(g);
-                const float4 g1 = *reinterpret_cast<const float4*>(g + 4);
-                const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-                T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
-            }
-        }
-        regs[i] = raw;
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ void load_b(const PointwiseArgs& a, int n0, int k0, uint4 (&regs)[kBVecs]) {
-    const T* w = static_cast<const T*>(a.weight);
-    const int K = a.in_channels;
-#pragma unroll
-    for (int i = 0; i < kBVecs; ++i) {
-        const int v = threadIdx.x + i * 256;
-        const int c = v / (BK / 8), kc = (v % (BK / 8)) * 8;
-        const int n = n0 + c;
-        const int k = k0 + kc;
-        regs[i] = (n < a.out_channels && k < K) ? *reinterpret_cast<const uint4*>(w + int64_t(n) * K + k)
-                                                : make_uint4(0, 0, 0, 0);
-    }
-}
-
-template <typename T>
-__device__ __forceinline__ void store_tiles(T* As, T* Bs, const uint4 (&ar)[kAVecs], const uint4 (&br)[kBVecs]) {
-#pragma unroll
-    for (int i = 0; i < kAVecs; ++i) {
-        const int v = threadIdx.x + i * 256;
-        *reinterpret_cast<uint4*>(As + (v / (BK / 8)) * LDS + (v % (BK / 8)) * 8) = ar[i];
-    }
-#pragma unroll
-    for (int i = 0; i < kBVecs; ++i) {
-        const int v = threadIdx.x + i * 256;
-        *reinterpret_cast<uint4*>(Bs + (v / (BK / 8)) * LDS + (v % (BK / 8)) * 8) = br[i];
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(256) pointwise_tc_kernel(PointwiseArgs a) {
-    using namespace nvcuda;
-    __shared__ __align__(128) unsigned char smem[kSmemBytes];
-    T* As = reinterpret_cast<T*>(smem);      // [BM][LDS]
-    T* Bs = As + BM * LDS;                   // [BN][LDS]
-    float* Cs = reinterpret_cast<float*>(smem); // [BM][LDC], after the K loop
-
-    const int64_t m0 = int64_t(blockIdx.x) * BM;
-    const int n0 = blockIdx.y * BN;
-    const int K = a.in_channels, N = a.out_channels;
-    const int warp = threadIdx.x / 32;
-    const int wm = (warp % 4) * 32, wn = (warp / 4) * 32;
-
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-
-    uint4 ar[kAVecs], br[kBVecs];
-    load_a<T>(a, m0, 0, ar);
-    load_b<T>(a, n0, 0, br);
-    store_tiles<T>(As, Bs, ar, br);
-    __syncthreads();
-    for (int k0 = 0; k0 < K; k0 += BK) {
-        const bool has_next = k0 + BK < K;
-        if (has_next) {
-            load_a<T>(a, m0, k0 + BK, ar);
-            load_b<T>(a, n0, k0 + BK, br);
-        }
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm + i * 16) * LDS + kk, LDS);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn + j * 16) * LDS + kk, LDS);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-        }
-        __syncthreads();
-        if (has_next) {
-            store_tiles<T>(As, Bs, ar, br);
-            __syncthreads();
-        }
-    }
-    // The last __syncthreads above guarantees no warp still reads As/Bs.
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(Cs + (wm + i * 16) * LDC + wn + j * 16, acc[i][j], LDC, wmma::mem_row_major);
-    __syncthreads();
-
-    // Epilogue: 8 consecutive channels per item (N % 8 == 0), 16-byte stores.
-    T* y = static_cast<T*>(a.output);
-    const T* res = static_cast<const T*>(a.residual);
-    for (int item = threadIdx.x; item < BM * (BN / 8); item += 256) {
-        const int r = item / (BN / 8), cv = (item % (BN / 8)) * 8;
-        const int64_t m = m0 + r;
-        const int n = n0 + cv;
-        if (m >= a.rows || n >= N) continue;
-        float v[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = apply_act(Cs[r * LDC + cv + j] + a.bias[n + j], a.act);
-        if (res) {
-            float rv[8];
-            load_vec<T, 8>(res + m * N + n, rv);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] += rv[j];
-        }
-        store_vec<T, 8>(y + m * N + n, v);
-    }
-}
-} // namespace tc
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -245,13 +95,6 @@ void launch_simt(const PointwiseArgs& a, cudaStream_t stream) {
     const dim3 grid(unsigned((a.rows + simt::BM - 1) / simt::BM), unsigned((a.out_channels + simt::BN - 1) / simt::BN));
     simt::pointwise_simt_kernel<T><<<grid, 256, 0, stream>>>(a);
     EFFNET_LAUNCH_CHECK("pointwise_simt_kernel");
-}
-
-template <typename T>
-void launch_tc(const PointwiseArgs& a, cudaStream_t stream) {
-    const dim3 grid(unsigned((a.rows + tc::BM - 1) / tc::BM), unsigned((a.out_channels + tc::BN - 1) / tc::BN));
-    tc::pointwise_tc_kernel<T><<<grid, 256, 0, stream>>>(a);
-    EFFNET_LAUNCH_CHECK("pointwise_tc_kernel");
 }
 
 } // namespace
@@ -268,7 +111,7 @@ void launch_pointwise_conv(const PointwiseArgs& a, Precision precision, GemmKern
                      a.rows % a.rows_per_image == 0,
                  "pointwise_conv: bad shape M=" + std::to_string(a.rows) + " N=" + std::to_string(a.out_channels) +
                      " K=" + std::to_string(a.in_channels) + " rows_per_image=" + std::to_string(a.rows_per_image));
-    EFFNET_CHECK((a.rows + simt::BM - 1) / simt::BM < (int64_t(1) << 31) && a.out_channels <= 65535 * tc::BN,
+    EFFNET_CHECK((a.rows + simt::BM - 1) / simt::BM < (int64_t(1) << 31) && a.out_channels <= 65535 * simt::BN,
                  "pointwise_conv: shape too large M=" + std::to_string(a.rows));
     const bool eligible = pointwise_tensor_core_eligible(a, precision);
     if (kernel == GemmKernel::TensorCore && !eligible)
@@ -278,11 +121,11 @@ void launch_pointwise_conv(const PointwiseArgs& a, Precision precision, GemmKern
     switch (precision) {
     case Precision::FP32: launch_simt<float>(a, stream); break;
     case Precision::FP16:
-        if (use_tc) launch_tc<__half>(a, stream);
+        if (use_tc) launch_pointwise_mma(a, precision, stream);
         else launch_simt<__half>(a, stream);
         break;
     case Precision::BF16:
-        if (use_tc) launch_tc<__nv_bfloat16>(a, stream);
+        if (use_tc) launch_pointwise_mma(a, precision, stream);
         else launch_simt<__nv_bfloat16>(a, stream);
         break;
     }

@@ -3,7 +3,8 @@
 //   prologue  X'[m, k] = X[m, k] * gate[m / rows_per_image, k]   (squeeze-excite, optional)
 //   epilogue  Y = act(acc + bias) (+ residual)                    (BN folded into W and bias)
 // Two kernels: a SIMT one (fp32 accumulate, any shape, all precisions) and a tensor-core one
-// (WMMA, fp16/bf16 in, fp32 accumulate) used when Cin and Cout are multiples of 8.
+// (mma.sync m16n8k16 with a cp.async pipeline, fp16/bf16 in, fp32 accumulate; tile shape chosen
+// per layer, see pointwise_conv_tc.cuh) used when Cin and Cout are multiples of 8.
 #include "kernels/types.cuh"
 
 namespace effnet::kernels {

@@ -1,10 +1,12 @@
-// 1x1 convolutions as GEMMs over B0's real shapes: our tensor-core kernel and our SIMT kernel
-// (bias + act / gate / residual fused, as the engine runs them) against cuBLASLt doing the bare
-// GEMM Y[M, N] = X[M, K] W[N, K]^T (no epilogue: the comparison favours cuBLASLt).
+// 1x1 convolutions as GEMMs over B0's real shapes: our tensor-core kernel (the tile the engine
+// picks, then each tile forced, to check the choice) and our SIMT kernel (bias + act / gate /
+// residual fused, as the engine runs them) against cuBLASLt doing the bare GEMM
+// Y[M, N] = X[M, K] W[N, K]^T (no epilogue: the comparison favours cuBLASLt).
 #include <string>
 
 #include "bench/micro/bench_env.hpp"
 #include "kernels/pointwise_conv.cuh"
+#include "kernels/pointwise_conv_tc.cuh"
 
 namespace effnet::bench {
 namespace {
@@ -19,7 +21,8 @@ double gemm_bytes(const GemmShape& g, size_t es) {
 }
 double gemm_flops(const GemmShape& g) { return 2.0 * double(g.m) * g.k * g.n; }
 
-void bench_ours(benchmark::State& state, BenchEnv& env, GemmShape g, kernels::GemmKernel which) {
+// tile < 0: the launcher's own choice (GemmKernel `which`); else that PointwiseTile forced.
+void bench_ours(benchmark::State& state, BenchEnv& env, GemmShape g, kernels::GemmKernel which, int tile = -1) {
     try {
         const Precision p = env.options().precision;
         const size_t es = kernels::storage_size(p);
@@ -41,7 +44,10 @@ void bench_ours(benchmark::State& state, BenchEnv& env, GemmShape g, kernels::Ge
             state.SkipWithError("tensor-core kernel not eligible (fp32 or K/N not multiples of 8)");
             return;
         }
-        const double total = env.time_launches(state, [&](cudaStream_t s) { kernels::launch_pointwise_conv(a, p, which, s); });
+        const double total = env.time_launches(state, [&](cudaStream_t s) {
+            if (tile < 0) kernels::launch_pointwise_conv(a, p, which, s);
+            else kernels::launch_pointwise_mma(a, p, kernels::PointwiseTile(tile), s);
+        });
         set_counters(state, env, gemm_bytes(g, es), gemm_flops(g), total, true);
     } catch (const std::exception& e) {
         state.SkipWithError(e.what());
@@ -106,6 +112,15 @@ void register_pointwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
             benchmark::RegisterBenchmark((base + "/ours_tc_" + prec).c_str(),
                                          [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::TensorCore); })
                 ->UseManualTime()->Iterations(iters)->Unit(benchmark::kMicrosecond);
+        if (env.options().precision != Precision::FP32) {
+            const char* tiles[] = {"128x32", "128x64", "64x64", "32x64"}; // PointwiseTile order
+            for (int t = 0; t < 4; ++t)
+                benchmark::RegisterBenchmark((base + "/ours_tile" + tiles[t] + "_" + prec).c_str(),
+                                             [&env, g, t](benchmark::State& st) {
+                                                 bench_ours(st, env, g, kernels::GemmKernel::TensorCore, t);
+                                             })
+                    ->UseManualTime()->Iterations(iters)->Unit(benchmark::kMicrosecond);
+        }
         benchmark::RegisterBenchmark((base + "/ours_simt_" + prec).c_str(),
                                      [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::Simt); })
             ->UseManualTime()->Iterations(iters)->Unit(benchmark::kMicrosecond);
