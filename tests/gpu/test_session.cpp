@@ -49,8 +49,13 @@ std::vector<float> gpu_logits(const Model& model, const Tensor& input, Precision
 
 // Whole-network tolerances (relative norm error of the logits vs the CPU engine):
 //   fp32 1e-4: fp32 accumulation through ~20 layers vs the CPU's double accumulation.
-//   fp16/bf16 2e-2: every activation is rounded to 11 / 8 significant bits, layer after layer.
-double network_tolerance(Precision p) { return p == Precision::FP32 ? 1e-4 : 2e-2; }
+//   fp16 2e-2: every activation is rounded to 11 significant bits, layer after layer.
+//   bf16 6e-2: 8 significant bits, a unit roundoff 8x fp16's; measured on an H200 the bf16
+//     error is 8-10x the fp16 error on the same model and input (custom net: 4.0e-3 fp16,
+//     3.8e-2 bf16; B0 64x64: 2.9e-3, 1.8e-2), so the bound scales with the roundoff too.
+double network_tolerance(Precision p) {
+    return p == Precision::FP32 ? 1e-4 : p == Precision::FP16 ? 2e-2 : 6e-2;
+}
 
 ModelConfig small_config() {
     CustomOptions o;
