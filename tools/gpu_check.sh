@@ -30,7 +30,7 @@ ITERS=${BENCH_ITERS:-30}
 MICRO_BATCH=${MICRO_BATCH:-32}
 WARMUP=${BENCH_WARMUP:-5}
 RESERVE=15              # seconds kept for the report
-POST_COMPILE_NEED=210   # seconds the timed steps after the compile window need
+POST_COMPILE_NEED=270   # seconds the timed steps after the compile window need (bench, eager, training, micro)
 TMP=$(mktemp -d /tmp/effnet-gpu-check.XXXXXX)
 RESULTS=$OUT/results.jsonl
 LOG=$OUT/check.log
@@ -263,10 +263,10 @@ if want micro && have_bin effnet_microbench microbench; then
         --benchmark_out="$MICROJSON" --benchmark_out_format=json
 fi
 
-# ---- extras, only with time left: the unfused and graph-less paths (what fusion and the
+# ---- extras, only with time left: the fused and graph-less paths (what fusion and the
 # CUDA graph buy), then the sanitizer if it did not run during the compile.
 if want extras && have_bin effnet-bench extras; then
-    for c in "b0 fp16 256 --unfused" "b0 fp16 1 --no-graph"; do
+    for c in "b0 fp16 256 --fused" "b0 fp16 1 --no-graph"; do
         set -- $c
         (($(left) < 40)) && break
         run_step "effnet-bench $1 $2 b$3 $4" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \

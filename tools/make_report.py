@@ -133,7 +133,7 @@ def index_runs(rows):
     effnet, torch = {}, {}
     for r in rows:
         if r.get("tool") == "effnet-bench":
-            variant = "" + ("" if r.get("fused", True) else "unfused") + ("" if r.get("graph", True) else " no-graph") \
+            variant = "" + ("fused" if r.get("fused", False) else "") + ("" if r.get("graph", True) else " no-graph") \
                 + (" tf32" if r.get("tf32") else "")
             key = (r.get("variant"), int(r.get("batch", 0)), r.get("precision"), variant.strip())
             effnet[key] = r
@@ -447,7 +447,7 @@ def main():
         md += ["", "effnet variants (what fusion and the CUDA graph buy):", ""]
         md.append(table(["model", "batch", "precision", "path", "img/s", "p50 ms", "vs default path"],
                         [[r["variant"], r["batch"], r["precision"], k[3], fnum(r["images_per_s"]), f"{r['ms_p50']:.3f}",
-                          (f"{effnet[(k[0], k[1], k[2], '')]['images_per_s'] / r['images_per_s']:.2f}x faster by default"
+                          (f"default path {effnet[(k[0], k[1], k[2], '')]['images_per_s'] / r['images_per_s']:.2f}x this one"
                            if (k[0], k[1], k[2], "") in effnet else "-")] for k, r in sorted(effnet.items()) if k[3]]))
     bad = [r for r in effnet.values() if not r.get("output_ok", True)]
     if bad:

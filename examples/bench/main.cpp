@@ -1,7 +1,7 @@
 // effnet-bench: end-to-end inference throughput and latency of one InferenceSession.
 //
 //   effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp16] [--iters N]
-//                [--warmup N] [--seed S] [--unfused] [--no-graph] [--tf32] [--json]
+//                [--warmup N] [--seed S] [--fused|--unfused] [--no-graph] [--tf32] [--json]
 //
 // Protocol (the same as bench/pytorch_bench.py, so that the two can be compared):
 //   random NCHW float32 input already on the device (never zeros), `warmup` untimed runs, then
@@ -42,7 +42,7 @@ struct Args {
     int iters = 30;
     int warmup = 5;
     uint64_t seed = 1;
-    bool fused = true;
+    bool fused = effnet::SessionOptions{}.fused_mbconv; // the library default (unfused today)
     bool graph = true;
     bool tf32 = false;
     bool json = false;
@@ -50,8 +50,8 @@ struct Args {
 
 const char* kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
-    "                    [--iters N] [--warmup N] [--seed S] [--unfused] [--no-graph] [--tf32]\n"
-    "                    [--json]\n"
+    "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
+    "                    [--tf32] [--json]\n"
     "Times InferenceSession::run on random device input: median images/s, latency p50/p90/p99,\n"
     "device memory. --json prints one JSON object per line.\n";
 
@@ -84,6 +84,7 @@ bool parse_args(int argc, char** argv, Args& a) {
         else if (opt == "--warmup") a.warmup = int(parse_int(opt, value(), 0, 1000000));
         else if (opt == "--seed") a.seed = uint64_t(parse_int(opt, value(), 0, INT64_MAX));
         else if (opt == "--unfused") a.fused = false;
+        else if (opt == "--fused") a.fused = true;
         else if (opt == "--no-graph") a.graph = false;
         else if (opt == "--tf32") a.tf32 = true;
         else if (opt == "--json") a.json = true;
