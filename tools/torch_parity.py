@@ -2,7 +2,7 @@
 """Parity of effnet-run against torchvision for EfficientNet-B0..B7 (needs torch and a GPU).
 
 For each variant: torchvision efficientnet_bN with random weights and randomised BatchNorm
-(running statistics calibrated on random data, then perturbed, plus random affine weights, all
+(random affine weights, then running statistics calibrated on random data with them, all
 seeded, so a BN that is skipped or mis-folded shows), saved as a .pth, converted with
 weights/convert.py, run by `effnet-run --weights W --input IN --output OUT --device cuda
 --precision P`, and compared with PyTorch on the same input (batch 2 for B0..B3, 1 for B4..B7,
@@ -141,35 +141,39 @@ def top5_check(ours, ref):
 
 
 def randomise_bn(torch, model, x, seed):
-    """Running stats from one train-mode pass over x (so activations stay O(1) through the
-    depth), then perturbed; random BN weight and bias. Everything else stays in eval mode
-    (no dropout, no stochastic depth)."""
+    """Random BN weight and bias first, then running statistics from one train-mode pass over x,
+    so that every layer's eval-mode output is normalised for the inputs it really gets and
+    activations stay O(1) through the whole depth. (Perturbing the statistics or the affine
+    weights after calibration compounds layer after layer: on the H200 run of 2026-11-27 it
+    blew B7's logits up to ~1e9, where even PyTorch's own fp32 was 94% off its fp64.) The
+    calibrated statistics are far from 0/1, so a BN that is skipped or mis-folded still shows.
+    Everything else stays in eval mode (no dropout, no stochastic depth)."""
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     model.eval()
     momenta = []
-    for m in bns:
-        momenta.append(m.momentum)
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: one pass sets the batch statistics exactly
-        m.train()
     with torch.no_grad():
-        model(x)
-    with torch.no_grad():
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
+        for m in bns:
             c = m.num_features
-            dev = m.running_mean.device
-            std = m.running_var.clamp_min(1e-6).sqrt()
-            m.running_mean += (0.2 * torch.randn(c, generator=g)).to(dev) * std
-            m.running_var *= (0.6 + 0.8 * torch.rand(c, generator=g)).to(dev)
+            dev = m.weight.device
             m.weight.copy_((0.6 + 0.8 * torch.rand(c, generator=g)).to(dev))
             m.bias.copy_((0.1 * torch.randn(c, generator=g)).to(dev))
+            momenta.append(m.momentum)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one pass sets the batch statistics exactly
+            m.train()
+        model(x)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
     model.eval()
 
 
-def reference_logits(torch, model, x):
+def reference_logits(torch, model, x, device):
     """float64 logits and where they came from."""
+    if device != "cuda":
+        m64 = model.double().cpu()
+        with torch.no_grad():
+            return m64(x.double().cpu()).numpy(), "fp64 on the CPU"
     try:
         m64 = model.double().cuda()
         with torch.no_grad():
@@ -192,22 +196,24 @@ def run_variant(torch, torchvision, args, variant, index, work):
     model = getattr(torchvision.models, f"efficientnet_{variant}")(weights=None)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, 3, res, res, generator=gen)
-    calib = torch.randn(2, 3, res, res, generator=gen)
-    model = model.cuda()
-    randomise_bn(torch, model, calib.cuda(), seed + 2)
+    calib = torch.randn(4, 3, res, res, generator=gen)
+    dev = args.device
+    model = model.to(dev)
+    randomise_bn(torch, model, calib.to(dev), seed + 2)
 
     # PyTorch fp32 with TF32 off, for scale: how far true fp32 lands from the fp64 reference.
     with torch.no_grad():
-        y32 = model.float()(x.cuda()).cpu().numpy().astype(np.float64)
+        y32 = model.float()(x.to(dev)).cpu().numpy().astype(np.float64)
     model = model.cpu()
     pth = os.path.join(work, f"{variant}.pth")
     st = os.path.join(work, f"{variant}.safetensors")
     inp = os.path.join(work, f"{variant}_input.safetensors")
     torch.save(model.state_dict(), pth)
     save_input(inp, x.numpy())
-    ref, ref_how = reference_logits(torch, model, x)
+    ref, ref_how = reference_logits(torch, model, x, dev)
     del model
-    torch.cuda.empty_cache()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
     t_torch = time.time() - t0
 
     rows = []
@@ -228,7 +234,7 @@ def run_variant(torch, torchvision, args, variant, index, work):
         env["LD_LIBRARY_PATH"] = args.lib_path + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     for prec in args.precisions:
         out = os.path.join(work, f"{variant}_{prec}_out.safetensors")
-        cmd = [args.effnet_run, "--weights", st, "--input", inp, "--output", out, "--device", "cuda",
+        cmd = [args.effnet_run, "--weights", st, "--input", inp, "--output", out, "--device", args.device,
                "--precision", prec] + args.run_arg
         t2 = time.time()
         try:
@@ -268,6 +274,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--effnet-run", required=True, help="path of the effnet-run binary")
     ap.add_argument("--variants", default="b0,b1,b2,b3,b4,b5,b6,b7")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="where PyTorch and effnet-run compute (cpu: fp32 only, checks the CPU engine)")
     ap.add_argument("--precisions", default="fp32,fp16")
     ap.add_argument("--convert", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights", "convert.py"))
     ap.add_argument("--lib-path", default="", help="prepended to LD_LIBRARY_PATH for effnet-run only")
@@ -296,8 +304,11 @@ def main():
     t_start = time.time()
     import torch
     import torchvision
-    if not torch.cuda.is_available():
-        print("error: torch sees no CUDA device", file=sys.stderr)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: torch sees no CUDA device (use --device cpu to check the CPU engine)", file=sys.stderr)
+        return 1
+    if args.device == "cpu" and args.precisions != ["fp32"]:
+        print("error: --device cpu checks fp32 only (use --precisions fp32)", file=sys.stderr)
         return 1
     # The PyTorch side must be true fp32: cuDNN convolutions default to TF32 otherwise.
     torch.backends.cudnn.allow_tf32 = False
