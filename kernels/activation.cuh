@@ -9,10 +9,11 @@
 namespace effnet::kernels {
 
 // y = act(x), n elements of the storage precision.
-void launch_activation_forward(const void* x, void* y, int64_t n, Act act, Precision storage, cudaStream_t stream);
+void launch_activation_forward(const void *x, void *y, int64_t n, Act act, Precision storage,
+                               cudaStream_t stream);
 // dx = dy * act'(x).
-void launch_activation_backward(const void* x, const void* dy, void* dx, int64_t n, Act act, Precision storage,
-                                cudaStream_t stream);
+void launch_activation_backward(const void *x, const void *dy, void *dx, int64_t n, Act act,
+                                Precision storage, cudaStream_t stream);
 
 #ifdef __CUDACC__
 // SiLU: x * sigmoid(x) with the accurate expf (fp32 is checked to 1e-5). ReLU6 uses

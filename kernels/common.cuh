@@ -11,17 +11,33 @@
 
 namespace effnet::kernels {
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+    return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
     return __bfloat162float(v);
 }
 
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+    return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
 
@@ -32,15 +48,17 @@ __device__ __forceinline__ float apply_act(float v, Act a) {
     return v;
 }
 
-__device__ __forceinline__ float sigmoidf_accurate(float v) { return 1.0f / (1.0f + expf(-v)); }
+__device__ __forceinline__ float sigmoidf_accurate(float v) {
+    return 1.0f / (1.0f + expf(-v));
+}
 
 // V consecutive elements of T <-> float[V]. When V * sizeof(T) == 16 the access is one
 // 16-byte load/store: the caller guarantees 16-byte alignment (checked on the host).
 template <typename T, int V>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[V]) {
+__device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
     if constexpr (V * sizeof(T) == 16) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(p);
-        const T* e = reinterpret_cast<const T*>(&raw);
+        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
+        const T *e = reinterpret_cast<const T *>(&raw);
 #pragma unroll
         for (int i = 0; i < V; ++i) out[i] = to_float(e[i]);
     } else {
@@ -50,13 +68,13 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[V]) {
 }
 
 template <typename T, int V>
-__device__ __forceinline__ void store_vec(T* p, const float (&in)[V]) {
+__device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
     if constexpr (V * sizeof(T) == 16) {
         uint4 raw;
-        T* e = reinterpret_cast<T*>(&raw);
+        T *e = reinterpret_cast<T *>(&raw);
 #pragma unroll
         for (int i = 0; i < V; ++i) e[i] = from_float<T>(in[i]);
-        *reinterpret_cast<uint4*>(p) = raw;
+        *reinterpret_cast<uint4 *>(p) = raw;
     } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) p[i] = from_float<T>(in[i]);

@@ -11,11 +11,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> __global__ void im2col_kernel(Im2colArgs a) {
-    T* cols = static_cast<T*>(a.columns);
+template <typename T>
+__global__ void im2col_kernel(Im2colArgs a) {
+    T *cols = static_cast<T *>(a.columns);
     const int kk = a.kernel * a.kernel, taps = a.channels * kk;
     const int64_t total = int64_t(a.batch) * a.out_height * a.out_width * a.ld;
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+         i += int64_t(gridDim.x) * blockDim.x) {
         const int col = int(i % a.ld);
         const int64_t row = i / a.ld;
         float v = 0.0f;
@@ -34,12 +36,13 @@ template <typename T> __global__ void im2col_kernel(Im2colArgs a) {
 
 } // namespace
 
-void launch_im2col(const Im2colArgs& a, Precision storage, cudaStream_t stream) {
+void launch_im2col(const Im2colArgs &a, Precision storage, cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.columns, "im2col: null pointer argument");
-    EFFNET_CHECK(a.batch >= 1 && a.channels >= 1 && a.height >= 1 && a.width >= 1 && a.kernel >= 1 && a.stride >= 1 &&
-                     a.out_height >= 1 && a.out_width >= 1 && a.ld >= a.channels * a.kernel * a.kernel,
-                 "im2col: bad shape N=" + std::to_string(a.batch) + " C=" + std::to_string(a.channels) + " " +
-                     std::to_string(a.height) + "x" + std::to_string(a.width) + " ld=" + std::to_string(a.ld));
+    EFFNET_CHECK(
+        a.batch >= 1 && a.channels >= 1 && a.height >= 1 && a.width >= 1 && a.kernel >= 1 && a.stride >= 1 &&
+            a.out_height >= 1 && a.out_width >= 1 && a.ld >= a.channels * a.kernel * a.kernel,
+        "im2col: bad shape N=" + std::to_string(a.batch) + " C=" + std::to_string(a.channels) + " " +
+            std::to_string(a.height) + "x" + std::to_string(a.width) + " ld=" + std::to_string(a.ld));
     const int64_t total = int64_t(a.batch) * a.out_height * a.out_width * a.ld;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;

@@ -17,28 +17,31 @@
 namespace effnet::kernels {
 namespace {
 
-constexpr int BK = 32;      // K elements per pipeline stage
-constexpr int LDS = BK + 8; // shared row pitch in elements: 80 B, so the 8 rows of an ldmatrix hit distinct banks
-constexpr int kStages = 4;  // K tiles in flight: 3 loading while one is multiplied
+constexpr int BK = 32; // K elements per pipeline stage
+constexpr int LDS =
+    BK + 8; // shared row pitch in elements: 80 B, so the 8 rows of an ldmatrix hit distinct banks
+constexpr int kStages = 4; // K tiles in flight: 3 loading while one is multiplied
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 // 16-byte global -> shared copy; when !valid, writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
     const int bytes = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes)
                  : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
 }
 
 // Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8, row l % 8.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
@@ -53,10 +56,11 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     } else {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                     "{%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+            "{%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
 }
 
@@ -79,7 +83,8 @@ struct TileShape {
     static constexpr int kAChunks = BM / kRowsPerPass;              // A chunks per thread per stage
     static constexpr int kBChunks = BN / kRowsPerPass;
     static constexpr int kStageElems = (BM + BN) * LDS;
-    static constexpr int kLdc = BN + 8; // fp32 staging pitch: float2 writes of 4 rows per half-warp hit distinct banks
+    static constexpr int kLdc =
+        BN + 8; // fp32 staging pitch: float2 writes of 4 rows per half-warp hit distinct banks
     static constexpr int kOutChunksPerRow = BN / 8;
     static constexpr int kOutChunks = BM * kOutChunksPerRow / kThreads; // 8-channel outputs per thread
     static_assert(kFragM >= 1 && kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile: m16 x (pairs of n8)");
@@ -107,12 +112,13 @@ struct TileShape {
 // and aliases the epilogue staging onto the ring, so more blocks fit. Epilogue with the
 // accurate activation (as measured; the persistent kernel's wide outputs needed the fast one).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
+__global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     pointwise_mma_tile_kernel(PointwiseArgs a, int n_tiles) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* const ring = reinterpret_cast<T*>(smem_raw);       // kStages x {A [BM][LDS], B [BN][LDS]}
-    float* const staged = reinterpret_cast<float*>(smem_raw); // [BM][kLdc], aliases the ring after the K loop
+    T *const ring = reinterpret_cast<T *>(smem_raw); // kStages x {A [BM][LDS], B [BN][LDS]}
+    float *const staged =
+        reinterpret_cast<float *>(smem_raw); // [BM][kLdc], aliases the ring after the K loop
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int tile_n = int(blockIdx.x % unsigned(n_tiles));
@@ -120,14 +126,14 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     const int n0 = tile_n * BN;
     const int64_t M = a.rows;
     const int N = a.out_channels, K = a.in_channels;
-    const T* const x = static_cast<const T*>(a.input);
-    const T* const w = static_cast<const T*>(a.weight);
+    const T *const x = static_cast<const T *>(a.input);
+    const T *const w = static_cast<const T *>(a.weight);
 
     // This thread copies, for every K tile, the chunks at column kc of rows copy_row + i * kRowsPerPass.
     const int kc = (tid % S::kChunksPerRow) * 8;
     const int copy_row = tid / S::kChunksPerRow;
-    const T* a_src[S::kAChunks];
-    const float* g_src[S::kAChunks];
+    const T *a_src[S::kAChunks];
+    const float *g_src[S::kAChunks];
     bool a_ok[S::kAChunks];
 #pragma unroll
     for (int i = 0; i < S::kAChunks; ++i) {
@@ -137,7 +143,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         a_src[i] = x + row * K + kc;
         g_src[i] = a.gate ? a.gate + (row / a.rows_per_image) * K + kc : nullptr;
     }
-    const T* b_src[S::kBChunks];
+    const T *b_src[S::kBChunks];
     bool b_ok[S::kBChunks];
 #pragma unroll
     for (int i = 0; i < S::kBChunks; ++i) {
@@ -147,8 +153,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     }
 
     auto load_stage = [&](int slot, int kt) {
-        T* As = ring + slot * S::kStageElems;
-        T* Bs = As + BM * LDS;
+        T *As = ring + slot * S::kStageElems;
+        T *Bs = As + BM * LDS;
         const bool k_ok = kt * BK + kc < K; // K % 8 == 0: a chunk is wholly inside or outside
         const int k_off = k_ok ? kt * BK : 0;
 #pragma unroll
@@ -165,16 +171,16 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     auto gate_stage = [&](int slot, int kt) {
         const int k = kt * BK + kc;
         if (k >= K) return;
-        T* As = ring + slot * S::kStageElems;
+        T *As = ring + slot * S::kStageElems;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             if (!a_ok[i]) continue;
-            uint4* p = reinterpret_cast<uint4*>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc);
+            uint4 *p = reinterpret_cast<uint4 *>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc);
             uint4 raw = *p;
-            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK));
-            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK + 4));
+            const float4 g0 = __ldg(reinterpret_cast<const float4 *>(g_src[i] + kt * BK));
+            const float4 g1 = __ldg(reinterpret_cast<const float4 *>(g_src[i] + kt * BK + 4));
             const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T* e = reinterpret_cast<T*>(&raw);
+            T *e = reinterpret_cast<T *>(&raw);
 #pragma unroll
             for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
             *p = raw;
@@ -206,8 +212,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         if (next < k_tiles) load_stage(next % kStages, next);
         cp_async_commit();
 
-        const T* As = ring + slot * S::kStageElems;
-        const T* Bs = As + BM * LDS;
+        const T *As = ring + slot * S::kStageElems;
+        const T *Bs = As + BM * LDS;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             if (kt * BK + kk >= K) break; // all-zero padding of the last tile (K % 32 == 16 or 8..)
@@ -219,7 +225,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
             for (int j = 0; j < S::kFragN; j += 2) {
                 uint32_t r[4];
-                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
+                                   ((lane >> 3) & 1) * 8);
                 bf[j][0] = r[0];
                 bf[j][1] = r[1];
                 bf[j + 1][0] = r[2];
@@ -236,21 +243,23 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     cp_async_wait<0>();
     __syncthreads(); // the ring is reused as the fp32 staging tile
 
-    // Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1}); c2, c3 eight rows below.
+    // Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1}); c2, c3 eight rows
+    // below.
 #pragma unroll
     for (int i = 0; i < S::kFragM; ++i)
 #pragma unroll
         for (int j = 0; j < S::kFragN; ++j) {
             const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-            *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
-            *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) = make_float2(acc[i][j][2], acc[i][j][3]);
+            *reinterpret_cast<float2 *>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
+            *reinterpret_cast<float2 *>(&staged[(r + 8) * S::kLdc + c]) =
+                make_float2(acc[i][j][2], acc[i][j][3]);
         }
     __syncthreads();
 
     // Epilogue: 8 consecutive channels per item (N % 8 == 0), 16-byte loads and stores; all
     // residual loads are issued before the first store so they overlap.
-    T* const y = static_cast<T*>(a.output);
-    const T* const res = static_cast<const T*>(a.residual);
+    T *const y = static_cast<T *>(a.output);
+    const T *const res = static_cast<const T *>(a.residual);
     uint4 res_raw[S::kOutChunks];
     if (res) {
 #pragma unroll
@@ -258,7 +267,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
             const int item = tid + i * S::kThreads;
             const int64_t m = m0 + item / S::kOutChunksPerRow;
             const int n = n0 + (item % S::kOutChunksPerRow) * 8;
-            res_raw[i] = (m < M && n < N) ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n)) : make_uint4(0, 0, 0, 0);
+            res_raw[i] = (m < M && n < N) ? __ldg(reinterpret_cast<const uint4 *>(res + m * N + n))
+                                          : make_uint4(0, 0, 0, 0);
         }
     }
 #pragma unroll
@@ -268,13 +278,13 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         const int64_t m = m0 + r;
         const int n = n0 + c;
         if (m >= M || n >= N) continue;
-        const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c]);
-        const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c + 4]);
+        const float4 v0 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + c]);
+        const float4 v1 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + c + 4]);
         float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = apply_act(v[j] + __ldg(a.bias + n + j), a.act);
         if (res) {
-            const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
+            const T *rv = reinterpret_cast<const T *>(&res_raw[i]);
 #pragma unroll
             for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
         }
@@ -282,26 +292,25 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     }
 }
 
-
 // Persistent: block b computes tiles b, b + gridDim.x, ... Tile t = (m tile t / n_tiles, n tile
 // t % n_tiles), so the blocks running together share A tiles through L2. The copy ring runs over
 // (tile, K tile) steps, kStages - 1 ahead, across tile boundaries: a block keeps its next tiles'
 // reads in flight while it multiplies and writes the current one (most of these layers are
 // memory-bound with K <= 32: one step per tile).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
+__global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     pointwise_mma_kernel(PointwiseArgs a, int n_tiles, int total_tiles) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* const ring = reinterpret_cast<T*>(smem_raw);                        // kStages x {A [BM][LDS], B [BN][LDS]}
-    float* const staged = reinterpret_cast<float*>(smem_raw + S::kRingBytes); // [BM][kLdc]
+    T *const ring = reinterpret_cast<T *>(smem_raw); // kStages x {A [BM][LDS], B [BN][LDS]}
+    float *const staged = reinterpret_cast<float *>(smem_raw + S::kRingBytes); // [BM][kLdc]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t M = a.rows;
     const int N = a.out_channels, K = a.in_channels;
     const uint32_t rows_per_image = uint32_t(a.rows_per_image);
-    const T* const x = static_cast<const T*>(a.input);
-    const T* const w = static_cast<const T*>(a.weight);
+    const T *const x = static_cast<const T *>(a.input);
+    const T *const w = static_cast<const T *>(a.weight);
     const int k_tiles = (K + BK - 1) / BK;
     const int first_tile = int(blockIdx.x), tile_stride = int(gridDim.x);
     const int my_tiles = first_tile < total_tiles ? (total_tiles - 1 - first_tile) / tile_stride + 1 : 0;
@@ -311,7 +320,7 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     const int kc = (tid % S::kChunksPerRow) * 8;
     const int copy_row = tid / S::kChunksPerRow;
 
-    auto tile_of_step = [&](int step, int64_t& m0, int& n0) {
+    auto tile_of_step = [&](int step, int64_t &m0, int &n0) {
         const int tile = first_tile + (step / k_tiles) * tile_stride;
         m0 = int64_t(tile / n_tiles) * BM;
         n0 = (tile % n_tiles) * BN;
@@ -323,13 +332,14 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         tile_of_step(step, m0, n0);
         const int k = (step % k_tiles) * BK + kc;
         const bool k_ok = k < K; // K % 8 == 0: a chunk is wholly inside or outside
-        T* As = ring + (step % kStages) * S::kStageElems;
-        T* Bs = As + BM * LDS;
+        T *As = ring + (step % kStages) * S::kStageElems;
+        T *Bs = As + BM * LDS;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             const int r = copy_row + i * S::kRowsPerPass;
             const bool ok = k_ok && m0 + r < M;
-            cp_async16(As + r * LDS + kc, ok ? x + (m0 + r) * K + k : x, ok); // x: a valid address, nothing read
+            cp_async16(As + r * LDS + kc, ok ? x + (m0 + r) * K + k : x,
+                       ok); // x: a valid address, nothing read
         }
 #pragma unroll
         for (int i = 0; i < S::kBChunks; ++i) {
@@ -348,18 +358,19 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         int64_t m0;
         int n0;
         tile_of_step(step, m0, n0);
-        T* As = ring + (step % kStages) * S::kStageElems;
+        T *As = ring + (step % kStages) * S::kStageElems;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             const int r = copy_row + i * S::kRowsPerPass;
             if (m0 + r >= M) continue;
-            const float* g = a.gate + int64_t(uint32_t(m0 + r) / rows_per_image) * K + k; // rows < 2^32 (host check)
-            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g));
-            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g + 4));
-            uint4* p = reinterpret_cast<uint4*>(As + r * LDS + kc);
+            const float *g =
+                a.gate + int64_t(uint32_t(m0 + r) / rows_per_image) * K + k; // rows < 2^32 (host check)
+            const float4 g0 = __ldg(reinterpret_cast<const float4 *>(g));
+            const float4 g1 = __ldg(reinterpret_cast<const float4 *>(g + 4));
+            uint4 *p = reinterpret_cast<uint4 *>(As + r * LDS + kc);
             uint4 raw = *p;
             const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T* e = reinterpret_cast<T*>(&raw);
+            T *e = reinterpret_cast<T *>(&raw);
 #pragma unroll
             for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
             *p = raw;
@@ -381,23 +392,24 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         cp_async_commit(); // empty groups keep the wait count uniform
     }
 
-    T* const y = static_cast<T*>(a.output);
-    const T* const res = static_cast<const T*>(a.residual);
+    T *const y = static_cast<T *>(a.output);
+    const T *const res = static_cast<const T *>(a.residual);
     const int out_col = (tid % S::kOutChunksPerRow) * 8; // this thread's 8 output columns in every tile
 
     for (int step = 0; step < steps; ++step) {
         const int kt = step % k_tiles;
         cp_async_wait<kStages - 2>(); // this thread's copies of `step` have landed
         if (a.gate) gate_step(step);
-        __syncthreads(); // everyone's copies of `step` visible; the slot of step - 1 is free; staging reads done
+        __syncthreads(); // everyone's copies of `step` visible; the slot of step - 1 is free; staging reads
+                         // done
         if (step + kStages - 1 < steps) load_step(step + kStages - 1);
         cp_async_commit();
 
         int64_t m0;
         int n0;
         tile_of_step(step, m0, n0);
-        const T* As = ring + (step % kStages) * S::kStageElems;
-        const T* Bs = As + BM * LDS;
+        const T *As = ring + (step % kStages) * S::kStageElems;
+        const T *Bs = As + BM * LDS;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             if (kt * BK + kk >= K) break; // all-zero padding of the last K tile
@@ -409,7 +421,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
             for (int j = 0; j < S::kFragN; j += 2) {
                 uint32_t r[4];
-                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk + ((lane >> 3) & 1) * 8);
+                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
+                                   ((lane >> 3) & 1) * 8);
                 bf[j][0] = r[0];
                 bf[j][1] = r[1];
                 bf[j + 1][0] = r[2];
@@ -424,15 +437,17 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         }
         if (kt != k_tiles - 1) continue;
 
-        // Tile done. Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1});
-        // c2, c3 eight rows below. The top-of-step barrier ordered the previous tile's staging reads.
+            // Tile done. Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1});
+            // c2, c3 eight rows below. The top-of-step barrier ordered the previous tile's staging reads.
 #pragma unroll
         for (int i = 0; i < S::kFragM; ++i)
 #pragma unroll
             for (int j = 0; j < S::kFragN; ++j) {
                 const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-                *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
-                *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) = make_float2(acc[i][j][2], acc[i][j][3]);
+                *reinterpret_cast<float2 *>(&staged[r * S::kLdc + c]) =
+                    make_float2(acc[i][j][0], acc[i][j][1]);
+                *reinterpret_cast<float2 *>(&staged[(r + 8) * S::kLdc + c]) =
+                    make_float2(acc[i][j][2], acc[i][j][3]);
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
             }
@@ -450,7 +465,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
                 for (int i = 0; i < S::kOutChunks; ++i) {
                     const int64_t m = m0 + (tid + i * S::kThreads) / S::kOutChunksPerRow;
-                    res_raw[i] = m < M ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n)) : make_uint4(0, 0, 0, 0);
+                    res_raw[i] = m < M ? __ldg(reinterpret_cast<const uint4 *>(res + m * N + n))
+                                       : make_uint4(0, 0, 0, 0);
                 }
             }
 #pragma unroll
@@ -458,13 +474,13 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
                 const int r = (tid + i * S::kThreads) / S::kOutChunksPerRow;
                 const int64_t m = m0 + r;
                 if (m >= M) continue;
-                const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col]);
-                const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col + 4]);
+                const float4 v0 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + out_col]);
+                const float4 v1 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + out_col + 4]);
                 float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
                 for (int j = 0; j < 8; ++j) v[j] = fast_act(v[j] + bias[j], a.act);
                 if (res) {
-                    const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
+                    const T *rv = reinterpret_cast<const T *>(&res_raw[i]);
 #pragma unroll
                     for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
                 }
@@ -476,12 +492,13 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 }
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-void launch_tile(const PointwiseArgs& a, int max_blocks, cudaStream_t stream) {
+void launch_tile(const PointwiseArgs &a, int max_blocks, cudaStream_t stream) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     const int n_tiles = (a.out_channels + BN - 1) / BN;
     const int64_t tiles = ((a.rows + BM - 1) / BM) * n_tiles;
     EFFNET_CHECK(tiles < (int64_t(1) << 31) && a.rows < (int64_t(1) << 32),
-                 "pointwise_conv: too many rows for the tensor-core kernel (M=" + std::to_string(a.rows) + ")");
+                 "pointwise_conv: too many rows for the tensor-core kernel (M=" + std::to_string(a.rows) +
+                     ")");
     auto kernel = pointwise_mma_kernel<T, BM, BN, WARPS_M, WARPS_N, MIN_BLOCKS>;
     const int smem = int(S::kSmemBytes);
     if (smem > 48 * 1024)
@@ -489,7 +506,8 @@ void launch_tile(const PointwiseArgs& a, int max_blocks, cudaStream_t stream) {
     int device = 0, sm_count = 0, per_sm = 0;
     EFFNET_CUDA_CHECK(cudaGetDevice(&device));
     EFFNET_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    EFFNET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, S::kThreads, size_t(smem)));
+    EFFNET_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, S::kThreads, size_t(smem)));
     int64_t blocks = std::min<int64_t>(tiles, int64_t(std::max(per_sm, 1)) * sm_count);
     if (max_blocks > 0) blocks = std::min<int64_t>(blocks, max_blocks);
     kernel<<<unsigned(blocks), S::kThreads, size_t(smem), stream>>>(a, n_tiles, int(tiles));
@@ -497,18 +515,20 @@ void launch_tile(const PointwiseArgs& a, int max_blocks, cudaStream_t stream) {
 }
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-void launch_tile_per_block(const PointwiseArgs& a, cudaStream_t stream) {
+void launch_tile_per_block(const PointwiseArgs &a, cudaStream_t stream) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     const int n_tiles = (a.out_channels + BN - 1) / BN;
     const int64_t m_tiles = (a.rows + BM - 1) / BM;
     const int64_t blocks = m_tiles * n_tiles;
-    EFFNET_CHECK(blocks < (int64_t(1) << 31), "pointwise_conv: too many tiles for one launch (M=" +
-                                                  std::to_string(a.rows) + ", N=" + std::to_string(a.out_channels) + ")");
+    EFFNET_CHECK(blocks < (int64_t(1) << 31),
+                 "pointwise_conv: too many tiles for one launch (M=" + std::to_string(a.rows) +
+                     ", N=" + std::to_string(a.out_channels) + ")");
     const int k_tiles = (a.in_channels + BK - 1) / BK;
     const size_t smem = S::tile_per_block_smem_bytes(k_tiles);
     auto kernel = pointwise_mma_tile_kernel<T, BM, BN, WARPS_M, WARPS_N, MIN_BLOCKS>;
     if (smem > 48 * 1024)
-        EFFNET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        EFFNET_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<unsigned(blocks), S::kThreads, smem, stream>>>(a, n_tiles);
     EFFNET_LAUNCH_CHECK("pointwise_mma_tile_kernel");
 }
@@ -516,27 +536,37 @@ void launch_tile_per_block(const PointwiseArgs& a, cudaStream_t stream) {
 // K <= 96 (at most 3 K tiles): the persistent kernel; longer K: one tile per block. Both were
 // timed on every B0 layer at batch 32 and 256 (H200): the persistent one wins by up to 1.8x on
 // the wide, short-K layers and loses by up to 2x on the long-K ones.
-bool use_persistent(const PointwiseArgs& a) { return a.in_channels <= 96; }
+bool use_persistent(const PointwiseArgs &a) {
+    return a.in_channels <= 96;
+}
 
 template <typename T>
-void launch_typed(const PointwiseArgs& a, PointwiseTile tile, int max_blocks, cudaStream_t stream) {
+void launch_typed(const PointwiseArgs &a, PointwiseTile tile, int max_blocks, cudaStream_t stream) {
     const bool persistent = max_blocks > 0 || (max_blocks == 0 && use_persistent(a));
     switch (tile) {
     case PointwiseTile::M128_N32:
-        if (persistent) launch_tile<T, 128, 32, 4, 1, 3>(a, max_blocks, stream);
-        else launch_tile_per_block<T, 128, 32, 4, 1, 4>(a, stream);
+        if (persistent)
+            launch_tile<T, 128, 32, 4, 1, 3>(a, max_blocks, stream);
+        else
+            launch_tile_per_block<T, 128, 32, 4, 1, 4>(a, stream);
         break;
     case PointwiseTile::M128_N64:
-        if (persistent) launch_tile<T, 128, 64, 4, 2, 2>(a, max_blocks, stream);
-        else launch_tile_per_block<T, 128, 64, 4, 2, 3>(a, stream);
+        if (persistent)
+            launch_tile<T, 128, 64, 4, 2, 2>(a, max_blocks, stream);
+        else
+            launch_tile_per_block<T, 128, 64, 4, 2, 3>(a, stream);
         break;
     case PointwiseTile::M64_N64:
-        if (persistent) launch_tile<T, 64, 64, 2, 2, 3>(a, max_blocks, stream);
-        else launch_tile_per_block<T, 64, 64, 2, 2, 4>(a, stream);
+        if (persistent)
+            launch_tile<T, 64, 64, 2, 2, 3>(a, max_blocks, stream);
+        else
+            launch_tile_per_block<T, 64, 64, 2, 2, 4>(a, stream);
         break;
     case PointwiseTile::M32_N64:
-        if (persistent) launch_tile<T, 32, 64, 2, 2, 4>(a, max_blocks, stream);
-        else launch_tile_per_block<T, 32, 64, 2, 2, 4>(a, stream);
+        if (persistent)
+            launch_tile<T, 32, 64, 2, 2, 4>(a, max_blocks, stream);
+        else
+            launch_tile_per_block<T, 32, 64, 2, 2, 4>(a, stream);
         break;
     }
 }
@@ -550,26 +580,32 @@ PointwiseTile choose_pointwise_tile(int64_t rows, int out_channels, int in_chann
     // more, smaller tiles). Short K (<= 32) or narrow Cout (<= 32): 128 x 32, fastest measured
     // there even for Cout = 96 or 144 (more blocks resident, more reads in flight).
     const int64_t enough = (in_channels >= 512 ? 4 : 2) * int64_t(sm_count);
-    if ((in_channels <= 32 || out_channels <= 32) && blocks(128, 32) >= enough) return PointwiseTile::M128_N32;
+    if ((in_channels <= 32 || out_channels <= 32) && blocks(128, 32) >= enough)
+        return PointwiseTile::M128_N32;
     if (blocks(128, 64) >= enough) return PointwiseTile::M128_N64;
     if (blocks(64, 64) >= enough) return PointwiseTile::M64_N64;
     return PointwiseTile::M32_N64;
 }
 
-void launch_pointwise_mma(const PointwiseArgs& a, Precision precision, cudaStream_t stream) {
+void launch_pointwise_mma(const PointwiseArgs &a, Precision precision, cudaStream_t stream) {
     int device = 0, sm_count = 0;
     EFFNET_CUDA_CHECK(cudaGetDevice(&device));
     EFFNET_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-    launch_pointwise_mma(a, precision, choose_pointwise_tile(a.rows, a.out_channels, a.in_channels, sm_count), stream, 0);
+    launch_pointwise_mma(a, precision, choose_pointwise_tile(a.rows, a.out_channels, a.in_channels, sm_count),
+                         stream, 0);
 }
 
-void launch_pointwise_mma(const PointwiseArgs& a, Precision precision, PointwiseTile tile, cudaStream_t stream,
-                          int max_blocks) {
+void launch_pointwise_mma(const PointwiseArgs &a, Precision precision, PointwiseTile tile,
+                          cudaStream_t stream, int max_blocks) {
     EFFNET_CHECK(pointwise_tensor_core_eligible(a, precision),
-                 "pointwise_conv: tensor-core kernel needs fp16/bf16, K and N multiples of 8 and 16-byte aligned pointers");
-    if (precision == Precision::FP16) launch_typed<__half>(a, tile, max_blocks, stream);
-    else if (precision == Precision::BF16) launch_typed<__nv_bfloat16>(a, tile, max_blocks, stream);
-    else throw Error("pointwise_conv: the tensor-core kernel takes fp16 or bf16, not fp32");
+                 "pointwise_conv: tensor-core kernel needs fp16/bf16, K and N multiples of 8 and 16-byte "
+                 "aligned pointers");
+    if (precision == Precision::FP16)
+        launch_typed<__half>(a, tile, max_blocks, stream);
+    else if (precision == Precision::BF16)
+        launch_typed<__nv_bfloat16>(a, tile, max_blocks, stream);
+    else
+        throw Error("pointwise_conv: the tensor-core kernel takes fp16 or bf16, not fp32");
 }
 
 } // namespace effnet::kernels

@@ -11,14 +11,24 @@
 
 namespace effnet::kernels {
 
-template <typename T> struct TypeTag { using type = T; };
+template <typename T>
+struct TypeTag {
+    using type = T;
+};
 
 // Calls f(TypeTag<T>{}) with T the element type stored for precision p.
-template <typename F> void dispatch_storage(Precision p, F&& f) {
+template <typename F>
+void dispatch_storage(Precision p, F &&f) {
     switch (p) {
-    case Precision::FP32: f(TypeTag<float>{}); return;
-    case Precision::FP16: f(TypeTag<__half>{}); return;
-    case Precision::BF16: f(TypeTag<__nv_bfloat16>{}); return;
+    case Precision::FP32:
+        f(TypeTag<float>{});
+        return;
+    case Precision::FP16:
+        f(TypeTag<__half>{});
+        return;
+    case Precision::BF16:
+        f(TypeTag<__nv_bfloat16>{});
+        return;
     }
     throw Error("training kernel: unknown storage precision");
 }

@@ -75,7 +75,9 @@ uint16_t float_to_half(float f) {
 }
 
 // bf16 is the top half of a float32.
-float bf16_to_float(uint16_t b) { return bits_float(uint32_t(b) << 16); }
+float bf16_to_float(uint16_t b) {
+    return bits_float(uint32_t(b) << 16);
+}
 
 uint16_t float_to_bf16(float f) {
     const uint32_t bits = float_bits(f);

@@ -9,16 +9,19 @@
 
 namespace effnet {
 
-const char* precision_name(Precision p) {
+const char *precision_name(Precision p) {
     switch (p) {
-    case Precision::FP32: return "fp32";
-    case Precision::FP16: return "fp16";
-    case Precision::BF16: return "bf16";
+    case Precision::FP32:
+        return "fp32";
+    case Precision::FP16:
+        return "fp16";
+    case Precision::BF16:
+        return "bf16";
     }
     return "unknown";
 }
 
-Precision parse_precision(const std::string& s) {
+Precision parse_precision(const std::string &s) {
     std::string n = s;
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return char(std::tolower(c)); });
     if (n == "fp32" || n == "float32" || n == "float") return Precision::FP32;
@@ -28,27 +31,49 @@ Precision parse_precision(const std::string& s) {
 }
 
 #ifndef EFFNET_WITH_CUDA
-bool cuda_available() { return false; }
-std::string cuda_device_description() { return "no CUDA: effnet was built without CUDA support"; }
+bool cuda_available() {
+    return false;
+}
+std::string cuda_device_description() {
+    return "no CUDA: effnet was built without CUDA support";
+}
 
 struct InferenceSession::Impl {};
 
-InferenceSession::InferenceSession(const Model&, int, int, int, Precision, const SessionOptions&) {
+InferenceSession::InferenceSession(const Model &, int, int, int, Precision, const SessionOptions &) {
     throw Error("InferenceSession: effnet was built without CUDA support (EFFNET_ENABLE_CUDA=OFF)");
 }
 InferenceSession::~InferenceSession() = default;
-InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
-InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
-void InferenceSession::run(const float*, float*, bool) { throw Error("InferenceSession: built without CUDA"); }
+InferenceSession::InferenceSession(InferenceSession &&) noexcept = default;
+InferenceSession &InferenceSession::operator=(InferenceSession &&) noexcept = default;
+void InferenceSession::run(const float *, float *, bool) {
+    throw Error("InferenceSession: built without CUDA");
+}
 void InferenceSession::synchronize() {}
-int InferenceSession::batch() const { return 0; }
-int InferenceSession::height() const { return 0; }
-int InferenceSession::width() const { return 0; }
-int InferenceSession::num_classes() const { return 0; }
-Precision InferenceSession::precision() const { return Precision::FP32; }
-size_t InferenceSession::peak_device_memory() const { return 0; }
-size_t InferenceSession::activation_arena_bytes() const { return 0; }
-void* InferenceSession::stream() const { return nullptr; }
+int InferenceSession::batch() const {
+    return 0;
+}
+int InferenceSession::height() const {
+    return 0;
+}
+int InferenceSession::width() const {
+    return 0;
+}
+int InferenceSession::num_classes() const {
+    return 0;
+}
+Precision InferenceSession::precision() const {
+    return Precision::FP32;
+}
+size_t InferenceSession::peak_device_memory() const {
+    return 0;
+}
+size_t InferenceSession::activation_arena_bytes() const {
+    return 0;
+}
+void *InferenceSession::stream() const {
+    return nullptr;
+}
 #endif
 
 } // namespace effnet

@@ -18,18 +18,21 @@
 namespace effnet::bench {
 namespace {
 
-std::string shape_name(const ModelShapes& m, const DepthwiseShape& d) {
-    return "depthwise/" + m.model + "/" + std::to_string(d.h) + "x" + std::to_string(d.w) + "xC" + std::to_string(d.c) + "/k" +
-           std::to_string(d.k) + "s" + std::to_string(d.s);
+std::string shape_name(const ModelShapes &m, const DepthwiseShape &d) {
+    return "depthwise/" + m.model + "/" + std::to_string(d.h) + "x" + std::to_string(d.w) + "xC" +
+           std::to_string(d.c) + "/k" + std::to_string(d.k) + "s" + std::to_string(d.s);
 }
 
-double depthwise_bytes(const DepthwiseShape& d, int batch, size_t es) {
-    return double(batch) * (double(d.h) * d.w + double(d.ho) * d.wo) * d.c * double(es) + double(d.k * d.k + 1) * d.c * 4;
+double depthwise_bytes(const DepthwiseShape &d, int batch, size_t es) {
+    return double(batch) * (double(d.h) * d.w + double(d.ho) * d.wo) * d.c * double(es) +
+           double(d.k * d.k + 1) * d.c * 4;
 }
-double depthwise_flops(const DepthwiseShape& d, int batch) { return 2.0 * batch * d.ho * d.wo * double(d.c) * d.k * d.k; }
+double depthwise_flops(const DepthwiseShape &d, int batch) {
+    return 2.0 * batch * d.ho * d.wo * double(d.c) * d.k * d.k;
+}
 
 // pixels_per_thread: 0 = the launcher's choice; 1, 2, 4 force the strip length (tuning runs).
-void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pixels_per_thread) {
+void bench_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d, int pixels_per_thread) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -40,14 +43,27 @@ void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pi
         cuda::DeviceBuffer bias = filled_buffer(size_t(d.c) * 4, "dw bias");
         cuda::DeviceBuffer pooled(size_t(N) * d.c * 4, "dw pooled");
         kernels::DepthwiseArgs a;
-        a.input = x.data(); a.weight = wgt.as<float>(); a.bias = bias.as<float>(); a.output = y.data();
+        a.input = x.data();
+        a.weight = wgt.as<float>();
+        a.bias = bias.as<float>();
+        a.output = y.data();
         a.pooled_sum = d.se ? pooled.as<float>() : nullptr;
-        a.batch = N; a.height = d.h; a.width = d.w; a.channels = d.c; a.kernel = d.k; a.stride = d.s;
-        a.pad_top = d.pad; a.pad_left = d.pad; a.out_height = d.ho; a.out_width = d.wo; a.act = kernels::Act::SiLU;
+        a.batch = N;
+        a.height = d.h;
+        a.width = d.w;
+        a.channels = d.c;
+        a.kernel = d.k;
+        a.stride = d.s;
+        a.pad_top = d.pad;
+        a.pad_left = d.pad;
+        a.out_height = d.ho;
+        a.out_width = d.wo;
+        a.act = kernels::Act::SiLU;
         a.pixels_per_thread = pixels_per_thread;
-        const double total = env.time_launches(state, [&](cudaStream_t s) { kernels::launch_depthwise_conv(a, p, s); });
+        const double total =
+            env.time_launches(state, [&](cudaStream_t s) { kernels::launch_depthwise_conv(a, p, s); });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
 }
@@ -65,12 +81,14 @@ struct CudnnConv {
     }
 };
 
-void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
+void bench_cudnn(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
         const size_t es = kernels::storage_size(p);
-        const cudnnDataType_t type = p == Precision::FP32 ? CUDNN_DATA_FLOAT : p == Precision::FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+        const cudnnDataType_t type = p == Precision::FP32   ? CUDNN_DATA_FLOAT
+                                     : p == Precision::FP16 ? CUDNN_DATA_HALF
+                                                            : CUDNN_DATA_BFLOAT16;
         cudnnHandle_t h = env.ctx().cudnn();
         CudnnConv c;
         EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.x));
@@ -80,35 +98,40 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         EFFNET_CUDNN_CHECK(cudnnSetTensor4dDescriptor(c.x, CUDNN_TENSOR_NHWC, type, N, d.c, d.h, d.w));
         EFFNET_CUDNN_CHECK(cudnnSetFilter4dDescriptor(c.w, type, CUDNN_TENSOR_NHWC, d.c, 1, d.k, d.k));
         // cuDNN's legacy API has symmetric padding only: the torchvision presets are symmetric.
-        EFFNET_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c.conv, d.pad, d.pad, d.s, d.s, 1, 1, CUDNN_CROSS_CORRELATION,
-                                                           CUDNN_DATA_FLOAT));
+        EFFNET_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c.conv, d.pad, d.pad, d.s, d.s, 1, 1,
+                                                           CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
         EFFNET_CUDNN_CHECK(cudnnSetConvolutionGroupCount(c.conv, d.c));
         EFFNET_CUDNN_CHECK(cudnnSetConvolutionMathType(c.conv, CUDNN_DEFAULT_MATH));
         int on, oc, oh, ow;
         EFFNET_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(c.conv, c.x, c.w, &on, &oc, &oh, &ow));
-        EFFNET_CHECK(oh == d.ho && ow == d.wo, "cuDNN output size differs from ours for " + std::to_string(d.h));
+        EFFNET_CHECK(oh == d.ho && ow == d.wo,
+                     "cuDNN output size differs from ours for " + std::to_string(d.h));
         EFFNET_CUDNN_CHECK(cudnnSetTensor4dDescriptor(c.y, CUDNN_TENSOR_NHWC, type, N, d.c, d.ho, d.wo));
         cuda::DeviceBuffer x = filled_buffer(size_t(N) * d.h * d.w * d.c * es, "cudnn input");
         cuda::DeviceBuffer y(size_t(N) * d.ho * d.wo * d.c * es, "cudnn output");
         cuda::DeviceBuffer wgt = filled_buffer(size_t(d.k) * d.k * d.c * es, "cudnn weight");
         cudnnConvolutionFwdAlgoPerf_t perf[8];
         int returned = 0;
-        EFFNET_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, c.x, c.w, c.conv, c.y, 8, &returned, perf));
+        EFFNET_CUDNN_CHECK(
+            cudnnFindConvolutionForwardAlgorithm(h, c.x, c.w, c.conv, c.y, 8, &returned, perf));
         int best = -1;
         for (int i = 0; i < returned; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) { best = i; break; }
+            if (perf[i].status == CUDNN_STATUS_SUCCESS) {
+                best = i;
+                break;
+            }
         EFFNET_CHECK(best >= 0, "cuDNN found no algorithm");
         const cudnnConvolutionFwdAlgo_t algo = perf[best].algo;
         const size_t ws_bytes = perf[best].memory;
-        void* ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
+        void *ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
         const float alpha = 1.0f, beta = 0.0f;
         const double total = env.time_launches(state, [&](cudaStream_t) {
-            EFFNET_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, c.x, x.data(), c.w, wgt.data(), c.conv, algo, ws, ws_bytes,
-                                                       &beta, c.y, y.data()));
+            EFFNET_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, c.x, x.data(), c.w, wgt.data(), c.conv,
+                                                       algo, ws, ws_bytes, &beta, c.y, y.data()));
         });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
         state.SetLabel("algo " + std::to_string(int(algo)));
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
 }
@@ -117,14 +140,16 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
 std::vector<float> random_values(size_t count, uint64_t seed, float lo, float hi) {
     std::vector<float> v(count);
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (float& e : v) {
-        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    for (float &e : v) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
         e = lo + (hi - lo) * float(double(x >> 11) * (1.0 / 9007199254740992.0));
     }
     return v;
 }
 
-double rel_norm_error(const std::vector<float>& got, const std::vector<double>& want) {
+double rel_norm_error(const std::vector<float> &got, const std::vector<double> &want) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < got.size(); ++i) {
         if (!std::isfinite(got[i])) return INFINITY; // poisoned (unwritten) or overflowed
@@ -135,7 +160,7 @@ double rel_norm_error(const std::vector<float>& got, const std::vector<double>& 
 }
 
 // Our kernel at every strip length vs float64 on the CPU: NHWC [2, h, w, c], SiLU, squeeze.
-void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
+void check_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
     try {
         const Precision p = env.options().precision;
         const size_t es = kernels::storage_size(p);
@@ -146,7 +171,8 @@ void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         const std::vector<float> b = random_values(size_t(d.c), 13, -0.5f, 0.5f);
         const std::vector<uint8_t> x_bytes = cuda::to_storage(x, p);
         cuda::DeviceBuffer d_x(x_bytes.size(), "check input"), d_w(w.size() * 4, "check weight"),
-            d_b(b.size() * 4, "check bias"), d_y(out_count * es, "check output"), d_pool(size_t(N) * d.c * 4, "check pool");
+            d_b(b.size() * 4, "check bias"), d_y(out_count * es, "check output"),
+            d_pool(size_t(N) * d.c * 4, "check pool");
         EFFNET_CUDA_CHECK(cudaMemcpy(d_x.data(), x_bytes.data(), x_bytes.size(), cudaMemcpyHostToDevice));
         EFFNET_CUDA_CHECK(cudaMemcpy(d_w.data(), w.data(), w.size() * 4, cudaMemcpyHostToDevice));
         EFFNET_CUDA_CHECK(cudaMemcpy(d_b.data(), b.data(), b.size() * 4, cudaMemcpyHostToDevice));
@@ -184,57 +210,85 @@ void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
                 EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, out_count * es)); // NaN: unwritten fails
                 EFFNET_CUDA_CHECK(cudaMemset(d_pool.data(), 0, size_t(N) * d.c * 4));
                 kernels::DepthwiseArgs a;
-                a.input = d_x.data(); a.weight = d_w.as<float>(); a.bias = d_b.as<float>(); a.output = d_y.data();
+                a.input = d_x.data();
+                a.weight = d_w.as<float>();
+                a.bias = d_b.as<float>();
+                a.output = d_y.data();
                 a.pooled_sum = d_pool.as<float>();
-                a.batch = N; a.height = d.h; a.width = d.w; a.channels = d.c; a.kernel = d.k; a.stride = d.s;
-                a.pad_top = pad_t; a.pad_left = pad_l; a.out_height = d.ho; a.out_width = d.wo;
-                a.act = kernels::Act::SiLU; a.pixels_per_thread = ppt;
+                a.batch = N;
+                a.height = d.h;
+                a.width = d.w;
+                a.channels = d.c;
+                a.kernel = d.k;
+                a.stride = d.s;
+                a.pad_top = pad_t;
+                a.pad_left = pad_l;
+                a.out_height = d.ho;
+                a.out_width = d.wo;
+                a.act = kernels::Act::SiLU;
+                a.pixels_per_thread = ppt;
                 kernels::launch_depthwise_conv(a, p, nullptr);
                 EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
                 std::vector<uint8_t> y_bytes(out_count * es);
                 std::vector<float> pool(size_t(N) * d.c);
-                EFFNET_CUDA_CHECK(cudaMemcpy(y_bytes.data(), d_y.data(), y_bytes.size(), cudaMemcpyDeviceToHost));
-                EFFNET_CUDA_CHECK(cudaMemcpy(pool.data(), d_pool.data(), pool.size() * 4, cudaMemcpyDeviceToHost));
-                const std::string name = std::string(tf_same ? "tf_same" : "symmetric") + " ppt" + std::to_string(ppt);
+                EFFNET_CUDA_CHECK(
+                    cudaMemcpy(y_bytes.data(), d_y.data(), y_bytes.size(), cudaMemcpyDeviceToHost));
+                EFFNET_CUDA_CHECK(
+                    cudaMemcpy(pool.data(), d_pool.data(), pool.size() * 4, cudaMemcpyDeviceToHost));
+                const std::string name =
+                    std::string(tf_same ? "tf_same" : "symmetric") + " ppt" + std::to_string(ppt);
                 const double err = std::max(rel_norm_error(cuda::from_storage(y_bytes, p), ref),
                                             rel_norm_error(pool, ref_pool));
-                state.counters["err_" + std::string(tf_same ? "tf" : "sym") + "_ppt" + std::to_string(ppt)] = err;
-                if (!(err <= worst)) { worst = err; worst_name = name; }
+                state.counters["err_" + std::string(tf_same ? "tf" : "sym") + "_ppt" + std::to_string(ppt)] =
+                    err;
+                if (!(err <= worst)) {
+                    worst = err;
+                    worst_name = name;
+                }
             }
         }
         state.counters["max_err"] = worst;
         if (!(worst <= tol))
             state.SkipWithError(("MISMATCH " + worst_name + ": rel err " + std::to_string(worst) + " > " +
-                                 std::to_string(tol)).c_str());
+                                 std::to_string(tol))
+                                    .c_str());
         for (auto _ : state) {
         }
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
 }
 
 } // namespace
 
-void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
+void register_depthwise_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
     const std::string prec = precision_name(env.options().precision);
-    for (const DepthwiseShape& d : shapes.depthwise) {
+    for (const DepthwiseShape &d : shapes.depthwise) {
         const std::string base = shape_name(shapes, d);
         benchmark::RegisterBenchmark((base + "/check_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { check_ours(st, env, d); })
-            ->Iterations(1)->Unit(benchmark::kMicrosecond);
+                                     [&env, d](benchmark::State &st) { check_ours(st, env, d); })
+            ->Iterations(1)
+            ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/ours_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { bench_ours(st, env, d, 0); })
-            ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+                                     [&env, d](benchmark::State &st) { bench_ours(st, env, d, 0); })
+            ->UseManualTime()
+            ->Iterations(env.options().iterations)
+            ->Unit(benchmark::kMicrosecond);
         // Each forced strip length, so one run shows whether the launcher's choice is the best.
         for (int ppt : {1, 2, 4}) {
             if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
-            benchmark::RegisterBenchmark((base + "/ours_ppt" + std::to_string(ppt) + "_" + prec).c_str(),
-                                         [&env, d, ppt](benchmark::State& st) { bench_ours(st, env, d, ppt); })
-                ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+            benchmark::RegisterBenchmark(
+                (base + "/ours_ppt" + std::to_string(ppt) + "_" + prec).c_str(),
+                [&env, d, ppt](benchmark::State &st) { bench_ours(st, env, d, ppt); })
+                ->UseManualTime()
+                ->Iterations(env.options().iterations)
+                ->Unit(benchmark::kMicrosecond);
         }
         benchmark::RegisterBenchmark((base + "/cudnn_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); })
-            ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+                                     [&env, d](benchmark::State &st) { bench_cudnn(st, env, d); })
+            ->UseManualTime()
+            ->Iterations(env.options().iterations)
+            ->Unit(benchmark::kMicrosecond);
     }
 }
 

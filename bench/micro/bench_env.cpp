@@ -5,8 +5,9 @@
 
 namespace effnet::bench {
 
-BenchEnv::BenchEnv(const BenchOptions& options) : options_(options), ctx_(0) {
-    flush_ = cuda::DeviceBuffer(size_t(std::max(ctx_.properties().l2CacheSize, 1 << 20)) * 2, "L2 flush buffer");
+BenchEnv::BenchEnv(const BenchOptions &options) : options_(options), ctx_(0) {
+    flush_ =
+        cuda::DeviceBuffer(size_t(std::max(ctx_.properties().l2CacheSize, 1 << 20)) * 2, "L2 flush buffer");
     EFFNET_CUDA_CHECK(cudaEventCreate(&start_));
     EFFNET_CUDA_CHECK(cudaEventCreate(&stop_));
     measure_copy_bandwidth();
@@ -20,14 +21,17 @@ BenchEnv::~BenchEnv() {
 
 std::string BenchEnv::description() const {
     char line[256];
-    std::snprintf(line, sizeof(line), "D2D copy %.0f GB/s (read+write), cuBLASLt 8192^3 %s %.1f TFLOP/s, batch %d",
-                  copy_gbps_, precision_name(options_.precision), gemm_tflops_, options_.batch);
+    std::snprintf(line, sizeof(line),
+                  "D2D copy %.0f GB/s (read+write), cuBLASLt 8192^3 %s %.1f TFLOP/s, batch %d", copy_gbps_,
+                  precision_name(options_.precision), gemm_tflops_, options_.batch);
     return line;
 }
 
-void BenchEnv::flush_l2() { EFFNET_CUDA_CHECK(cudaMemsetAsync(flush_.data(), 0, flush_.size(), stream())); }
+void BenchEnv::flush_l2() {
+    EFFNET_CUDA_CHECK(cudaMemsetAsync(flush_.data(), 0, flush_.size(), stream()));
+}
 
-double BenchEnv::time_launches(benchmark::State& state, const std::function<void(cudaStream_t)>& launch) {
+double BenchEnv::time_launches(benchmark::State &state, const std::function<void(cudaStream_t)> &launch) {
     launch(stream()); // warm-up: module loading, first-touch
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream()));
     double total = 0.0;
@@ -64,13 +68,15 @@ void BenchEnv::measure_copy_bandwidth() {
 void BenchEnv::measure_gemm_rate() {
     const int n = 8192;
     const Precision p = options_.precision;
-    const cudaDataType_t type = p == Precision::FP32 ? CUDA_R_32F : p == Precision::FP16 ? CUDA_R_16F : CUDA_R_16BF;
+    const cudaDataType_t type = p == Precision::FP32   ? CUDA_R_32F
+                                : p == Precision::FP16 ? CUDA_R_16F
+                                                       : CUDA_R_16BF;
     const size_t es = p == Precision::FP32 ? 4 : 2;
-    cuda::DeviceBuffer a = filled_buffer(size_t(n) * n * es, "gemm A"), b = filled_buffer(size_t(n) * n * es, "gemm B"),
-                       c(size_t(n) * n * es, "gemm C");
+    cuda::DeviceBuffer a = filled_buffer(size_t(n) * n * es, "gemm A"),
+                       b = filled_buffer(size_t(n) * n * es, "gemm B"), c(size_t(n) * n * es, "gemm C");
     cublasLtHandle_t lt = ctx_.cublaslt();
     const size_t ws_bytes = 64 << 20;
-    void* ws = ctx_.workspace(ws_bytes);
+    void *ws = ctx_.workspace(ws_bytes);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -79,16 +85,16 @@ void BenchEnv::measure_gemm_rate() {
     EFFNET_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, type, n, n, n));
     EFFNET_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, type, n, n, n));
     EFFNET_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    EFFNET_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                                             sizeof(ws_bytes)));
+    EFFNET_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &ws_bytes, sizeof(ws_bytes)));
     cublasLtMatmulHeuristicResult_t heur{};
     int found = 0;
     EFFNET_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &heur, &found));
     EFFNET_CHECK(found > 0, "cuBLASLt found no algorithm for the 8192^3 reference GEMM");
     const float alpha = 1.0f, beta = 0.0f;
     auto run = [&] {
-        EFFNET_CUBLAS_CHECK(cublasLtMatmul(lt, op, &alpha, a.data(), la, b.data(), lb, &beta, c.data(), lc, c.data(), lc,
-                                           &heur.algo, ws, ws_bytes, stream()));
+        EFFNET_CUBLAS_CHECK(cublasLtMatmul(lt, op, &alpha, a.data(), la, b.data(), lb, &beta, c.data(), lc,
+                                           c.data(), lc, &heur.algo, ws, ws_bytes, stream()));
     };
     run();
     const int reps = 5;
@@ -106,8 +112,8 @@ void BenchEnv::measure_gemm_rate() {
     cublasLtMatmulDescDestroy(op);
 }
 
-void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, double flops, double total_seconds,
-                  bool matrix_op) {
+void set_counters(benchmark::State &state, const BenchEnv &env, double bytes, double flops,
+                  double total_seconds, bool matrix_op) {
     const double iters = double(state.iterations());
     if (iters <= 0 || total_seconds <= 0) return;
     const double per_launch = total_seconds / iters;
@@ -123,46 +129,51 @@ void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, do
     }
 }
 
-cuda::DeviceBuffer filled_buffer(size_t bytes, const char* what) {
+cuda::DeviceBuffer filled_buffer(size_t bytes, const char *what) {
     cuda::DeviceBuffer b(bytes, what);
     EFFNET_CUDA_CHECK(cudaMemset(b.data(), 0x3C, bytes));
     return b;
 }
 
-ModelShapes model_shapes(const std::string& preset_name, int batch) {
+ModelShapes model_shapes(const std::string &preset_name, int batch) {
     ModelShapes s;
     s.model = preset_name;
     s.config = preset(preset_name);
-    const ModelConfig& cfg = s.config;
+    const ModelConfig &cfg = s.config;
     const int res = cfg.resolution;
     int h = conv_output_size(res, 3, 2, cfg.padding), w = h;
     std::set<std::string> seen_dw, seen_gemm, seen_fused;
-    auto add_gemm = [&](const GemmShape& g) {
-        const std::string key = g.role + std::to_string(g.m) + "/" + std::to_string(g.k) + "/" + std::to_string(g.n) +
-                                (g.gate ? "g" : "") + (g.residual ? "r" : "");
+    auto add_gemm = [&](const GemmShape &g) {
+        const std::string key = g.role + std::to_string(g.m) + "/" + std::to_string(g.k) + "/" +
+                                std::to_string(g.n) + (g.gate ? "g" : "") + (g.residual ? "r" : "");
         if (seen_gemm.insert(key).second) s.gemms.push_back(g);
     };
-    for (const BlockConfig& b : cfg.blocks) {
+    for (const BlockConfig &b : cfg.blocks) {
         const int ho = conv_output_size(h, b.kernel, b.stride, cfg.padding);
         const int wo = conv_output_size(w, b.kernel, b.stride, cfg.padding);
         int pt, pb;
         conv_padding(h, b.kernel, b.stride, cfg.padding, pt, pb);
         if (b.has_expand()) {
-            add_gemm({"expand", int64_t(batch) * h * w, b.in_channels, b.expand_channels, h * w, false, false, true});
+            add_gemm({"expand", int64_t(batch) * h * w, b.in_channels, b.expand_channels, h * w, false, false,
+                      true});
             const std::string fk = std::to_string(h) + "/" + std::to_string(b.in_channels) + "/" +
-                                   std::to_string(b.expand_channels) + "/" + std::to_string(b.kernel) + std::to_string(b.stride);
+                                   std::to_string(b.expand_channels) + "/" + std::to_string(b.kernel) +
+                                   std::to_string(b.stride);
             if (seen_fused.insert(fk).second)
-                s.fused.push_back({h, w, b.in_channels, b.expand_channels, b.kernel, b.stride, ho, wo, pt, b.has_se()});
+                s.fused.push_back(
+                    {h, w, b.in_channels, b.expand_channels, b.kernel, b.stride, ho, wo, pt, b.has_se()});
         }
-        const std::string dk = std::to_string(h) + "/" + std::to_string(b.expand_channels) + "/" + std::to_string(b.kernel) +
-                               std::to_string(b.stride);
-        if (seen_dw.insert(dk).second) s.depthwise.push_back({h, w, b.expand_channels, b.kernel, b.stride, ho, wo, pt, b.has_se()});
+        const std::string dk = std::to_string(h) + "/" + std::to_string(b.expand_channels) + "/" +
+                               std::to_string(b.kernel) + std::to_string(b.stride);
+        if (seen_dw.insert(dk).second)
+            s.depthwise.push_back({h, w, b.expand_channels, b.kernel, b.stride, ho, wo, pt, b.has_se()});
         add_gemm({"project", int64_t(batch) * ho * wo, b.expand_channels, b.out_channels, ho * wo, b.has_se(),
                   b.has_residual(), false});
         h = ho;
         w = wo;
     }
-    add_gemm({"head", int64_t(batch) * h * w, cfg.blocks.back().out_channels, cfg.head_channels, h * w, false, false, true});
+    add_gemm({"head", int64_t(batch) * h * w, cfg.blocks.back().out_channels, cfg.head_channels, h * w, false,
+              false, true});
     return s;
 }
 

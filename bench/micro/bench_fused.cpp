@@ -12,12 +12,13 @@
 namespace effnet::bench {
 namespace {
 
-std::string shape_name(const ModelShapes& m, const FusedShape& f) {
-    return "expand_dw/" + m.model + "/" + std::to_string(f.h) + "x" + std::to_string(f.w) + "_" + std::to_string(f.cin) + "to" +
-           std::to_string(f.ce) + "/k" + std::to_string(f.k) + "s" + std::to_string(f.s);
+std::string shape_name(const ModelShapes &m, const FusedShape &f) {
+    return "expand_dw/" + m.model + "/" + std::to_string(f.h) + "x" + std::to_string(f.w) + "_" +
+           std::to_string(f.cin) + "to" + std::to_string(f.ce) + "/k" + std::to_string(f.k) + "s" +
+           std::to_string(f.s);
 }
 
-void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused) {
+void bench_pair(benchmark::State &state, BenchEnv &env, FusedShape f, bool fused) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -32,21 +33,52 @@ void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused
         cuda::DeviceBuffer expanded;
         if (!fused) expanded = cuda::DeviceBuffer(size_t(N) * f.h * f.w * f.ce * es, "expanded");
         kernels::FusedExpandDepthwiseArgs fa;
-        fa.input = x.data(); fa.expand_weight = we.data(); fa.expand_bias = be.as<float>();
-        fa.dw_weight = wd.as<float>(); fa.dw_bias = bd.as<float>(); fa.output = y.data();
+        fa.input = x.data();
+        fa.expand_weight = we.data();
+        fa.expand_bias = be.as<float>();
+        fa.dw_weight = wd.as<float>();
+        fa.dw_bias = bd.as<float>();
+        fa.output = y.data();
         fa.pooled_sum = f.se ? pooled.as<float>() : nullptr;
-        fa.batch = N; fa.height = f.h; fa.width = f.w; fa.in_channels = f.cin; fa.expand_channels = f.ce;
-        fa.kernel = f.k; fa.stride = f.s; fa.pad_top = f.pad; fa.pad_left = f.pad; fa.out_height = f.ho; fa.out_width = f.wo;
+        fa.batch = N;
+        fa.height = f.h;
+        fa.width = f.w;
+        fa.in_channels = f.cin;
+        fa.expand_channels = f.ce;
+        fa.kernel = f.k;
+        fa.stride = f.s;
+        fa.pad_top = f.pad;
+        fa.pad_left = f.pad;
+        fa.out_height = f.ho;
+        fa.out_width = f.wo;
         fa.act = kernels::Act::SiLU;
         kernels::PointwiseArgs pa;
-        pa.input = x.data(); pa.weight = we.data(); pa.bias = be.as<float>(); pa.output = expanded.data();
-        pa.rows = int64_t(N) * f.h * f.w; pa.out_channels = f.ce; pa.in_channels = f.cin; pa.rows_per_image = f.h * f.w;
+        pa.input = x.data();
+        pa.weight = we.data();
+        pa.bias = be.as<float>();
+        pa.output = expanded.data();
+        pa.rows = int64_t(N) * f.h * f.w;
+        pa.out_channels = f.ce;
+        pa.in_channels = f.cin;
+        pa.rows_per_image = f.h * f.w;
         pa.act = kernels::Act::SiLU;
         kernels::DepthwiseArgs da;
-        da.input = expanded.data(); da.weight = wd.as<float>(); da.bias = bd.as<float>(); da.output = y.data();
+        da.input = expanded.data();
+        da.weight = wd.as<float>();
+        da.bias = bd.as<float>();
+        da.output = y.data();
         da.pooled_sum = fa.pooled_sum;
-        da.batch = N; da.height = f.h; da.width = f.w; da.channels = f.ce; da.kernel = f.k; da.stride = f.s;
-        da.pad_top = f.pad; da.pad_left = f.pad; da.out_height = f.ho; da.out_width = f.wo; da.act = kernels::Act::SiLU;
+        da.batch = N;
+        da.height = f.h;
+        da.width = f.w;
+        da.channels = f.ce;
+        da.kernel = f.k;
+        da.stride = f.s;
+        da.pad_top = f.pad;
+        da.pad_left = f.pad;
+        da.out_height = f.ho;
+        da.out_width = f.wo;
+        da.act = kernels::Act::SiLU;
         const double total = env.time_launches(state, [&](cudaStream_t s) {
             if (fused) {
                 kernels::launch_fused_expand_depthwise(fa, p, s);
@@ -55,26 +87,32 @@ void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused
                 kernels::launch_depthwise_conv(da, p, s);
             }
         });
-        const double bytes = double(N) * (double(f.h) * f.w * f.cin + double(f.ho) * f.wo * f.ce) * double(es);
-        const double flops = 2.0 * N * (double(f.h) * f.w * f.cin * f.ce + double(f.ho) * f.wo * f.ce * f.k * f.k);
+        const double bytes =
+            double(N) * (double(f.h) * f.w * f.cin + double(f.ho) * f.wo * f.ce) * double(es);
+        const double flops =
+            2.0 * N * (double(f.h) * f.w * f.cin * f.ce + double(f.ho) * f.wo * f.ce * f.k * f.k);
         set_counters(state, env, bytes, flops, total, false);
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         state.SkipWithError(e.what());
     }
 }
 
 } // namespace
 
-void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
+void register_fused_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
     const std::string prec = precision_name(env.options().precision);
-    for (const FusedShape& f : shapes.fused) {
+    for (const FusedShape &f : shapes.fused) {
         const std::string base = shape_name(shapes, f);
         benchmark::RegisterBenchmark((base + "/fused_" + prec).c_str(),
-                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, true); })
-            ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+                                     [&env, f](benchmark::State &st) { bench_pair(st, env, f, true); })
+            ->UseManualTime()
+            ->Iterations(env.options().iterations)
+            ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/unfused_" + prec).c_str(),
-                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, false); })
-            ->UseManualTime()->Iterations(env.options().iterations)->Unit(benchmark::kMicrosecond);
+                                     [&env, f](benchmark::State &st) { bench_pair(st, env, f, false); })
+            ->UseManualTime()
+            ->Iterations(env.options().iterations)
+            ->Unit(benchmark::kMicrosecond);
     }
 }
 

@@ -48,7 +48,7 @@ struct Args {
     bool json = false;
 };
 
-const char* kUsage =
+const char *kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
     "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
     "                    [--tf32] [--json]\n"
@@ -56,8 +56,8 @@ const char* kUsage =
     "device memory. --json prints one JSON object per line.\n";
 
 // Parses an integer in [lo, hi]; throws effnet::Error naming the option otherwise.
-long long parse_int(const std::string& option, const std::string& text, long long lo, long long hi) {
-    char* end = nullptr;
+long long parse_int(const std::string &option, const std::string &text, long long lo, long long hi) {
+    char *end = nullptr;
     errno = 0;
     long long v = std::strtoll(text.c_str(), &end, 10);
     EFFNET_CHECK(!text.empty() && end && *end == '\0' && errno == 0,
@@ -68,77 +68,97 @@ long long parse_int(const std::string& option, const std::string& text, long lon
 }
 
 // Returns false when --help was asked for.
-bool parse_args(int argc, char** argv, Args& a) {
+bool parse_args(int argc, char **argv, Args &a) {
     for (int i = 1; i < argc; ++i) {
         std::string opt = argv[i];
         auto value = [&]() -> std::string {
             EFFNET_CHECK(i + 1 < argc, opt + " needs a value");
             return argv[++i];
         };
-        if (opt == "-h" || opt == "--help") return false;
-        else if (opt == "--variant") a.variant = value();
-        else if (opt == "--batch") a.batch = int(parse_int(opt, value(), 1, 65536));
-        else if (opt == "--resolution") a.resolution = int(parse_int(opt, value(), 32, 4096));
-        else if (opt == "--precision") a.precision = value();
-        else if (opt == "--iters") a.iters = int(parse_int(opt, value(), 1, 1000000));
-        else if (opt == "--warmup") a.warmup = int(parse_int(opt, value(), 0, 1000000));
-        else if (opt == "--seed") a.seed = uint64_t(parse_int(opt, value(), 0, INT64_MAX));
-        else if (opt == "--unfused") a.fused = false;
-        else if (opt == "--fused") a.fused = true;
-        else if (opt == "--no-graph") a.graph = false;
-        else if (opt == "--tf32") a.tf32 = true;
-        else if (opt == "--json") a.json = true;
-        else throw effnet::Error("unknown option '" + opt + "' (see --help)");
+        if (opt == "-h" || opt == "--help")
+            return false;
+        else if (opt == "--variant")
+            a.variant = value();
+        else if (opt == "--batch")
+            a.batch = int(parse_int(opt, value(), 1, 65536));
+        else if (opt == "--resolution")
+            a.resolution = int(parse_int(opt, value(), 32, 4096));
+        else if (opt == "--precision")
+            a.precision = value();
+        else if (opt == "--iters")
+            a.iters = int(parse_int(opt, value(), 1, 1000000));
+        else if (opt == "--warmup")
+            a.warmup = int(parse_int(opt, value(), 0, 1000000));
+        else if (opt == "--seed")
+            a.seed = uint64_t(parse_int(opt, value(), 0, INT64_MAX));
+        else if (opt == "--unfused")
+            a.fused = false;
+        else if (opt == "--fused")
+            a.fused = true;
+        else if (opt == "--no-graph")
+            a.graph = false;
+        else if (opt == "--tf32")
+            a.tf32 = true;
+        else if (opt == "--json")
+            a.json = true;
+        else
+            throw effnet::Error("unknown option '" + opt + "' (see --help)");
     }
     return true;
 }
 
 #ifdef EFFNET_WITH_CUDA
 
-void cuda_check(cudaError_t status, const char* what) {
-    if (status != cudaSuccess)
-        throw effnet::Error(std::string(what) + ": " + cudaGetErrorString(status));
+void cuda_check(cudaError_t status, const char *what) {
+    if (status != cudaSuccess) throw effnet::Error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 #define CUDA_CHECK(call) cuda_check((call), #call)
 
 // Owns one device allocation.
 struct DeviceBuffer {
-    void* ptr = nullptr;
+    void *ptr = nullptr;
     explicit DeviceBuffer(size_t bytes) { CUDA_CHECK(cudaMalloc(&ptr, bytes)); }
-    ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    float* f() const { return static_cast<float*>(ptr); }
+    ~DeviceBuffer() {
+        if (ptr) cudaFree(ptr);
+    }
+    DeviceBuffer(const DeviceBuffer &) = delete;
+    DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+    float *f() const { return static_cast<float *>(ptr); }
 };
 
 struct Event {
     cudaEvent_t e = nullptr;
     Event() { CUDA_CHECK(cudaEventCreate(&e)); }
-    ~Event() { if (e) cudaEventDestroy(e); }
-    Event(const Event&) = delete;
-    Event& operator=(const Event&) = delete;
+    ~Event() {
+        if (e) cudaEventDestroy(e);
+    }
+    Event(const Event &) = delete;
+    Event &operator=(const Event &) = delete;
 };
 
 // Nearest-rank percentile of sorted values, p in [0, 100].
-double percentile(const std::vector<double>& sorted, double p) {
+double percentile(const std::vector<double> &sorted, double p) {
     size_t rank = size_t(std::ceil(p / 100.0 * double(sorted.size())));
     rank = std::min(std::max<size_t>(rank, 1), sorted.size());
     return sorted[rank - 1];
 }
 
-std::string json_escape(const std::string& s) {
+std::string json_escape(const std::string &s) {
     std::string out;
     for (char c : s) {
-        if (c == '"' || c == '\\') { out += '\\'; out += c; }
-        else if (static_cast<unsigned char>(c) < 0x20) out += ' ';
-        else out += c;
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (static_cast<unsigned char>(c) < 0x20)
+            out += ' ';
+        else
+            out += c;
     }
     return out;
 }
 
-int run_benchmark(const Args& a) {
-    if (!effnet::cuda_available())
-        throw effnet::Error("no usable GPU: " + effnet::cuda_device_description());
+int run_benchmark(const Args &a) {
+    if (!effnet::cuda_available()) throw effnet::Error("no usable GPU: " + effnet::cuda_device_description());
     effnet::ModelConfig config = effnet::preset(a.variant);
     const int res = a.resolution > 0 ? a.resolution : config.resolution;
     const effnet::Precision precision = effnet::parse_precision(a.precision);
@@ -156,8 +176,7 @@ int run_benchmark(const Args& a) {
     effnet::InferenceSession session(model, a.batch, res, res, precision, options);
     size_t free_after = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
-    const double setup_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_setup).count();
+    const double setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_setup).count();
 
     // Input: N(0,1) like a normalised image batch, [batch, 3, res, res] float32 NCHW.
     const size_t in_count = size_t(a.batch) * 3 * size_t(res) * size_t(res);
@@ -165,7 +184,7 @@ int run_benchmark(const Args& a) {
     std::vector<float> host_in(in_count);
     std::mt19937_64 rng(a.seed + 1);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (float& v : host_in) v = normal(rng);
+    for (float &v : host_in) v = normal(rng);
     DeviceBuffer d_in(in_count * sizeof(float));
     DeviceBuffer d_out(out_count * sizeof(float));
     CUDA_CHECK(cudaMemcpy(d_in.ptr, host_in.data(), in_count * sizeof(float), cudaMemcpyHostToDevice));
@@ -203,8 +222,10 @@ int run_benchmark(const Args& a) {
     size_t non_finite = 0;
     double sum_abs = 0.0;
     for (float v : logits) {
-        if (!std::isfinite(v)) ++non_finite;
-        else sum_abs += std::fabs(double(v));
+        if (!std::isfinite(v))
+            ++non_finite;
+        else
+            sum_abs += std::fabs(double(v));
     }
     const bool output_ok = non_finite == 0 && sum_abs > 0.0;
 
@@ -222,19 +243,18 @@ int run_benchmark(const Args& a) {
     const long long mem_delta = (long long)free_before - (long long)free_after;
 
     if (a.json) {
-        std::printf(
-            "{\"tool\":\"effnet-bench\",\"variant\":\"%s\",\"resolution\":%d,\"batch\":%d,"
-            "\"precision\":\"%s\",\"fused\":%s,\"graph\":%s,\"tf32\":%s,\"iters\":%d,\"warmup\":%d,"
-            "\"ms_p50\":%.6f,\"ms_p90\":%.6f,\"ms_p99\":%.6f,\"ms_mean\":%.6f,\"ms_min\":%.6f,"
-            "\"images_per_s\":%.3f,\"images_per_s_pipelined\":%.3f,"
-            "\"peak_device_memory_bytes\":%zu,\"activation_arena_bytes\":%zu,"
-            "\"device_memory_delta_bytes\":%lld,\"output_ok\":%s,\"non_finite_logits\":%zu,"
-            "\"setup_s\":%.3f,\"device\":\"%s\"}\n",
-            config.name.c_str(), res, a.batch, effnet::precision_name(precision),
-            a.fused ? "true" : "false", a.graph ? "true" : "false", a.tf32 ? "true" : "false",
-            a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips, ips_pipelined, peak, arena,
-            mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
-            json_escape(effnet::cuda_device_description()).c_str());
+        std::printf("{\"tool\":\"effnet-bench\",\"variant\":\"%s\",\"resolution\":%d,\"batch\":%d,"
+                    "\"precision\":\"%s\",\"fused\":%s,\"graph\":%s,\"tf32\":%s,\"iters\":%d,\"warmup\":%d,"
+                    "\"ms_p50\":%.6f,\"ms_p90\":%.6f,\"ms_p99\":%.6f,\"ms_mean\":%.6f,\"ms_min\":%.6f,"
+                    "\"images_per_s\":%.3f,\"images_per_s_pipelined\":%.3f,"
+                    "\"peak_device_memory_bytes\":%zu,\"activation_arena_bytes\":%zu,"
+                    "\"device_memory_delta_bytes\":%lld,\"output_ok\":%s,\"non_finite_logits\":%zu,"
+                    "\"setup_s\":%.3f,\"device\":\"%s\"}\n",
+                    config.name.c_str(), res, a.batch, effnet::precision_name(precision),
+                    a.fused ? "true" : "false", a.graph ? "true" : "false", a.tf32 ? "true" : "false",
+                    a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips, ips_pipelined, peak, arena,
+                    mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
+                    json_escape(effnet::cuda_device_description()).c_str());
     }
     std::printf("effnet-bench %s %dx%d batch %d %s%s%s%s: %.1f img/s (pipelined %.1f), "
                 "p50 %.3f ms p90 %.3f ms p99 %.3f ms, peak %.1f MiB (activations %.1f MiB, "
@@ -246,8 +266,8 @@ int run_benchmark(const Args& a) {
                 output_ok ? "" : " [WARNING: non-finite or all-zero logits]");
     std::fflush(stdout);
     if (!output_ok) {
-        std::fprintf(stderr, "error: %zu of %zu logits are not finite (or all are zero)\n",
-                     non_finite, out_count);
+        std::fprintf(stderr, "error: %zu of %zu logits are not finite (or all are zero)\n", non_finite,
+                     out_count);
         return 2;
     }
     return 0;
@@ -257,7 +277,7 @@ int run_benchmark(const Args& a) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
     try {
         Args args;
         if (!parse_args(argc, argv, args)) {
@@ -275,7 +295,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "error: built without CUDA\n");
         return 1;
 #endif
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

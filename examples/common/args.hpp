@@ -13,14 +13,14 @@
 namespace effnet::examples {
 
 struct OptionSpec {
-    std::string name;  // without the leading "--"
-    bool takes_value;  // false: a flag
-    std::string help;  // one line for --help; "VALUE: text" names the value
+    std::string name; // without the leading "--"
+    bool takes_value; // false: a flag
+    std::string help; // one line for --help; "VALUE: text" names the value
 };
 
 class Args {
 public:
-    Args(int argc, char** argv, std::vector<OptionSpec> specs) : specs_(std::move(specs)) {
+    Args(int argc, char **argv, std::vector<OptionSpec> specs) : specs_(std::move(specs)) {
         for (int i = 1; i < argc; ++i) {
             std::string arg = argv[i];
             EFFNET_CHECK(arg.size() > 2 && arg.compare(0, 2, "--") == 0,
@@ -33,7 +33,7 @@ public:
                 name = name.substr(0, eq);
                 inline_value = true;
             }
-            const OptionSpec* spec = find(name);
+            const OptionSpec *spec = find(name);
             EFFNET_CHECK(spec, "unknown option '--" + name + "' (see --help)");
             EFFNET_CHECK(!values_.count(name), "option '--" + name + "' given twice");
             if (spec->takes_value) {
@@ -49,26 +49,26 @@ public:
         }
     }
 
-    bool has(const std::string& name) const { return values_.count(name) != 0; }
+    bool has(const std::string &name) const { return values_.count(name) != 0; }
 
-    std::string get(const std::string& name, const std::string& fallback = "") const {
+    std::string get(const std::string &name, const std::string &fallback = "") const {
         auto it = values_.find(name);
         return it == values_.end() ? fallback : it->second;
     }
 
-    std::string require(const std::string& name) const {
+    std::string require(const std::string &name) const {
         EFFNET_CHECK(has(name), "missing required option '--" + name + "' (see --help)");
         return get(name);
     }
 
-    double get_double(const std::string& name, double fallback) const {
+    double get_double(const std::string &name, double fallback) const {
         if (!has(name)) return fallback;
         const std::string v = get(name);
         size_t used = 0;
         double d = 0;
         try {
             d = std::stod(v, &used);
-        } catch (const std::exception&) {
+        } catch (const std::exception &) {
             used = 0;
         }
         EFFNET_CHECK(used == v.size() && used > 0 && std::isfinite(d),
@@ -76,24 +76,25 @@ public:
         return d;
     }
 
-    long get_int(const std::string& name, long fallback) const {
+    long get_int(const std::string &name, long fallback) const {
         if (!has(name)) return fallback;
         const std::string v = get(name);
         size_t used = 0;
         long n = 0;
         try {
             n = std::stol(v, &used);
-        } catch (const std::exception&) {
+        } catch (const std::exception &) {
             used = 0;
         }
-        EFFNET_CHECK(used == v.size() && used > 0, "option '--" + name + "' expects an integer, got '" + v + "'");
+        EFFNET_CHECK(used == v.size() && used > 0,
+                     "option '--" + name + "' expects an integer, got '" + v + "'");
         return n;
     }
 
     // "  --name VALUE   help" lines for --help.
     std::string usage() const {
         std::string s;
-        for (const OptionSpec& o : specs_) {
+        for (const OptionSpec &o : specs_) {
             std::string left = "  --" + o.name + (o.takes_value ? " VALUE" : "");
             if (left.size() < 26) left.resize(26, ' ');
             s += left + " " + o.help + "\n";
@@ -102,8 +103,8 @@ public:
     }
 
 private:
-    const OptionSpec* find(const std::string& name) const {
-        for (const OptionSpec& o : specs_)
+    const OptionSpec *find(const std::string &name) const {
+        for (const OptionSpec &o : specs_)
             if (o.name == name) return &o;
         return nullptr;
     }

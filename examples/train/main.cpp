@@ -43,8 +43,10 @@ std::string format_duration(double seconds) {
     if (!std::isfinite(seconds) || seconds < 0) return "?";
     const long s = long(seconds + 0.5);
     char buf[32];
-    if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
-    else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+    if (s >= 3600)
+        std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+    else
+        std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
     return buf;
 }
 
@@ -54,16 +56,17 @@ class Progress {
 public:
     explicit Progress(int64_t steps_per_epoch)
         : tty_(isatty(2)), every_(std::max<int64_t>(1, steps_per_epoch / 10)) {}
-    void update(int64_t epoch, int64_t epochs, int64_t batch, int64_t batches, double loss,
-                double accuracy, double images_per_s, double eta_s) {
+    void update(int64_t epoch, int64_t epochs, int64_t batch, int64_t batches, double loss, double accuracy,
+                double images_per_s, double eta_s) {
         const int width = 24;
         const int filled = int(double(batch) / double(batches) * width);
         std::string bar(size_t(filled), '=');
         if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
         char line[256];
-        std::snprintf(line, sizeof line, "epoch %lld/%lld [%s] %lld/%lld loss %.4f acc %5.1f%% %.1f img/s ETA %s",
-                      (long long)epoch + 1, (long long)epochs, bar.c_str(), (long long)batch,
-                      (long long)batches, loss, 100.0 * accuracy, images_per_s, format_duration(eta_s).c_str());
+        std::snprintf(
+            line, sizeof line, "epoch %lld/%lld [%s] %lld/%lld loss %.4f acc %5.1f%% %.1f img/s ETA %s",
+            (long long)epoch + 1, (long long)epochs, bar.c_str(), (long long)batch, (long long)batches, loss,
+            100.0 * accuracy, images_per_s, format_duration(eta_s).c_str());
         if (tty_) {
             std::fprintf(stderr, "\r%s\033[K", line);
             dirty_ = true;
@@ -71,7 +74,7 @@ public:
             std::fprintf(stderr, "%s\n", line);
         }
     }
-    void message(const std::string& text) { // a line of its own, below the bar
+    void message(const std::string &text) { // a line of its own, below the bar
         finish();
         std::fprintf(stderr, "%s\n", text.c_str());
     }
@@ -87,13 +90,13 @@ private:
 };
 
 // torchvision's Linear init for the classifier: U(-1/sqrt(out), 1/sqrt(out)), bias 0.
-void replace_classifier(Model& model, int classes, uint64_t seed) {
+void replace_classifier(Model &model, int classes, uint64_t seed) {
     model.config.num_classes = classes;
     const int64_t in = model.config.head_channels;
     Tensor w({classes, in}), b({classes});
     Rng rng(mix_seed(seed, 0x636c617373ull /* "class" */));
     const double bound = 1.0 / std::sqrt(double(classes));
-    for (float& x : w.data) x = float(rng.uniform(-bound, bound));
+    for (float &x : w.data) x = float(rng.uniform(-bound, bound));
     model.params["classifier.weight"] = std::move(w);
     model.params["classifier.bias"] = std::move(b);
 }
@@ -101,8 +104,8 @@ void replace_classifier(Model& model, int classes, uint64_t seed) {
 // Trains at `resolution`: record it as the model's input size and preprocessing, so that the
 // exported weights tell effnet-classify how to prepare images.
 // The weights' resize/crop ratio is kept (torchvision's B3: 320/300; 256/224 by default).
-void set_resolution(Model& model, int resolution) {
-    Preprocess& p = model.config.preprocess;
+void set_resolution(Model &model, int resolution) {
+    Preprocess &p = model.config.preprocess;
     const double ratio = p.crop > 0 && p.resize >= p.crop ? double(p.resize) / double(p.crop) : 256.0 / 224.0;
     model.config.resolution = resolution;
     if (p.crop != resolution) {
@@ -111,7 +114,7 @@ void set_resolution(Model& model, int resolution) {
     }
 }
 
-Model build_model(const TrainArgs& a, int classes) {
+Model build_model(const TrainArgs &a, int classes) {
     Model model;
     if (!a.weights.empty()) {
         model = load_weights(a.weights);
@@ -135,7 +138,7 @@ struct EpochStats { // accumulated over one epoch's steps; checkpointed for an e
     int64_t correct = 0, count = 0, steps = 0;
 };
 
-int run(int argc, char** argv) {
+int run(int argc, char **argv) {
     TrainArgs a;
     std::map<std::string, std::string> given;
     if (!examples::parse_train_args(argc, argv, a, given)) return 0;
@@ -145,7 +148,8 @@ int run(int argc, char** argv) {
     if (a.threads > 0) omp_set_num_threads(a.threads);
 
     const ImageFolder train_set = ImageFolder::scan(a.data);
-    const std::string ck_path = a.checkpoint_dir.empty() ? "" : (fs::path(a.checkpoint_dir) / "checkpoint.safetensors").string();
+    const std::string ck_path =
+        a.checkpoint_dir.empty() ? "" : (fs::path(a.checkpoint_dir) / "checkpoint.safetensors").string();
     const nlohmann::json class_names = train_set.classes;
 
     // The model, optimizer state and counters: from the checkpoint, or fresh.
@@ -155,20 +159,22 @@ int run(int argc, char** argv) {
     if (a.resume) {
         EFFNET_CHECK(fs::exists(ck_path), "--resume: no checkpoint at '" + ck_path + "'");
         ck = load_checkpoint(ck_path);
-        auto meta = [&](const std::string& key) {
+        auto meta = [&](const std::string &key) {
             auto it = ck.state.metadata.find(key);
-            EFFNET_CHECK(it != ck.state.metadata.end(), "checkpoint '" + ck_path + "' lacks metadata '" + key + "'");
+            EFFNET_CHECK(it != ck.state.metadata.end(),
+                         "checkpoint '" + ck_path + "' lacks metadata '" + key + "'");
             return it->second;
         };
         std::map<std::string, std::string> stored;
         try {
             stored = nlohmann::json::parse(meta("run_options")).get<std::map<std::string, std::string>>();
-        } catch (const nlohmann::json::exception& e) {
+        } catch (const nlohmann::json::exception &e) {
             throw Error("checkpoint '" + ck_path + "': run_options metadata is invalid: " + e.what());
         }
         examples::merge_resumed_options(a, given, stored);
-        EFFNET_CHECK(meta("classes") == class_names.dump(),
-                     "--resume: the class folders of '" + a.data + "' differ from the checkpoint's " + meta("classes"));
+        EFFNET_CHECK(meta("classes") == class_names.dump(), "--resume: the class folders of '" + a.data +
+                                                                "' differ from the checkpoint's " +
+                                                                meta("classes"));
         model = std::move(ck.model);
         resumed = true;
     } else {
@@ -232,14 +238,14 @@ int run(int argc, char** argv) {
         EFFNET_CHECK(state.batch_in_epoch <= steps_per_epoch,
                      "checkpoint batch " + std::to_string(state.batch_in_epoch) + " is past the epoch's " +
                          std::to_string(steps_per_epoch) + " batches (did the data change?)");
-        const auto& m = state.metadata;
+        const auto &m = state.metadata;
         try {
             epoch_stats.loss_sum = std::strtod(m.at("epoch_loss_sum").c_str(), nullptr);
             epoch_stats.correct = std::stoll(m.at("epoch_correct"));
             epoch_stats.count = std::stoll(m.at("epoch_count"));
             epoch_stats.steps = std::stoll(m.at("epoch_steps"));
             skipped_images = std::stoll(m.at("skipped_images"));
-        } catch (const std::exception&) {
+        } catch (const std::exception &) {
             throw Error("checkpoint '" + ck_path + "' lacks the epoch statistics metadata");
         }
     }
@@ -252,7 +258,8 @@ int run(int argc, char** argv) {
         if (ck_path.empty()) return;
         std::error_code ec;
         fs::create_directories(a.checkpoint_dir, ec);
-        EFFNET_CHECK(fs::is_directory(a.checkpoint_dir), "cannot create the checkpoint directory '" + a.checkpoint_dir + "'");
+        EFFNET_CHECK(fs::is_directory(a.checkpoint_dir),
+                     "cannot create the checkpoint directory '" + a.checkpoint_dir + "'");
         state.step = trainer.step();
         state.epoch = epoch;
         state.batch_in_epoch = batch_in_epoch;
@@ -273,7 +280,7 @@ int run(int argc, char** argv) {
             fs::path labels = a.export_path;
             labels.replace_extension(".labels.txt");
             std::ofstream out(labels);
-            for (const auto& c : train_set.classes) out << c << "\n";
+            for (const auto &c : train_set.classes) out << c << "\n";
             EFFNET_CHECK(out.good(), "cannot write the labels file '" + labels.string() + "'");
             std::fprintf(stderr, "exported %s (classify with: effnet-classify --weights %s --labels %s)\n",
                          a.export_path.c_str(), a.export_path.c_str(), labels.string().c_str());
@@ -282,11 +289,12 @@ int run(int argc, char** argv) {
             std::fprintf(stderr, "skipped %lld unreadable image(s) in all\n", (long long)skipped_images);
     };
 
-    std::fprintf(stderr, "%s: %zu images, %zu classes; model %s (%lld parameters, %d classes) at %dx%d; "
-                         "%lld steps per epoch%s\n",
-                 a.data.c_str(), train_set.samples.size(), train_set.classes.size(), model.config.name.c_str(),
-                 (long long)parameter_count(model.config), model.config.num_classes, a.resolution, a.resolution,
-                 (long long)steps_per_epoch,
+    std::fprintf(stderr,
+                 "%s: %zu images, %zu classes; model %s (%lld parameters, %d classes) at %dx%d; "
+                 "%lld steps per epoch%s\n",
+                 a.data.c_str(), train_set.samples.size(), train_set.classes.size(),
+                 model.config.name.c_str(), (long long)parameter_count(model.config),
+                 model.config.num_classes, a.resolution, a.resolution, (long long)steps_per_epoch,
                  resumed ? (", resuming at step " + std::to_string(state.step)).c_str() : "");
 
     const int64_t total_steps = int64_t(a.epochs) * steps_per_epoch;
@@ -310,8 +318,9 @@ int run(int argc, char** argv) {
             Batch batch = loader.next();
             ++batch_index;
             skipped_images += batch.skipped;
-            for (const std::string& e : batch.errors)
-                if (reported_bad.insert(e).second) progress.message("warning: skipping unreadable image: " + e);
+            for (const std::string &e : batch.errors)
+                if (reported_bad.insert(e).second)
+                    progress.message("warning: skipping unreadable image: " + e);
             if (batch.labels.empty()) continue; // every image of the batch was unreadable
             const StepResult r = trainer.train_step(batch.images, batch.labels);
             last_lr = r.lr;
@@ -336,7 +345,8 @@ int run(int argc, char** argv) {
             row.images_per_s = images_per_s;
             row.skipped_images = skipped_images;
             history.add(row);
-            progress.update(epoch, a.epochs, batch_index, steps_per_epoch, epoch_stats.loss_sum / epoch_stats.steps,
+            progress.update(epoch, a.epochs, batch_index, steps_per_epoch,
+                            epoch_stats.loss_sum / epoch_stats.steps,
                             double(epoch_stats.correct) / double(epoch_stats.count), images_per_s,
                             step_seconds_ema * double(total_steps - trainer.step()));
             if (a.checkpoint_every > 0 && trainer.step() % a.checkpoint_every == 0) save(epoch, batch_index);
@@ -353,16 +363,18 @@ int run(int argc, char** argv) {
         const double epoch_seconds = std::chrono::duration<double>(Clock::now() - epoch_start).count();
         row.images_per_s = epoch_seconds > 0 ? double(epoch_images) / epoch_seconds : 0;
         row.skipped_images = skipped_images;
-        std::string summary = "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(a.epochs) + ": loss " +
-                              std::to_string(row.loss) + ", train accuracy " + std::to_string(100.0 * row.accuracy) + "%";
+        std::string summary = "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(a.epochs) +
+                              ": loss " + std::to_string(row.loss) + ", train accuracy " +
+                              std::to_string(100.0 * row.accuracy) + "%";
         if (val_loader) {
             EvalResult total;
             val_loader->start_epoch(0);
             while (val_loader->has_next()) {
                 Batch vb = val_loader->next();
                 skipped_images += vb.skipped;
-                for (const std::string& e : vb.errors)
-                    if (reported_bad.insert(e).second) progress.message("warning: skipping unreadable image: " + e);
+                for (const std::string &e : vb.errors)
+                    if (reported_bad.insert(e).second)
+                        progress.message("warning: skipping unreadable image: " + e);
                 if (vb.labels.empty()) continue;
                 const EvalResult e = trainer.evaluate(vb.images, vb.labels);
                 total.loss += e.loss * double(e.count);
@@ -375,7 +387,8 @@ int run(int argc, char** argv) {
                 row.val_top1 = double(total.top1) / double(total.count);
                 row.val_top5 = double(total.top5) / double(total.count);
                 summary += ", val loss " + std::to_string(row.val_loss) + ", top-1 " +
-                           std::to_string(100.0 * row.val_top1) + "%, top-5 " + std::to_string(100.0 * row.val_top5) + "%";
+                           std::to_string(100.0 * row.val_top1) + "%, top-5 " +
+                           std::to_string(100.0 * row.val_top5) + "%";
             }
             row.skipped_images = skipped_images;
         }
@@ -391,10 +404,10 @@ int run(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
     try {
         return run(argc, argv);
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         std::fflush(stdout);
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -35,14 +35,14 @@ struct Args {
     uint64_t seed = 1;
 };
 
-const char* kUsage =
+const char *kUsage =
     "usage: effnet-train_bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
     "                          [--resolution R] [--iters N] [--warmup N] [--seed S]\n"
     "Times GpuTrainer::step (forward, loss, backward, SGD) on random data; prints one JSON line\n"
     "with images/s and peak device memory.\n";
 
-long long parse_int(const std::string& option, const std::string& text, long long lo, long long hi) {
-    char* end = nullptr;
+long long parse_int(const std::string &option, const std::string &text, long long lo, long long hi) {
+    char *end = nullptr;
     errno = 0;
     const long long v = std::strtoll(text.c_str(), &end, 10);
     if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi)
@@ -51,7 +51,7 @@ long long parse_int(const std::string& option, const std::string& text, long lon
     return v;
 }
 
-Args parse_args(int argc, char** argv) {
+Args parse_args(int argc, char **argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
         const std::string o = argv[i];
@@ -61,19 +61,27 @@ Args parse_args(int argc, char** argv) {
         }
         if (i + 1 >= argc) throw effnet::Error("option " + o + " needs a value (or is unknown)\n" + kUsage);
         const std::string v = argv[++i];
-        if (o == "--variant") a.variant = v;
-        else if (o == "--batch") a.batch = int(parse_int(o, v, 1, 65535));
-        else if (o == "--resolution") a.resolution = int(parse_int(o, v, 8, 4096));
-        else if (o == "--precision") a.precision = v;
-        else if (o == "--iters") a.iters = int(parse_int(o, v, 1, 100000));
-        else if (o == "--warmup") a.warmup = int(parse_int(o, v, 0, 100000));
-        else if (o == "--seed") a.seed = uint64_t(parse_int(o, v, 0, (1ll << 62)));
-        else throw effnet::Error("unknown option " + o + "\n" + kUsage);
+        if (o == "--variant")
+            a.variant = v;
+        else if (o == "--batch")
+            a.batch = int(parse_int(o, v, 1, 65535));
+        else if (o == "--resolution")
+            a.resolution = int(parse_int(o, v, 8, 4096));
+        else if (o == "--precision")
+            a.precision = v;
+        else if (o == "--iters")
+            a.iters = int(parse_int(o, v, 1, 100000));
+        else if (o == "--warmup")
+            a.warmup = int(parse_int(o, v, 0, 100000));
+        else if (o == "--seed")
+            a.seed = uint64_t(parse_int(o, v, 0, (1ll << 62)));
+        else
+            throw effnet::Error("unknown option " + o + "\n" + kUsage);
     }
     return a;
 }
 
-int run(const Args& a) {
+int run(const Args &a) {
     const effnet::TrainPrecision precision = effnet::parse_train_precision(a.precision);
     const effnet::ModelConfig config = effnet::preset(a.variant);
     const int res = a.resolution > 0 ? a.resolution : config.resolution;
@@ -89,9 +97,9 @@ int run(const Args& a) {
     std::mt19937_64 rng(a.seed + 1);
     std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
     std::vector<float> input(size_t(a.batch) * size_t(config.in_channels) * size_t(res) * size_t(res));
-    for (float& v : input) v = dist(rng);
+    for (float &v : input) v = dist(rng);
     std::vector<int64_t> labels(size_t(a.batch));
-    for (int64_t& l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
+    for (int64_t &l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
 
     const float lr = 0.01f;
     float first_loss = 0.0f, last_loss = 0.0f;
@@ -109,22 +117,23 @@ int run(const Args& a) {
     std::vector<double> sorted = ms;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted[sorted.size() / 2];
-    std::printf("{\"variant\": \"%s\", \"batch\": %d, \"resolution\": %d, \"precision\": \"%s\", \"iters\": %d, "
-                "\"step_ms_median\": %.3f, \"step_ms_min\": %.3f, \"images_per_s\": %.1f, "
-                "\"peak_device_memory_bytes\": %zu, \"loss_first\": %.5f, \"loss_last\": %.5f, "
-                "\"skipped_steps\": %d}\n",
-                config.name.c_str(), a.batch, res, effnet::train_precision_name(precision), a.iters, median,
-                sorted.front(), double(a.batch) * 1000.0 / median, trainer.peak_device_memory(), double(first_loss),
-                double(last_loss), skipped);
+    std::printf(
+        "{\"variant\": \"%s\", \"batch\": %d, \"resolution\": %d, \"precision\": \"%s\", \"iters\": %d, "
+        "\"step_ms_median\": %.3f, \"step_ms_min\": %.3f, \"images_per_s\": %.1f, "
+        "\"peak_device_memory_bytes\": %zu, \"loss_first\": %.5f, \"loss_last\": %.5f, "
+        "\"skipped_steps\": %d}\n",
+        config.name.c_str(), a.batch, res, effnet::train_precision_name(precision), a.iters, median,
+        sorted.front(), double(a.batch) * 1000.0 / median, trainer.peak_device_memory(), double(first_loss),
+        double(last_loss), skipped);
     return 0;
 }
 
 } // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
     try {
         return run(parse_args(argc, argv));
-    } catch (const std::exception& e) {
+    } catch (const std::exception &e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

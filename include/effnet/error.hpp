@@ -8,13 +8,13 @@ namespace effnet {
 
 class Error : public std::runtime_error {
 public:
-    explicit Error(const std::string& what) : std::runtime_error(what) {}
+    explicit Error(const std::string &what) : std::runtime_error(what) {}
 };
 
 // EFFNET_CHECK(cond, message-expression): throw effnet::Error when cond is false.
-#define EFFNET_CHECK(cond, msg)                                                                    \
-    do {                                                                                           \
-        if (!(cond)) throw ::effnet::Error(msg);                                                   \
+#define EFFNET_CHECK(cond, msg)                                                                              \
+    do {                                                                                                     \
+        if (!(cond)) throw ::effnet::Error(msg);                                                             \
     } while (0)
 
 } // namespace effnet

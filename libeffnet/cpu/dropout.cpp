@@ -26,13 +26,15 @@ double uniform01(uint64_t seed, uint64_t i) {
     return double(h >> 11) * 0x1.0p-53;
 }
 
-void check_probability(const char* op, float p) {
+void check_probability(const char *op, float p) {
     EFFNET_CHECK(p >= 0.0f && p <= 1.0f,
                  std::string(op) + ": probability must be in [0, 1], got " + std::to_string(p));
 }
 
 // Scale per kept unit: 1/(1-p); p = 1 keeps nothing, so no division by zero.
-float keep_scale(float p) { return p < 1.0f ? float(1.0 / (1.0 - double(p))) : 0.0f; }
+float keep_scale(float p) {
+    return p < 1.0f ? float(1.0 / (1.0 - double(p))) : 0.0f;
+}
 
 // Scales in {0, 1/(1-p)} for `count` units.
 std::vector<float> make_mask(int64_t count, float p, uint64_t seed) {
@@ -46,7 +48,7 @@ std::vector<float> make_mask(int64_t count, float p, uint64_t seed) {
 
 } // namespace
 
-Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, std::vector<float>* mask) {
+Tensor dropout_forward(const Tensor &x, float p, uint64_t seed, std::vector<float> *mask) {
     check_probability("dropout_forward", p);
     std::vector<float> m = make_mask(x.numel(), p, seed);
     Tensor y(x.shape);
@@ -57,10 +59,10 @@ Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, std::vector<floa
     return y;
 }
 
-Tensor dropout_backward(const Tensor& dy, const std::vector<float>& mask) {
-    EFFNET_CHECK(int64_t(mask.size()) == dy.numel(),
-                 "dropout_backward: mask has " + std::to_string(mask.size()) +
-                     " values, dy " + shape_str(dy.shape));
+Tensor dropout_backward(const Tensor &dy, const std::vector<float> &mask) {
+    EFFNET_CHECK(int64_t(mask.size()) == dy.numel(), "dropout_backward: mask has " +
+                                                         std::to_string(mask.size()) + " values, dy " +
+                                                         shape_str(dy.shape));
     Tensor dx(dy.shape);
     const int64_t n = dy.numel();
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
@@ -68,10 +70,10 @@ Tensor dropout_backward(const Tensor& dy, const std::vector<float>& mask) {
     return dx;
 }
 
-Tensor stochastic_depth_forward(const Tensor& x, float p, uint64_t seed, std::vector<float>* mask) {
+Tensor stochastic_depth_forward(const Tensor &x, float p, uint64_t seed, std::vector<float> *mask) {
     check_probability("stochastic_depth_forward", p);
-    EFFNET_CHECK(x.rank() >= 1, "stochastic_depth_forward: x must have a batch dimension, got shape " +
-                                    shape_str(x.shape));
+    EFFNET_CHECK(x.rank() >= 1,
+                 "stochastic_depth_forward: x must have a batch dimension, got shape " + shape_str(x.shape));
     const int64_t N = x.shape[0], per = N > 0 ? x.numel() / N : 0;
     std::vector<float> m = make_mask(N, p, seed);
     Tensor y(x.shape);
@@ -81,10 +83,10 @@ Tensor stochastic_depth_forward(const Tensor& x, float p, uint64_t seed, std::ve
     return y;
 }
 
-Tensor stochastic_depth_backward(const Tensor& dy, const std::vector<float>& mask) {
+Tensor stochastic_depth_backward(const Tensor &dy, const std::vector<float> &mask) {
     EFFNET_CHECK(dy.rank() >= 1 && int64_t(mask.size()) == dy.shape[0],
-                 "stochastic_depth_backward: mask has " + std::to_string(mask.size()) +
-                     " values, dy " + shape_str(dy.shape));
+                 "stochastic_depth_backward: mask has " + std::to_string(mask.size()) + " values, dy " +
+                     shape_str(dy.shape));
     const int64_t N = dy.shape[0], per = N > 0 ? dy.numel() / N : 0;
     Tensor dx(dy.shape);
 #pragma omp parallel for schedule(static) if (dy.numel() > detail::kParallelMinWork)

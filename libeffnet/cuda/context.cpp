@@ -5,8 +5,9 @@ namespace effnet::cuda {
 Context::Context(int device) : device_(device) {
     int count = 0;
     EFFNET_CUDA_CHECK(cudaGetDeviceCount(&count));
-    EFFNET_CHECK(device >= 0 && device < count,
-                 "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " present)");
+    EFFNET_CHECK(device >= 0 && device < count, "CUDA device " + std::to_string(device) +
+                                                    " does not exist (" + std::to_string(count) +
+                                                    " present)");
     EFFNET_CUDA_CHECK(cudaSetDevice(device));
     EFFNET_CUDA_CHECK(cudaGetDeviceProperties(&props_, device));
     EFFNET_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -19,7 +20,9 @@ Context::~Context() {
     if (stream_) cudaStreamDestroy(stream_);
 }
 
-void Context::activate() const { EFFNET_CUDA_CHECK(cudaSetDevice(device_)); }
+void Context::activate() const {
+    EFFNET_CUDA_CHECK(cudaSetDevice(device_));
+}
 
 cublasLtHandle_t Context::cublaslt() {
     if (!cublaslt_) {
@@ -38,7 +41,7 @@ cudnnHandle_t Context::cudnn() {
     return cudnn_;
 }
 
-void* Context::workspace(size_t bytes) {
+void *Context::workspace(size_t bytes) {
     if (workspace_.size() < bytes) {
         activate();
         EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream_)); // the old workspace may still be in use

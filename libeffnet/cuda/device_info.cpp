@@ -35,10 +35,11 @@ std::string cuda_device_description() {
     cudaDriverGetVersion(&driver);
     cudaRuntimeGetVersion(&runtime);
     char line[512];
-    std::snprintf(line, sizeof(line), "%s, %d SMs, compute %d.%d, %.1f GiB, L2 %d MiB, driver %d.%d, runtime %d.%d%s",
-                  p.name, p.multiProcessorCount, p.major, p.minor, double(p.totalGlobalMem) / (1ull << 30),
-                  p.l2CacheSize >> 20, driver / 1000, (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10,
-                  count > 1 ? (" (+" + std::to_string(count - 1) + " more)").c_str() : "");
+    std::snprintf(
+        line, sizeof(line), "%s, %d SMs, compute %d.%d, %.1f GiB, L2 %d MiB, driver %d.%d, runtime %d.%d%s",
+        p.name, p.multiProcessorCount, p.major, p.minor, double(p.totalGlobalMem) / (1ull << 30),
+        p.l2CacheSize >> 20, driver / 1000, (driver % 1000) / 10, runtime / 1000, (runtime % 1000) / 10,
+        count > 1 ? (" (+" + std::to_string(count - 1) + " more)").c_str() : "");
     return line;
 }
 

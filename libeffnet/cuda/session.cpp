@@ -32,22 +32,22 @@ constexpr int kMaxBatch = 65535; // grid.z of the depthwise kernel
 // Host staging for all weights: one upload, 256-byte aligned entries.
 class WeightPack {
 public:
-    size_t add(const std::vector<uint8_t>& bytes) {
+    size_t add(const std::vector<uint8_t> &bytes) {
         const size_t offset = (bytes_.size() + 255) / 256 * 256;
         bytes_.resize(offset + bytes.size());
         if (!bytes.empty()) std::memcpy(bytes_.data() + offset, bytes.data(), bytes.size());
         return offset;
     }
-    size_t add_f32(const std::vector<float>& v) { return add(cuda::to_storage(v, Precision::FP32)); }
-    const std::vector<uint8_t>& bytes() const { return bytes_; }
+    size_t add_f32(const std::vector<float> &v) { return add(cuda::to_storage(v, Precision::FP32)); }
+    const std::vector<uint8_t> &bytes() const { return bytes_; }
 
 private:
     std::vector<uint8_t> bytes_;
 };
 
-void check_shape(const Tensor& t, const Shape& expected, const std::string& name) {
-    EFFNET_CHECK(t.shape == expected, "InferenceSession: parameter " + name + " has shape " + shape_str(t.shape) +
-                                          ", expected " + shape_str(expected));
+void check_shape(const Tensor &t, const Shape &expected, const std::string &name) {
+    EFFNET_CHECK(t.shape == expected, "InferenceSession: parameter " + name + " has shape " +
+                                          shape_str(t.shape) + ", expected " + shape_str(expected));
 }
 
 } // namespace
@@ -77,13 +77,13 @@ struct InferenceSession::Impl {
         if (graph) cudaGraphDestroy(graph);
     }
 
-    char* tensor(int id) const { return static_cast<char*>(arena.data()) + plan.offset(id); }
-    const char* weight(size_t offset) const { return static_cast<const char*>(weights.data()) + offset; }
-    const float* weight_f32(size_t offset) const { return reinterpret_cast<const float*>(weight(offset)); }
+    char *tensor(int id) const { return static_cast<char *>(arena.data()) + plan.offset(id); }
+    const char *weight(size_t offset) const { return static_cast<const char *>(weights.data()) + offset; }
+    const float *weight_f32(size_t offset) const { return reinterpret_cast<const float *>(weight(offset)); }
 
-    void build(const Model& model);
+    void build(const Model &model);
     void run_steps(cudaStream_t stream) {
-        for (const Step& s : steps) {
+        for (const Step &s : steps) {
             s.launch(stream);
             if (sync_debug) {
                 const cudaError_t err = cudaStreamSynchronize(stream);
@@ -95,8 +95,8 @@ struct InferenceSession::Impl {
     void capture_graph();
 };
 
-void InferenceSession::Impl::build(const Model& model) {
-    const ModelConfig& cfg = model.config;
+void InferenceSession::Impl::build(const Model &model) {
+    const ModelConfig &cfg = model.config;
     const size_t es = kernels::storage_size(precision);
     const int64_t N = batch;
     WeightPack pack;
@@ -107,8 +107,8 @@ void InferenceSession::Impl::build(const Model& model) {
     input_id = plan.add("input", input_bytes, 0, 0);
 
     const cuda::FoldedConv stem = cuda::fold_batchnorm(model, "stem");
-    EFFNET_CHECK(stem.shape.size() == 4 && stem.shape[0] == cfg.stem_channels && stem.shape[1] == cfg.in_channels &&
-                     stem.shape[2] == stem.shape[3],
+    EFFNET_CHECK(stem.shape.size() == 4 && stem.shape[0] == cfg.stem_channels &&
+                     stem.shape[1] == cfg.in_channels && stem.shape[2] == stem.shape[3],
                  "InferenceSession: stem.conv.weight has shape " + shape_str(stem.shape));
     const int stem_k = int(stem.shape[2]);
     int pt, pb, pl, pr;
@@ -116,20 +116,28 @@ void InferenceSession::Impl::build(const Model& model) {
     conv_padding(width, stem_k, 2, cfg.padding, pl, pr);
     int h = conv_output_size(height, stem_k, 2, cfg.padding);
     int w = conv_output_size(width, stem_k, 2, cfg.padding);
-    EFFNET_CHECK(h >= 1 && w >= 1, "InferenceSession: input " + std::to_string(height) + "x" + std::to_string(width) +
-                                       " too small for the stem");
+    EFFNET_CHECK(h >= 1 && w >= 1, "InferenceSession: input " + std::to_string(height) + "x" +
+                                       std::to_string(width) + " too small for the stem");
     int c = cfg.stem_channels;
     int cur = plan.add("stem", size_t(N) * h * w * c * es, step, step);
     {
         kernels::StemConvArgs a;
-        a.batch = batch; a.in_channels = cfg.in_channels; a.height = height; a.width = width;
-        a.out_channels = c; a.out_height = h; a.out_width = w;
-        a.kernel = stem_k; a.stride = 2; a.pad_top = pt; a.pad_left = pl;
+        a.batch = batch;
+        a.in_channels = cfg.in_channels;
+        a.height = height;
+        a.width = width;
+        a.out_channels = c;
+        a.out_height = h;
+        a.out_width = w;
+        a.kernel = stem_k;
+        a.stride = 2;
+        a.pad_top = pt;
+        a.pad_left = pl;
         a.act = kernels::to_act(cfg.activation);
         const size_t w_off = pack.add_f32(cuda::stem_layout(stem)), b_off = pack.add_f32(stem.bias);
         const int in_id = input_id, out_id = cur;
         steps.push_back({"stem", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
-                             a.input = reinterpret_cast<const float*>(tensor(in_id));
+                             a.input = reinterpret_cast<const float *>(tensor(in_id));
                              a.weight = weight_f32(w_off);
                              a.bias = weight_f32(b_off);
                              a.output = tensor(out_id);
@@ -139,35 +147,40 @@ void InferenceSession::Impl::build(const Model& model) {
     }
 
     const Act act = kernels::to_act(cfg.activation);
-    auto add_pointwise = [&](const std::string& name, const cuda::FoldedConv& conv, int in_id, int64_t rows,
+    auto add_pointwise = [&](const std::string &name, const cuda::FoldedConv &conv, int in_id, int64_t rows,
                              int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id) {
         const int cout = int(conv.shape[0]), cin = int(conv.shape[1]);
         const size_t w_off = pack.add(cuda::to_storage(conv.weight, precision));
         const size_t b_off = pack.add_f32(conv.bias);
         kernels::PointwiseArgs a;
-        a.rows = rows; a.out_channels = cout; a.in_channels = cin; a.rows_per_image = rows_per_image;
+        a.rows = rows;
+        a.out_channels = cout;
+        a.in_channels = cin;
+        a.rows_per_image = rows_per_image;
         a.act = epilogue_act;
         plan.touch(in_id, step);
         if (gate_id >= 0) plan.touch(gate_id, step);
         if (residual_id >= 0) plan.touch(residual_id, step);
-        steps.push_back({name, [this, a, w_off, b_off, in_id, gate_id, residual_id, out_id](cudaStream_t s) mutable {
-                             a.input = tensor(in_id);
-                             a.weight = weight(w_off);
-                             a.bias = weight_f32(b_off);
-                             a.gate = gate_id >= 0 ? reinterpret_cast<const float*>(tensor(gate_id)) : nullptr;
-                             a.residual = residual_id >= 0 ? tensor(residual_id) : nullptr;
-                             a.output = tensor(out_id);
-                             kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
-                         }});
+        steps.push_back(
+            {name, [this, a, w_off, b_off, in_id, gate_id, residual_id, out_id](cudaStream_t s) mutable {
+                 a.input = tensor(in_id);
+                 a.weight = weight(w_off);
+                 a.bias = weight_f32(b_off);
+                 a.gate = gate_id >= 0 ? reinterpret_cast<const float *>(tensor(gate_id)) : nullptr;
+                 a.residual = residual_id >= 0 ? tensor(residual_id) : nullptr;
+                 a.output = tensor(out_id);
+                 kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
+             }});
         ++step;
     };
 
     // --- MBConv blocks -------------------------------------------------------------------
     for (size_t bi = 0; bi < cfg.blocks.size(); ++bi) {
-        const BlockConfig& b = cfg.blocks[bi];
+        const BlockConfig &b = cfg.blocks[bi];
         const std::string p = "blocks." + std::to_string(bi);
-        EFFNET_CHECK(b.in_channels == c, "InferenceSession: " + p + " expects " + std::to_string(b.in_channels) +
-                                             " input channels, the previous layer gives " + std::to_string(c));
+        EFFNET_CHECK(b.in_channels == c,
+                     "InferenceSession: " + p + " expects " + std::to_string(b.in_channels) +
+                         " input channels, the previous layer gives " + std::to_string(c));
         const int block_in = cur;
         const int ce = b.expand_channels;
         const int64_t in_rows = N * h * w;
@@ -182,41 +195,64 @@ void InferenceSession::Impl::build(const Model& model) {
         cuda::FoldedConv expand;
         if (b.has_expand()) {
             expand = cuda::fold_batchnorm(model, p + ".expand");
-            check_shape(model.param(p + ".expand.conv.weight"), {ce, b.in_channels, 1, 1}, p + ".expand.conv.weight");
+            check_shape(model.param(p + ".expand.conv.weight"), {ce, b.in_channels, 1, 1},
+                        p + ".expand.conv.weight");
         }
         const cuda::FoldedConv dw = cuda::fold_batchnorm(model, p + ".dw");
         check_shape(model.param(p + ".dw.conv.weight"), {ce, 1, b.kernel, b.kernel}, p + ".dw.conv.weight");
         const size_t dw_w = pack.add_f32(cuda::depthwise_layout(dw)), dw_b = pack.add_f32(dw.bias);
 
         kernels::DepthwiseArgs dwa;
-        dwa.batch = batch; dwa.height = h; dwa.width = w; dwa.channels = ce;
-        dwa.kernel = b.kernel; dwa.stride = b.stride; dwa.pad_top = dwp_t; dwa.pad_left = dwp_l;
-        dwa.out_height = ho; dwa.out_width = wo; dwa.act = act;
+        dwa.batch = batch;
+        dwa.height = h;
+        dwa.width = w;
+        dwa.channels = ce;
+        dwa.kernel = b.kernel;
+        dwa.stride = b.stride;
+        dwa.pad_top = dwp_t;
+        dwa.pad_left = dwp_l;
+        dwa.out_height = ho;
+        dwa.out_width = wo;
+        dwa.act = act;
 
         kernels::FusedExpandDepthwiseArgs fa;
-        fa.batch = batch; fa.height = h; fa.width = w; fa.in_channels = b.in_channels; fa.expand_channels = ce;
-        fa.kernel = b.kernel; fa.stride = b.stride; fa.pad_top = dwp_t; fa.pad_left = dwp_l;
-        fa.out_height = ho; fa.out_width = wo; fa.act = act;
-        const bool fuse = b.has_expand() && options.fused_mbconv && kernels::fused_expand_depthwise_supported(fa);
+        fa.batch = batch;
+        fa.height = h;
+        fa.width = w;
+        fa.in_channels = b.in_channels;
+        fa.expand_channels = ce;
+        fa.kernel = b.kernel;
+        fa.stride = b.stride;
+        fa.pad_top = dwp_t;
+        fa.pad_left = dwp_l;
+        fa.out_height = ho;
+        fa.out_width = wo;
+        fa.act = act;
+        const bool fuse =
+            b.has_expand() && options.fused_mbconv && kernels::fused_expand_depthwise_supported(fa);
 
-        const int pooled_id = b.has_se() ? plan.add(p + ".se.pooled", size_t(N) * ce * sizeof(float), step, step) : -1;
+        const int pooled_id =
+            b.has_se() ? plan.add(p + ".se.pooled", size_t(N) * ce * sizeof(float), step, step) : -1;
         const int dw_out = plan.add(p + ".dw", size_t(N) * ho * wo * ce * es, step, step);
         if (fuse) {
-            const size_t e_w = pack.add(cuda::to_storage(expand.weight, precision)), e_b = pack.add_f32(expand.bias);
+            const size_t e_w = pack.add(cuda::to_storage(expand.weight, precision)),
+                         e_b = pack.add_f32(expand.bias);
             plan.touch(block_in, step);
             plan.touch(dw_out, step);
             if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back({p + ".fused_expand_dw",
-                             [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
+            steps.push_back({p + ".fused_expand_dw", [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out,
+                                                      pooled_id, N, ce](cudaStream_t s) mutable {
                                  fa.input = tensor(block_in);
                                  fa.expand_weight = weight(e_w);
                                  fa.expand_bias = weight_f32(e_b);
                                  fa.dw_weight = weight_f32(dw_w);
                                  fa.dw_bias = weight_f32(dw_b);
                                  fa.output = tensor(dw_out);
-                                 fa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
+                                 fa.pooled_sum =
+                                     pooled_id >= 0 ? reinterpret_cast<float *>(tensor(pooled_id)) : nullptr;
                                  if (fa.pooled_sum)
-                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(fa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
+                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(fa.pooled_sum, 0,
+                                                                       size_t(N) * ce * sizeof(float), s));
                                  kernels::launch_fused_expand_depthwise(fa, precision, s);
                              }});
             ++step;
@@ -229,54 +265,62 @@ void InferenceSession::Impl::build(const Model& model) {
             plan.touch(dw_in, step);
             plan.touch(dw_out, step);
             if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back({p + ".dw", [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
-                                 dwa.input = tensor(dw_in);
-                                 dwa.weight = weight_f32(dw_w);
-                                 dwa.bias = weight_f32(dw_b);
-                                 dwa.output = tensor(dw_out);
-                                 dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
-                                 if (dwa.pooled_sum)
-                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(dwa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
-                                 kernels::launch_depthwise_conv(dwa, precision, s);
-                             }});
+            steps.push_back(
+                {p + ".dw", [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
+                     dwa.input = tensor(dw_in);
+                     dwa.weight = weight_f32(dw_w);
+                     dwa.bias = weight_f32(dw_b);
+                     dwa.output = tensor(dw_out);
+                     dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float *>(tensor(pooled_id)) : nullptr;
+                     if (dwa.pooled_sum)
+                         EFFNET_CUDA_CHECK(
+                             cudaMemsetAsync(dwa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
+                     kernels::launch_depthwise_conv(dwa, precision, s);
+                 }});
             ++step;
         }
 
         int gate_id = -1;
         if (b.has_se()) {
             const int S = b.se_channels;
-            const Tensor& w1 = model.param(p + ".se.reduce.weight");
-            const Tensor& b1 = model.param(p + ".se.reduce.bias");
-            const Tensor& w2 = model.param(p + ".se.expand.weight");
-            const Tensor& b2 = model.param(p + ".se.expand.bias");
+            const Tensor &w1 = model.param(p + ".se.reduce.weight");
+            const Tensor &b1 = model.param(p + ".se.reduce.bias");
+            const Tensor &w2 = model.param(p + ".se.expand.weight");
+            const Tensor &b2 = model.param(p + ".se.expand.bias");
             check_shape(w1, {S, ce, 1, 1}, p + ".se.reduce.weight");
             check_shape(b1, {S}, p + ".se.reduce.bias");
             check_shape(w2, {ce, S, 1, 1}, p + ".se.expand.weight");
             check_shape(b2, {ce}, p + ".se.expand.bias");
             const size_t w1_off = pack.add_f32(w1.data), b1_off = pack.add_f32(b1.data);
-            const size_t w2_off = pack.add_f32(cuda::transpose(w2.data, ce, S)), b2_off = pack.add_f32(b2.data);
+            const size_t w2_off = pack.add_f32(cuda::transpose(w2.data, ce, S)),
+                         b2_off = pack.add_f32(b2.data);
             gate_id = plan.add(p + ".se.gate", size_t(N) * ce * sizeof(float), step, step);
             plan.touch(pooled_id, step);
             kernels::ExciteArgs ea;
             ea.inv_count = 1.0f / float(ho * wo);
-            ea.batch = batch; ea.channels = ce; ea.reduced = S; ea.act = act;
-            steps.push_back({p + ".se.excite", [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id, gate_id](cudaStream_t s) mutable {
-                                 ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
+            ea.batch = batch;
+            ea.channels = ce;
+            ea.reduced = S;
+            ea.act = act;
+            steps.push_back({p + ".se.excite", [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id,
+                                                gate_id](cudaStream_t s) mutable {
+                                 ea.pooled_sum = reinterpret_cast<const float *>(tensor(pooled_id));
                                  ea.w_reduce = weight_f32(w1_off);
                                  ea.b_reduce = weight_f32(b1_off);
                                  ea.w_expand_t = weight_f32(w2_off);
                                  ea.b_expand = weight_f32(b2_off);
-                                 ea.gate = reinterpret_cast<float*>(tensor(gate_id));
+                                 ea.gate = reinterpret_cast<float *>(tensor(gate_id));
                                  kernels::launch_excite(ea, s);
                              }});
             ++step;
         }
 
         const cuda::FoldedConv project = cuda::fold_batchnorm(model, p + ".project");
-        check_shape(model.param(p + ".project.conv.weight"), {b.out_channels, ce, 1, 1}, p + ".project.conv.weight");
+        check_shape(model.param(p + ".project.conv.weight"), {b.out_channels, ce, 1, 1},
+                    p + ".project.conv.weight");
         const int out_id = plan.add(p + ".out", size_t(N) * ho * wo * b.out_channels * es, step, step);
-        add_pointwise(p + ".project", project, dw_out, N * ho * wo, ho * wo, gate_id, b.has_residual() ? block_in : -1,
-                      Act::None, out_id);
+        add_pointwise(p + ".project", project, dw_out, N * ho * wo, ho * wo, gate_id,
+                      b.has_residual() ? block_in : -1, Act::None, out_id);
         cur = out_id;
         h = ho;
         w = wo;
@@ -294,14 +338,15 @@ void InferenceSession::Impl::build(const Model& model) {
     {
         const int pixels = h * w, channels = cfg.head_channels;
         steps.push_back({"pool", [this, head_id, pooled_id, pixels, channels](cudaStream_t s) {
-                             kernels::launch_global_avg_pool(tensor(head_id), reinterpret_cast<float*>(tensor(pooled_id)),
+                             kernels::launch_global_avg_pool(tensor(head_id),
+                                                             reinterpret_cast<float *>(tensor(pooled_id)),
                                                              batch, pixels, channels, precision, s);
                          }});
         ++step;
     }
 
-    const Tensor& cw = model.param("classifier.weight");
-    const Tensor& cb = model.param("classifier.bias");
+    const Tensor &cw = model.param("classifier.weight");
+    const Tensor &cb = model.param("classifier.bias");
     check_shape(cw, {cfg.num_classes, cfg.head_channels}, "classifier.weight");
     check_shape(cb, {cfg.num_classes}, "classifier.bias");
     const size_t cw_off = pack.add_f32(cw.data), cb_off = pack.add_f32(cb.data);
@@ -311,16 +356,17 @@ void InferenceSession::Impl::build(const Model& model) {
     {
         const int K = cfg.head_channels, M = cfg.num_classes, lid = logits_id;
         steps.push_back({"classifier", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
-                             kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)), weight_f32(cw_off),
-                                                    weight_f32(cb_off), reinterpret_cast<float*>(tensor(lid)), batch, K, M, s);
+                             kernels::launch_linear(reinterpret_cast<const float *>(tensor(pooled_id)),
+                                                    weight_f32(cw_off), weight_f32(cb_off),
+                                                    reinterpret_cast<float *>(tensor(lid)), batch, K, M, s);
                          }});
         ++step;
     }
 
     // --- memory ----------------------------------------------------------------------------
     weights = cuda::DeviceBuffer(pack.bytes().size(), "weights");
-    EFFNET_CUDA_CHECK(cudaMemcpyAsync(weights.data(), pack.bytes().data(), pack.bytes().size(), cudaMemcpyHostToDevice,
-                                      ctx->stream()));
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(weights.data(), pack.bytes().data(), pack.bytes().size(),
+                                      cudaMemcpyHostToDevice, ctx->stream()));
     const size_t arena_bytes = plan.plan();
     arena = cuda::DeviceBuffer(arena_bytes, "activation arena");
     // Defined contents for the warm-up run (the input buffer is not yet written).
@@ -332,7 +378,7 @@ void InferenceSession::Impl::capture_graph() {
     cudaStream_t stream = ctx->stream();
     EFFNET_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
-        for (const Step& s : steps) s.launch(stream);
+        for (const Step &s : steps) s.launch(stream);
     } catch (...) {
         cudaGraph_t partial = nullptr;
         cudaStreamEndCapture(stream, &partial); // leave the stream usable
@@ -344,12 +390,14 @@ void InferenceSession::Impl::capture_graph() {
     EFFNET_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
 }
 
-InferenceSession::InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
-                                   const SessionOptions& options)
+InferenceSession::InferenceSession(const Model &model, int batch, int height, int width, Precision precision,
+                                   const SessionOptions &options)
     : impl_(std::make_unique<Impl>()) {
-    EFFNET_CHECK(cuda_available(), "InferenceSession: CUDA is not available (" + cuda_device_description() + ")");
-    EFFNET_CHECK(batch >= 1 && batch <= kMaxBatch,
-                 "InferenceSession: batch " + std::to_string(batch) + " out of range [1, " + std::to_string(kMaxBatch) + "]");
+    EFFNET_CHECK(cuda_available(),
+                 "InferenceSession: CUDA is not available (" + cuda_device_description() + ")");
+    EFFNET_CHECK(batch >= 1 && batch <= kMaxBatch, "InferenceSession: batch " + std::to_string(batch) +
+                                                       " out of range [1, " + std::to_string(kMaxBatch) +
+                                                       "]");
     EFFNET_CHECK(height >= 1 && width >= 1 && height <= kMaxSide && width <= kMaxSide,
                  "InferenceSession: input size " + std::to_string(height) + "x" + std::to_string(width) +
                      " out of range [1, " + std::to_string(kMaxSide) + "]");
@@ -358,14 +406,14 @@ InferenceSession::InferenceSession(const Model& model, int batch, int height, in
     model.config.validate();
     EFFNET_CHECK(model.config.num_classes >= 1, "InferenceSession: model has no classes");
 
-    Impl& m = *impl_;
+    Impl &m = *impl_;
     m.batch = batch;
     m.height = height;
     m.width = width;
     m.num_classes = model.config.num_classes;
     m.precision = precision;
     m.options = options;
-    const char* debug = std::getenv("EFFNET_CUDA_SYNC_DEBUG");
+    const char *debug = std::getenv("EFFNET_CUDA_SYNC_DEBUG");
     m.sync_debug = debug && std::strcmp(debug, "0") != 0;
     m.ctx = std::make_unique<cuda::Context>(options.device);
     size_t free_before = 0, total = 0;
@@ -388,20 +436,22 @@ InferenceSession::InferenceSession(const Model& model, int batch, int height, in
 }
 
 InferenceSession::~InferenceSession() = default;
-InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
-InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
+InferenceSession::InferenceSession(InferenceSession &&) noexcept = default;
+InferenceSession &InferenceSession::operator=(InferenceSession &&) noexcept = default;
 
-void InferenceSession::run(const float* input, float* logits, bool device_pointers) {
+void InferenceSession::run(const float *input, float *logits, bool device_pointers) {
     EFFNET_CHECK(impl_, "InferenceSession::run on a moved-from session");
     EFFNET_CHECK(input && logits, "InferenceSession::run: null input or logits pointer");
-    Impl& m = *impl_;
+    Impl &m = *impl_;
     m.ctx->activate();
     cudaStream_t s = m.ctx->stream();
     // cudaMemcpyDefault: with unified addressing the runtime tells host from device pointers.
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(m.tensor(m.input_id), input, m.input_bytes,
                                       device_pointers ? cudaMemcpyDefault : cudaMemcpyHostToDevice, s));
-    if (m.graph_exec) EFFNET_CUDA_CHECK(cudaGraphLaunch(m.graph_exec, s));
-    else m.run_steps(s);
+    if (m.graph_exec)
+        EFFNET_CUDA_CHECK(cudaGraphLaunch(m.graph_exec, s));
+    else
+        m.run_steps(s);
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(logits, m.tensor(m.logits_id), m.logits_bytes,
                                       device_pointers ? cudaMemcpyDefault : cudaMemcpyDeviceToHost, s));
     if (!device_pointers) EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -412,15 +462,29 @@ void InferenceSession::synchronize() {
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(impl_->ctx->stream()));
 }
 
-int InferenceSession::batch() const { return impl_->batch; }
-int InferenceSession::height() const { return impl_->height; }
-int InferenceSession::width() const { return impl_->width; }
-int InferenceSession::num_classes() const { return impl_->num_classes; }
-Precision InferenceSession::precision() const { return impl_->precision; }
+int InferenceSession::batch() const {
+    return impl_->batch;
+}
+int InferenceSession::height() const {
+    return impl_->height;
+}
+int InferenceSession::width() const {
+    return impl_->width;
+}
+int InferenceSession::num_classes() const {
+    return impl_->num_classes;
+}
+Precision InferenceSession::precision() const {
+    return impl_->precision;
+}
 size_t InferenceSession::peak_device_memory() const {
     return impl_->weights.size() + impl_->arena.size() + impl_->ctx->workspace_bytes();
 }
-size_t InferenceSession::activation_arena_bytes() const { return impl_->arena.size(); }
-void* InferenceSession::stream() const { return impl_->ctx->stream(); }
+size_t InferenceSession::activation_arena_bytes() const {
+    return impl_->arena.size();
+}
+void *InferenceSession::stream() const {
+    return impl_->ctx->stream();
+}
 
 } // namespace effnet

@@ -43,14 +43,17 @@ namespace {
 
 cudaDataType_t cuda_type(Precision p) {
     switch (p) {
-    case Precision::FP32: return CUDA_R_32F;
-    case Precision::FP16: return CUDA_R_16F;
-    case Precision::BF16: return CUDA_R_16BF;
+    case Precision::FP32:
+        return CUDA_R_32F;
+    case Precision::FP16:
+        return CUDA_R_16F;
+    case Precision::BF16:
+        return CUDA_R_16BF;
     }
     throw Error("TrainBlas: unknown precision");
 }
 
-int checked_int(int64_t v, const char* what) {
+int checked_int(int64_t v, const char *what) {
     EFFNET_CHECK(v >= 0 && v <= INT_MAX, std::string("TrainBlas: ") + what + " = " + std::to_string(v) +
                                              " does not fit a cuBLAS int");
     return int(v);
@@ -68,8 +71,8 @@ TrainBlas::TrainBlas(cudaStream_t stream, Precision storage, bool deterministic)
         EFFNET_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(), workspace_.size()));
         EFFNET_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH)); // no TF32
         EFFNET_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
-        EFFNET_CUBLAS_CHECK(
-            cublasSetAtomicsMode(handle_, deterministic ? CUBLAS_ATOMICS_NOT_ALLOWED : CUBLAS_ATOMICS_ALLOWED));
+        EFFNET_CUBLAS_CHECK(cublasSetAtomicsMode(handle_, deterministic ? CUBLAS_ATOMICS_NOT_ALLOWED
+                                                                        : CUBLAS_ATOMICS_ALLOWED));
     } catch (...) {
         cublasDestroy(handle_);
         throw;
@@ -82,42 +85,43 @@ TrainBlas::~TrainBlas() {
 
 // Row-major [rows, C] activations are column-major [C, rows]: every product below is written
 // for cuBLAS's column-major view.
-void TrainBlas::forward(const void* x, int64_t x_ld, const void* w, int64_t w_ld, void* z, int64_t rows, int in,
-                        int out) {
+void TrainBlas::forward(const void *x, int64_t x_ld, const void *w, int64_t w_ld, void *z, int64_t rows,
+                        int in, int out) {
     EFFNET_CHECK(x && w && z && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in && w_ld >= in,
-                 "TrainBlas::forward: bad arguments rows=" + std::to_string(rows) + " in=" + std::to_string(in) +
-                     " out=" + std::to_string(out));
+                 "TrainBlas::forward: bad arguments rows=" + std::to_string(rows) +
+                     " in=" + std::to_string(in) + " out=" + std::to_string(out));
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t t = cuda_type(storage_);
     // z^T [out, rows] = w [out, in] * x^T [in, rows]
-    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, checked_int(rows, "rows"), in, &alpha, w,
-                                     t, checked_int(w_ld, "w_ld"), x, t, checked_int(x_ld, "x_ld"), &beta, z, t, out,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, checked_int(rows, "rows"), in,
+                                     &alpha, w, t, checked_int(w_ld, "w_ld"), x, t, checked_int(x_ld, "x_ld"),
+                                     &beta, z, t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void TrainBlas::backward_data(const void* dz, const void* w, void* dx, int64_t rows, int in, int out,
+void TrainBlas::backward_data(const void *dz, const void *w, void *dx, int64_t rows, int in, int out,
                               bool accumulate) {
     EFFNET_CHECK(dz && w && dx && in >= 1 && out >= 1 && rows >= 1,
-                 "TrainBlas::backward_data: bad arguments rows=" + std::to_string(rows) + " in=" +
-                     std::to_string(in) + " out=" + std::to_string(out));
+                 "TrainBlas::backward_data: bad arguments rows=" + std::to_string(rows) +
+                     " in=" + std::to_string(in) + " out=" + std::to_string(out));
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const cudaDataType_t t = cuda_type(storage_);
     // dx^T [in, rows] = w^T [in, out] * dz^T [out, rows]
-    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, in, checked_int(rows, "rows"), out, &alpha, w,
-                                     t, in, dz, t, out, &beta, dx, t, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, in, checked_int(rows, "rows"), out,
+                                     &alpha, w, t, in, dz, t, out, &beta, dx, t, in, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
 }
 
-void TrainBlas::backward_weight(const void* x, int64_t x_ld, const void* dz, float* dw, int64_t rows, int in,
+void TrainBlas::backward_weight(const void *x, int64_t x_ld, const void *dz, float *dw, int64_t rows, int in,
                                 int out) {
     EFFNET_CHECK(x && dz && dw && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in,
-                 "TrainBlas::backward_weight: bad arguments rows=" + std::to_string(rows) + " in=" +
-                     std::to_string(in) + " out=" + std::to_string(out));
+                 "TrainBlas::backward_weight: bad arguments rows=" + std::to_string(rows) +
+                     " in=" + std::to_string(in) + " out=" + std::to_string(out));
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t t = cuda_type(storage_);
     // dw^T [in, out] = x^T [in, rows] * dz [rows, out]
-    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, checked_int(rows, "rows"), &alpha, x,
-                                     t, checked_int(x_ld, "x_ld"), dz, t, out, &beta, dw, CUDA_R_32F, in,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, checked_int(rows, "rows"),
+                                     &alpha, x, t, checked_int(x_ld, "x_ld"), dz, t, out, &beta, dw,
+                                     CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 } // namespace effnet::cuda
@@ -136,19 +140,24 @@ constexpr int64_t kParamAlign = 32; // elements: 128 B in fp32, 64 B in half
 
 Precision storage_of(TrainPrecision p) {
     switch (p) {
-    case TrainPrecision::FP32: return Precision::FP32;
-    case TrainPrecision::AmpFP16: return Precision::FP16;
-    case TrainPrecision::AmpBF16: return Precision::BF16;
+    case TrainPrecision::FP32:
+        return Precision::FP32;
+    case TrainPrecision::AmpFP16:
+        return Precision::FP16;
+    case TrainPrecision::AmpBF16:
+        return Precision::BF16;
     }
     throw Error("GpuTrainer: unknown precision");
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
+bool ends_with(const std::string &s, const std::string &suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Weight decay on conv / linear weights only (train::default_weight_decay's rule).
-bool decays(const std::string& name) { return ends_with(name, ".weight") && name.find(".bn.") == std::string::npos; }
+bool decays(const std::string &name) {
+    return ends_with(name, ".weight") && name.find(".bn.") == std::string::npos;
+}
 
 struct ParamSlot {
     std::string name;
@@ -171,8 +180,8 @@ struct BnUnit {
     std::string prefix;
     int64_t rows = 0; // N * Ho * Wo
     int channels = 0;
-    DeviceBuffer z;   // [rows, C] conv output = BN input
-    DeviceBuffer y;   // [rows, C] BN (+act) output, when kept
+    DeviceBuffer z;            // [rows, C] conv output = BN input
+    DeviceBuffer y;            // [rows, C] BN (+act) output, when kept
     DeviceBuffer mean, invstd; // [C] fp32
 };
 
@@ -184,8 +193,8 @@ struct SeState {
 
 struct BlockState {
     BlockConfig cfg;
-    bool drop_path = false;      // stochastic depth applied in training
-    DeviceBuffer drop_mask;      // [N] 0 or 1/(1-p)
+    bool drop_path = false; // stochastic depth applied in training
+    DeviceBuffer drop_mask; // [N] 0 or 1/(1-p)
     std::vector<float> host_mask;
     int in_h = 0, in_w = 0, out_h = 0, out_w = 0;
     kernels::DepthwiseShape dw_shape;
@@ -197,7 +206,7 @@ struct BlockState {
 
 struct GpuTrainer::Impl {
     cuda::Context ctx;
-    Model& model_ref;
+    Model &model_ref;
     ModelConfig config;
     int batch, height, width;
     TrainPrecision precision;
@@ -233,39 +242,42 @@ struct GpuTrainer::Impl {
     bool have_gradients = false;
     bool finite = true;
 
-    Impl(Model& m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions& o)
+    Impl(Model &m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions &o)
         : ctx(o.device), model_ref(m), config(m.config), batch(n), height(h), width(w), precision(p),
-          storage(storage_of(p)), options(o), scale(o.loss_scale), elem(kernels::storage_size(storage_of(p))) {}
+          storage(storage_of(p)), options(o), scale(o.loss_scale),
+          elem(kernels::storage_size(storage_of(p))) {}
 
     cudaStream_t stream() const { return ctx.stream(); }
 
-    DeviceBuffer alloc(size_t bytes, const std::string& what) {
+    DeviceBuffer alloc(size_t bytes, const std::string &what) {
         DeviceBuffer b(bytes, what);
         allocated += bytes;
         return b;
     }
-    DeviceBuffer alloc_act(int64_t rows, int channels, const std::string& what) {
+    DeviceBuffer alloc_act(int64_t rows, int channels, const std::string &what) {
         max_activation = std::max(max_activation, rows * channels);
         return alloc(size_t(rows) * size_t(channels) * elem, what);
     }
 
-    float* param(const std::string& name) { return master.as<float>() + slot(name).offset; }
-    float* grad(const std::string& name) { return grads.as<float>() + slot(name).offset; }
+    float *param(const std::string &name) { return master.as<float>() + slot(name).offset; }
+    float *grad(const std::string &name) { return grads.as<float>() + slot(name).offset; }
     // The GEMM operand for a weight: the master weights in fp32, their cast under AMP.
-    const void* gemm_weight(const std::string& name) {
+    const void *gemm_weight(const std::string &name) {
         const int64_t off = slot(name).offset;
         if (storage == Precision::FP32) return master.as<float>() + off;
-        return static_cast<const char*>(half_params.data()) + size_t(off) * elem;
+        return static_cast<const char *>(half_params.data()) + size_t(off) * elem;
     }
-    const ParamSlot& slot(const std::string& name) const {
+    const ParamSlot &slot(const std::string &name) const {
         const auto it = slot_index.find(name);
         EFFNET_CHECK(it != slot_index.end(), "GpuTrainer: no parameter '" + name + "'");
         return slots[it->second];
     }
 
-    void plan_bn(BnUnit& u, const std::string& prefix, int64_t rows, int channels, bool keep_output) {
-        EFFNET_CHECK(rows > 1, "GpuTrainer: train-mode batch norm '" + prefix + ".bn' needs more than one value per "
-                               "channel, got " + std::to_string(rows) + " (use a larger batch or input)");
+    void plan_bn(BnUnit &u, const std::string &prefix, int64_t rows, int channels, bool keep_output) {
+        EFFNET_CHECK(rows > 1, "GpuTrainer: train-mode batch norm '" + prefix +
+                                   ".bn' needs more than one value per "
+                                   "channel, got " +
+                                   std::to_string(rows) + " (use a larger batch or input)");
         u.prefix = prefix;
         u.rows = rows;
         u.channels = channels;
@@ -276,10 +288,10 @@ struct GpuTrainer::Impl {
         workspace_floats = std::max(workspace_floats, kernels::batchnorm_workspace_floats(rows, channels));
     }
 
-    void upload_params(const Model& m) {
+    void upload_params(const Model &m) {
         std::vector<float> host(size_t(param_total), 0.0f);
-        for (const ParamSlot& s : slots) {
-            const Tensor& t = m.param(s.name);
+        for (const ParamSlot &s : slots) {
+            const Tensor &t = m.param(s.name);
             EFFNET_CHECK(t.shape == s.shape && t.numel() == s.count,
                          "GpuTrainer: model parameter '" + s.name + "' has shape " + shape_str(t.shape) +
                              ", the config needs " + shape_str(s.shape));
@@ -291,13 +303,13 @@ struct GpuTrainer::Impl {
     void plan();
     void forward();
     void backward();
-    void bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale = nullptr,
+    void bn_forward(BnUnit &u, Act act, const void *residual, void *out, const float *sample_scale = nullptr,
                     int64_t rows_per_image = 1);
     // Writes dz (may alias dy). dy_pooled / dy_sample_scale: see BatchNormBackwardArgs.
-    void bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image, void* dz,
-                     const float* dy_sample_scale = nullptr);
+    void bn_backward(BnUnit &u, Act act, const void *dy, const float *dy_pooled, int64_t rows_per_image,
+                     void *dz, const float *dy_sample_scale = nullptr);
     void upload_masks(uint64_t seed);
-    float run_forward_backward(const float* input_host, const int64_t* targets_host, uint64_t seed);
+    float run_forward_backward(const float *input_host, const int64_t *targets_host, uint64_t seed);
 };
 
 void GpuTrainer::Impl::plan() {
@@ -306,17 +318,19 @@ void GpuTrainer::Impl::plan() {
                  "GpuTrainer: batch, height and width must be >= 1, got " + std::to_string(batch) + ", " +
                      std::to_string(height) + ", " + std::to_string(width));
     EFFNET_CHECK(batch <= 65535, "GpuTrainer: batch " + std::to_string(batch) + " exceeds 65535");
-    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f, "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
+    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f,
+                 "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
     EFFNET_CHECK(options.label_smoothing >= 0.0f && options.label_smoothing <= 1.0f,
-                 "GpuTrainer: label smoothing must be in [0, 1], got " + std::to_string(options.label_smoothing));
+                 "GpuTrainer: label smoothing must be in [0, 1], got " +
+                     std::to_string(options.label_smoothing));
     EFFNET_CHECK(options.momentum >= 0.0f && options.weight_decay >= 0.0f,
                  "GpuTrainer: momentum and weight decay must be >= 0");
-    const ModelConfig& c = config;
+    const ModelConfig &c = config;
     EFFNET_CHECK(c.in_channels >= 1 && c.in_channels * 9 <= 64,
                  "GpuTrainer: the stem supports 1..7 input channels, got " + std::to_string(c.in_channels));
 
     // Parameters: one flat buffer, every tensor aligned.
-    for (const ParamSpec& spec : parameter_specs(c)) {
+    for (const ParamSpec &spec : parameter_specs(c)) {
         ParamSlot s;
         s.name = spec.name;
         s.shape = spec.shape;
@@ -352,27 +366,36 @@ void GpuTrainer::Impl::plan() {
     int h = stem_h, w = stem_w;
     blocks.resize(c.blocks.size());
     for (size_t i = 0; i < c.blocks.size(); ++i) {
-        BlockState& b = blocks[i];
+        BlockState &b = blocks[i];
         b.cfg = c.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         b.in_h = h;
         b.in_w = w;
         const int64_t in_rows = N * h * w;
         if (b.cfg.has_expand()) plan_bn(b.expand, p + "expand", in_rows, b.cfg.expand_channels, true);
-        const cpu::Conv2dParams dp = cpu::conv_params(h, w, b.cfg.kernel, b.cfg.stride, b.cfg.expand_channels, c.padding);
+        const cpu::Conv2dParams dp =
+            cpu::conv_params(h, w, b.cfg.kernel, b.cfg.stride, b.cfg.expand_channels, c.padding);
         b.out_h = conv_output_size(h, b.cfg.kernel, b.cfg.stride, c.padding);
         b.out_w = conv_output_size(w, b.cfg.kernel, b.cfg.stride, c.padding);
-        kernels::DepthwiseShape& ds = b.dw_shape;
-        ds.batch = batch; ds.height = h; ds.width = w; ds.channels = b.cfg.expand_channels;
-        ds.kernel = b.cfg.kernel; ds.stride = b.cfg.stride; ds.pad_top = dp.pad_top; ds.pad_left = dp.pad_left;
-        ds.out_height = b.out_h; ds.out_width = b.out_w;
-        EFFNET_CHECK(ds.kernel == 3 || ds.kernel == 5, "GpuTrainer: block " + std::to_string(i) + " has depthwise kernel " +
+        kernels::DepthwiseShape &ds = b.dw_shape;
+        ds.batch = batch;
+        ds.height = h;
+        ds.width = w;
+        ds.channels = b.cfg.expand_channels;
+        ds.kernel = b.cfg.kernel;
+        ds.stride = b.cfg.stride;
+        ds.pad_top = dp.pad_top;
+        ds.pad_left = dp.pad_left;
+        ds.out_height = b.out_h;
+        ds.out_width = b.out_w;
+        EFFNET_CHECK(ds.kernel == 3 || ds.kernel == 5, "GpuTrainer: block " + std::to_string(i) +
+                                                           " has depthwise kernel " +
                                                            std::to_string(ds.kernel) + " (supported: 3, 5)");
         workspace_floats = std::max(workspace_floats, kernels::depthwise_weight_grad_workspace_floats(ds));
         const int64_t out_rows = N * b.out_h * b.out_w;
         plan_bn(b.dw, p + "dw", out_rows, b.cfg.expand_channels, true);
         if (b.cfg.has_se()) {
-            SeState& se = b.se;
+            SeState &se = b.se;
             se.reduced = b.cfg.se_channels;
             const size_t nc = size_t(N) * b.cfg.expand_channels * 4, ns = size_t(N) * se.reduced * 4;
             se.squeezed = alloc(nc, p + "se.squeezed");
@@ -380,8 +403,9 @@ void GpuTrainer::Impl::plan() {
             se.reduced_pre = alloc(ns, p + "se.reduced_pre");
             se.reduced_out = alloc(ns, p + "se.reduced_out");
             se.out = alloc_act(out_rows, b.cfg.expand_channels, p + "se.out");
-            workspace_floats = std::max(workspace_floats, kernels::squeeze_excite_workspace_floats(
-                                                              batch, b.cfg.expand_channels, se.reduced));
+            workspace_floats =
+                std::max(workspace_floats,
+                         kernels::squeeze_excite_workspace_floats(batch, b.cfg.expand_channels, se.reduced));
         }
         plan_bn(b.project, p + "project", out_rows, b.cfg.out_channels, true);
         b.drop_path = options.dropout && b.cfg.has_residual() && b.cfg.drop_path > 0.0f;
@@ -413,8 +437,8 @@ void GpuTrainer::Impl::plan() {
     EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale,
-                                  int64_t rows_per_image) {
+void GpuTrainer::Impl::bn_forward(BnUnit &u, Act act, const void *residual, void *out,
+                                  const float *sample_scale, int64_t rows_per_image) {
     kernels::BatchNormStatsArgs s;
     s.x = u.z.data();
     s.rows = u.rows;
@@ -445,8 +469,8 @@ void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void
     kernels::launch_batchnorm_apply(a, storage, stream());
 }
 
-void GpuTrainer::Impl::bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image,
-                                   void* dz, const float* dy_sample_scale) {
+void GpuTrainer::Impl::bn_backward(BnUnit &u, Act act, const void *dy, const float *dy_pooled,
+                                   int64_t rows_per_image, void *dz, const float *dy_sample_scale) {
     kernels::BatchNormBackwardArgs a;
     a.x = u.z.data();
     a.dy = dy;
@@ -469,7 +493,7 @@ void GpuTrainer::Impl::bn_backward(BnUnit& u, Act act, const void* dy, const flo
 }
 
 void GpuTrainer::Impl::forward() {
-    const ModelConfig& c = config;
+    const ModelConfig &c = config;
     const Act act = kernels::to_act(c.activation);
     cudaStream_t st = stream();
     if (storage != Precision::FP32)
@@ -479,42 +503,59 @@ void GpuTrainer::Impl::forward() {
     kernels::Im2colArgs ic;
     ic.input = input.as<float>();
     ic.columns = columns.data();
-    ic.batch = batch; ic.channels = c.in_channels; ic.height = height; ic.width = width;
-    ic.kernel = 3; ic.stride = 2; ic.pad_top = stem_pad_top; ic.pad_left = stem_pad_left;
-    ic.out_height = stem_h; ic.out_width = stem_w; ic.ld = stem_ld;
+    ic.batch = batch;
+    ic.channels = c.in_channels;
+    ic.height = height;
+    ic.width = width;
+    ic.kernel = 3;
+    ic.stride = 2;
+    ic.pad_top = stem_pad_top;
+    ic.pad_left = stem_pad_left;
+    ic.out_height = stem_h;
+    ic.out_width = stem_w;
+    ic.ld = stem_ld;
     kernels::launch_im2col(ic, storage, st);
-    blas->forward(columns.data(), stem_ld, gemm_weight("stem.conv.weight"), stem_taps, stem.z.data(), stem.rows,
-                  stem_taps, stem.channels);
+    blas->forward(columns.data(), stem_ld, gemm_weight("stem.conv.weight"), stem_taps, stem.z.data(),
+                  stem.rows, stem_taps, stem.channels);
     bn_forward(stem, act, nullptr, stem.y.data());
 
-    const void* x = stem.y.data();
+    const void *x = stem.y.data();
     for (size_t i = 0; i < blocks.size(); ++i) {
-        BlockState& b = blocks[i];
+        BlockState &b = blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
-        const void* dw_in = x;
+        const void *dw_in = x;
         if (b.cfg.has_expand()) {
             blas->forward(x, b.cfg.in_channels, gemm_weight(p + "expand.conv.weight"), b.cfg.in_channels,
                           b.expand.z.data(), b.expand.rows, b.cfg.in_channels, b.cfg.expand_channels);
             bn_forward(b.expand, act, nullptr, b.expand.y.data());
             dw_in = b.expand.y.data();
         }
-        kernels::launch_depthwise_train_forward(dw_in, param(p + "dw.conv.weight"), b.dw.z.data(), b.dw_shape, storage,
-                                                st);
+        kernels::launch_depthwise_train_forward(dw_in, param(p + "dw.conv.weight"), b.dw.z.data(), b.dw_shape,
+                                                storage, st);
         bn_forward(b.dw, act, nullptr, b.dw.y.data());
-        const void* project_in = b.dw.y.data();
+        const void *project_in = b.dw.y.data();
         if (b.cfg.has_se()) {
             kernels::SqueezeExciteTrainArgs se;
-            se.batch = batch; se.hw = int64_t(b.out_h) * b.out_w; se.channels = b.cfg.expand_channels;
-            se.reduced = b.se.reduced; se.act = act; se.x = b.dw.y.data();
-            se.w1 = param(p + "se.reduce.weight"); se.b1 = param(p + "se.reduce.bias");
-            se.w2 = param(p + "se.expand.weight"); se.b2 = param(p + "se.expand.bias");
-            se.squeezed = b.se.squeezed.as<float>(); se.reduced_pre = b.se.reduced_pre.as<float>();
-            se.reduced_out = b.se.reduced_out.as<float>(); se.gate = b.se.gate.as<float>();
+            se.batch = batch;
+            se.hw = int64_t(b.out_h) * b.out_w;
+            se.channels = b.cfg.expand_channels;
+            se.reduced = b.se.reduced;
+            se.act = act;
+            se.x = b.dw.y.data();
+            se.w1 = param(p + "se.reduce.weight");
+            se.b1 = param(p + "se.reduce.bias");
+            se.w2 = param(p + "se.expand.weight");
+            se.b2 = param(p + "se.expand.bias");
+            se.squeezed = b.se.squeezed.as<float>();
+            se.reduced_pre = b.se.reduced_pre.as<float>();
+            se.reduced_out = b.se.reduced_out.as<float>();
+            se.gate = b.se.gate.as<float>();
             kernels::launch_squeeze_excite_train_forward(se, b.se.out.data(), storage, st);
             project_in = b.se.out.data();
         }
-        blas->forward(project_in, b.cfg.expand_channels, gemm_weight(p + "project.conv.weight"), b.cfg.expand_channels,
-                      b.project.z.data(), b.project.rows, b.cfg.expand_channels, b.cfg.out_channels);
+        blas->forward(project_in, b.cfg.expand_channels, gemm_weight(p + "project.conv.weight"),
+                      b.cfg.expand_channels, b.project.z.data(), b.project.rows, b.cfg.expand_channels,
+                      b.cfg.out_channels);
         bn_forward(b.project, Act::None, b.cfg.has_residual() ? x : nullptr, b.project.y.data(),
                    b.drop_path ? b.drop_mask.as<float>() : nullptr, int64_t(b.out_h) * b.out_w);
         x = b.project.y.data();
@@ -522,23 +563,30 @@ void GpuTrainer::Impl::forward() {
 
     // Head: conv 1x1 -> BN -> act (into scratch) -> global average pool -> classifier.
     const int in_ch = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
-    blas->forward(x, in_ch, gemm_weight("head.conv.weight"), in_ch, head.z.data(), head.rows, in_ch, head.channels);
+    blas->forward(x, in_ch, gemm_weight("head.conv.weight"), in_ch, head.z.data(), head.rows, in_ch,
+                  head.channels);
     bn_forward(head, act, nullptr, scratch[0].data());
     const int64_t hw = int64_t(head_h) * head_w;
     kernels::launch_spatial_sum(scratch[0].data(), nullptr, pooled.as<float>(), batch, hw, head.channels,
                                 float(1.0 / double(hw)), storage, st);
-    const float* features = pooled.as<float>();
+    const float *features = pooled.as<float>();
     if (dropout_active) {
-        kernels::launch_mask_multiply_f32(pooled.as<float>(), dropout_mask.as<float>(), pooled_dropped.as<float>(),
-                                          int64_t(batch) * head.channels, st);
+        kernels::launch_mask_multiply_f32(pooled.as<float>(), dropout_mask.as<float>(),
+                                          pooled_dropped.as<float>(), int64_t(batch) * head.channels, st);
         features = pooled_dropped.as<float>();
     }
     kernels::SmallMatmulArgs cl; // logits [N, K] = features [N, Ch] W^T + b
-    cl.a = features; cl.a_row = head.channels; cl.a_col = 1;
-    cl.b = param("classifier.weight"); cl.b_row = 1; cl.b_col = head.channels;
+    cl.a = features;
+    cl.a_row = head.channels;
+    cl.a_col = 1;
+    cl.b = param("classifier.weight");
+    cl.b_row = 1;
+    cl.b_col = head.channels;
     cl.bias = param("classifier.bias");
     cl.out = logits.as<float>();
-    cl.rows = batch; cl.cols = c.num_classes; cl.inner = head.channels;
+    cl.rows = batch;
+    cl.cols = c.num_classes;
+    cl.inner = head.channels;
     kernels::launch_small_matmul(cl, st);
 
     kernels::CrossEntropyArgs ce;
@@ -554,25 +602,44 @@ void GpuTrainer::Impl::forward() {
 }
 
 void GpuTrainer::Impl::backward() {
-    const ModelConfig& c = config;
+    const ModelConfig &c = config;
     const Act act = kernels::to_act(c.activation);
     cudaStream_t st = stream();
     const int K = c.num_classes, Ch = head.channels;
 
     // Classifier: dW [K, Ch] = dlogits^T pooled; db [K] = sum_n dlogits; dpooled [N, Ch] = dlogits W.
     kernels::SmallMatmulArgs m;
-    m.a = dlogits.as<float>(); m.a_row = 1; m.a_col = K;
-    m.b = dropout_active ? pooled_dropped.as<float>() : pooled.as<float>(); m.b_row = Ch; m.b_col = 1;
-    m.rows = K; m.cols = Ch; m.inner = batch; m.out = grad("classifier.weight");
+    m.a = dlogits.as<float>();
+    m.a_row = 1;
+    m.a_col = K;
+    m.b = dropout_active ? pooled_dropped.as<float>() : pooled.as<float>();
+    m.b_row = Ch;
+    m.b_col = 1;
+    m.rows = K;
+    m.cols = Ch;
+    m.inner = batch;
+    m.out = grad("classifier.weight");
     kernels::launch_small_matmul(m, st);
     m = kernels::SmallMatmulArgs{};
-    m.a = dlogits.as<float>(); m.a_row = 1; m.a_col = K;
-    m.rows = K; m.cols = 1; m.inner = batch; m.out = grad("classifier.bias");
+    m.a = dlogits.as<float>();
+    m.a_row = 1;
+    m.a_col = K;
+    m.rows = K;
+    m.cols = 1;
+    m.inner = batch;
+    m.out = grad("classifier.bias");
     kernels::launch_small_matmul(m, st);
     m = kernels::SmallMatmulArgs{};
-    m.a = dlogits.as<float>(); m.a_row = K; m.a_col = 1;
-    m.b = param("classifier.weight"); m.b_row = Ch; m.b_col = 1;
-    m.rows = batch; m.cols = Ch; m.inner = K; m.out = dpooled.as<float>();
+    m.a = dlogits.as<float>();
+    m.a_row = K;
+    m.a_col = 1;
+    m.b = param("classifier.weight");
+    m.b_row = Ch;
+    m.b_col = 1;
+    m.rows = batch;
+    m.cols = Ch;
+    m.inner = K;
+    m.out = dpooled.as<float>();
     kernels::launch_small_matmul(m, st);
     if (dropout_active)
         kernels::launch_mask_multiply_f32(dpooled.as<float>(), dropout_mask.as<float>(), dpooled.as<float>(),
@@ -581,37 +648,46 @@ void GpuTrainer::Impl::backward() {
     // Head BN (+act) backward, the pool's gradient broadcast fused in.
     const int64_t hw = int64_t(head_h) * head_w;
     bn_backward(head, act, nullptr, dpooled.as<float>(), hw, scratch[0].data());
-    const void* last = blocks.empty() ? stem.y.data() : blocks.back().project.y.data();
+    const void *last = blocks.empty() ? stem.y.data() : blocks.back().project.y.data();
     const int in_ch = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
     blas->backward_weight(last, in_ch, scratch[0].data(), grad("head.conv.weight"), head.rows, in_ch, Ch);
-    blas->backward_data(scratch[0].data(), gemm_weight("head.conv.weight"), scratch[1].data(), head.rows, in_ch, Ch,
-                        false);
+    blas->backward_data(scratch[0].data(), gemm_weight("head.conv.weight"), scratch[1].data(), head.rows,
+                        in_ch, Ch, false);
 
     int o = 1; // scratch index holding the gradient of the current block's output
     for (int i = int(blocks.size()) - 1; i >= 0; --i) {
-        BlockState& b = blocks[size_t(i)];
+        BlockState &b = blocks[size_t(i)];
         const std::string p = "blocks." + std::to_string(i) + ".";
         const int f1 = (o + 1) % 3, f2 = (o + 2) % 3;
-        void* d_out = scratch[o].data();
-        const void* x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
+        void *d_out = scratch[o].data();
+        const void *x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
         const int E = b.cfg.expand_channels, Cin = b.cfg.in_channels, Cout = b.cfg.out_channels;
 
         // Project: BN backward (no activation), then the GEMM gradients.
         bn_backward(b.project, Act::None, d_out, nullptr, int64_t(b.out_h) * b.out_w, scratch[f1].data(),
                     b.drop_path ? b.drop_mask.as<float>() : nullptr);
-        const void* project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
-        blas->backward_weight(project_in, E, scratch[f1].data(), grad(p + "project.conv.weight"), b.project.rows, E, Cout);
+        const void *project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
+        blas->backward_weight(project_in, E, scratch[f1].data(), grad(p + "project.conv.weight"),
+                              b.project.rows, E, Cout);
         blas->backward_data(scratch[f1].data(), gemm_weight(p + "project.conv.weight"), scratch[f2].data(),
                             b.project.rows, E, Cout, false);
         int d = f2, e = f1; // d: gradient of the depthwise unit's output; e: free
         if (b.cfg.has_se()) {
             kernels::SqueezeExciteTrainArgs se;
-            se.batch = batch; se.hw = int64_t(b.out_h) * b.out_w; se.channels = E;
-            se.reduced = b.se.reduced; se.act = act; se.x = b.dw.y.data();
-            se.w1 = param(p + "se.reduce.weight"); se.b1 = param(p + "se.reduce.bias");
-            se.w2 = param(p + "se.expand.weight"); se.b2 = param(p + "se.expand.bias");
-            se.squeezed = b.se.squeezed.as<float>(); se.reduced_pre = b.se.reduced_pre.as<float>();
-            se.reduced_out = b.se.reduced_out.as<float>(); se.gate = b.se.gate.as<float>();
+            se.batch = batch;
+            se.hw = int64_t(b.out_h) * b.out_w;
+            se.channels = E;
+            se.reduced = b.se.reduced;
+            se.act = act;
+            se.x = b.dw.y.data();
+            se.w1 = param(p + "se.reduce.weight");
+            se.b1 = param(p + "se.reduce.bias");
+            se.w2 = param(p + "se.expand.weight");
+            se.b2 = param(p + "se.expand.bias");
+            se.squeezed = b.se.squeezed.as<float>();
+            se.reduced_pre = b.se.reduced_pre.as<float>();
+            se.reduced_out = b.se.reduced_out.as<float>();
+            se.gate = b.se.gate.as<float>();
             kernels::launch_squeeze_excite_backward(se, scratch[f2].data(), scratch[f1].data(),
                                                     grad(p + "se.reduce.weight"), grad(p + "se.reduce.bias"),
                                                     grad(p + "se.expand.weight"), grad(p + "se.expand.bias"),
@@ -621,44 +697,46 @@ void GpuTrainer::Impl::backward() {
         }
         // Depthwise: BN (+act) backward in place, then weight and data gradients.
         bn_backward(b.dw, act, scratch[d].data(), nullptr, 1, scratch[d].data());
-        const void* dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
+        const void *dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
         kernels::launch_depthwise_backward_weight(dw_in, scratch[d].data(), grad(p + "dw.conv.weight"),
                                                   workspace.as<float>(), b.dw_shape, storage, st);
         const bool residual = b.cfg.has_residual();
         if (!b.cfg.has_expand()) {
             kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"),
-                                                    residual ? d_out : nullptr, scratch[e].data(), b.dw_shape, storage,
-                                                    st);
+                                                    residual ? d_out : nullptr, scratch[e].data(), b.dw_shape,
+                                                    storage, st);
             o = e;
             continue;
         }
         kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"), nullptr,
                                                 scratch[e].data(), b.dw_shape, storage, st);
         bn_backward(b.expand, act, scratch[e].data(), nullptr, 1, scratch[e].data());
-        blas->backward_weight(x, Cin, scratch[e].data(), grad(p + "expand.conv.weight"), b.expand.rows, Cin, E);
+        blas->backward_weight(x, Cin, scratch[e].data(), grad(p + "expand.conv.weight"), b.expand.rows, Cin,
+                              E);
         if (residual)
             EFFNET_CUDA_CHECK(cudaMemcpyAsync(scratch[d].data(), d_out, size_t(b.expand.rows) * Cin * elem,
                                               cudaMemcpyDeviceToDevice, st));
-        blas->backward_data(scratch[e].data(), gemm_weight(p + "expand.conv.weight"), scratch[d].data(), b.expand.rows,
-                            Cin, E, residual);
+        blas->backward_data(scratch[e].data(), gemm_weight(p + "expand.conv.weight"), scratch[d].data(),
+                            b.expand.rows, Cin, E, residual);
         o = d;
     }
 
     // Stem: BN (+act) backward in place, weight gradient from the im2col columns.
     bn_backward(stem, act, scratch[o].data(), nullptr, 1, scratch[o].data());
-    blas->backward_weight(columns.data(), stem_ld, scratch[o].data(), grad("stem.conv.weight"), stem.rows, stem_taps,
-                          stem.channels);
+    blas->backward_weight(columns.data(), stem_ld, scratch[o].data(), grad("stem.conv.weight"), stem.rows,
+                          stem_taps, stem.channels);
 }
 
 // Dropout and stochastic-depth masks for this step, from the CPU reference's generator.
 void GpuTrainer::Impl::upload_masks(uint64_t seed) {
     cudaStream_t st = stream();
     for (size_t i = 0; i < blocks.size(); ++i) {
-        BlockState& b = blocks[i];
+        BlockState &b = blocks[i];
         if (!b.drop_path) continue;
-        cpu::stochastic_depth_forward(Tensor({int64_t(batch), 1}, 1.0f), b.cfg.drop_path, derive_seed(seed, i),
-                                      &b.host_mask);
-        EFFNET_CHECK(b.host_mask.size() == size_t(batch), "GpuTrainer: stochastic-depth mask has the wrong size");
+        cpu::stochastic_depth_forward(Tensor({int64_t(batch), 1}, 1.0f), b.cfg.drop_path,
+                                      derive_seed(seed, i), &b.host_mask);
+        EFFNET_CHECK(b.host_mask.size() == size_t(batch),
+                     "GpuTrainer: stochastic-depth mask has the wrong size");
         EFFNET_CUDA_CHECK(cudaMemcpyAsync(b.drop_mask.data(), b.host_mask.data(), b.host_mask.size() * 4,
                                           cudaMemcpyHostToDevice, st));
     }
@@ -667,18 +745,19 @@ void GpuTrainer::Impl::upload_masks(uint64_t seed) {
                              derive_seed(seed, blocks.size()), &host_dropout_mask);
         EFFNET_CHECK(host_dropout_mask.size() == size_t(batch) * size_t(head.channels),
                      "GpuTrainer: dropout mask has the wrong size");
-        EFFNET_CUDA_CHECK(cudaMemcpyAsync(dropout_mask.data(), host_dropout_mask.data(), host_dropout_mask.size() * 4,
-                                          cudaMemcpyHostToDevice, st));
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(dropout_mask.data(), host_dropout_mask.data(),
+                                          host_dropout_mask.size() * 4, cudaMemcpyHostToDevice, st));
     }
 }
 
-float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int64_t* targets_host, uint64_t seed) {
+float GpuTrainer::Impl::run_forward_backward(const float *input_host, const int64_t *targets_host,
+                                             uint64_t seed) {
     EFFNET_CHECK(input_host && targets_host, "GpuTrainer: null input or targets");
     std::vector<int32_t> t(static_cast<size_t>(batch));
     for (int n = 0; n < batch; ++n) {
         EFFNET_CHECK(targets_host[n] >= 0 && targets_host[n] < config.num_classes,
-                     "GpuTrainer: target " + std::to_string(targets_host[n]) + " of sample " + std::to_string(n) +
-                         " is outside [0, " + std::to_string(config.num_classes) + ")");
+                     "GpuTrainer: target " + std::to_string(targets_host[n]) + " of sample " +
+                         std::to_string(n) + " is outside [0, " + std::to_string(config.num_classes) + ")");
         t[size_t(n)] = int32_t(targets_host[n]);
     }
     ctx.activate();
@@ -695,7 +774,8 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
     kernels::launch_find_non_finite(grads.as<float>(), param_total, finite_flag.as<int>(), st);
     std::vector<float> losses(static_cast<size_t>(batch));
     int flag = 0;
-    EFFNET_CUDA_CHECK(cudaMemcpyAsync(losses.data(), sample_loss.data(), losses.size() * 4, cudaMemcpyDeviceToHost, st));
+    EFFNET_CUDA_CHECK(
+        cudaMemcpyAsync(losses.data(), sample_loss.data(), losses.size() * 4, cudaMemcpyDeviceToHost, st));
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(&flag, finite_flag.data(), sizeof(int), cudaMemcpyDeviceToHost, st));
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(st)); // also surfaces execution errors of the step
     finite = flag == 0;
@@ -707,8 +787,8 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
 
 // ---------------------------------------------------------------------------------------------
 
-GpuTrainer::GpuTrainer(Model& model, int batch, int height, int width, TrainPrecision precision,
-                       const GpuTrainOptions& options) {
+GpuTrainer::GpuTrainer(Model &model, int batch, int height, int width, TrainPrecision precision,
+                       const GpuTrainOptions &options) {
     EFFNET_CHECK(cuda_available(), "GpuTrainer: no usable CUDA device (" + cuda_device_description() + ")");
     impl_ = std::make_unique<Impl>(model, batch, height, width, precision, options);
     impl_->plan();
@@ -716,17 +796,17 @@ GpuTrainer::GpuTrainer(Model& model, int batch, int height, int width, TrainPrec
 
 GpuTrainer::~GpuTrainer() = default;
 
-float GpuTrainer::compute_gradients(const float* input, const int64_t* targets, uint64_t seed) {
+float GpuTrainer::compute_gradients(const float *input, const int64_t *targets, uint64_t seed) {
     return impl_->run_forward_backward(input, targets, seed);
 }
 
 bool GpuTrainer::apply_update(float lr) {
-    Impl& m = *impl_;
+    Impl &m = *impl_;
     EFFNET_CHECK(m.have_gradients, "GpuTrainer::apply_update: no gradients (call compute_gradients first)");
     EFFNET_CHECK(std::isfinite(lr), "GpuTrainer::apply_update: learning rate is not finite");
     if (!m.finite) return false;
     m.ctx.activate();
-    for (const ParamSlot& s : m.slots) {
+    for (const ParamSlot &s : m.slots) {
         if (!s.trainable) continue;
         kernels::SgdArgs a;
         a.param = m.master.as<float>() + s.offset;
@@ -744,27 +824,32 @@ bool GpuTrainer::apply_update(float lr) {
     return true;
 }
 
-float GpuTrainer::step(const float* input, const int64_t* targets, float lr, uint64_t seed) {
+float GpuTrainer::step(const float *input, const int64_t *targets, float lr, uint64_t seed) {
     const float loss = compute_gradients(input, targets, seed);
     if (impl_->finite) apply_update(lr);
     return loss;
 }
 
 void GpuTrainer::set_loss_scale(float scale) {
-    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f, "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
+    EFFNET_CHECK(std::isfinite(scale) && scale > 0.0f,
+                 "GpuTrainer: loss scale must be > 0, got " + std::to_string(scale));
     impl_->scale = scale;
 }
-float GpuTrainer::loss_scale() const { return impl_->scale; }
-bool GpuTrainer::last_step_finite() const { return impl_->finite; }
+float GpuTrainer::loss_scale() const {
+    return impl_->scale;
+}
+bool GpuTrainer::last_step_finite() const {
+    return impl_->finite;
+}
 
 cpu::Gradients GpuTrainer::gradients() const {
-    const Impl& m = *impl_;
+    const Impl &m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     std::vector<float> host(size_t(m.param_total));
     EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.grads.data(), host.size() * 4, cudaMemcpyDeviceToHost));
     cpu::Gradients g;
-    for (const ParamSlot& s : m.slots) {
+    for (const ParamSlot &s : m.slots) {
         if (!s.trainable) continue;
         Tensor t(s.shape);
         std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
@@ -774,7 +859,7 @@ cpu::Gradients GpuTrainer::gradients() const {
 }
 
 Tensor GpuTrainer::logits() const {
-    const Impl& m = *impl_;
+    const Impl &m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     Tensor t({int64_t(m.batch), int64_t(m.config.num_classes)});
@@ -782,23 +867,33 @@ Tensor GpuTrainer::logits() const {
     return t;
 }
 
-void GpuTrainer::download(Model& model) const {
-    const Impl& m = *impl_;
+void GpuTrainer::download(Model &model) const {
+    const Impl &m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     std::vector<float> host(size_t(m.param_total));
     EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.master.data(), host.size() * 4, cudaMemcpyDeviceToHost));
-    for (const ParamSlot& s : m.slots) {
+    for (const ParamSlot &s : m.slots) {
         Tensor t(s.shape);
         std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
         model.params[s.name] = std::move(t);
     }
 }
 
-int GpuTrainer::batch() const { return impl_->batch; }
-int GpuTrainer::height() const { return impl_->height; }
-int GpuTrainer::width() const { return impl_->width; }
-TrainPrecision GpuTrainer::precision() const { return impl_->precision; }
-size_t GpuTrainer::peak_device_memory() const { return impl_->allocated; }
+int GpuTrainer::batch() const {
+    return impl_->batch;
+}
+int GpuTrainer::height() const {
+    return impl_->height;
+}
+int GpuTrainer::width() const {
+    return impl_->width;
+}
+TrainPrecision GpuTrainer::precision() const {
+    return impl_->precision;
+}
+size_t GpuTrainer::peak_device_memory() const {
+    return impl_->allocated;
+}
 
 } // namespace effnet

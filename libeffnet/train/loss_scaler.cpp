@@ -6,8 +6,9 @@
 
 namespace effnet::train {
 
-LossScaler::LossScaler(const LossScalerConfig& config) : config_(config), scale_(config.init_scale) {
-    EFFNET_CHECK(config.init_scale > 0 && std::isfinite(config.init_scale), "loss scaler: init scale must be > 0");
+LossScaler::LossScaler(const LossScalerConfig &config) : config_(config), scale_(config.init_scale) {
+    EFFNET_CHECK(config.init_scale > 0 && std::isfinite(config.init_scale),
+                 "loss scaler: init scale must be > 0");
     EFFNET_CHECK(config.growth > 1, "loss scaler: growth factor must be > 1");
     EFFNET_CHECK(config.backoff > 0 && config.backoff < 1, "loss scaler: backoff factor must be in (0, 1)");
     EFFNET_CHECK(config.growth_interval >= 1, "loss scaler: growth interval must be >= 1");
@@ -15,17 +16,17 @@ LossScaler::LossScaler(const LossScalerConfig& config) : config_(config), scale_
                  "loss scaler: need 0 < min scale <= max scale");
 }
 
-bool LossScaler::has_non_finite(const ParamMap& grads) {
-    for (const auto& [name, g] : grads)
+bool LossScaler::has_non_finite(const ParamMap &grads) {
+    for (const auto &[name, g] : grads)
         for (float x : g.data)
             if (!std::isfinite(x)) return true;
     return false;
 }
 
-void LossScaler::unscale(ParamMap& grads) const {
+void LossScaler::unscale(ParamMap &grads) const {
     const double inv = 1.0 / scale_;
-    for (auto& [name, g] : grads)
-        for (float& x : g.data) x = float(double(x) * inv);
+    for (auto &[name, g] : grads)
+        for (float &x : g.data) x = float(double(x) * inv);
 }
 
 bool LossScaler::update(bool found_non_finite) {

@@ -6,14 +6,16 @@
 namespace effnet::train {
 namespace {
 
-uint64_t splitmix64(uint64_t& state) {
+uint64_t splitmix64(uint64_t &state) {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
 
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 } // namespace
 
@@ -28,7 +30,7 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
 
 Rng::Rng(uint64_t seed) {
     uint64_t s = seed;
-    for (auto& w : s_) w = splitmix64(s);
+    for (auto &w : s_) w = splitmix64(s);
 }
 
 uint64_t Rng::next_u64() {
@@ -43,9 +45,13 @@ uint64_t Rng::next_u64() {
     return result;
 }
 
-double Rng::uniform() { return double(next_u64() >> 11) * 0x1.0p-53; }
+double Rng::uniform() {
+    return double(next_u64() >> 11) * 0x1.0p-53;
+}
 
-double Rng::uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+double Rng::uniform(double lo, double hi) {
+    return lo + (hi - lo) * uniform();
+}
 
 int64_t Rng::below(int64_t n) {
     EFFNET_CHECK(n >= 1, "Rng::below: n must be >= 1, got " + std::to_string(n));

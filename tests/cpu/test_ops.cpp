@@ -29,7 +29,7 @@ struct NaiveConv {
     int64_t N, C, H, W, O, K, Ho, Wo, groups, stride, pt, pl;
     std::vector<double> y, dx, dw;
 
-    NaiveConv(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dParams& p)
+    NaiveConv(const Tensor &x, const Tensor &w, const Tensor *b, const Conv2dParams &p)
         : N(x.shape[0]), C(x.shape[1]), H(x.shape[2]), W(x.shape[3]), O(w.shape[0]), K(w.shape[2]),
           groups(p.groups), stride(p.stride), pt(p.pad_top), pl(p.pad_left) {
         Ho = (H + p.pad_top + p.pad_bottom - K) / stride + 1;
@@ -55,7 +55,7 @@ struct NaiveConv {
     }
 
     // Scatter form of the backward, the transpose of the loops above.
-    void backward(const Tensor& x, const Tensor& w, const Tensor& dy) {
+    void backward(const Tensor &x, const Tensor &w, const Tensor &dy) {
         dx.assign(x.numel(), 0.0);
         dw.assign(w.numel(), 0.0);
         const int64_t cg = C / groups, og = O / groups;
@@ -78,7 +78,7 @@ struct NaiveConv {
     }
 };
 
-double rel_error(const Tensor& got, const std::vector<double>& want) {
+double rel_error(const Tensor &got, const std::vector<double> &want) {
     REQUIRE(size_t(got.numel()) == want.size());
     double num = 0, den = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -142,7 +142,8 @@ TEST_CASE("conv2d forward and backward match a naive double convolution", "[ops]
                     CHECK(rel_error(dx, ref.dx) < kConvTol);
                     CHECK(rel_error(dw, ref.dw) < kConvTol);
                     std::vector<double> ref_db(O, 0.0);
-                    for (int64_t i = 0; i < dy.numel(); ++i) ref_db[(i / (ref.Ho * ref.Wo)) % O] += dy.data[i];
+                    for (int64_t i = 0; i < dy.numel(); ++i)
+                        ref_db[(i / (ref.Ho * ref.Wo)) % O] += dy.data[i];
                     CHECK(rel_error(db, ref_db) < kConvTol);
                 }
 }
@@ -198,7 +199,7 @@ TEST_CASE("conv2d rejects inconsistent shapes", "[ops]") {
                     Error);
     try {
         conv2d_forward(x, Tensor({2, 3, 3, 3}), nullptr, p);
-    } catch (const Error& e) {
+    } catch (const Error &e) {
         const std::string msg = e.what();
         CHECK(msg.find("conv2d_forward") != std::string::npos);
         CHECK(msg.find("[1, 4, 8, 8]") != std::string::npos);
@@ -246,7 +247,8 @@ TEST_CASE("batchnorm forward: batch statistics and running-stat update", "[ops]"
     const Tensor mean0 = running_mean, var0 = running_var;
     const float eps = 1e-5f, momentum = 0.1f;
     BatchNormSaved saved;
-    const Tensor y = batchnorm_train_forward(x, gamma, beta, eps, &saved, &running_mean, &running_var, momentum);
+    const Tensor y =
+        batchnorm_train_forward(x, gamma, beta, eps, &saved, &running_mean, &running_var, momentum);
     for (int c = 0; c < C; ++c) {
         double sum = 0, sq = 0;
         for (int n = 0; n < N; ++n)
@@ -260,24 +262,29 @@ TEST_CASE("batchnorm forward: batch statistics and running-stat update", "[ops]"
         const double var_biased = sq / M, var_unbiased = sq / (M - 1);
         // running = (1 - m) running + m batch, the unbiased batch variance (PyTorch).
         CHECK(running_mean.data[c] == Approx((1 - momentum) * mean0.data[c] + momentum * mean).epsilon(1e-6));
-        CHECK(running_var.data[c] == Approx((1 - momentum) * var0.data[c] + momentum * var_unbiased).epsilon(1e-6));
+        CHECK(running_var.data[c] ==
+              Approx((1 - momentum) * var0.data[c] + momentum * var_unbiased).epsilon(1e-6));
         CHECK(saved.mean[c] == Approx(mean).epsilon(1e-12));
         CHECK(saved.invstd[c] == Approx(1 / std::sqrt(var_biased + eps)).epsilon(1e-12));
         for (int n = 0; n < N; ++n)
             for (int i = 0; i < H * W; ++i) {
                 const int64_t j = (n * C + c) * H * W + i;
-                const double want = (x.data[j] - mean) / std::sqrt(var_biased + eps) * gamma.data[c] + beta.data[c];
+                const double want =
+                    (x.data[j] - mean) / std::sqrt(var_biased + eps) * gamma.data[c] + beta.data[c];
                 CHECK(y.data[j] == Approx(want).margin(1e-5));
             }
     }
     // Training on one value per channel is undefined (PyTorch raises too).
-    CHECK_THROWS_AS(batchnorm_train_forward(Tensor({1, C, 1, 1}), gamma, beta, eps, nullptr, nullptr, nullptr, 0.1f),
-                    Error);
+    CHECK_THROWS_AS(
+        batchnorm_train_forward(Tensor({1, C, 1, 1}), gamma, beta, eps, nullptr, nullptr, nullptr, 0.1f),
+        Error);
     // Eval: the running statistics.
     const Tensor ye = batchnorm_eval_forward(x, gamma, beta, mean0, var0, eps);
     for (int64_t j = 0; j < x.numel(); ++j) {
         const int c = int((j / (H * W)) % C);
-        const double want = (x.data[j] - mean0.data[c]) / std::sqrt(var0.data[c] + double(eps)) * gamma.data[c] + beta.data[c];
+        const double want =
+            (x.data[j] - mean0.data[c]) / std::sqrt(var0.data[c] + double(eps)) * gamma.data[c] +
+            beta.data[c];
         CHECK(ye.data[j] == Approx(want).margin(1e-5));
     }
     CHECK_THROWS_AS(batchnorm_eval_forward(x, gamma, beta, Tensor({3}), var0, eps), Error);
@@ -347,8 +354,8 @@ TEST_CASE("global average pool, linear and squeeze-excite forward match naive lo
             }
         }
     }
-    CHECK_THROWS_AS(squeeze_excite_forward(x, w1, b1, Tensor({C, S + 1, 1, 1}), b2, Activation::SiLU, nullptr),
-                    Error);
+    CHECK_THROWS_AS(
+        squeeze_excite_forward(x, w1, b1, Tensor({C, S + 1, 1, 1}), b2, Activation::SiLU, nullptr), Error);
 }
 
 TEST_CASE("softmax cross-entropy: hand-computed 2x3 example", "[ops]") {

@@ -34,9 +34,9 @@ ParamMap make_grads(double k) {
 
 // Every element within a relative 1e-6 (float32 rounding of a handful of operations, each
 // computed in double and rounded once) of the reference.
-void require_close(const ParamMap& got, const std::map<std::string, std::vector<double>>& want) {
-    for (const auto& [name, values] : want) {
-        const Tensor& t = got.at(name);
+void require_close(const ParamMap &got, const std::map<std::string, std::vector<double>> &want) {
+    for (const auto &[name, values] : want) {
+        const Tensor &t = got.at(name);
         REQUIRE(t.numel() == int64_t(values.size()));
         for (size_t i = 0; i < values.size(); ++i) {
             INFO(name << "[" << i << "] = " << t.data[i] << ", expected " << values[i]);
@@ -45,7 +45,9 @@ void require_close(const ParamMap& got, const std::map<std::string, std::vector<
     }
 }
 
-std::vector<double> as_double(const Tensor& t) { return std::vector<double>(t.data.begin(), t.data.end()); }
+std::vector<double> as_double(const Tensor &t) {
+    return std::vector<double>(t.data.begin(), t.data.end());
+}
 
 } // namespace
 
@@ -69,12 +71,12 @@ TEST_CASE("SGD with momentum, Nesterov and weight decay: two steps by hand", "[t
         Optimizer opt(c);
         ParamMap params = make_params();
         std::map<std::string, std::vector<double>> p, buf;
-        for (auto& [n, t] : params) p[n] = as_double(t), buf[n] = std::vector<double>(3, 0.0);
+        for (auto &[n, t] : params) p[n] = as_double(t), buf[n] = std::vector<double>(3, 0.0);
         const double lrs[2] = {0.1, 0.05};
         for (int s = 0; s < 2; ++s) {
             const ParamMap g = make_grads(1.0 + s);
             opt.step(params, g, lrs[s]);
-            for (auto& [n, values] : p) {
+            for (auto &[n, values] : p) {
                 const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 0.01;
                 for (size_t i = 0; i < 3; ++i) {
                     const double d = double(g.at(n).data[i]) + wd * values[i];
@@ -111,13 +113,13 @@ TEST_CASE("RMSProp as TensorFlow: eps inside the square root, ms starting at 1",
     Optimizer opt(c);
     ParamMap params = make_params();
     std::map<std::string, std::vector<double>> p, ms, mom;
-    for (auto& [n, t] : params)
+    for (auto &[n, t] : params)
         p[n] = as_double(t), ms[n] = std::vector<double>(3, 1.0), mom[n] = std::vector<double>(3, 0.0);
     const double lrs[3] = {0.016, 0.008, 0.004};
     for (int s = 0; s < 3; ++s) {
         const ParamMap g = make_grads(1.0 + 2 * s);
         opt.step(params, g, lrs[s]);
-        for (auto& [n, values] : p) {
+        for (auto &[n, values] : p) {
             const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 1e-5;
             for (size_t i = 0; i < 3; ++i) {
                 const double d = double(g.at(n).data[i]) + wd * values[i];
@@ -141,14 +143,14 @@ TEST_CASE("AdamW: decoupled weight decay and bias correction", "[train][optim]")
     Optimizer opt(c);
     ParamMap params = make_params();
     std::map<std::string, std::vector<double>> p, m, v;
-    for (auto& [n, t] : params)
+    for (auto &[n, t] : params)
         p[n] = as_double(t), m[n] = std::vector<double>(3, 0.0), v[n] = std::vector<double>(3, 0.0);
     const double lrs[2] = {1e-2, 3e-3};
     for (int s = 0; s < 2; ++s) {
         const ParamMap g = make_grads(s == 0 ? 1.0 : -0.5);
         opt.step(params, g, lrs[s]);
         const int t = s + 1;
-        for (auto& [n, values] : p) {
+        for (auto &[n, values] : p) {
             const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 0.05;
             for (size_t i = 0; i < 3; ++i) {
                 const double d = g.at(n).data[i];
@@ -181,7 +183,7 @@ TEST_CASE("optimizer rejects mismatched gradients with a clear error", "[train][
 TEST_CASE("gradient clipping by global norm", "[train][optim]") {
     ParamMap g = make_grads(1.0);
     double sum = 0;
-    for (auto& [n, t] : g)
+    for (auto &[n, t] : g)
         for (float x : t.data) sum += double(x) * x;
     const double norm = std::sqrt(sum);
     ParamMap unclipped = g;
@@ -190,7 +192,7 @@ TEST_CASE("gradient clipping by global norm", "[train][optim]") {
     ParamMap clipped = g;
     clip_grad_norm(clipped, 0.1);
     double after = 0;
-    for (auto& [n, t] : clipped)
+    for (auto &[n, t] : clipped)
         for (float x : t.data) after += double(x) * x;
     CHECK(std::sqrt(after) == Approx(0.1).epsilon(1e-6)); // float rounding of each element
     CHECK(clipped.at("blocks.0.dw.conv.weight").data[1] == Approx(-0.4 * 0.1 / norm).epsilon(1e-6));
@@ -203,11 +205,11 @@ TEST_CASE("warmup + cosine schedule at key steps", "[train][schedule]") {
     c.warmup_steps = 10;
     c.total_steps = 110;
     c.min_lr = 0.0;
-    CHECK(learning_rate(c, 0) == Approx(0.04));   // (0+1)/10 of base
+    CHECK(learning_rate(c, 0) == Approx(0.04)); // (0+1)/10 of base
     CHECK(learning_rate(c, 4) == Approx(0.2));
-    CHECK(learning_rate(c, 9) == Approx(0.4));    // warmup ends at base
-    CHECK(learning_rate(c, 10) == Approx(0.4));   // cosine starts at base
-    CHECK(learning_rate(c, 60) == Approx(0.2));   // half way: cos(pi/2) = 0
+    CHECK(learning_rate(c, 9) == Approx(0.4));  // warmup ends at base
+    CHECK(learning_rate(c, 10) == Approx(0.4)); // cosine starts at base
+    CHECK(learning_rate(c, 60) == Approx(0.2)); // half way: cos(pi/2) = 0
     CHECK(learning_rate(c, 35) == Approx(0.2 * (1 + std::cos(M_PI * 0.25))));
     CHECK(learning_rate(c, 110) == 0.0);
     CHECK(learning_rate(c, 500) == 0.0);
@@ -251,7 +253,7 @@ TEST_CASE("loss scaler: skip on inf/NaN, back off, grow after N good steps", "[t
     CHECK(s.skipped_steps() == 1);
     CHECK(s.update(false));
     CHECK(s.update(false));
-    CHECK(s.scale() == 512); // two good steps: not yet
+    CHECK(s.scale() == 512);     // two good steps: not yet
     CHECK_FALSE(s.update(true)); // an overflow resets the count of good steps
     CHECK(s.scale() == 256);
     CHECK(s.good_steps() == 0);

@@ -39,20 +39,20 @@ public:
         std::error_code ec;
         fs::remove_all(path_, ec);
     }
-    std::string file(const std::string& name) const { return (path_ / name).string(); }
-    const fs::path& path() const { return path_; }
+    std::string file(const std::string &name) const { return (path_ / name).string(); }
+    const fs::path &path() const { return path_; }
 
 private:
     fs::path path_;
 };
 
-void write_bytes(const std::string& path, const std::string& bytes) {
+void write_bytes(const std::string &path, const std::string &bytes) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), std::streamsize(bytes.size()));
     REQUIRE(out.good());
 }
 
-std::string read_bytes(const std::string& path) {
+std::string read_bytes(const std::string &path) {
     std::ifstream in(path, std::ios::binary);
     REQUIRE(in.good());
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -65,28 +65,28 @@ std::string u64_le(uint64_t v) {
 }
 
 // A safetensors file made by hand: length prefix, the header text as given, then the data.
-std::string craft(const std::string& header, const std::string& data) {
+std::string craft(const std::string &header, const std::string &data) {
     return u64_le(header.size()) + header + data;
 }
 
 template <typename T>
-std::string bytes_of(const std::vector<T>& v) {
-    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+std::string bytes_of(const std::vector<T> &v) {
+    return std::string(reinterpret_cast<const char *>(v.data()), v.size() * sizeof(T));
 }
 
 // Opens path expecting an effnet::Error; returns its message (empty if nothing was thrown).
-std::string open_error(const std::string& path) {
+std::string open_error(const std::string &path) {
     try {
         SafetensorsFile::open(path);
-    } catch (const Error& e) {
+    } catch (const Error &e) {
         return e.what();
     }
     return "";
 }
 
 // The crafted file must be refused with a message naming the file and every given fragment.
-void require_refused(const TempDir& dir, const std::string& header, const std::string& data,
-                     const std::vector<std::string>& fragments) {
+void require_refused(const TempDir &dir, const std::string &header, const std::string &data,
+                     const std::vector<std::string> &fragments) {
     const std::string path = dir.file("crafted.safetensors");
     write_bytes(path, craft(header, data));
     const std::string message = open_error(path);
@@ -94,7 +94,7 @@ void require_refused(const TempDir& dir, const std::string& header, const std::s
     INFO("message: " << message);
     REQUIRE_FALSE(message.empty());
     CHECK(message.find(path) != std::string::npos);
-    for (const std::string& f : fragments) CHECK(message.find(f) != std::string::npos);
+    for (const std::string &f : fragments) CHECK(message.find(f) != std::string::npos);
 }
 
 uint32_t bits(float f) {
@@ -120,7 +120,9 @@ double bf16_value(uint16_t b) {
     return sign * std::ldexp(double(128 + m), e - 134);
 }
 
-std::string golden_path() { return std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden/tv_tiny_golden.safetensors"; }
+std::string golden_path() {
+    return std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden/tv_tiny_golden.safetensors";
+}
 
 } // namespace
 
@@ -137,8 +139,9 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     const std::vector<double> f64 = {1.0 / 3.0, -1e300, 4.9e-324, 0.0};
     const std::vector<int64_t> i64 = {std::numeric_limits<int64_t>::min(), -1, 0, 42,
                                       std::numeric_limits<int64_t>::max()};
-    const std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x7c00, 0x3555}; // 1, -2, 2^-24, 65504, inf, ~1/3
-    const std::vector<uint16_t> bf16 = {0x3f80, 0x4049, 0xff80, 0x0001};                 // 1, 3.140625, -inf, tiny subnormal
+    const std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x0001,
+                                       0x7bff, 0x7c00, 0x3555};          // 1, -2, 2^-24, 65504, inf, ~1/3
+    const std::vector<uint16_t> bf16 = {0x3f80, 0x4049, 0xff80, 0x0001}; // 1, 3.140625, -inf, tiny subnormal
 
     SafetensorsWriter writer;
     writer.add("w", w);
@@ -156,7 +159,8 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     const SafetensorsFile file = SafetensorsFile::open(path);
     CHECK(file.path() == path);
     CHECK(file.names() == std::vector<std::string>{"b", "d", "empty", "h", "i", "scalar", "step", "w"});
-    CHECK(file.metadata() == std::map<std::string, std::string>{{"format", "pt"}, {"note", "caf\xc3\xa9 \"quoted\""}});
+    CHECK(file.metadata() ==
+          std::map<std::string, std::string>{{"format", "pt"}, {"note", "caf\xc3\xa9 \"quoted\""}});
     CHECK(file.contains("w"));
     CHECK_FALSE(file.contains("missing"));
 
@@ -183,7 +187,8 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     CHECK(file.info("h").dtype == DType::F16);
     const Tensor h = file.read_f32("h");
     CHECK(h.shape == Shape{3, 2});
-    CHECK(h.data == std::vector<float>{1.0f, -2.0f, std::ldexp(1.0f, -24), 65504.0f, INFINITY, half_to_float(0x3555)});
+    CHECK(h.data ==
+          std::vector<float>{1.0f, -2.0f, std::ldexp(1.0f, -24), 65504.0f, INFINITY, half_to_float(0x3555)});
     CHECK(std::memcmp(file.raw("h"), f16.data(), 12) == 0);
     CHECK(file.read_f64("h")[3] == 65504.0);
 
@@ -202,17 +207,18 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     CHECK(file.info("empty").begin == file.info("empty").end);
 
     // Wrong-dtype reads and unknown names are errors naming the file and tensor.
-    auto message_of = [](const std::function<void()>& f) {
+    auto message_of = [](const std::function<void()> &f) {
         try {
             f();
-        } catch (const Error& err) {
+        } catch (const Error &err) {
             return std::string(err.what());
         }
         return std::string();
     };
-    for (const std::string& m : {message_of([&] { file.read_f32("i"); }), message_of([&] { file.read_f64("i"); }),
-                                 message_of([&] { file.read_i64("w"); }), message_of([&] { file.info("nope"); }),
-                                 message_of([&] { file.raw("nope"); }), message_of([&] { file.read_f32("nope"); })}) {
+    for (const std::string &m :
+         {message_of([&] { file.read_f32("i"); }), message_of([&] { file.read_f64("i"); }),
+          message_of([&] { file.read_i64("w"); }), message_of([&] { file.info("nope"); }),
+          message_of([&] { file.raw("nope"); }), message_of([&] { file.read_f32("nope"); })}) {
         INFO(m);
         CHECK(m.find(path) != std::string::npos);
     }
@@ -242,7 +248,8 @@ TEST_CASE("safetensors writer layout: sorted keys, aligned packed data, atomic r
     CHECK(header.find_last_not_of(' ') == header.find_last_of('}')); // padding is trailing spaces only
     // Keys in sorted order in the text itself.
     const size_t p_meta = header.find("\"__metadata__\""), p_a = header.find("\"a_half\""),
-                 p_b = header.find("\"b_i64\""), p_m = header.find("\"m_f64\""), p_z = header.find("\"z_f32\"");
+                 p_b = header.find("\"b_i64\""), p_m = header.find("\"m_f64\""),
+                 p_z = header.find("\"z_f32\"");
     CHECK(p_meta < p_a);
     CHECK(p_a < p_b);
     CHECK(p_b < p_m);
@@ -251,8 +258,8 @@ TEST_CASE("safetensors writer layout: sorted keys, aligned packed data, atomic r
     // Packed without gaps (strict readers demand it), each tensor aligned to its element size.
     const SafetensorsFile file = SafetensorsFile::open(path);
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
-    for (const std::string& name : file.names()) {
-        const TensorInfo& t = file.info(name);
+    for (const std::string &name : file.names()) {
+        const TensorInfo &t = file.info(name);
         CHECK(t.begin % dtype_size(t.dtype) == 0);
         ranges.push_back({t.begin, t.end});
     }
@@ -264,7 +271,7 @@ TEST_CASE("safetensors writer layout: sorted keys, aligned packed data, atomic r
 
     // No temporary file left behind.
     int entries = 0;
-    for (const auto& entry : fs::directory_iterator(dir.path())) {
+    for (const auto &entry : fs::directory_iterator(dir.path())) {
         (void)entry;
         ++entries;
     }
@@ -282,7 +289,8 @@ TEST_CASE("safetensors writer refuses bad input and reports I/O failure", "[safe
     CHECK_THROWS_WITH(writer.add_i64("n", {-1}, {}), Catch::Contains("'n'"));
     const std::vector<uint16_t> two = {0, 0};
     CHECK_THROWS_WITH(writer.add_raw("r", DType::F16, {3}, two.data(), 4), Catch::Contains("'r'"));
-    CHECK_THROWS_AS(writer.add_raw("big", DType::F64, {int64_t(1) << 40, int64_t(1) << 40}, two.data(), 4), Error);
+    CHECK_THROWS_AS(writer.add_raw("big", DType::F64, {int64_t(1) << 40, int64_t(1) << 40}, two.data(), 4),
+                    Error);
     Tensor bad;
     bad.shape = {3};
     bad.data = {1.0f};
@@ -296,7 +304,7 @@ TEST_CASE("safetensors writer refuses bad input and reports I/O failure", "[safe
     fs::create_directory(occupied + "/inside");
     CHECK_THROWS_WITH(writer.write(occupied), Catch::Contains(occupied));
     int entries = 0;
-    for (const auto& entry : fs::directory_iterator(dir.path())) {
+    for (const auto &entry : fs::directory_iterator(dir.path())) {
         (void)entry;
         ++entries;
     }
@@ -329,9 +337,10 @@ TEST_CASE("safetensors reads unaligned data and tolerates gaps", "[safetensors]"
     const std::vector<float> f = {3.0f, -0.5f, 1e-3f};
     const std::vector<int64_t> i = {-7};
     std::string data = "X" + bytes_of(d) + "YYY" + bytes_of(f) + bytes_of(i) + "tail";
-    std::string header = R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[1,17]},)"
-                               R"("f":{"dtype":"F32","shape":[3],"data_offsets":[20,32]},)"
-                               R"("i":{"dtype":"I64","shape":[],"data_offsets":[32,40]}, "e":{"dtype":"F32","shape":[0],"data_offsets":[5,5]}})";
+    std::string header =
+        R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[1,17]},)"
+        R"("f":{"dtype":"F32","shape":[3],"data_offsets":[20,32]},)"
+        R"("i":{"dtype":"I64","shape":[],"data_offsets":[32,40]}, "e":{"dtype":"F32","shape":[0],"data_offsets":[5,5]}})";
     if (header.size() % 2 == 0) header += ' '; // trailing whitespace is valid JSON
     REQUIRE(header.size() % 2 == 1);
     write_bytes(path, craft(header, data));
@@ -349,14 +358,14 @@ TEST_CASE("safetensors F64 -> F32 rounds to nearest even, overflow to Inf", "[sa
     const std::string path = dir.file("round.safetensors");
     const float flt_max = std::numeric_limits<float>::max();
     const std::vector<double> in = {
-        1.0 + std::ldexp(1.0, -24),                            // tie: to 1 (even)
-        1.0 + 3 * std::ldexp(1.0, -24),                        // tie: to 1 + 2^-22 (even)
-        1.0 + std::ldexp(1.0, -24) + std::ldexp(1.0, -40),     // just above the tie: up
-        std::ldexp(2.0 - std::ldexp(1.0, -24), 127),           // midpoint FLT_MAX..2^128: Inf (even)
+        1.0 + std::ldexp(1.0, -24),                        // tie: to 1 (even)
+        1.0 + 3 * std::ldexp(1.0, -24),                    // tie: to 1 + 2^-22 (even)
+        1.0 + std::ldexp(1.0, -24) + std::ldexp(1.0, -40), // just above the tie: up
+        std::ldexp(2.0 - std::ldexp(1.0, -24), 127),       // midpoint FLT_MAX..2^128: Inf (even)
         std::ldexp(2.0 - std::ldexp(1.0, -24), 127) - std::ldexp(1.0, 80), // below it: FLT_MAX
-        -1e300,                                                // far out: -Inf
-        1e-50,                                                 // below the float subnormals: 0
-        std::ldexp(3.0, -150),                                 // 1.5 x smallest subnormal: tie to 2^-148
+        -1e300,                                                            // far out: -Inf
+        1e-50,                                                             // below the float subnormals: 0
+        std::ldexp(3.0, -150), // 1.5 x smallest subnormal: tie to 2^-148
         std::numeric_limits<double>::quiet_NaN(),
     };
     SafetensorsWriter w;
@@ -379,7 +388,7 @@ TEST_CASE("safetensors reads the shipped torchvision golden file", "[safetensors
     CHECK(file.metadata().at("source") == "torchvision");
     CHECK(file.metadata().at("bn_eps") == "1e-05");
 
-    const TensorInfo& input = file.info("input");
+    const TensorInfo &input = file.info("input");
     CHECK(input.dtype == DType::F64);
     CHECK(input.shape == Shape{2, 3, 64, 72});
     const std::vector<double> x = file.read_f64("input");
@@ -394,10 +403,10 @@ TEST_CASE("safetensors reads the shipped torchvision golden file", "[safetensors
     for (size_t i = 0; i < x.size(); ++i) REQUIRE(x32.data[i] == float(x[i]));
 
     int params = 0;
-    for (const std::string& name : file.names()) {
+    for (const std::string &name : file.names()) {
         if (name.rfind("param.", 0) != 0) continue;
         ++params;
-        const TensorInfo& t = file.info(name);
+        const TensorInfo &t = file.info(name);
         if (name.size() > 20 && name.substr(name.size() - 20) == ".num_batches_tracked") {
             CHECK(t.dtype == DType::I64);
             CHECK(t.shape.empty());
@@ -416,19 +425,19 @@ TEST_CASE("safetensors rewrites a real file with identical tensors", "[safetenso
     TempDir dir;
     const SafetensorsFile golden = SafetensorsFile::open(golden_path());
     SafetensorsWriter writer;
-    for (const std::string& name : golden.names()) {
-        const TensorInfo& t = golden.info(name);
+    for (const std::string &name : golden.names()) {
+        const TensorInfo &t = golden.info(name);
         writer.add_raw(name, t.dtype, t.shape, golden.raw(name), t.end - t.begin);
     }
-    for (const auto& [k, v] : golden.metadata()) writer.set_metadata(k, v);
+    for (const auto &[k, v] : golden.metadata()) writer.set_metadata(k, v);
     const std::string path = dir.file("copy.safetensors");
     writer.write(path);
     const SafetensorsFile copy = SafetensorsFile::open(path);
     CHECK(copy.names() == golden.names());
     CHECK(copy.metadata() == golden.metadata());
-    for (const std::string& name : golden.names()) {
-        const TensorInfo& a = golden.info(name);
-        const TensorInfo& b = copy.info(name);
+    for (const std::string &name : golden.names()) {
+        const TensorInfo &a = golden.info(name);
+        const TensorInfo &b = copy.info(name);
         REQUIRE(a.dtype == b.dtype);
         REQUIRE(a.shape == b.shape);
         REQUIRE(std::memcmp(golden.raw(name), copy.raw(name), a.end - a.begin) == 0);
@@ -471,7 +480,7 @@ TEST_CASE("safetensors refuses missing, short and mis-sized files", "[safetensor
 TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[safetensors]") {
     TempDir dir;
     const std::string f8 = bytes_of(std::vector<float>{1, 2}); // 8 bytes of data
-    auto entry = [](const std::string& body) { return R"({"layer.w":)" + body + "}"; };
+    auto entry = [](const std::string &body) { return R"({"layer.w":)" + body + "}"; };
 
     require_refused(dir, "{not json", f8, {"not valid JSON"});
     require_refused(dir, "{\"a\":1,}", f8, {"not valid JSON"});
@@ -483,43 +492,57 @@ TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[saf
     require_refused(dir, entry("5"), f8, {"'layer.w'", "not a JSON object"});
     require_refused(dir, entry("[]"), f8, {"'layer.w'", "not a JSON object"});
     require_refused(dir, entry(R"({"shape":[2],"data_offsets":[0,8]})"), f8, {"'layer.w'", "dtype"});
-    require_refused(dir, entry(R"({"dtype":4,"shape":[2],"data_offsets":[0,8]})"), f8, {"'layer.w'", "dtype"});
+    require_refused(dir, entry(R"({"dtype":4,"shape":[2],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "dtype"});
     require_refused(dir, entry(R"({"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,8]})"), f8,
                     {"'layer.w'", "unknown dtype", "F8_E4M3"});
-    require_refused(dir, entry(R"({"dtype":"f32","shape":[2],"data_offsets":[0,8]})"), f8, {"'layer.w'", "unknown dtype"});
+    require_refused(dir, entry(R"({"dtype":"f32","shape":[2],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "unknown dtype"});
     require_refused(dir, entry(R"({"dtype":"F32","data_offsets":[0,8]})"), f8, {"'layer.w'", "shape"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":2,"data_offsets":[0,8]})"), f8, {"'layer.w'", "shape"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[-2],"data_offsets":[0,8]})"), f8, {"'layer.w'", "negative"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[2.0],"data_offsets":[0,8]})"), f8, {"'layer.w'", "not an integer"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[1.5],"data_offsets":[0,8]})"), f8, {"'layer.w'", "not an integer"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":["2"],"data_offsets":[0,8]})"), f8, {"'layer.w'", "not an integer"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[null],"data_offsets":[0,8]})"), f8, {"'layer.w'", "not an integer"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":2,"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "shape"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[-2],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "negative"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[2.0],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "not an integer"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[1.5],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "not an integer"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":["2"],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "not an integer"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[null],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "not an integer"});
     require_refused(dir, entry(R"({"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,8]})"), f8,
                     {"'layer.w'"});
     // Products that overflow int64 / uint64, with and without a later zero.
     require_refused(dir, entry(R"({"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]})"), f8,
                     {"'layer.w'", "too many"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[9223372036854775807,2,0],"data_offsets":[0,0]})"), f8,
-                    {"'layer.w'", "too many"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[9223372036854775807,2,0],"data_offsets":[0,0]})"),
+                    f8, {"'layer.w'", "too many"});
     require_refused(dir, entry(R"({"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]})"), f8,
                     {"'layer.w'", "too many"});
     require_refused(dir, entry(R"({"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,8]})"), f8,
                     {"'layer.w'"});
 
     require_refused(dir, entry(R"({"dtype":"F32","shape":[2]})"), f8, {"'layer.w'", "data_offsets"});
-    for (const char* offsets : {"[0]", "[0,8,8]", "[\"0\",8]", "[-1,8]", "[0,8.5]", "8", "[0,null]", "{}"})
-        require_refused(dir, entry(std::string(R"({"dtype":"F32","shape":[2],"data_offsets":)") + offsets + "}"), f8,
-                        {"'layer.w'", "data_offsets"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[2],"data_offsets":[8,0]})"), f8, {"'layer.w'", "out of order"});
+    for (const char *offsets : {"[0]", "[0,8,8]", "[\"0\",8]", "[-1,8]", "[0,8.5]", "8", "[0,null]", "{}"})
+        require_refused(dir,
+                        entry(std::string(R"({"dtype":"F32","shape":[2],"data_offsets":)") + offsets + "}"),
+                        f8, {"'layer.w'", "data_offsets"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[2],"data_offsets":[8,0]})"), f8,
+                    {"'layer.w'", "out of order"});
     require_refused(dir, entry(R"({"dtype":"F32","shape":[2],"data_offsets":[4,12]})"), f8,
                     {"'layer.w'", "past the data section"});
     require_refused(dir, entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551615]})"), f8,
                     {"'layer.w'", "past the data section"});
     // Element count x dtype size against the byte range.
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,8]})"), f8, {"'layer.w'", "needs 12 bytes"});
-    require_refused(dir, entry(R"({"dtype":"F64","shape":[2],"data_offsets":[0,8]})"), f8, {"'layer.w'", "needs 16 bytes"});
-    require_refused(dir, entry(R"({"dtype":"F16","shape":[],"data_offsets":[0,4]})"), f8, {"'layer.w'", "needs 2 bytes"});
-    require_refused(dir, entry(R"({"dtype":"F32","shape":[0],"data_offsets":[0,4]})"), f8, {"'layer.w'", "needs 0 bytes"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[3],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "needs 12 bytes"});
+    require_refused(dir, entry(R"({"dtype":"F64","shape":[2],"data_offsets":[0,8]})"), f8,
+                    {"'layer.w'", "needs 16 bytes"});
+    require_refused(dir, entry(R"({"dtype":"F16","shape":[],"data_offsets":[0,4]})"), f8,
+                    {"'layer.w'", "needs 2 bytes"});
+    require_refused(dir, entry(R"({"dtype":"F32","shape":[0],"data_offsets":[0,4]})"), f8,
+                    {"'layer.w'", "needs 0 bytes"});
 
     // Two tensors sharing bytes.
     require_refused(dir,
@@ -544,8 +567,10 @@ TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[saf
     const std::string ok_tensor = R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
     require_refused(dir, R"({"__metadata__":[],)" + ok_tensor + "}", f8, {"__metadata__"});
     require_refused(dir, R"({"__metadata__":"x",)" + ok_tensor + "}", f8, {"__metadata__"});
-    require_refused(dir, R"({"__metadata__":{"a":"b","epoch":3},)" + ok_tensor + "}", f8, {"__metadata__", "'epoch'"});
-    require_refused(dir, R"({"__metadata__":{"nested":{"x":"y"}},)" + ok_tensor + "}", f8, {"__metadata__", "'nested'"});
+    require_refused(dir, R"({"__metadata__":{"a":"b","epoch":3},)" + ok_tensor + "}", f8,
+                    {"__metadata__", "'epoch'"});
+    require_refused(dir, R"({"__metadata__":{"nested":{"x":"y"}},)" + ok_tensor + "}", f8,
+                    {"__metadata__", "'nested'"});
 
     // And the well-formed versions of the above open, so the refusals are for the stated reason.
     const std::string path = dir.file("fine.safetensors");
@@ -582,7 +607,8 @@ TEST_CASE("safetensors truncated copies of a real file are refused, never crash"
     }
 }
 
-TEST_CASE("safetensors corrupted header bytes give an error or a valid file, never a crash", "[safetensors]") {
+TEST_CASE("safetensors corrupted header bytes give an error or a valid file, never a crash",
+          "[safetensors]") {
     TempDir dir;
     const std::string good_path = dir.file("good.safetensors");
     SafetensorsWriter writer;
@@ -614,14 +640,14 @@ TEST_CASE("safetensors corrupted header bytes give an error or a valid file, nev
             put(pos, r);
             try {
                 const SafetensorsFile f = SafetensorsFile::open(path);
-                for (const std::string& name : f.names()) {
+                for (const std::string &name : f.names()) {
                     if (f.info(name).dtype == DType::I64)
                         f.read_i64(name);
                     else
                         f.read_f64(name);
                 }
                 ++opened;
-            } catch (const Error& e) {
+            } catch (const Error &e) {
                 ++refused;
                 INFO("byte " << pos << " -> " << int(r));
                 REQUIRE(std::string(e.what()).find(path) != std::string::npos);
@@ -686,12 +712,13 @@ TEST_CASE("float_to_half rounds to nearest, ties to even, at every half boundary
     CHECK(float_to_half(INFINITY) == 0x7c00);
     CHECK(float_to_half(-INFINITY) == 0xfc00);
     CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);
-    CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);                            // tie -> even 0
+    CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000); // tie -> even 0
     CHECK(float_to_half(std::nextafter(std::ldexp(1.0f, -25), 1.0f)) == 0x0001);
     CHECK(float_to_half(std::ldexp(1.0f, -30)) == 0x0000);
     CHECK(float_to_half(std::numeric_limits<float>::denorm_min()) == 0x0000);
     CHECK(float_to_half(-std::numeric_limits<float>::denorm_min()) == 0x8000);
-    CHECK(float_to_half(std::ldexp(1023.5f, -24)) == 0x0400); // largest subnormal + half ulp -> smallest normal
+    CHECK(float_to_half(std::ldexp(1023.5f, -24)) ==
+          0x0400); // largest subnormal + half ulp -> smallest normal
     CHECK(float_to_half(-0.0f) == 0x8000);
     const uint16_t n = float_to_half(nan);
     CHECK((n & 0x7c00) == 0x7c00);

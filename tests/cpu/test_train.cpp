@@ -24,7 +24,7 @@ namespace {
 // A fresh directory under the system temp dir, removed at scope exit.
 struct TempDir {
     fs::path path;
-    explicit TempDir(const std::string& name) {
+    explicit TempDir(const std::string &name) {
         path = fs::temp_directory_path() / ("effnet_test_" + name + "_" + std::to_string(::getpid()));
         fs::remove_all(path);
         fs::create_directories(path);
@@ -36,7 +36,7 @@ struct TempDir {
 };
 
 // 24-bit uncompressed BMP, written by hand (bottom-up rows padded to 4 bytes).
-void write_bmp(const fs::path& path, int w, int h, const std::vector<uint8_t>& rgb) {
+void write_bmp(const fs::path &path, int w, int h, const std::vector<uint8_t> &rgb) {
     const int row = (w * 3 + 3) & ~3;
     const uint32_t data_size = uint32_t(row * h), file_size = 54 + data_size;
     std::vector<uint8_t> b(file_size, 0);
@@ -55,11 +55,11 @@ void write_bmp(const fs::path& path, int w, int h, const std::vector<uint8_t>& r
         for (int x = 0; x < w; ++x)
             for (int c = 0; c < 3; ++c)
                 b[54 + size_t(h - 1 - y) * row + x * 3 + (2 - c)] = rgb[(size_t(y) * w + x) * 3 + c];
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char *>(b.data()), b.size());
 }
 
 // Class k: a distinct base colour, a stripe pattern depending on k, plus noise.
-std::vector<uint8_t> class_pixels(int k, int w, int h, Rng& rng) {
+std::vector<uint8_t> class_pixels(int k, int w, int h, Rng &rng) {
     static const int colours[4][3] = {{200, 40, 40}, {40, 200, 40}, {40, 40, 200}, {200, 200, 40}};
     std::vector<uint8_t> rgb(size_t(w) * h * 3);
     for (int y = 0; y < h; ++y)
@@ -73,7 +73,7 @@ std::vector<uint8_t> class_pixels(int k, int w, int h, Rng& rng) {
 }
 
 // The same task as tensors: [n, 3, r, r] normalised roughly to zero mean.
-void make_batch(int n, int r, uint64_t seed, Tensor& images, std::vector<int64_t>& labels) {
+void make_batch(int n, int r, uint64_t seed, Tensor &images, std::vector<int64_t> &labels) {
     Rng rng(seed);
     images = Tensor({n, 3, r, r});
     labels.assign(n, 0);
@@ -82,7 +82,8 @@ void make_batch(int n, int r, uint64_t seed, Tensor& images, std::vector<int64_t
         const auto rgb = class_pixels(int(labels[i]), r, r, rng);
         for (int c = 0; c < 3; ++c)
             for (int p = 0; p < r * r; ++p)
-                images.data[(size_t(i) * 3 + c) * r * r + p] = (rgb[size_t(p) * 3 + c] / 255.0f - 0.45f) / 0.25f;
+                images.data[(size_t(i) * 3 + c) * r * r + p] =
+                    (rgb[size_t(p) * 3 + c] / 255.0f - 0.45f) / 0.25f;
     }
 }
 
@@ -93,14 +94,14 @@ ModelConfig tiny_config(int classes, int resolution) {
     o.num_classes = classes;
     o.resolution = resolution;
     ModelConfig c = custom_config(o);
-    c.dropout = 0.0f;          // the task is learned faster without; masks are tested elsewhere
+    c.dropout = 0.0f; // the task is learned faster without; masks are tested elsewhere
     c.stochastic_depth = 0.0f;
     return c;
 }
 
-void require_same_params(const Model& a, const Model& b) {
+void require_same_params(const Model &a, const Model &b) {
     REQUIRE(a.params.size() == b.params.size());
-    for (const auto& [name, t] : a.params) {
+    for (const auto &[name, t] : a.params) {
         INFO(name);
         REQUIRE(b.params.count(name));
         REQUIRE(t.shape == b.params.at(name).shape);
@@ -144,7 +145,8 @@ TEST_CASE("crop, resize, flip and normalise", "[train][augment]") {
     img.width = 4;
     img.height = 2;
     img.rgb.resize(4 * 2 * 3);
-    for (int i = 0; i < 8; ++i) img.rgb[i * 3] = uint8_t(i * 30), img.rgb[i * 3 + 1] = 10, img.rgb[i * 3 + 2] = 255;
+    for (int i = 0; i < 8; ++i)
+        img.rgb[i * 3] = uint8_t(i * 30), img.rgb[i * 3 + 1] = 10, img.rgb[i * 3 + 2] = 255;
     Normalize norm;
     norm.mean[0] = norm.mean[1] = norm.mean[2] = 0.5f;
     norm.std[0] = norm.std[1] = norm.std[2] = 0.5f;
@@ -152,9 +154,9 @@ TEST_CASE("crop, resize, flip and normalise", "[train][augment]") {
     // A 2x2 box at (1, 0) kept at its size: pixels copied; mirrored horizontally.
     crop_resize_normalize(img, CropBox{1, 0, 2, 2}, 2, true, norm, out.data());
     auto expect = [](int v) { return (v / 255.0f - 0.5f) / 0.5f; };
-    CHECK(out[0] == Approx(expect(60)));   // row 0: x = 2, then x = 1
+    CHECK(out[0] == Approx(expect(60))); // row 0: x = 2, then x = 1
     CHECK(out[1] == Approx(expect(30)));
-    CHECK(out[2] == Approx(expect(180)));  // row 1: x = 6 - 4 = 2 -> 6*30
+    CHECK(out[2] == Approx(expect(180))); // row 1: x = 6 - 4 = 2 -> 6*30
     CHECK(out[3] == Approx(expect(150)));
     CHECK(out[4] == Approx(expect(10)));
     CHECK(out[8] == Approx(1.0f));
@@ -171,15 +173,17 @@ TEST_CASE("epoch order is a seeded permutation", "[train][data]") {
     for (int i = 0; i < 10; ++i) CHECK(id[i] == i);
 }
 
-TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadable skipped", "[train][data]") {
+TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadable skipped",
+          "[train][data]") {
     TempDir dir("folder");
     Rng rng(11);
-    const char* names[3] = {"cat", "ant", "bee"};
+    const char *names[3] = {"cat", "ant", "bee"};
     for (int k = 0; k < 3; ++k) {
         fs::create_directories(dir.path / names[k]);
         for (int i = 0; i < 5; ++i) {
             const int w = 20 + i * 3, h = 18 + k * 4;
-            write_bmp(dir.path / names[k] / ("img" + std::to_string(i) + ".bmp"), w, h, class_pixels(k, w, h, rng));
+            write_bmp(dir.path / names[k] / ("img" + std::to_string(i) + ".bmp"), w, h,
+                      class_pixels(k, w, h, rng));
         }
     }
     std::ofstream(dir.path / "bee" / "broken.jpg") << "this is not a jpeg";
@@ -215,7 +219,7 @@ TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadab
         CHECK(one[b].images.shape[0] == int64_t(one[b].labels.size()));
         skipped += one[b].skipped;
         seen += int64_t(one[b].labels.size());
-        for (const auto& e : one[b].errors) CHECK(e.find("broken.jpg") != std::string::npos);
+        for (const auto &e : one[b].errors) CHECK(e.find("broken.jpg") != std::string::npos);
     }
     CHECK(skipped == 1);
     CHECK(seen == 15);
@@ -241,9 +245,11 @@ TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadab
     CHECK(first.skipped == 1);
 
     // Errors are clear.
-    REQUIRE_THROWS_WITH(ImageFolder::scan((dir.path / "missing").string()), Catch::Contains("not a directory"));
+    REQUIRE_THROWS_WITH(ImageFolder::scan((dir.path / "missing").string()),
+                        Catch::Contains("not a directory"));
     fs::create_directories(dir.path / "empty_root" / "only");
-    REQUIRE_THROWS_WITH(ImageFolder::scan((dir.path / "empty_root").string()), Catch::Contains("holds no images"));
+    REQUIRE_THROWS_WITH(ImageFolder::scan((dir.path / "empty_root").string()),
+                        Catch::Contains("holds no images"));
     fs::create_directories(dir.path / "val" / "dog");
     REQUIRE_THROWS_WITH(ImageFolder::scan((dir.path / "val").string(), folder.classes),
                         Catch::Contains("not one of the training classes"));
@@ -275,8 +281,8 @@ TEST_CASE("a tiny model learns a 4-class colour/pattern task", "[train][learn]")
         perfect_in_a_row = s.correct == s.count ? perfect_in_a_row + 1 : 0;
     }
     INFO("steps " << step << ", loss " << first_loss << " -> " << last_loss);
-    CHECK(perfect_in_a_row == 3);            // within 40 steps
-    CHECK(last_loss < 0.5 * first_loss);     // and the training loss at least halved
+    CHECK(perfect_in_a_row == 3);        // within 40 steps
+    CHECK(last_loss < 0.5 * first_loss); // and the training loss at least halved
     CHECK(trainer.step() == step);
 }
 
@@ -322,7 +328,7 @@ TEST_CASE("checkpoint round trip is bit-exact and resumes bit-exactly", "[train]
         CHECK(config_to_json(ck.model.config) == config_to_json(model.config));
         require_same_params(ck.model, model);
         REQUIRE(ck.optimizer_state.size() == trainer.optimizer().state().size());
-        for (const auto& [k, t] : trainer.optimizer().state()) {
+        for (const auto &[k, t] : trainer.optimizer().state()) {
             INFO(k);
             REQUIRE(ck.optimizer_state.at(k).data == t.data);
         }
@@ -363,7 +369,7 @@ TEST_CASE("checkpoint loading names what is wrong", "[train][checkpoint]") {
 }
 
 TEST_CASE("architecture JSON round trip for every preset", "[train][checkpoint]") {
-    for (const std::string& name : preset_names()) {
+    for (const std::string &name : preset_names()) {
         INFO(name);
         const ModelConfig c = preset(name, 17);
         const ModelConfig back = config_from_json(config_to_json(c));

@@ -18,43 +18,44 @@
 
 namespace effnet::gpu_test {
 
-#define EFFNET_SKIP_WITHOUT_GPU()                                                                  \
-    do {                                                                                           \
-        if (!::effnet::cuda_available()) {                                                         \
-            WARN("no GPU: skipped (" << ::effnet::cuda_device_description() << ")");               \
-            return;                                                                                \
-        }                                                                                          \
+#define EFFNET_SKIP_WITHOUT_GPU()                                                                            \
+    do {                                                                                                     \
+        if (!::effnet::cuda_available()) {                                                                   \
+            WARN("no GPU: skipped (" << ::effnet::cuda_device_description() << ")");                         \
+            return;                                                                                          \
+        }                                                                                                    \
     } while (0)
 
-inline Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+inline Tensor random_tensor(const Shape &shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
     Tensor t(shape);
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> dist(lo, hi);
-    for (float& v : t.data) v = dist(rng);
+    for (float &v : t.data) v = dist(rng);
     return t;
 }
 
 // Rounds every element through the storage precision (so the CPU reference sees what the GPU sees).
-inline Tensor rounded(const Tensor& t, Precision p) {
+inline Tensor rounded(const Tensor &t, Precision p) {
     Tensor r = t;
     r.data = cuda::round_to_storage(t.data, p);
     return r;
 }
 
 // [N, C, H, W] -> NHWC flat
-inline std::vector<float> nchw_to_nhwc(const Tensor& t) {
+inline std::vector<float> nchw_to_nhwc(const Tensor &t) {
     const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3);
     std::vector<float> out(size_t(t.numel()));
     for (int64_t n = 0; n < N; ++n)
         for (int64_t c = 0; c < C; ++c)
             for (int64_t h = 0; h < H; ++h)
                 for (int64_t w = 0; w < W; ++w)
-                    out[size_t(((n * H + h) * W + w) * C + c)] = t.data[size_t(((n * C + c) * H + h) * W + w)];
+                    out[size_t(((n * H + h) * W + w) * C + c)] =
+                        t.data[size_t(((n * C + c) * H + h) * W + w)];
     return out;
 }
 
 // NHWC flat -> [N, C, H, W]
-inline Tensor nhwc_to_nchw(const std::vector<float>& v, int64_t N, int64_t H, int64_t W, int64_t C) {
+inline Tensor nhwc_to_nchw(const std::vector<float> &v, int64_t N, int64_t H, int64_t W, int64_t C) {
     Tensor t({N, C, H, W});
     for (int64_t n = 0; n < N; ++n)
         for (int64_t c = 0; c < C; ++c)
@@ -64,13 +65,15 @@ inline Tensor nhwc_to_nchw(const std::vector<float>& v, int64_t N, int64_t H, in
     return t;
 }
 
-inline cuda::DeviceBuffer upload(const std::vector<float>& v, Precision p) {
+inline cuda::DeviceBuffer upload(const std::vector<float> &v, Precision p) {
     const std::vector<uint8_t> bytes = cuda::to_storage(v, p);
     cuda::DeviceBuffer buf(bytes.size(), "test upload");
     EFFNET_CUDA_CHECK(cudaMemcpy(buf.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
     return buf;
 }
-inline cuda::DeviceBuffer upload_f32(const std::vector<float>& v) { return upload(v, Precision::FP32); }
+inline cuda::DeviceBuffer upload_f32(const std::vector<float> &v) {
+    return upload(v, Precision::FP32);
+}
 
 // Allocates `count` elements and fills them with 0xFF bytes: NaN in fp32, fp16 and bf16, so
 // any element a kernel fails to write fails the comparison.
@@ -81,7 +84,7 @@ inline cuda::DeviceBuffer poisoned(size_t count, Precision p) {
     return buf;
 }
 
-inline std::vector<float> download(const cuda::DeviceBuffer& buf, size_t count, Precision p) {
+inline std::vector<float> download(const cuda::DeviceBuffer &buf, size_t count, Precision p) {
     EFFNET_CUDA_CHECK(cudaDeviceSynchronize()); // surfaces execution errors of the kernel under test
     std::vector<uint8_t> bytes(count * (p == Precision::FP32 ? 4 : 2));
     EFFNET_CUDA_CHECK(cudaMemcpy(bytes.data(), buf.data(), bytes.size(), cudaMemcpyDeviceToHost));
@@ -89,7 +92,7 @@ inline std::vector<float> download(const cuda::DeviceBuffer& buf, size_t count, 
 }
 
 // Relative norm error that treats any non-finite element as a failure (1e30).
-inline double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
+inline double rel_error(const std::vector<float> &got, const std::vector<float> &want) {
     if (got.size() != want.size()) return 1e30;
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < got.size(); ++i) {
@@ -101,8 +104,9 @@ inline double rel_error(const std::vector<float>& got, const std::vector<float>&
     return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-inline double report(const std::string& what, double err, double tol) {
-    std::printf("[gpu] %-72s rel err %.3e (tol %.0e) %s\n", what.c_str(), err, tol, err <= tol ? "ok" : "FAIL");
+inline double report(const std::string &what, double err, double tol) {
+    std::printf("[gpu] %-72s rel err %.3e (tol %.0e) %s\n", what.c_str(), err, tol,
+                err <= tol ? "ok" : "FAIL");
     std::fflush(stdout);
     return err;
 }
@@ -112,7 +116,9 @@ inline double report(const std::string& what, double err, double tol) {
 //         practice, 1e-5 leaves room for expf and summation order.
 //   fp16/bf16: storage rounding of inputs/outputs (2^-11 / 2^-9 relative per element), fp32
 //         accumulation: 1e-2.
-inline double kernel_tolerance(Precision p) { return p == Precision::FP32 ? 1e-5 : 1e-2; }
+inline double kernel_tolerance(Precision p) {
+    return p == Precision::FP32 ? 1e-5 : 1e-2;
+}
 
 inline const Precision kAllPrecisions[] = {Precision::FP32, Precision::FP16, Precision::BF16};
 

@@ -26,7 +26,7 @@ TEST_CASE("arena plan: tensors alive together never overlap; dead ones share", "
                 if (life[size_t(i)].first <= step && step <= life[size_t(i)].second) live += plan.bytes(i);
             peak_live = std::max(peak_live, live);
         }
-        CHECK(arena >= peak_live);           // cannot beat the peak of live bytes
+        CHECK(arena >= peak_live);             // cannot beat the peak of live bytes
         CHECK(arena <= plan.unshared_bytes()); // never worse than no sharing
         for (int i = 0; i < count; ++i) {
             CHECK(plan.offset(i) % ArenaPlan::kAlignment == 0);

@@ -32,16 +32,20 @@ BatchNormParams random_bn(int64_t c, uint64_t seed) {
 constexpr float kEps = 1e-3f;
 
 // conv -> BN (eval) -> optional activation, all on the CPU in NCHW.
-Tensor cpu_conv_bn_act(const Tensor& x, const Tensor& w, const BatchNormParams& bn, const cpu::Conv2dParams& p,
-                       const Activation* act) {
+Tensor cpu_conv_bn_act(const Tensor &x, const Tensor &w, const BatchNormParams &bn,
+                       const cpu::Conv2dParams &p, const Activation *act) {
     Tensor y = cpu::conv2d_forward(x, w, nullptr, p);
     y = cpu::batchnorm_eval_forward(y, bn.gamma, bn.beta, bn.mean, bn.var, kEps);
     return act ? cpu::activation_forward(y, *act) : y;
 }
 
-kernels::Act act_of(const Activation* a) { return a ? kernels::to_act(*a) : kernels::Act::None; }
+kernels::Act act_of(const Activation *a) {
+    return a ? kernels::to_act(*a) : kernels::Act::None;
+}
 
-std::string tag(Precision p) { return std::string(" ") + precision_name(p); }
+std::string tag(Precision p) {
+    return std::string(" ") + precision_name(p);
+}
 
 } // namespace
 
@@ -65,13 +69,27 @@ TEST_CASE("stem conv matches CPU conv+BN+act", "[gpu][sanitize]") {
                 auto d_b = upload_f32(f.bias);
                 auto d_y = poisoned(size_t(N) * Ho * Wo * cout, prec);
                 kernels::StemConvArgs a;
-                a.input = d_x.as<float>(); a.weight = d_w.as<float>(); a.bias = d_b.as<float>(); a.output = d_y.data();
-                a.batch = N; a.in_channels = Cin; a.height = H; a.width = W; a.out_channels = cout;
-                a.out_height = Ho; a.out_width = Wo; a.kernel = k; a.stride = s; a.pad_top = cp.pad_top;
-                a.pad_left = cp.pad_left; a.act = kernels::to_act(act);
+                a.input = d_x.as<float>();
+                a.weight = d_w.as<float>();
+                a.bias = d_b.as<float>();
+                a.output = d_y.data();
+                a.batch = N;
+                a.in_channels = Cin;
+                a.height = H;
+                a.width = W;
+                a.out_channels = cout;
+                a.out_height = Ho;
+                a.out_width = Wo;
+                a.kernel = k;
+                a.stride = s;
+                a.pad_top = cp.pad_top;
+                a.pad_left = cp.pad_left;
+                a.act = kernels::to_act(act);
                 kernels::launch_stem_conv(a, prec, nullptr);
-                const Tensor got = nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cout, prec), N, Ho, Wo, cout);
-                const double err = report("stem " + std::string(padding_name(pad)) + " Cout=" + std::to_string(cout) + tag(prec),
+                const Tensor got =
+                    nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cout, prec), N, Ho, Wo, cout);
+                const double err = report("stem " + std::string(padding_name(pad)) +
+                                              " Cout=" + std::to_string(cout) + tag(prec),
                                           rel_error(got.data, ref.data), kernel_tolerance(prec));
                 CHECK(err <= kernel_tolerance(prec));
             }
@@ -95,24 +113,38 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
                         const Tensor ref_pool = cpu::global_avg_pool_forward(ref);
                         const int Ho = int(ref.dim(2)), Wo = int(ref.dim(3));
 
-                        const cuda::FoldedConv f = cuda::fold_batchnorm(w, bn.gamma, bn.beta, bn.mean, bn.var, kEps);
+                        const cuda::FoldedConv f =
+                            cuda::fold_batchnorm(w, bn.gamma, bn.beta, bn.mean, bn.var, kEps);
                         auto d_x = upload(nchw_to_nhwc(x), prec);
                         auto d_w = upload_f32(cuda::depthwise_layout(f));
                         auto d_b = upload_f32(f.bias);
                         auto d_y = poisoned(size_t(N) * Ho * Wo * C, prec);
                         auto d_pool = upload_f32(std::vector<float>(size_t(N) * C, 0.0f));
                         kernels::DepthwiseArgs a;
-                        a.input = d_x.data(); a.weight = d_w.as<float>(); a.bias = d_b.as<float>(); a.output = d_y.data();
+                        a.input = d_x.data();
+                        a.weight = d_w.as<float>();
+                        a.bias = d_b.as<float>();
+                        a.output = d_y.data();
                         a.pooled_sum = d_pool.as<float>();
-                        a.batch = N; a.height = H; a.width = W; a.channels = C; a.kernel = k; a.stride = s;
-                        a.pad_top = cp.pad_top; a.pad_left = cp.pad_left; a.out_height = Ho; a.out_width = Wo;
+                        a.batch = N;
+                        a.height = H;
+                        a.width = W;
+                        a.channels = C;
+                        a.kernel = k;
+                        a.stride = s;
+                        a.pad_top = cp.pad_top;
+                        a.pad_left = cp.pad_left;
+                        a.out_height = Ho;
+                        a.out_width = Wo;
                         a.act = kernels::to_act(act);
                         kernels::launch_depthwise_conv(a, prec, nullptr);
-                        const Tensor got = nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                        const Tensor got =
+                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
                         std::vector<float> pool = download(d_pool, size_t(N) * C, Precision::FP32);
-                        for (float& v : pool) v /= float(Ho * Wo);
-                        const std::string name = "depthwise k" + std::to_string(k) + " s" + std::to_string(s) + " " +
-                                                 padding_name(pad) + " C=" + std::to_string(C) + tag(prec);
+                        for (float &v : pool) v /= float(Ho * Wo);
+                        const std::string name = "depthwise k" + std::to_string(k) + " s" +
+                                                 std::to_string(s) + " " + padding_name(pad) +
+                                                 " C=" + std::to_string(C) + tag(prec);
                         const double tol = kernel_tolerance(prec);
                         CHECK(report(name, rel_error(got.data, ref.data), tol) <= tol);
                         // The squeeze sums the fp32 activations before rounding: fp32 tolerance there too,
@@ -121,21 +153,23 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
                     }
 }
 
-TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, gate, residual", "[gpu][sanitize]") {
+TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, gate, residual",
+          "[gpu][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     struct Case {
         int cin, cout;
         bool gate, residual, activation;
     };
-    const Case cases[] = {{24, 40, false, false, true}, {13, 7, true, false, false}, {40, 240, false, false, true},
-                          {96, 24, true, true, false},  {24, 24, true, true, false}, {240, 80, true, false, false},
+    const Case cases[] = {{24, 40, false, false, true},   {13, 7, true, false, false},
+                          {40, 240, false, false, true},  {96, 24, true, true, false},
+                          {24, 24, true, true, false},    {240, 80, true, false, false},
                           {320, 1280, false, false, true}};
-    for (const Case& cs : cases)
+    for (const Case &cs : cases)
         for (Precision prec : kAllPrecisions)
             for (kernels::GemmKernel which : {kernels::GemmKernel::Simt, kernels::GemmKernel::TensorCore}) {
                 const int N = 2, H = 17, W = 34;
                 const Activation silu = Activation::SiLU;
-                const Activation* act = cs.activation ? &silu : nullptr;
+                const Activation *act = cs.activation ? &silu : nullptr;
                 const uint64_t seed = 1000 + cs.cin * 7 + cs.cout;
                 const Tensor x = rounded(random_tensor({N, cs.cin, H, W}, seed, -2.0f, 2.0f), prec);
                 const Tensor g = random_tensor({N, cs.cin}, seed + 1, 0.0f, 1.0f); // a sigmoid output
@@ -147,8 +181,11 @@ TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, g
                 if (cs.gate)
                     for (int64_t n = 0; n < N; ++n)
                         for (int64_t c = 0; c < cs.cin; ++c)
-                            for (int64_t i = 0; i < H * W; ++i) xg.data[size_t((n * cs.cin + c) * H * W + i)] *= g.data[size_t(n * cs.cin + c)];
-                Tensor ref = cpu_conv_bn_act(xg, w, bn, cpu::conv_params(H, W, 1, 1, 1, Padding::Symmetric), act);
+                            for (int64_t i = 0; i < H * W; ++i)
+                                xg.data[size_t((n * cs.cin + c) * H * W + i)] *=
+                                    g.data[size_t(n * cs.cin + c)];
+                Tensor ref =
+                    cpu_conv_bn_act(xg, w, bn, cpu::conv_params(H, W, 1, 1, 1, Padding::Symmetric), act);
                 Tensor res;
                 if (cs.residual) {
                     res = rounded(random_tensor({N, cs.cout, H, W}, seed + 4), prec);
@@ -164,11 +201,16 @@ TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, g
                 if (cs.residual) d_r = upload(nchw_to_nhwc(res), prec);
                 auto d_y = poisoned(size_t(N) * H * W * cs.cout, prec);
                 kernels::PointwiseArgs a;
-                a.input = d_x.data(); a.weight = d_w.data(); a.bias = d_b.as<float>();
+                a.input = d_x.data();
+                a.weight = d_w.data();
+                a.bias = d_b.as<float>();
                 a.gate = cs.gate ? d_g.as<float>() : nullptr;
                 a.residual = cs.residual ? d_r.data() : nullptr;
                 a.output = d_y.data();
-                a.rows = int64_t(N) * H * W; a.out_channels = cs.cout; a.in_channels = cs.cin; a.rows_per_image = H * W;
+                a.rows = int64_t(N) * H * W;
+                a.out_channels = cs.cout;
+                a.in_channels = cs.cin;
+                a.rows_per_image = H * W;
                 a.act = act_of(act);
                 const bool tc = which == kernels::GemmKernel::TensorCore;
                 if (tc && !kernels::pointwise_tensor_core_eligible(a, prec)) {
@@ -176,10 +218,12 @@ TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, g
                     continue;
                 }
                 kernels::launch_pointwise_conv(a, prec, which, nullptr);
-                const Tensor got = nhwc_to_nchw(download(d_y, size_t(N) * H * W * cs.cout, prec), N, H, W, cs.cout);
-                const std::string name = std::string(tc ? "pointwise-tc" : "pointwise-simt") + " K=" + std::to_string(cs.cin) +
-                                         " N=" + std::to_string(cs.cout) + (cs.gate ? " gate" : "") +
-                                         (cs.residual ? " residual" : "") + (act ? " silu" : "") + tag(prec);
+                const Tensor got =
+                    nhwc_to_nchw(download(d_y, size_t(N) * H * W * cs.cout, prec), N, H, W, cs.cout);
+                const std::string name = std::string(tc ? "pointwise-tc" : "pointwise-simt") +
+                                         " K=" + std::to_string(cs.cin) + " N=" + std::to_string(cs.cout) +
+                                         (cs.gate ? " gate" : "") + (cs.residual ? " residual" : "") +
+                                         (act ? " silu" : "") + tag(prec);
                 const double tol = kernel_tolerance(prec);
                 CHECK(report(name, rel_error(got.data, ref.data), tol) <= tol);
             }
@@ -213,13 +257,21 @@ TEST_CASE("excite kernel matches CPU squeeze-excite gate", "[gpu][sanitize]") {
             auto d_b2 = upload_f32(b2.data);
             auto d_gate = poisoned(size_t(N) * C, Precision::FP32);
             kernels::ExciteArgs a;
-            a.pooled_sum = d_sum.as<float>(); a.inv_count = 1.0f / float(H * W);
-            a.w_reduce = d_w1.as<float>(); a.b_reduce = d_b1.as<float>(); a.w_expand_t = d_w2.as<float>();
-            a.b_expand = d_b2.as<float>(); a.gate = d_gate.as<float>();
-            a.batch = N; a.channels = C; a.reduced = S; a.act = kernels::to_act(act);
+            a.pooled_sum = d_sum.as<float>();
+            a.inv_count = 1.0f / float(H * W);
+            a.w_reduce = d_w1.as<float>();
+            a.b_reduce = d_b1.as<float>();
+            a.w_expand_t = d_w2.as<float>();
+            a.b_expand = d_b2.as<float>();
+            a.gate = d_gate.as<float>();
+            a.batch = N;
+            a.channels = C;
+            a.reduced = S;
+            a.act = kernels::to_act(act);
             kernels::launch_excite(a, nullptr);
             const std::vector<float> got = download(d_gate, size_t(N) * C, Precision::FP32);
-            CHECK(report("excite C=" + std::to_string(C) + " " + activation_name(act), rel_error(got, saved.gate.data), 1e-5) <= 1e-5);
+            CHECK(report("excite C=" + std::to_string(C) + " " + activation_name(act),
+                         rel_error(got, saved.gate.data), 1e-5) <= 1e-5);
         }
 }
 
@@ -234,7 +286,8 @@ TEST_CASE("global average pool and classifier match CPU", "[gpu][sanitize]") {
         kernels::launch_global_avg_pool(d_x.data(), d_pool.as<float>(), N, H * W, C, prec, nullptr);
         const std::vector<float> pool = download(d_pool, size_t(N) * C, Precision::FP32);
         // Inputs are already rounded; the sum is fp32: fp32 tolerance for every precision.
-        CHECK(report(std::string("global_avg_pool") + tag(prec), rel_error(pool, ref_pool.data), 1e-5) <= 1e-5);
+        CHECK(report(std::string("global_avg_pool") + tag(prec), rel_error(pool, ref_pool.data), 1e-5) <=
+              1e-5);
     }
     const int N = 3, K = 1280, M = 1000;
     const Tensor x = random_tensor({N, K}, 78);
@@ -245,12 +298,14 @@ TEST_CASE("global average pool and classifier match CPU", "[gpu][sanitize]") {
     auto d_w = upload_f32(w.data);
     auto d_b = upload_f32(b.data);
     auto d_y = poisoned(size_t(N) * M, Precision::FP32);
-    kernels::launch_linear(d_x.as<float>(), d_w.as<float>(), d_b.as<float>(), d_y.as<float>(), N, K, M, nullptr);
+    kernels::launch_linear(d_x.as<float>(), d_w.as<float>(), d_b.as<float>(), d_y.as<float>(), N, K, M,
+                           nullptr);
     const std::vector<float> got = download(d_y, size_t(N) * M, Precision::FP32);
     CHECK(report("classifier 1280 -> 1000", rel_error(got, ref.data), 1e-5) <= 1e-5);
 }
 
-TEST_CASE("fused expand+depthwise matches CPU expand conv+BN+act then depthwise conv+BN+act", "[gpu][sanitize]") {
+TEST_CASE("fused expand+depthwise matches CPU expand conv+BN+act then depthwise conv+BN+act",
+          "[gpu][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     struct Case {
         int cin, ce;
@@ -260,23 +315,28 @@ TEST_CASE("fused expand+depthwise matches CPU expand conv+BN+act then depthwise 
             for (int s : {1, 2})
                 for (Padding pad : {Padding::Symmetric, Padding::TfSame})
                     for (Precision prec : kAllPrecisions) {
-                        if (cs.cin == 40 && (k == 3 || pad == Padding::TfSame)) continue; // keep the runtime modest
+                        if (cs.cin == 40 && (k == 3 || pad == Padding::TfSame))
+                            continue; // keep the runtime modest
                         const int N = 2, H = 17, W = 34;
-                        const Activation act = pad == Padding::Symmetric ? Activation::SiLU : Activation::ReLU6;
+                        const Activation act =
+                            pad == Padding::Symmetric ? Activation::SiLU : Activation::ReLU6;
                         const uint64_t seed = 9000 + cs.cin + 10 * k + s;
                         const Tensor x = rounded(random_tensor({N, cs.cin, H, W}, seed, -2.0f, 2.0f), prec);
                         const Tensor we = random_tensor({cs.ce, cs.cin, 1, 1}, seed + 1, -0.4f, 0.4f);
                         const BatchNormParams bne = random_bn(cs.ce, seed + 2);
                         const Tensor wd = random_tensor({cs.ce, 1, k, k}, seed + 3, -0.5f, 0.5f);
                         const BatchNormParams bnd = random_bn(cs.ce, seed + 4);
-                        const Tensor e = cpu_conv_bn_act(x, we, bne, cpu::conv_params(H, W, 1, 1, 1, pad), &act);
+                        const Tensor e =
+                            cpu_conv_bn_act(x, we, bne, cpu::conv_params(H, W, 1, 1, 1, pad), &act);
                         const cpu::Conv2dParams cp = cpu::conv_params(H, W, k, s, cs.ce, pad);
                         const Tensor ref = cpu_conv_bn_act(e, wd, bnd, cp, &act);
                         const Tensor ref_pool = cpu::global_avg_pool_forward(ref);
                         const int Ho = int(ref.dim(2)), Wo = int(ref.dim(3));
 
-                        const cuda::FoldedConv fe = cuda::fold_batchnorm(we, bne.gamma, bne.beta, bne.mean, bne.var, kEps);
-                        const cuda::FoldedConv fd = cuda::fold_batchnorm(wd, bnd.gamma, bnd.beta, bnd.mean, bnd.var, kEps);
+                        const cuda::FoldedConv fe =
+                            cuda::fold_batchnorm(we, bne.gamma, bne.beta, bne.mean, bne.var, kEps);
+                        const cuda::FoldedConv fd =
+                            cuda::fold_batchnorm(wd, bnd.gamma, bnd.beta, bnd.mean, bnd.var, kEps);
                         auto d_x = upload(nchw_to_nhwc(x), prec);
                         auto d_we = upload(fe.weight, prec);
                         auto d_be = upload_f32(fe.bias);
@@ -285,20 +345,35 @@ TEST_CASE("fused expand+depthwise matches CPU expand conv+BN+act then depthwise 
                         auto d_y = poisoned(size_t(N) * Ho * Wo * cs.ce, prec);
                         auto d_pool = upload_f32(std::vector<float>(size_t(N) * cs.ce, 0.0f));
                         kernels::FusedExpandDepthwiseArgs a;
-                        a.input = d_x.data(); a.expand_weight = d_we.data(); a.expand_bias = d_be.as<float>();
-                        a.dw_weight = d_wd.as<float>(); a.dw_bias = d_bd.as<float>(); a.output = d_y.data();
+                        a.input = d_x.data();
+                        a.expand_weight = d_we.data();
+                        a.expand_bias = d_be.as<float>();
+                        a.dw_weight = d_wd.as<float>();
+                        a.dw_bias = d_bd.as<float>();
+                        a.output = d_y.data();
                         a.pooled_sum = d_pool.as<float>();
-                        a.batch = N; a.height = H; a.width = W; a.in_channels = cs.cin; a.expand_channels = cs.ce;
-                        a.kernel = k; a.stride = s; a.pad_top = cp.pad_top; a.pad_left = cp.pad_left;
-                        a.out_height = Ho; a.out_width = Wo; a.act = kernels::to_act(act);
+                        a.batch = N;
+                        a.height = H;
+                        a.width = W;
+                        a.in_channels = cs.cin;
+                        a.expand_channels = cs.ce;
+                        a.kernel = k;
+                        a.stride = s;
+                        a.pad_top = cp.pad_top;
+                        a.pad_left = cp.pad_left;
+                        a.out_height = Ho;
+                        a.out_width = Wo;
+                        a.act = kernels::to_act(act);
                         REQUIRE(kernels::fused_expand_depthwise_supported(a));
                         kernels::launch_fused_expand_depthwise(a, prec, nullptr);
-                        const Tensor got = nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cs.ce, prec), N, Ho, Wo, cs.ce);
+                        const Tensor got =
+                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cs.ce, prec), N, Ho, Wo, cs.ce);
                         std::vector<float> pool = download(d_pool, size_t(N) * cs.ce, Precision::FP32);
-                        for (float& v : pool) v /= float(Ho * Wo);
-                        const std::string name = "fused expand+dw Cin=" + std::to_string(cs.cin) + " Ce=" +
-                                                 std::to_string(cs.ce) + " k" + std::to_string(k) + " s" +
-                                                 std::to_string(s) + " " + padding_name(pad) + tag(prec);
+                        for (float &v : pool) v /= float(Ho * Wo);
+                        const std::string name = "fused expand+dw Cin=" + std::to_string(cs.cin) +
+                                                 " Ce=" + std::to_string(cs.ce) + " k" + std::to_string(k) +
+                                                 " s" + std::to_string(s) + " " + padding_name(pad) +
+                                                 tag(prec);
                         const double tol = kernel_tolerance(prec);
                         CHECK(report(name, rel_error(got.data, ref.data), tol) <= tol);
                         CHECK(report(name + " squeeze", rel_error(pool, ref_pool.data), tol) <= tol);
@@ -310,7 +385,8 @@ TEST_CASE("kernel launchers reject bad arguments", "[gpu][sanitize]") {
     kernels::DepthwiseArgs a; // null pointers, zero shape
     CHECK_THROWS_AS(kernels::launch_depthwise_conv(a, Precision::FP32, nullptr), Error);
     kernels::PointwiseArgs p;
-    CHECK_THROWS_AS(kernels::launch_pointwise_conv(p, Precision::FP16, kernels::GemmKernel::Auto, nullptr), Error);
+    CHECK_THROWS_AS(kernels::launch_pointwise_conv(p, Precision::FP16, kernels::GemmKernel::Auto, nullptr),
+                    Error);
     kernels::StemConvArgs s;
     CHECK_THROWS_AS(kernels::launch_stem_conv(s, Precision::BF16, nullptr), Error);
 }

@@ -1,7 +1,7 @@
-// Every tile shape and both schedules of the tensor-core 1x1 GEMM (kernels/pointwise_conv_tc.cuh) on shapes that
-// leave partial tiles in M, N and K, with images (gate rows) straddling M tiles, against an
-// independent float64 reference written here in NHWC: the engine picks the tile per layer, so
-// each tile must be right on any shape, not only on the one a small test would select.
+// Every tile shape and both schedules of the tensor-core 1x1 GEMM (kernels/pointwise_conv_tc.cuh) on shapes
+// that leave partial tiles in M, N and K, with images (gate rows) straddling M tiles, against an independent
+// float64 reference written here in NHWC: the engine picks the tile per layer, so each tile must be right on
+// any shape, not only on the one a small test would select.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -22,19 +22,24 @@ double act_ref(double v, kernels::Act act) {
     return v;
 }
 
-const char* tile_name(kernels::PointwiseTile t) {
+const char *tile_name(kernels::PointwiseTile t) {
     switch (t) {
-    case kernels::PointwiseTile::M128_N32: return "128x32";
-    case kernels::PointwiseTile::M128_N64: return "128x64";
-    case kernels::PointwiseTile::M64_N64: return "64x64";
-    case kernels::PointwiseTile::M32_N64: return "32x64";
+    case kernels::PointwiseTile::M128_N32:
+        return "128x32";
+    case kernels::PointwiseTile::M128_N64:
+        return "128x64";
+    case kernels::PointwiseTile::M64_N64:
+        return "64x64";
+    case kernels::PointwiseTile::M32_N64:
+        return "32x64";
     }
     return "?";
 }
 
 } // namespace
 
-TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, residual", "[gpu][sanitize]") {
+TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, residual",
+          "[gpu][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     struct Case {
         int images, rows_per_image, k, n;
@@ -47,18 +52,22 @@ TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, 
                           {2, 150, 16, 24, false, false, kernels::Act::ReLU6},
                           {5, 31, 40, 136, true, false, kernels::Act::None},
                           {1, 260, 8, 8, true, true, kernels::Act::SiLU}};
-    const kernels::PointwiseTile tiles[] = {kernels::PointwiseTile::M128_N32, kernels::PointwiseTile::M128_N64,
-                                            kernels::PointwiseTile::M64_N64, kernels::PointwiseTile::M32_N64};
-    for (const Case& cs : cases)
+    const kernels::PointwiseTile tiles[] = {kernels::PointwiseTile::M128_N32,
+                                            kernels::PointwiseTile::M128_N64, kernels::PointwiseTile::M64_N64,
+                                            kernels::PointwiseTile::M32_N64};
+    for (const Case &cs : cases)
         for (Precision prec : {Precision::FP16, Precision::BF16}) {
             const int64_t M = int64_t(cs.images) * cs.rows_per_image;
             const uint64_t seed = 9000 + uint64_t(cs.k) * 31 + uint64_t(cs.n);
             // Inputs rounded to the storage precision: the reference sees what the GPU reads.
-            const std::vector<float> x = cuda::round_to_storage(random_tensor({M, cs.k}, seed, -2.0f, 2.0f).data, prec);
-            const std::vector<float> w = cuda::round_to_storage(random_tensor({cs.n, cs.k}, seed + 1, -0.5f, 0.5f).data, prec);
+            const std::vector<float> x =
+                cuda::round_to_storage(random_tensor({M, cs.k}, seed, -2.0f, 2.0f).data, prec);
+            const std::vector<float> w =
+                cuda::round_to_storage(random_tensor({cs.n, cs.k}, seed + 1, -0.5f, 0.5f).data, prec);
             const std::vector<float> bias = random_tensor({cs.n}, seed + 2, -0.5f, 0.5f).data;
             const std::vector<float> gate = random_tensor({cs.images, cs.k}, seed + 3, 0.0f, 1.0f).data;
-            const std::vector<float> res = cuda::round_to_storage(random_tensor({M, cs.n}, seed + 4).data, prec);
+            const std::vector<float> res =
+                cuda::round_to_storage(random_tensor({M, cs.n}, seed + 4).data, prec);
             std::vector<float> ref(size_t(M) * cs.n);
             for (int64_t m = 0; m < M; ++m)
                 for (int n = 0; n < cs.n; ++n) {
@@ -83,18 +92,26 @@ TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, 
                 for (int max_blocks : {-1, 0, 3}) {
                     auto d_y = poisoned(size_t(M) * cs.n, prec);
                     kernels::PointwiseArgs a;
-                    a.input = d_x.data(); a.weight = d_w.data(); a.bias = d_b.as<float>();
+                    a.input = d_x.data();
+                    a.weight = d_w.data();
+                    a.bias = d_b.as<float>();
                     a.gate = cs.gate ? d_g.as<float>() : nullptr;
                     a.residual = cs.residual ? d_r.data() : nullptr;
                     a.output = d_y.data();
-                    a.rows = M; a.out_channels = cs.n; a.in_channels = cs.k; a.rows_per_image = cs.rows_per_image;
+                    a.rows = M;
+                    a.out_channels = cs.n;
+                    a.in_channels = cs.k;
+                    a.rows_per_image = cs.rows_per_image;
                     a.act = cs.act;
                     kernels::launch_pointwise_mma(a, prec, tile, nullptr, max_blocks);
                     const std::vector<float> got = download(d_y, size_t(M) * cs.n, prec);
                     const std::string name = std::string("pointwise-mma tile ") + tile_name(tile) +
-                                             (max_blocks < 0 ? " per-block" : max_blocks > 0 ? " persistent-3" : "") + " M=" + std::to_string(M) +
-                                             " K=" + std::to_string(cs.k) + " N=" + std::to_string(cs.n) +
-                                             (cs.gate ? " gate" : "") + (cs.residual ? " residual" : "") +
+                                             (max_blocks < 0   ? " per-block"
+                                              : max_blocks > 0 ? " persistent-3"
+                                                               : "") +
+                                             " M=" + std::to_string(M) + " K=" + std::to_string(cs.k) +
+                                             " N=" + std::to_string(cs.n) + (cs.gate ? " gate" : "") +
+                                             (cs.residual ? " residual" : "") +
                                              (prec == Precision::FP16 ? " fp16" : " bf16");
                     // Storage rounding of the gated input and of the output (2^-11 fp16, 2^-8 bf16
                     // relative per element) with fp32 accumulation: 1e-2, as for the other kernels.

@@ -20,27 +20,33 @@ using namespace effnet::gpu_test;
 namespace {
 
 // random_model leaves BN at identity statistics; randomise them so a mis-folded BN shows up.
-void randomise_batchnorm(Model& model, uint64_t seed) {
+void randomise_batchnorm(Model &model, uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> u(0.0f, 1.0f);
-    for (auto& [name, t] : model.params) {
-        const auto ends_with = [&](const char* s) {
+    for (auto &[name, t] : model.params) {
+        const auto ends_with = [&](const char *s) {
             const std::string suffix(s);
-            return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+            return name.size() >= suffix.size() &&
+                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
         };
-        if (ends_with(".bn.weight")) for (float& v : t.data) v = 0.6f + 0.8f * u(rng);
-        else if (ends_with(".bn.bias")) for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_mean")) for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_var")) for (float& v : t.data) v = 0.5f + 1.0f * u(rng);
+        if (ends_with(".bn.weight"))
+            for (float &v : t.data) v = 0.6f + 0.8f * u(rng);
+        else if (ends_with(".bn.bias"))
+            for (float &v : t.data) v = -0.2f + 0.4f * u(rng);
+        else if (ends_with(".bn.running_mean"))
+            for (float &v : t.data) v = -0.2f + 0.4f * u(rng);
+        else if (ends_with(".bn.running_var"))
+            for (float &v : t.data) v = 0.5f + 1.0f * u(rng);
     }
 }
 
-Tensor cpu_logits(Model& model, const Tensor& input) {
+Tensor cpu_logits(Model &model, const Tensor &input) {
     cpu::Network net(model);
     return net.forward(input).logits;
 }
 
-std::vector<float> gpu_logits(const Model& model, const Tensor& input, Precision prec, const SessionOptions& opt) {
+std::vector<float> gpu_logits(const Model &model, const Tensor &input, Precision prec,
+                              const SessionOptions &opt) {
     InferenceSession session(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)), prec, opt);
     std::vector<float> logits(size_t(input.dim(0)) * size_t(model.config.num_classes), std::nanf(""));
     session.run(input.ptr(), logits.data());
@@ -82,9 +88,11 @@ TEST_CASE("session: small custom network matches the CPU engine, every precision
                 opt.fused_mbconv = fused;
                 opt.use_cuda_graph = graph;
                 const std::vector<float> got = gpu_logits(model, input, prec, opt);
-                const std::string name = std::string("network custom w0.5 d0.5 tf_same 45x38 ") + precision_name(prec) +
-                                         (fused ? " fused" : " unfused") + (graph ? " graph" : " eager");
-                CHECK(report(name, rel_error(got, ref.data), network_tolerance(prec)) <= network_tolerance(prec));
+                const std::string name = std::string("network custom w0.5 d0.5 tf_same 45x38 ") +
+                                         precision_name(prec) + (fused ? " fused" : " unfused") +
+                                         (graph ? " graph" : " eager");
+                CHECK(report(name, rel_error(got, ref.data), network_tolerance(prec)) <=
+                      network_tolerance(prec));
             }
 }
 
@@ -99,7 +107,8 @@ TEST_CASE("session: B0 at 64x64 matches the CPU engine", "[gpu]") {
             SessionOptions opt;
             opt.fused_mbconv = fused;
             const std::vector<float> got = gpu_logits(model, input, prec, opt);
-            const std::string name = std::string("network b0 64x64 ") + precision_name(prec) + (fused ? " fused" : " unfused");
+            const std::string name =
+                std::string("network b0 64x64 ") + precision_name(prec) + (fused ? " fused" : " unfused");
             CHECK(report(name, rel_error(got, ref.data), network_tolerance(prec)) <= network_tolerance(prec));
         }
 }
@@ -122,8 +131,10 @@ TEST_CASE("session: graph vs eager, fused vs unfused agree; device pointers; rep
     CHECK(a.num_classes() == 17);
     CHECK(a.precision() == Precision::FP32);
     CHECK(a.activation_arena_bytes() > 0);
-    CHECK(a.peak_device_memory() >= a.activation_arena_bytes() + size_t(parameter_count(model.config)) * 4 / 2);
-    std::printf("[gpu] small network: arena %zu bytes, peak %zu bytes\n", a.activation_arena_bytes(), a.peak_device_memory());
+    CHECK(a.peak_device_memory() >=
+          a.activation_arena_bytes() + size_t(parameter_count(model.config)) * 4 / 2);
+    std::printf("[gpu] small network: arena %zu bytes, peak %zu bytes\n", a.activation_arena_bytes(),
+                a.peak_device_memory());
 
     std::vector<float> la(34, std::nanf("")), lb(34, std::nanf("")), lb2(34, std::nanf(""));
     a.run(input.ptr(), la.data());
@@ -138,7 +149,8 @@ TEST_CASE("session: graph vs eager, fused vs unfused agree; device pointers; rep
     cuda::DeviceBuffer d_out = poisoned(34, Precision::FP32);
     b.run(d_in.as<float>(), d_out.as<float>(), true);
     b.synchronize();
-    CHECK(report("device-pointer run vs host-pointer run", rel_error(download(d_out, 34, Precision::FP32), lb), 1e-6) <= 1e-6);
+    CHECK(report("device-pointer run vs host-pointer run",
+                 rel_error(download(d_out, 34, Precision::FP32), lb), 1e-6) <= 1e-6);
 
     // A moved session still works.
     InferenceSession moved = std::move(b);
@@ -167,23 +179,25 @@ TEST_CASE("session: invalid arguments throw effnet::Error", "[gpu]") {
 
 namespace {
 struct Golden {
-    const char* name;
+    const char *name;
 };
 
 // Golden params are stored as "param.<state_dict key>": strip the prefix into a temporary
 // safetensors file and load it through load_weights, as a user's converted checkpoint would be.
-Model load_golden_model(const SafetensorsFile& golden, const std::string& tmp_path) {
+Model load_golden_model(const SafetensorsFile &golden, const std::string &tmp_path) {
     SafetensorsWriter writer;
-    for (const std::string& n : golden.names()) {
+    for (const std::string &n : golden.names()) {
         if (n.rfind("param.", 0) != 0) continue;
         const std::string key = n.substr(6);
-        if (golden.info(n).dtype == DType::I64) writer.add_i64(key, golden.info(n).shape, golden.read_i64(n));
-        else writer.add(key, golden.read_f32(n));
+        if (golden.info(n).dtype == DType::I64)
+            writer.add_i64(key, golden.info(n).shape, golden.read_i64(n));
+        else
+            writer.add(key, golden.read_f32(n));
     }
-    for (const auto& [k, v] : golden.metadata()) writer.set_metadata(k, v);
+    for (const auto &[k, v] : golden.metadata()) writer.set_metadata(k, v);
     writer.write(tmp_path);
     LoadOptions opt;
-    const auto& md = golden.metadata();
+    const auto &md = golden.metadata();
     if (md.count("padding")) opt.padding = parse_padding(md.at("padding"));
     if (md.count("bn_eps")) opt.bn_eps = std::stof(md.at("bn_eps"));
     if (md.count("activation")) opt.activation = parse_activation(md.at("activation"));
@@ -193,11 +207,13 @@ Model load_golden_model(const SafetensorsFile& golden, const std::string& tmp_pa
 
 TEST_CASE("session: PyTorch golden fixtures (eval logits)", "[gpu]") {
     EFFNET_SKIP_WITHOUT_GPU();
-    for (const char* name : {"tv_tiny", "timm_tiny", "timm_tf_tiny", "timm_lite_tiny"}) {
-        const std::string path = std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden/" + name + "_golden.safetensors";
+    for (const char *name : {"tv_tiny", "timm_tiny", "timm_tf_tiny", "timm_lite_tiny"}) {
+        const std::string path =
+            std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden/" + name + "_golden.safetensors";
         const SafetensorsFile golden = SafetensorsFile::open(path);
         const std::string tmp = (std::filesystem::temp_directory_path() /
-                                 (std::string("effnet_gpu_test_") + name + ".safetensors")).string();
+                                 (std::string("effnet_gpu_test_") + name + ".safetensors"))
+                                    .string();
         const Model model = load_golden_model(golden, tmp);
         std::filesystem::remove(tmp);
         const Tensor input = golden.read_f32("input");
@@ -208,14 +224,14 @@ TEST_CASE("session: PyTorch golden fixtures (eval logits)", "[gpu]") {
             opt.fused_mbconv = fused;
             const std::vector<float> got = gpu_logits(model, input, Precision::FP32, opt);
             // 1e-4: fp32 GPU vs PyTorch's float64 through a tiny network.
-            CHECK(report(std::string("golden ") + name + (fused ? " fused" : " unfused") + " fp32", rel_error(got, want.data),
-                         1e-4) <= 1e-4);
+            CHECK(report(std::string("golden ") + name + (fused ? " fused" : " unfused") + " fp32",
+                         rel_error(got, want.data), 1e-4) <= 1e-4);
         }
         // Half precisions against the same golden (2e-2, see network_tolerance).
         for (Precision prec : {Precision::FP16, Precision::BF16}) {
             const std::vector<float> got = gpu_logits(model, input, prec, SessionOptions{});
-            CHECK(report(std::string("golden ") + name + " " + precision_name(prec), rel_error(got, want.data),
-                         network_tolerance(prec)) <= network_tolerance(prec));
+            CHECK(report(std::string("golden ") + name + " " + precision_name(prec),
+                         rel_error(got, want.data), network_tolerance(prec)) <= network_tolerance(prec));
         }
     }
 }

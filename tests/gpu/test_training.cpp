@@ -41,23 +41,29 @@ namespace {
 
 constexpr double kReductionTolF32 = 1e-4;
 
-std::string tag(Precision p) { return std::string(" ") + precision_name(p); }
+std::string tag(Precision p) {
+    return std::string(" ") + precision_name(p);
+}
 
 // Tolerance of a parameter-gradient reduction: 1e-4 in fp32 (see the top); with half inputs
 // the CPU sees the same rounded inputs, so only the fp32 accumulation differs, but products of
 // two rounded values and recomputed activations add a little: 1e-3.
-double reduction_tolerance(Precision p) { return p == Precision::FP32 ? kReductionTolF32 : 1e-3; }
+double reduction_tolerance(Precision p) {
+    return p == Precision::FP32 ? kReductionTolF32 : 1e-3;
+}
 
-Tensor reshape(Tensor t, const Shape& s) {
+Tensor reshape(Tensor t, const Shape &s) {
     t.shape = s;
     return t;
 }
 
-const Activation* act_ptr(int which) {
+const Activation *act_ptr(int which) {
     static const Activation silu = Activation::SiLU, relu6 = Activation::ReLU6;
     return which == 1 ? &silu : which == 2 ? &relu6 : nullptr;
 }
-const char* act_label(int which) { return which == 1 ? "silu" : which == 2 ? "relu6" : "none"; }
+const char *act_label(int which) {
+    return which == 1 ? "silu" : which == 2 ? "relu6" : "none";
+}
 
 } // namespace
 
@@ -75,15 +81,19 @@ TEST_CASE("training activation forward/backward matches CPU", "[gpu][train]") {
             auto d_y = poisoned(size_t(n), prec);
             auto d_dx = poisoned(size_t(n), prec);
             kernels::launch_activation_forward(d_x.data(), d_y.data(), n, kernels::to_act(a), prec, nullptr);
-            kernels::launch_activation_backward(d_x.data(), d_dy.data(), d_dx.data(), n, kernels::to_act(a), prec, nullptr);
+            kernels::launch_activation_backward(d_x.data(), d_dy.data(), d_dx.data(), n, kernels::to_act(a),
+                                                prec, nullptr);
             const double tol = kernel_tolerance(prec);
             const std::string name = std::string("activation ") + activation_name(a) + tag(prec);
-            CHECK(report(name + " forward", rel_error(download(d_y, size_t(n), prec), y_ref.data), tol) <= tol);
-            CHECK(report(name + " backward", rel_error(download(d_dx, size_t(n), prec), dx_ref.data), tol) <= tol);
+            CHECK(report(name + " forward", rel_error(download(d_y, size_t(n), prec), y_ref.data), tol) <=
+                  tol);
+            CHECK(report(name + " backward", rel_error(download(d_dx, size_t(n), prec), dx_ref.data), tol) <=
+                  tol);
         }
 }
 
-TEST_CASE("training batch norm (batch statistics, running stats, fused activation) matches CPU", "[gpu][train]") {
+TEST_CASE("training batch norm (batch statistics, running stats, fused activation) matches CPU",
+          "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (int C : {13, 40})
         for (int act : {0, 1, 2})
@@ -96,7 +106,8 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 const Tensor x = rounded(random_tensor({N, C, H, W}, seed, 1.0f, 3.0f), prec);
                 const Tensor gamma = random_tensor({C}, seed + 1, 0.5f, 1.5f);
                 const Tensor beta = random_tensor({C}, seed + 2, -0.5f, 0.5f);
-                Tensor rm = random_tensor({C}, seed + 3, -0.3f, 0.3f), rv = random_tensor({C}, seed + 4, 0.5f, 2.0f);
+                Tensor rm = random_tensor({C}, seed + 3, -0.3f, 0.3f),
+                       rv = random_tensor({C}, seed + 4, 0.5f, 2.0f);
                 const Tensor rm0 = rm, rv0 = rv;
                 const bool residual = act == 0;
                 const bool pooled = act == 1 && C == 13; // the fused global-average-pool backward
@@ -106,7 +117,8 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                                          : rounded(random_tensor({N, C, H, W}, seed + 7), prec);
 
                 cpu::BatchNormSaved saved;
-                const Tensor ybn = cpu::batchnorm_train_forward(x, gamma, beta, eps, &saved, &rm, &rv, momentum);
+                const Tensor ybn =
+                    cpu::batchnorm_train_forward(x, gamma, beta, eps, &saved, &rm, &rv, momentum);
                 Tensor y = act_ptr(act) ? cpu::activation_forward(ybn, *act_ptr(act)) : ybn;
                 if (residual) y = cpu::add(y, res);
                 const Tensor g = act_ptr(act) ? cpu::activation_backward(ybn, dy, *act_ptr(act)) : dy;
@@ -135,38 +147,71 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 auto d_ws = poisoned(kernels::batchnorm_workspace_floats(rows, C), Precision::FP32);
 
                 kernels::BatchNormStatsArgs s;
-                s.x = d_x.data(); s.rows = rows; s.channels = C; s.eps = eps; s.momentum = momentum;
-                s.running_mean = d_rm.as<float>(); s.running_var = d_rv.as<float>();
-                s.save_mean = d_mean.as<float>(); s.save_invstd = d_invstd.as<float>(); s.workspace = d_ws.as<float>();
+                s.x = d_x.data();
+                s.rows = rows;
+                s.channels = C;
+                s.eps = eps;
+                s.momentum = momentum;
+                s.running_mean = d_rm.as<float>();
+                s.running_var = d_rv.as<float>();
+                s.save_mean = d_mean.as<float>();
+                s.save_invstd = d_invstd.as<float>();
+                s.workspace = d_ws.as<float>();
                 kernels::launch_batchnorm_stats(s, prec, nullptr);
                 kernels::BatchNormApplyArgs a;
-                a.x = d_x.data(); a.mean = d_mean.as<float>(); a.invstd = d_invstd.as<float>();
-                a.gamma = d_gamma.as<float>(); a.beta = d_beta.as<float>();
-                a.residual = residual ? d_res.data() : nullptr; a.y = d_y.data(); a.rows = rows; a.channels = C;
+                a.x = d_x.data();
+                a.mean = d_mean.as<float>();
+                a.invstd = d_invstd.as<float>();
+                a.gamma = d_gamma.as<float>();
+                a.beta = d_beta.as<float>();
+                a.residual = residual ? d_res.data() : nullptr;
+                a.y = d_y.data();
+                a.rows = rows;
+                a.channels = C;
                 a.act = act == 1 ? kernels::Act::SiLU : act == 2 ? kernels::Act::ReLU6 : kernels::Act::None;
                 kernels::launch_batchnorm_apply(a, prec, nullptr);
                 kernels::BatchNormBackwardArgs b;
                 b.x = d_x.data();
                 b.dy = pooled ? nullptr : d_dy.data();
                 b.dy_pooled = pooled ? d_dpool.as<float>() : nullptr;
-                b.rows_per_image = int64_t(H) * W; b.pooled_scale = float(1.0 / double(H * W));
-                b.mean = d_mean.as<float>(); b.invstd = d_invstd.as<float>(); b.gamma = d_gamma.as<float>();
-                b.beta = d_beta.as<float>(); b.act = a.act; b.dgamma = d_dgamma.as<float>(); b.dbeta = d_dbeta.as<float>();
-                b.dx = d_dx.data(); b.rows = rows; b.channels = C; b.workspace = d_ws.as<float>();
+                b.rows_per_image = int64_t(H) * W;
+                b.pooled_scale = float(1.0 / double(H * W));
+                b.mean = d_mean.as<float>();
+                b.invstd = d_invstd.as<float>();
+                b.gamma = d_gamma.as<float>();
+                b.beta = d_beta.as<float>();
+                b.act = a.act;
+                b.dgamma = d_dgamma.as<float>();
+                b.dbeta = d_dbeta.as<float>();
+                b.dx = d_dx.data();
+                b.rows = rows;
+                b.channels = C;
+                b.workspace = d_ws.as<float>();
                 kernels::launch_batchnorm_backward(b, prec, nullptr);
 
                 const std::string name = "batchnorm C=" + std::to_string(C) + " " + act_label(act) +
-                                         (residual ? " +residual" : "") + (pooled ? " pooled-dy" : "") + tag(prec);
+                                         (residual ? " +residual" : "") + (pooled ? " pooled-dy" : "") +
+                                         tag(prec);
                 const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
                 const Tensor y_got = nhwc_to_nchw(download(d_y, size_t(rows) * C, prec), N, H, W, C);
                 const Tensor dx_got = nhwc_to_nchw(download(d_dx, size_t(rows) * C, prec), N, H, W, C);
                 CHECK(report(name + " y", rel_error(y_got.data, y.data), tol) <= tol);
-                CHECK(report(name + " mean", rel_error(download(d_mean, size_t(C), Precision::FP32), mean_ref), rtol) <= rtol);
-                CHECK(report(name + " invstd", rel_error(download(d_invstd, size_t(C), Precision::FP32), invstd_ref), rtol) <= rtol);
-                CHECK(report(name + " running_mean", rel_error(download(d_rm, size_t(C), Precision::FP32), rm.data), rtol) <= rtol);
-                CHECK(report(name + " running_var", rel_error(download(d_rv, size_t(C), Precision::FP32), rv.data), rtol) <= rtol);
-                CHECK(report(name + " dgamma", rel_error(download(d_dgamma, size_t(C), Precision::FP32), dgamma.data), rtol) <= rtol);
-                CHECK(report(name + " dbeta", rel_error(download(d_dbeta, size_t(C), Precision::FP32), dbeta.data), rtol) <= rtol);
+                CHECK(report(name + " mean",
+                             rel_error(download(d_mean, size_t(C), Precision::FP32), mean_ref),
+                             rtol) <= rtol);
+                CHECK(report(name + " invstd",
+                             rel_error(download(d_invstd, size_t(C), Precision::FP32), invstd_ref),
+                             rtol) <= rtol);
+                CHECK(report(name + " running_mean",
+                             rel_error(download(d_rm, size_t(C), Precision::FP32), rm.data), rtol) <= rtol);
+                CHECK(report(name + " running_var",
+                             rel_error(download(d_rv, size_t(C), Precision::FP32), rv.data), rtol) <= rtol);
+                CHECK(report(name + " dgamma",
+                             rel_error(download(d_dgamma, size_t(C), Precision::FP32), dgamma.data),
+                             rtol) <= rtol);
+                CHECK(report(name + " dbeta",
+                             rel_error(download(d_dbeta, size_t(C), Precision::FP32), dbeta.data),
+                             rtol) <= rtol);
                 CHECK(report(name + " dx", rel_error(dx_got.data, dx.data), tol) <= tol);
             }
 }
@@ -192,8 +237,16 @@ TEST_CASE("training depthwise conv forward, data and weight gradients match CPU"
                         const Tensor dx_ref = cpu::add(dx, add);
 
                         kernels::DepthwiseShape sh;
-                        sh.batch = N; sh.height = H; sh.width = W; sh.channels = C; sh.kernel = k; sh.stride = s;
-                        sh.pad_top = cp.pad_top; sh.pad_left = cp.pad_left; sh.out_height = Ho; sh.out_width = Wo;
+                        sh.batch = N;
+                        sh.height = H;
+                        sh.width = W;
+                        sh.channels = C;
+                        sh.kernel = k;
+                        sh.stride = s;
+                        sh.pad_top = cp.pad_top;
+                        sh.pad_left = cp.pad_left;
+                        sh.out_height = Ho;
+                        sh.out_width = Wo;
                         auto d_x = upload(nchw_to_nhwc(x), prec);
                         auto d_w = upload_f32(w.data);
                         auto d_dy = upload(nchw_to_nhwc(dy), prec);
@@ -201,20 +254,26 @@ TEST_CASE("training depthwise conv forward, data and weight gradients match CPU"
                         auto d_y = poisoned(size_t(N) * Ho * Wo * C, prec);
                         auto d_dx = poisoned(size_t(N) * H * W * C, prec);
                         auto d_dw = poisoned(size_t(C) * k * k, Precision::FP32);
-                        auto d_ws = poisoned(kernels::depthwise_weight_grad_workspace_floats(sh), Precision::FP32);
-                        kernels::launch_depthwise_train_forward(d_x.data(), d_w.as<float>(), d_y.data(), sh, prec, nullptr);
-                        kernels::launch_depthwise_backward_data(d_dy.data(), d_w.as<float>(), d_add.data(), d_dx.data(), sh,
+                        auto d_ws =
+                            poisoned(kernels::depthwise_weight_grad_workspace_floats(sh), Precision::FP32);
+                        kernels::launch_depthwise_train_forward(d_x.data(), d_w.as<float>(), d_y.data(), sh,
                                                                 prec, nullptr);
-                        kernels::launch_depthwise_backward_weight(d_x.data(), d_dy.data(), d_dw.as<float>(), d_ws.as<float>(),
-                                                                  sh, prec, nullptr);
-                        const std::string name = "depthwise-train k" + std::to_string(k) + " s" + std::to_string(s) + " " +
-                                                 padding_name(pad) + " C=" + std::to_string(C) + tag(prec);
+                        kernels::launch_depthwise_backward_data(d_dy.data(), d_w.as<float>(), d_add.data(),
+                                                                d_dx.data(), sh, prec, nullptr);
+                        kernels::launch_depthwise_backward_weight(d_x.data(), d_dy.data(), d_dw.as<float>(),
+                                                                  d_ws.as<float>(), sh, prec, nullptr);
+                        const std::string name = "depthwise-train k" + std::to_string(k) + " s" +
+                                                 std::to_string(s) + " " + padding_name(pad) +
+                                                 " C=" + std::to_string(C) + tag(prec);
                         const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
-                        const Tensor y_got = nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
-                        const Tensor dx_got = nhwc_to_nchw(download(d_dx, size_t(N) * H * W * C, prec), N, H, W, C);
+                        const Tensor y_got =
+                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                        const Tensor dx_got =
+                            nhwc_to_nchw(download(d_dx, size_t(N) * H * W * C, prec), N, H, W, C);
                         CHECK(report(name + " forward", rel_error(y_got.data, y.data), tol) <= tol);
                         CHECK(report(name + " dx (+add)", rel_error(dx_got.data, dx_ref.data), tol) <= tol);
-                        CHECK(report(name + " dw", rel_error(download(d_dw, size_t(C) * k * k, Precision::FP32), dw.data),
+                        CHECK(report(name + " dw",
+                                     rel_error(download(d_dw, size_t(C) * k * k, Precision::FP32), dw.data),
                                      rtol) <= rtol);
                     }
 }
@@ -255,25 +314,44 @@ TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train]"
                 auto d_db2 = poisoned(size_t(C), Precision::FP32);
                 auto d_ws = poisoned(kernels::squeeze_excite_workspace_floats(N, C, S), Precision::FP32);
                 kernels::SqueezeExciteTrainArgs a;
-                a.batch = N; a.hw = int64_t(H) * W; a.channels = C; a.reduced = S; a.act = kernels::to_act(act);
-                a.x = d_x.data(); a.w1 = d_w1.as<float>(); a.b1 = d_b1.as<float>(); a.w2 = d_w2.as<float>();
-                a.b2 = d_b2.as<float>(); a.squeezed = d_sq.as<float>(); a.reduced_pre = d_rp.as<float>();
-                a.reduced_out = d_ro.as<float>(); a.gate = d_gate.as<float>();
+                a.batch = N;
+                a.hw = int64_t(H) * W;
+                a.channels = C;
+                a.reduced = S;
+                a.act = kernels::to_act(act);
+                a.x = d_x.data();
+                a.w1 = d_w1.as<float>();
+                a.b1 = d_b1.as<float>();
+                a.w2 = d_w2.as<float>();
+                a.b2 = d_b2.as<float>();
+                a.squeezed = d_sq.as<float>();
+                a.reduced_pre = d_rp.as<float>();
+                a.reduced_out = d_ro.as<float>();
+                a.gate = d_gate.as<float>();
                 kernels::launch_squeeze_excite_train_forward(a, d_y.data(), prec, nullptr);
-                kernels::launch_squeeze_excite_backward(a, d_dy.data(), d_dx.data(), d_dw1.as<float>(), d_db1.as<float>(),
-                                                        d_dw2.as<float>(), d_db2.as<float>(), d_ws.as<float>(), prec, nullptr);
-                const std::string name = "squeeze-excite C=" + std::to_string(C) + " S=" + std::to_string(S) + " " +
-                                         activation_name(act) + tag(prec);
+                kernels::launch_squeeze_excite_backward(a, d_dy.data(), d_dx.data(), d_dw1.as<float>(),
+                                                        d_db1.as<float>(), d_dw2.as<float>(),
+                                                        d_db2.as<float>(), d_ws.as<float>(), prec, nullptr);
+                const std::string name = "squeeze-excite C=" + std::to_string(C) + " S=" + std::to_string(S) +
+                                         " " + activation_name(act) + tag(prec);
                 const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
                 const Tensor y_got = nhwc_to_nchw(download(d_y, size_t(N) * H * W * C, prec), N, H, W, C);
                 const Tensor dx_got = nhwc_to_nchw(download(d_dx, size_t(N) * H * W * C, prec), N, H, W, C);
                 CHECK(report(name + " y", rel_error(y_got.data, y.data), tol) <= tol);
-                CHECK(report(name + " gate", rel_error(download(d_gate, size_t(N) * C, Precision::FP32), saved.gate.data), rtol) <= rtol);
+                CHECK(report(name + " gate",
+                             rel_error(download(d_gate, size_t(N) * C, Precision::FP32), saved.gate.data),
+                             rtol) <= rtol);
                 CHECK(report(name + " dx", rel_error(dx_got.data, dx.data), tol) <= tol);
-                CHECK(report(name + " dw1", rel_error(download(d_dw1, size_t(S) * C, Precision::FP32), dw1.data), rtol) <= rtol);
-                CHECK(report(name + " db1", rel_error(download(d_db1, size_t(S), Precision::FP32), db1.data), rtol) <= rtol);
-                CHECK(report(name + " dw2", rel_error(download(d_dw2, size_t(C) * S, Precision::FP32), dw2.data), rtol) <= rtol);
-                CHECK(report(name + " db2", rel_error(download(d_db2, size_t(C), Precision::FP32), db2.data), rtol) <= rtol);
+                CHECK(report(name + " dw1",
+                             rel_error(download(d_dw1, size_t(S) * C, Precision::FP32), dw1.data),
+                             rtol) <= rtol);
+                CHECK(report(name + " db1", rel_error(download(d_db1, size_t(S), Precision::FP32), db1.data),
+                             rtol) <= rtol);
+                CHECK(report(name + " dw2",
+                             rel_error(download(d_dw2, size_t(C) * S, Precision::FP32), dw2.data),
+                             rtol) <= rtol);
+                CHECK(report(name + " db2", rel_error(download(d_db2, size_t(C), Precision::FP32), db2.data),
+                             rtol) <= rtol);
             }
 }
 
@@ -292,24 +370,32 @@ TEST_CASE("training cross-entropy with label smoothing matches CPU", "[gpu][trai
                 }
                 Tensor dlogits;
                 const double loss = cpu::softmax_cross_entropy(logits, targets, ls, &dlogits);
-                for (float& v : dlogits.data) v *= scale;
+                for (float &v : dlogits.data) v *= scale;
                 auto d_logits = upload_f32(logits.data);
                 cuda::DeviceBuffer d_t(targets32.size() * 4, "targets");
-                EFFNET_CUDA_CHECK(cudaMemcpy(d_t.data(), targets32.data(), targets32.size() * 4, cudaMemcpyHostToDevice));
+                EFFNET_CUDA_CHECK(
+                    cudaMemcpy(d_t.data(), targets32.data(), targets32.size() * 4, cudaMemcpyHostToDevice));
                 auto d_loss = poisoned(size_t(N), Precision::FP32);
                 auto d_dl = poisoned(size_t(N) * K, Precision::FP32);
                 kernels::CrossEntropyArgs a;
-                a.logits = d_logits.as<float>(); a.targets = d_t.as<int32_t>(); a.sample_loss = d_loss.as<float>();
-                a.dlogits = d_dl.as<float>(); a.batch = N; a.classes = K; a.label_smoothing = ls; a.grad_scale = scale;
+                a.logits = d_logits.as<float>();
+                a.targets = d_t.as<int32_t>();
+                a.sample_loss = d_loss.as<float>();
+                a.dlogits = d_dl.as<float>();
+                a.batch = N;
+                a.classes = K;
+                a.label_smoothing = ls;
+                a.grad_scale = scale;
                 kernels::launch_cross_entropy(a, nullptr);
                 const std::vector<float> per = download(d_loss, size_t(N), Precision::FP32);
                 double got = 0;
                 for (float v : per) got += v;
                 got /= N;
-                const std::string name = "cross-entropy K=" + std::to_string(K) + " ls=" + std::to_string(ls) +
-                                         " scale=" + std::to_string(int(scale));
+                const std::string name = "cross-entropy K=" + std::to_string(K) +
+                                         " ls=" + std::to_string(ls) + " scale=" + std::to_string(int(scale));
                 CHECK(report(name + " loss", std::abs(got - loss) / std::abs(loss), 1e-5) <= 1e-5);
-                CHECK(report(name + " dlogits", rel_error(download(d_dl, size_t(N) * K, Precision::FP32), dlogits.data),
+                CHECK(report(name + " dlogits",
+                             rel_error(download(d_dl, size_t(N) * K, Precision::FP32), dlogits.data),
                              1e-5) <= 1e-5);
             }
 }
@@ -333,12 +419,22 @@ TEST_CASE("training SGD update and finite check", "[gpu][train]") {
             auto d_g = upload_f32(g.data);
             auto d_b = upload_f32(buf.data);
             kernels::SgdArgs a;
-            a.param = d_p.as<float>(); a.grad = d_g.as<float>(); a.momentum_buffer = d_b.as<float>(); a.count = n;
-            a.lr = lr; a.momentum = mu; a.weight_decay = wd; a.grad_scale = gs; a.nesterov = nesterov;
+            a.param = d_p.as<float>();
+            a.grad = d_g.as<float>();
+            a.momentum_buffer = d_b.as<float>();
+            a.count = n;
+            a.lr = lr;
+            a.momentum = mu;
+            a.weight_decay = wd;
+            a.grad_scale = gs;
+            a.nesterov = nesterov;
             kernels::launch_sgd_update(a, nullptr);
-            const std::string name = std::string("sgd") + (nesterov ? " nesterov" : "") + " wd=" + std::to_string(wd);
-            CHECK(report(name + " params", rel_error(download(d_p, size_t(n), Precision::FP32), p_ref), 1e-6) <= 1e-6);
-            CHECK(report(name + " momentum", rel_error(download(d_b, size_t(n), Precision::FP32), buf_ref), 1e-6) <= 1e-6);
+            const std::string name =
+                std::string("sgd") + (nesterov ? " nesterov" : "") + " wd=" + std::to_string(wd);
+            CHECK(report(name + " params", rel_error(download(d_p, size_t(n), Precision::FP32), p_ref),
+                         1e-6) <= 1e-6);
+            CHECK(report(name + " momentum", rel_error(download(d_b, size_t(n), Precision::FP32), buf_ref),
+                         1e-6) <= 1e-6);
         }
     // The finite check finds a single bad element anywhere, and nothing in finite data.
     const int64_t n = 300001;
@@ -364,7 +460,7 @@ TEST_CASE("training 1x1 conv GEMMs (cuBLAS) match CPU", "[gpu][train]") {
     struct Case {
         int cin, cout;
     };
-    for (const Case& cs : {Case{13, 7}, Case{24, 144}, Case{96, 24}})
+    for (const Case &cs : {Case{13, 7}, Case{24, 144}, Case{96, 24}})
         for (Precision prec : kAllPrecisions) {
             const int N = 2, H = 17, W = 34;
             const int64_t rows = int64_t(N) * H * W;
@@ -389,13 +485,15 @@ TEST_CASE("training 1x1 conv GEMMs (cuBLAS) match CPU", "[gpu][train]") {
             blas.forward(d_x.data(), cs.cin, d_w.data(), cs.cin, d_z.data(), rows, cs.cin, cs.cout);
             blas.backward_data(d_dz.data(), d_w.data(), d_dx.data(), rows, cs.cin, cs.cout, true);
             blas.backward_weight(d_x.data(), cs.cin, d_dz.data(), d_dw.as<float>(), rows, cs.cin, cs.cout);
-            const std::string name = "gemm 1x1 " + std::to_string(cs.cin) + "->" + std::to_string(cs.cout) + tag(prec);
+            const std::string name =
+                "gemm 1x1 " + std::to_string(cs.cin) + "->" + std::to_string(cs.cout) + tag(prec);
             const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
             const Tensor z_got = nhwc_to_nchw(download(d_z, size_t(rows) * cs.cout, prec), N, H, W, cs.cout);
             const Tensor dx_got = nhwc_to_nchw(download(d_dx, size_t(rows) * cs.cin, prec), N, H, W, cs.cin);
             CHECK(report(name + " forward", rel_error(z_got.data, z.data), tol) <= tol);
             CHECK(report(name + " dgrad (+=)", rel_error(dx_got.data, dx_ref.data), tol) <= tol);
-            CHECK(report(name + " wgrad", rel_error(download(d_dw, size_t(cs.cout) * cs.cin, Precision::FP32), dw.data),
+            CHECK(report(name + " wgrad",
+                         rel_error(download(d_dw, size_t(cs.cout) * cs.cin, Precision::FP32), dw.data),
                          rtol) <= rtol);
         }
 }
@@ -407,25 +505,30 @@ namespace {
 
 // A model with random (not default) batch-norm parameters and running statistics, so a
 // batch norm that is skipped or mixes up its statistics shows up.
-Model test_model(const ModelConfig& config, uint64_t seed) {
+Model test_model(const ModelConfig &config, uint64_t seed) {
     Model m = random_model(config, seed);
     uint64_t s = seed * 1000;
-    for (auto& [name, t] : m.params) {
-        const auto ends = [&](const char* suf) {
+    for (auto &[name, t] : m.params) {
+        const auto ends = [&](const char *suf) {
             const std::string x(suf);
             return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
         };
         if (name.find(".bn.") == std::string::npos) continue;
-        if (ends(".weight")) t = random_tensor(t.shape, ++s, 0.5f, 1.5f);
-        else if (ends(".bias")) t = random_tensor(t.shape, ++s, -0.3f, 0.3f);
-        else if (ends(".running_mean")) t = random_tensor(t.shape, ++s, -0.2f, 0.2f);
-        else if (ends(".running_var")) t = random_tensor(t.shape, ++s, 0.5f, 1.5f);
+        if (ends(".weight"))
+            t = random_tensor(t.shape, ++s, 0.5f, 1.5f);
+        else if (ends(".bias"))
+            t = random_tensor(t.shape, ++s, -0.3f, 0.3f);
+        else if (ends(".running_mean"))
+            t = random_tensor(t.shape, ++s, -0.2f, 0.2f);
+        else if (ends(".running_var"))
+            t = random_tensor(t.shape, ++s, 0.5f, 1.5f);
     }
     return m;
 }
 
-bool decays(const std::string& name) {
-    return name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && name.find(".bn.") == std::string::npos;
+bool decays(const std::string &name) {
+    return name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+           name.find(".bn.") == std::string::npos;
 }
 
 // Relative error ||got - want|| / max(||want||, scale). A batch-norm bias gradient is
@@ -434,7 +537,7 @@ bool decays(const std::string& name) {
 // train-mode BN's dz sums to zero per channel); both sides then hold only rounding noise. Those
 // are measured against the size of the same BN's weight gradient (`scale`), which is what the
 // bias gradient would be made of without the cancellation.
-double grad_error(const Tensor& got, const Tensor& want, double scale = 0.0) {
+double grad_error(const Tensor &got, const Tensor &want, double scale = 0.0) {
     double num = 0, den = 0;
     for (size_t i = 0; i < got.data.size(); ++i) {
         if (!std::isfinite(got.data[i])) return 1e30;
@@ -446,16 +549,17 @@ double grad_error(const Tensor& got, const Tensor& want, double scale = 0.0) {
     return denom > 0 ? std::sqrt(num) / denom : std::sqrt(num);
 }
 
-double norm(const Tensor& t) {
+double norm(const Tensor &t) {
     double s = 0;
     for (float v : t.data) s += double(v) * v;
     return std::sqrt(s);
 }
 
 // For "<prefix>.bn.bias": the name of the same BN's weight; empty otherwise.
-std::string bn_weight_of(const std::string& name) {
+std::string bn_weight_of(const std::string &name) {
     const std::string suffix = ".bn.bias";
-    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return "";
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        return "";
     return name.substr(0, name.size() - 4) + "weight";
 }
 
@@ -471,7 +575,7 @@ struct StepCheck {
 
 // Runs `steps` GPU steps and the same on the CPU reference (cpu::Network + SGD written out
 // here), comparing loss, gradients, running statistics and parameter updates at each step.
-void check_training_steps(const ModelConfig& config, int N, int H, int W, const StepCheck& sc) {
+void check_training_steps(const ModelConfig &config, int N, int H, int W, const StepCheck &sc) {
     const Model start = test_model(config, 17);
     Model cpu_model = start, gpu_model = start;
     const Tensor input = random_tensor({N, config.in_channels, H, W}, 23, -2.0f, 2.0f);
@@ -504,21 +608,29 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
         const double loss_ref = cpu::softmax_cross_entropy(fr.logits, targets, sc.label_smoothing, &dlogits);
         const cpu::Gradients g_ref = net.backward(dlogits);
         // GPU.
-        const Model before = [&] { Model m = start; trainer.download(m); return m; }();
+        const Model before = [&] {
+            Model m = start;
+            trainer.download(m);
+            return m;
+        }();
         const float loss = trainer.compute_gradients(input.ptr(), targets.data(), fo.seed);
         REQUIRE(trainer.last_step_finite());
-        CHECK(report(where + "loss", std::abs(double(loss) - loss_ref) / std::abs(loss_ref), sc.tol) <= sc.tol);
+        CHECK(report(where + "loss", std::abs(double(loss) - loss_ref) / std::abs(loss_ref), sc.tol) <=
+              sc.tol);
         CHECK(report(where + "logits", rel_error(trainer.logits().data, fr.logits.data), sc.tol) <= sc.tol);
         const cpu::Gradients g = trainer.gradients();
         REQUIRE(g.params.size() == g_ref.params.size());
         double worst = 0;
         std::string worst_name;
-        for (const auto& [name, ref] : g_ref.params) {
+        for (const auto &[name, ref] : g_ref.params) {
             const auto it = g.params.find(name);
             REQUIRE(it != g.params.end());
             const std::string w = bn_weight_of(name);
             const double e = grad_error(it->second, ref, w.empty() ? 0.0 : norm(g_ref.params.at(w)));
-            if (e > worst) { worst = e; worst_name = name; }
+            if (e > worst) {
+                worst = e;
+                worst_name = name;
+            }
             if (e > sc.tol) report(where + "grad " + name, e, sc.tol);
             CHECK(e <= sc.tol);
         }
@@ -531,16 +643,19 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
         std::map<std::string, Tensor> deltas_ref, deltas_got;
         double worst_delta = 0, worst_stat = 0;
         std::string worst_delta_name, worst_stat_name;
-        for (const ParamSpec& spec : parameter_specs(config)) {
-            Tensor& p = cpu_model.param(spec.name);
+        for (const ParamSpec &spec : parameter_specs(config)) {
+            Tensor &p = cpu_model.param(spec.name);
             if (!spec.trainable) { // running statistics, updated by the CPU forward
                 const double e = rel_error(after.param(spec.name).data, p.data);
-                if (e > worst_stat) { worst_stat = e; worst_stat_name = spec.name; }
+                if (e > worst_stat) {
+                    worst_stat = e;
+                    worst_stat_name = spec.name;
+                }
                 CHECK(e <= sc.tol);
                 continue;
             }
-            const Tensor& gr = g_ref.params.at(spec.name);
-            std::vector<double>& buf = momentum_buf[spec.name];
+            const Tensor &gr = g_ref.params.at(spec.name);
+            std::vector<double> &buf = momentum_buf[spec.name];
             buf.resize(p.data.size(), 0.0);
             Tensor delta_ref(p.shape), delta_got(p.shape);
             for (size_t i = 0; i < p.data.size(); ++i) {
@@ -555,10 +670,14 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
             deltas_ref[spec.name] = std::move(delta_ref);
             deltas_got[spec.name] = std::move(delta_got);
         }
-        for (const auto& [name, delta_ref] : deltas_ref) {
+        for (const auto &[name, delta_ref] : deltas_ref) {
             const std::string w = bn_weight_of(name);
-            const double e = grad_error(deltas_got.at(name), delta_ref, w.empty() ? 0.0 : norm(deltas_ref.at(w)));
-            if (e > worst_delta) { worst_delta = e; worst_delta_name = name; }
+            const double e =
+                grad_error(deltas_got.at(name), delta_ref, w.empty() ? 0.0 : norm(deltas_ref.at(w)));
+            if (e > worst_delta) {
+                worst_delta = e;
+                worst_delta_name = name;
+            }
             if (e > sc.tol) report(where + "update " + name, e, sc.tol);
             CHECK(e <= sc.tol);
         }
@@ -589,11 +708,12 @@ TEST_CASE("GPU training step of a tiny model matches the CPU reference (fp32)", 
     check_training_steps(tiny_config(), 2, 64, 72, sc);
 }
 
-TEST_CASE("GPU training step with dropout and stochastic depth matches the CPU reference (fp32)", "[gpu][train]") {
+TEST_CASE("GPU training step with dropout and stochastic depth matches the CPU reference (fp32)",
+          "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     ModelConfig config = tiny_config();
     config.dropout = 0.5f; // high rates, so that some units and samples are dropped
-    for (BlockConfig& b : config.blocks) b.drop_path = b.has_residual() ? 0.5f : 0.0f;
+    for (BlockConfig &b : config.blocks) b.drop_path = b.has_residual() ? 0.5f : 0.0f;
     StepCheck sc;
     sc.label = "tiny fp32 dropout+stochastic depth";
     sc.dropout = true;
@@ -601,7 +721,8 @@ TEST_CASE("GPU training step with dropout and stochastic depth matches the CPU r
     check_training_steps(config, 4, 64, 72, sc);
 }
 
-TEST_CASE("GPU training step of a tiny TF-padding ReLU6 model matches the CPU reference (fp32)", "[gpu][train]") {
+TEST_CASE("GPU training step of a tiny TF-padding ReLU6 model matches the CPU reference (fp32)",
+          "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     CustomOptions o;
     o.width = 0.25;
@@ -658,16 +779,17 @@ TEST_CASE("GPU training steps are bit-identical from the same state", "[gpu][tra
         for (int run = 0; run < 2; ++run) {
             Model m = start;
             GpuTrainer trainer(m, N, H, W, prec, opt);
-            for (int step = 0; step < 2; ++step) losses[run].push_back(trainer.step(input.ptr(), targets.data(), 0.05f));
+            for (int step = 0; step < 2; ++step)
+                losses[run].push_back(trainer.step(input.ptr(), targets.data(), 0.05f));
             grads[run] = trainer.gradients();
             trainer.download(result[run]);
         }
         INFO(train_precision_name(prec));
         CHECK(losses[0] == losses[1]);
         bool identical = true;
-        for (const auto& [name, t] : result[0].params)
+        for (const auto &[name, t] : result[0].params)
             identical &= std::memcmp(t.ptr(), result[1].param(name).ptr(), size_t(t.numel()) * 4) == 0;
-        for (const auto& [name, t] : grads[0].params)
+        for (const auto &[name, t] : grads[0].params)
             identical &= std::memcmp(t.ptr(), grads[1].params.at(name).ptr(), size_t(t.numel()) * 4) == 0;
         std::printf("[gpu] determinism %s: two runs of two steps %s\n", train_precision_name(prec),
                     identical ? "bit-identical" : "DIFFER");
