@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/args.hpp"
 #include "effnet/config.hpp"
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
@@ -48,27 +49,15 @@ struct Args {
     bool json = false;
 };
 
-const char *kUsage =
+const char* kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
     "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
     "                    [--tf32] [--json]\n"
     "Times InferenceSession::run on random device input: median images/s, latency p50/p90/p99,\n"
     "device memory. --json prints one JSON object per line.\n";
 
-// Parses an integer in [lo, hi]; throws effnet::Error naming the option otherwise.
-long long parse_int(const std::string &option, const std::string &text, long long lo, long long hi) {
-    char *end = nullptr;
-    errno = 0;
-    long long v = std::strtoll(text.c_str(), &end, 10);
-    EFFNET_CHECK(!text.empty() && end && *end == '\0' && errno == 0,
-                 option + " expects an integer, got '" + text + "'");
-    EFFNET_CHECK(v >= lo && v <= hi, option + " must be in [" + std::to_string(lo) + ", " +
-                                         std::to_string(hi) + "], got " + text);
-    return v;
-}
-
 // Returns false when --help was asked for.
-bool parse_args(int argc, char **argv, Args &a) {
+bool parse_args(int argc, char** argv, Args& a) {
     for (int i = 1; i < argc; ++i) {
         std::string opt = argv[i];
         auto value = [&]() -> std::string {
@@ -80,17 +69,17 @@ bool parse_args(int argc, char **argv, Args &a) {
         else if (opt == "--variant")
             a.variant = value();
         else if (opt == "--batch")
-            a.batch = int(parse_int(opt, value(), 1, 65536));
+            a.batch = int(effnet::examples::parse_int_option(opt.substr(2), value(), 1, 65536));
         else if (opt == "--resolution")
-            a.resolution = int(parse_int(opt, value(), 32, 4096));
+            a.resolution = int(effnet::examples::parse_int_option(opt.substr(2), value(), 32, 4096));
         else if (opt == "--precision")
             a.precision = value();
         else if (opt == "--iters")
-            a.iters = int(parse_int(opt, value(), 1, 1000000));
+            a.iters = int(effnet::examples::parse_int_option(opt.substr(2), value(), 1, 1000000));
         else if (opt == "--warmup")
-            a.warmup = int(parse_int(opt, value(), 0, 1000000));
+            a.warmup = int(effnet::examples::parse_int_option(opt.substr(2), value(), 0, 1000000));
         else if (opt == "--seed")
-            a.seed = uint64_t(parse_int(opt, value(), 0, INT64_MAX));
+            a.seed = uint64_t(effnet::examples::parse_int_option(opt.substr(2), value(), 0, INT64_MAX));
         else if (opt == "--unfused")
             a.fused = false;
         else if (opt == "--fused")
@@ -109,21 +98,21 @@ bool parse_args(int argc, char **argv, Args &a) {
 
 #ifdef EFFNET_WITH_CUDA
 
-void cuda_check(cudaError_t status, const char *what) {
+void cuda_check(cudaError_t status, const char* what) {
     if (status != cudaSuccess) throw effnet::Error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 #define CUDA_CHECK(call) cuda_check((call), #call)
 
 // Owns one device allocation.
 struct DeviceBuffer {
-    void *ptr = nullptr;
+    void* ptr = nullptr;
     explicit DeviceBuffer(size_t bytes) { CUDA_CHECK(cudaMalloc(&ptr, bytes)); }
     ~DeviceBuffer() {
         if (ptr) cudaFree(ptr);
     }
-    DeviceBuffer(const DeviceBuffer &) = delete;
-    DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-    float *f() const { return static_cast<float *>(ptr); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    float* f() const { return static_cast<float*>(ptr); }
 };
 
 struct Event {
@@ -132,18 +121,18 @@ struct Event {
     ~Event() {
         if (e) cudaEventDestroy(e);
     }
-    Event(const Event &) = delete;
-    Event &operator=(const Event &) = delete;
+    Event(const Event&) = delete;
+    Event& operator=(const Event&) = delete;
 };
 
 // Nearest-rank percentile of sorted values, p in [0, 100].
-double percentile(const std::vector<double> &sorted, double p) {
+double percentile(const std::vector<double>& sorted, double p) {
     size_t rank = size_t(std::ceil(p / 100.0 * double(sorted.size())));
     rank = std::min(std::max<size_t>(rank, 1), sorted.size());
     return sorted[rank - 1];
 }
 
-std::string json_escape(const std::string &s) {
+std::string json_escape(const std::string& s) {
     std::string out;
     for (char c : s) {
         if (c == '"' || c == '\\') {
@@ -157,7 +146,7 @@ std::string json_escape(const std::string &s) {
     return out;
 }
 
-int run_benchmark(const Args &a) {
+int run_benchmark(const Args& a) {
     if (!effnet::cuda_available()) throw effnet::Error("no usable GPU: " + effnet::cuda_device_description());
     effnet::ModelConfig config = effnet::preset(a.variant);
     const int res = a.resolution > 0 ? a.resolution : config.resolution;
@@ -184,7 +173,7 @@ int run_benchmark(const Args &a) {
     std::vector<float> host_in(in_count);
     std::mt19937_64 rng(a.seed + 1);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (float &v : host_in) v = normal(rng);
+    for (float& v : host_in) v = normal(rng);
     DeviceBuffer d_in(in_count * sizeof(float));
     DeviceBuffer d_out(out_count * sizeof(float));
     CUDA_CHECK(cudaMemcpy(d_in.ptr, host_in.data(), in_count * sizeof(float), cudaMemcpyHostToDevice));
@@ -277,7 +266,7 @@ int run_benchmark(const Args &a) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         Args args;
         if (!parse_args(argc, argv, args)) {
@@ -295,7 +284,7 @@ int main(int argc, char **argv) {
         std::fprintf(stderr, "error: built without CUDA\n");
         return 1;
 #endif
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

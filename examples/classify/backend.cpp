@@ -13,10 +13,10 @@ namespace {
 
 class CpuBackend : public Backend {
 public:
-    CpuBackend(effnet::Model &model, int size)
+    CpuBackend(effnet::Model& model, int size)
         : network_(model), size_(size), classes_(model.config.num_classes) {}
 
-    void run(const float *input, int n, float *logits) override {
+    void run(const float* input, int n, float* logits) override {
         effnet::Tensor x({n, 3, size_, size_});
         std::memcpy(x.ptr(), input, sizeof(float) * size_t(x.numel()));
         const effnet::Tensor out = network_.forward(x).logits; // [n, classes]
@@ -34,12 +34,12 @@ private:
 
 class CudaBackend : public Backend {
 public:
-    CudaBackend(const effnet::Model &model, int batch, int size, effnet::Precision precision)
+    CudaBackend(const effnet::Model& model, int batch, int size, effnet::Precision precision)
         : session_(model, batch, size, size, precision), batch_(batch), size_(size),
           classes_(model.config.num_classes), padded_input_(size_t(batch) * 3 * size * size, 0.0f),
           padded_logits_(size_t(batch) * classes_) {}
 
-    void run(const float *input, int n, float *logits) override {
+    void run(const float* input, int n, float* logits) override {
         EFFNET_CHECK(n >= 1 && n <= batch_, "CUDA backend: batch of " + std::to_string(n) +
                                                 " images exceeds the session's " + std::to_string(batch_));
         if (n == batch_) {
@@ -67,11 +67,11 @@ private:
 
 } // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(effnet::Model &model, int size) {
+std::unique_ptr<Backend> make_cpu_backend(effnet::Model& model, int size) {
     return std::make_unique<CpuBackend>(model, size);
 }
 
-std::unique_ptr<Backend> make_cuda_backend(const effnet::Model &model, int batch, int size,
+std::unique_ptr<Backend> make_cuda_backend(const effnet::Model& model, int batch, int size,
                                            effnet::Precision precision) {
     EFFNET_CHECK(effnet::cuda_available(), "no usable CUDA device: " + effnet::cuda_device_description());
     return std::make_unique<CudaBackend>(model, batch, size, precision);

@@ -13,13 +13,13 @@ class Backend {
 public:
     virtual ~Backend() = default;
     // input [n, 3, size, size] (n <= batch) -> logits [n, num_classes]
-    virtual void run(const float *input, int n, float *logits) = 0;
+    virtual void run(const float* input, int n, float* logits) = 0;
     virtual std::string description() const = 0;
 };
 
-std::unique_ptr<Backend> make_cpu_backend(effnet::Model &model, int size);
+std::unique_ptr<Backend> make_cpu_backend(effnet::Model& model, int size);
 // Throws effnet::Error when CUDA is unavailable or the session cannot be built.
-std::unique_ptr<Backend> make_cuda_backend(const effnet::Model &model, int batch, int size,
+std::unique_ptr<Backend> make_cuda_backend(const effnet::Model& model, int batch, int size,
                                            effnet::Precision precision);
 
 } // namespace classify

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend.hpp"
+#include "common/args.hpp"
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
 #include "effnet/inference.hpp"
@@ -35,7 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-const char *kUsage = "usage: effnet-classify --weights W.safetensors [options] PATH...\n"
+const char* kUsage = "usage: effnet-classify --weights W.safetensors [options] PATH...\n"
                      "  PATH                 an image file, or a directory searched recursively for\n"
                      "                       .jpg .jpeg .png .bmp .tga files (sorted)\n"
                      "  --weights FILE       safetensors weights (see weights/README.md)\n"
@@ -73,18 +74,15 @@ struct Options {
     bool preprocess_only = false;
 };
 
-int parse_int(const std::string &flag, const std::string &v, int lo, int hi) {
+int parse_int(const std::string& flag, const std::string& v, int lo, int hi) {
     try {
-        size_t used = 0;
-        const long n = std::stol(v, &used);
-        if (used == v.size() && n >= lo && n <= hi) return int(n);
-    } catch (const std::exception &) {
+        return int(effnet::examples::parse_int_option(flag.substr(2), v, lo, hi));
+    } catch (const effnet::Error& e) {
+        throw UsageError(e.what()); // usage errors exit with status 2
     }
-    throw UsageError(flag + " expects an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                     "], got '" + v + "'");
 }
 
-std::array<float, 3> parse_triple(const std::string &flag, const std::string &v) {
+std::array<float, 3> parse_triple(const std::string& flag, const std::string& v) {
     std::array<float, 3> out{};
     std::stringstream ss(v);
     std::string item;
@@ -95,7 +93,7 @@ std::array<float, 3> parse_triple(const std::string &flag, const std::string &v)
             size_t used = 0;
             out[n] = std::stof(item, &used);
             if (used != item.size() || !std::isfinite(out[n])) throw std::invalid_argument(item);
-        } catch (const std::exception &) {
+        } catch (const std::exception&) {
             throw UsageError(flag + " expects three comma-separated numbers, got '" + v + "'");
         }
         ++n;
@@ -104,9 +102,9 @@ std::array<float, 3> parse_triple(const std::string &flag, const std::string &v)
     return out;
 }
 
-Options parse_args(int argc, char **argv) {
+Options parse_args(int argc, char** argv) {
     Options o;
-    auto value = [&](int &i) -> std::string {
+    auto value = [&](int& i) -> std::string {
         if (i + 1 >= argc) throw UsageError(std::string(argv[i]) + " needs a value");
         return argv[++i];
     };
@@ -136,7 +134,7 @@ Options parse_args(int argc, char **argv) {
             o.precision = value(i);
             try {
                 effnet::parse_precision(o.precision);
-            } catch (const effnet::Error &e) {
+            } catch (const effnet::Error& e) {
                 throw UsageError(e.what());
             }
         } else if (a == "--json") {
@@ -180,9 +178,9 @@ struct InputList {
 
 // Files given by name are taken whatever their extension (decoding decides); directories
 // contribute their image files, sorted, recursively.
-InputList collect_inputs(const std::vector<std::string> &paths) {
+InputList collect_inputs(const std::vector<std::string>& paths) {
     InputList list;
-    for (const std::string &p : paths) {
+    for (const std::string& p : paths) {
         std::error_code ec;
         const fs::file_status st = fs::status(p, ec);
         if (ec || !fs::exists(st)) {
@@ -212,7 +210,7 @@ InputList collect_inputs(const std::vector<std::string> &paths) {
     return list;
 }
 
-std::vector<std::string> read_labels(const std::string &path) {
+std::vector<std::string> read_labels(const std::string& path) {
     std::ifstream f(path);
     if (!f) throw effnet::Error(path + ": cannot open the labels file");
     std::vector<std::string> labels;
@@ -224,7 +222,7 @@ std::vector<std::string> read_labels(const std::string &path) {
     return labels;
 }
 
-std::vector<std::string> choose_labels(const Options &o, int num_classes) {
+std::vector<std::string> choose_labels(const Options& o, int num_classes) {
     if (!o.labels.empty()) {
         std::vector<std::string> labels = read_labels(o.labels);
         if (int(labels.size()) != num_classes)
@@ -249,7 +247,7 @@ struct Prediction {
 };
 
 // Softmax in double (subtracting the max), then the k most probable, best first.
-std::vector<Prediction> top_k(const float *logits, int classes, int k) {
+std::vector<Prediction> top_k(const float* logits, int classes, int k) {
     double max_logit = logits[0];
     for (int i = 1; i < classes; ++i) max_logit = std::max(max_logit, double(logits[i]));
     std::vector<double> p(classes);
@@ -258,7 +256,7 @@ std::vector<Prediction> top_k(const float *logits, int classes, int k) {
     std::vector<Prediction> all(classes);
     for (int i = 0; i < classes; ++i) all[i] = {i, p[i] / total};
     k = std::min(k, classes);
-    std::partial_sort(all.begin(), all.begin() + k, all.end(), [](const Prediction &a, const Prediction &b) {
+    std::partial_sort(all.begin(), all.begin() + k, all.end(), [](const Prediction& a, const Prediction& b) {
         return a.probability > b.probability || (a.probability == b.probability && a.index < b.index);
     });
     all.resize(k);
@@ -296,7 +294,7 @@ double seconds(Clock::duration d) {
     return std::chrono::duration<double>(d).count();
 }
 
-int run(const Options &o) {
+int run(const Options& o) {
     const auto t_start = Clock::now();
 
     // Model and preprocessing (the weights' metadata, then command-line overrides).
@@ -325,7 +323,7 @@ int run(const Options &o) {
         if (use_cuda) {
             try {
                 backend = classify::make_cuda_backend(model, o.batch, size, precision);
-            } catch (const effnet::Error &e) {
+            } catch (const effnet::Error& e) {
                 if (o.device == "cuda") throw;
                 std::fprintf(stderr, "warning: CUDA unusable (%s); running on the CPU\n", e.what());
                 use_cuda = false;
@@ -342,9 +340,9 @@ int run(const Options &o) {
     }
 
     InputList inputs = collect_inputs(o.paths);
-    for (const std::string &e : inputs.errors) std::fprintf(stderr, "error: %s\n", e.c_str());
+    for (const std::string& e : inputs.errors) std::fprintf(stderr, "error: %s\n", e.c_str());
     std::vector<std::string> errors = inputs.errors;
-    const std::vector<std::string> &files = inputs.files;
+    const std::vector<std::string>& files = inputs.files;
     if (files.empty() && errors.empty()) {
         std::fprintf(stderr, "error: no image files found in the given paths\n");
         return 1;
@@ -373,7 +371,7 @@ int run(const Options &o) {
                 image = effnet::load_image(files[first + i]); // errors name the file
                 pixels[i].resize(image_floats);
                 effnet::preprocess_image(image, pre, pixels[i].data());
-            } catch (const std::exception &e) {
+            } catch (const std::exception& e) {
                 failure[i] = image.width ? files[first + i] + ": " + e.what() : e.what();
             }
         }
@@ -422,22 +420,22 @@ int run(const Options &o) {
                              {"mean", {pre.mean[0], pre.mean[1], pre.mean[2]}},
                              {"std", {pre.std[0], pre.std[1], pre.std[2]}}};
         nlohmann::json items = nlohmann::json::array();
-        for (const Result &r : results) {
+        for (const Result& r : results) {
             nlohmann::json top = nlohmann::json::array();
-            for (const Prediction &p : r.top)
+            for (const Prediction& p : r.top)
                 top.push_back(
                     {{"class", p.index}, {"label", labels[p.index]}, {"probability", p.probability}});
             items.push_back({{"path", r.path}, {"top", top}});
         }
         doc["results"] = items;
         nlohmann::json errs = nlohmann::json::array();
-        for (const std::string &e : errors) errs.push_back(e);
+        for (const std::string& e : errors) errs.push_back(e);
         doc["errors"] = errs;
         doc["timing"] = {{"images", done},     {"failed", errors.size()}, {"decode_preprocess_s", prep_s},
                          {"model_s", model_s}, {"total_s", total_s},      {"images_per_s", images_per_s}};
         std::printf("%s\n", doc.dump(2).c_str());
     } else if (backend) {
-        for (const Result &r : results) {
+        for (const Result& r : results) {
             std::printf("%s\n", r.path.c_str());
             for (size_t k = 0; k < r.top.size(); ++k)
                 std::printf("  %zu. %6.2f%%  %4d  %s\n", k + 1, 100.0 * r.top[k].probability, r.top[k].index,
@@ -457,13 +455,13 @@ int run(const Options &o) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         return run(parse_args(argc, argv));
-    } catch (const UsageError &e) {
+    } catch (const UsageError& e) {
         std::fprintf(stderr, "error: %s\n%s", e.what(), kUsage);
         return 2;
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -7,7 +7,7 @@
 
 namespace classify {
 
-void write_npy_f32(const std::string &path, const std::vector<int64_t> &shape, const float *data) {
+void write_npy_f32(const std::string& path, const std::vector<int64_t>& shape, const float* data) {
     std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
     int64_t count = 1;
     for (int64_t d : shape) {
@@ -21,7 +21,7 @@ void write_npy_f32(const std::string &path, const std::vector<int64_t> &shape, c
     dict.append((64 - total % 64) % 64, ' ');
     dict += '\n';
 
-    std::unique_ptr<std::FILE, int (*)(std::FILE *)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
     if (!f) throw effnet::Error(path + ": cannot open for writing");
     const unsigned char preamble[10] = {0x93,
                                         'N',

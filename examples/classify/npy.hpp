@@ -8,6 +8,6 @@
 namespace classify {
 
 // Throws effnet::Error naming the file on I/O failure.
-void write_npy_f32(const std::string &path, const std::vector<int64_t> &shape, const float *data);
+void write_npy_f32(const std::string& path, const std::vector<int64_t>& shape, const float* data);
 
 } // namespace classify

@@ -4,6 +4,7 @@
 // repeated options and stray positional arguments throw effnet::Error with a message that
 // names the option, which the program prints as "error: ...".
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -11,6 +12,41 @@
 #include "effnet/error.hpp"
 
 namespace effnet::examples {
+
+// Strict parsers for option values, shared by the programs: the whole text must be a number
+// (an integer for parse_int_option) within [lo, hi]; the error names the option, e.g.
+// "option '--batch' expects an integer in [1, 65536], got 'x'".
+inline long long parse_int_option(const std::string& name, const std::string& text,
+                                  long long lo = std::numeric_limits<long long>::min(),
+                                  long long hi = std::numeric_limits<long long>::max()) {
+    size_t used = 0;
+    long long n = 0;
+    try {
+        n = std::stoll(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    const std::string range =
+        lo == std::numeric_limits<long long>::min() && hi == std::numeric_limits<long long>::max()
+            ? ""
+            : " in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    EFFNET_CHECK(used == text.size() && used > 0 && n >= lo && n <= hi,
+                 "option '--" + name + "' expects an integer" + range + ", got '" + text + "'");
+    return n;
+}
+
+inline double parse_double_option(const std::string& name, const std::string& text) {
+    size_t used = 0;
+    double d = 0;
+    try {
+        d = std::stod(text, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    EFFNET_CHECK(used == text.size() && used > 0 && std::isfinite(d),
+                 "option '--" + name + "' expects a number, got '" + text + "'");
+    return d;
+}
 
 struct OptionSpec {
     std::string name; // without the leading "--"
@@ -20,7 +56,7 @@ struct OptionSpec {
 
 class Args {
 public:
-    Args(int argc, char **argv, std::vector<OptionSpec> specs) : specs_(std::move(specs)) {
+    Args(int argc, char** argv, std::vector<OptionSpec> specs) : specs_(std::move(specs)) {
         for (int i = 1; i < argc; ++i) {
             std::string arg = argv[i];
             EFFNET_CHECK(arg.size() > 2 && arg.compare(0, 2, "--") == 0,
@@ -33,7 +69,7 @@ public:
                 name = name.substr(0, eq);
                 inline_value = true;
             }
-            const OptionSpec *spec = find(name);
+            const OptionSpec* spec = find(name);
             EFFNET_CHECK(spec, "unknown option '--" + name + "' (see --help)");
             EFFNET_CHECK(!values_.count(name), "option '--" + name + "' given twice");
             if (spec->takes_value) {
@@ -49,52 +85,30 @@ public:
         }
     }
 
-    bool has(const std::string &name) const { return values_.count(name) != 0; }
+    bool has(const std::string& name) const { return values_.count(name) != 0; }
 
-    std::string get(const std::string &name, const std::string &fallback = "") const {
+    std::string get(const std::string& name, const std::string& fallback = "") const {
         auto it = values_.find(name);
         return it == values_.end() ? fallback : it->second;
     }
 
-    std::string require(const std::string &name) const {
+    std::string require(const std::string& name) const {
         EFFNET_CHECK(has(name), "missing required option '--" + name + "' (see --help)");
         return get(name);
     }
 
-    double get_double(const std::string &name, double fallback) const {
-        if (!has(name)) return fallback;
-        const std::string v = get(name);
-        size_t used = 0;
-        double d = 0;
-        try {
-            d = std::stod(v, &used);
-        } catch (const std::exception &) {
-            used = 0;
-        }
-        EFFNET_CHECK(used == v.size() && used > 0 && std::isfinite(d),
-                     "option '--" + name + "' expects a number, got '" + v + "'");
-        return d;
+    double get_double(const std::string& name, double fallback) const {
+        return has(name) ? parse_double_option(name, get(name)) : fallback;
     }
 
-    long get_int(const std::string &name, long fallback) const {
-        if (!has(name)) return fallback;
-        const std::string v = get(name);
-        size_t used = 0;
-        long n = 0;
-        try {
-            n = std::stol(v, &used);
-        } catch (const std::exception &) {
-            used = 0;
-        }
-        EFFNET_CHECK(used == v.size() && used > 0,
-                     "option '--" + name + "' expects an integer, got '" + v + "'");
-        return n;
+    long get_int(const std::string& name, long fallback) const {
+        return has(name) ? long(parse_int_option(name, get(name))) : fallback;
     }
 
     // "  --name VALUE   help" lines for --help.
     std::string usage() const {
         std::string s;
-        for (const OptionSpec &o : specs_) {
+        for (const OptionSpec& o : specs_) {
             std::string left = "  --" + o.name + (o.takes_value ? " VALUE" : "");
             if (left.size() < 26) left.resize(26, ' ');
             s += left + " " + o.help + "\n";
@@ -103,8 +117,8 @@ public:
     }
 
 private:
-    const OptionSpec *find(const std::string &name) const {
-        for (const OptionSpec &o : specs_)
+    const OptionSpec* find(const std::string& name) const {
+        for (const OptionSpec& o : specs_)
             if (o.name == name) return &o;
         return nullptr;
     }

@@ -21,7 +21,7 @@ int main() {
         std::printf("consumer: B0 (%lld parameters) gave %lld finite logits\n",
                     (long long)effnet::parameter_count(model.config), (long long)logits.numel());
         return 0;
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -20,7 +20,7 @@ using namespace effnet;
 
 namespace {
 
-const char *kUsage =
+const char* kUsage =
     "usage: effnet-run --weights W.safetensors --input IN.safetensors --output OUT.safetensors\n"
     "                  [--device cpu|cuda] [--precision fp32|fp16|bf16]\n"
     "                  [--train --target T.safetensors] [--preset NAME] [--padding P] [--bn-eps E]\n"
@@ -49,22 +49,22 @@ std::vector<examples::OptionSpec> option_specs() {
     };
 }
 
-bool file_exists(const std::string &path) {
+bool file_exists(const std::string& path) {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string require_file(const examples::Args &args, const std::string &option) {
+std::string require_file(const examples::Args& args, const std::string& option) {
     const std::string path = args.require(option);
     EFFNET_CHECK(file_exists(path), "--" + option + " '" + path + "': no such file");
     return path;
 }
 
 // Tensor 'input' of the file: F32 or F64, [N, C, H, W] with C the model's input channels.
-Tensor read_input(const std::string &path, int channels) {
+Tensor read_input(const std::string& path, int channels) {
     const SafetensorsFile f = SafetensorsFile::open(path);
     EFFNET_CHECK(f.contains("input"), "--input '" + path + "' holds no tensor named 'input'");
-    const TensorInfo &info = f.info("input");
+    const TensorInfo& info = f.info("input");
     EFFNET_CHECK(info.dtype == DType::F32 || info.dtype == DType::F64,
                  "--input '" + path + "': tensor 'input' is " + dtype_name(info.dtype) +
                      ", expected F32 or F64");
@@ -80,10 +80,10 @@ Tensor read_input(const std::string &path, int channels) {
     return t;
 }
 
-std::vector<int64_t> read_target(const std::string &path, int64_t batch, int classes) {
+std::vector<int64_t> read_target(const std::string& path, int64_t batch, int classes) {
     const SafetensorsFile f = SafetensorsFile::open(path);
     EFFNET_CHECK(f.contains("target"), "--target '" + path + "' holds no tensor named 'target'");
-    const TensorInfo &info = f.info("target");
+    const TensorInfo& info = f.info("target");
     EFFNET_CHECK(info.dtype == DType::I64,
                  "--target '" + path + "': tensor 'target' is " + dtype_name(info.dtype) + ", expected I64");
     EFFNET_CHECK(info.shape == Shape{batch}, "--target '" + path + "': tensor 'target' has shape " +
@@ -96,7 +96,7 @@ std::vector<int64_t> read_target(const std::string &path, int64_t batch, int cla
     return target;
 }
 
-Tensor run_cuda(const Model &model, const Tensor &input, const std::string &precision_text) {
+Tensor run_cuda(const Model& model, const Tensor& input, const std::string& precision_text) {
     const Precision precision = parse_precision(precision_text);
     EFFNET_CHECK(cuda_available(),
                  "--device cuda: CUDA is not available (" + cuda_device_description() + ")");
@@ -114,7 +114,7 @@ Tensor run_cuda(const Model &model, const Tensor &input, const std::string &prec
 #endif
 }
 
-int run(int argc, char **argv) {
+int run(int argc, char** argv) {
     const examples::Args args(argc, argv, option_specs());
     if (args.has("help")) {
         std::printf("%s%s", kUsage, args.usage().c_str());
@@ -128,7 +128,7 @@ int run(int argc, char **argv) {
     const std::string precision = args.get("precision", "fp32");
     try {
         parse_precision(precision);
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         throw Error(std::string("--precision: ") + e.what());
     }
     const bool train = args.has("train");
@@ -144,7 +144,7 @@ int run(int argc, char **argv) {
     try {
         if (args.has("padding")) options.padding = parse_padding(args.get("padding"));
         if (args.has("activation")) options.activation = parse_activation(args.get("activation"));
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         throw Error(std::string(args.has("padding") && !options.padding ? "--padding: " : "--activation: ") +
                     e.what());
     }
@@ -175,7 +175,7 @@ int run(int argc, char **argv) {
             const cpu::Gradients g = net.backward(dlogits);
             out.add("loss", Tensor({1}, float(loss)));
             out.add("grad.input", g.input);
-            for (const auto &[name, grad] : g.params) out.add("grad." + model.source_names.at(name), grad);
+            for (const auto& [name, grad] : g.params) out.add("grad." + model.source_names.at(name), grad);
         }
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -191,10 +191,10 @@ int run(int argc, char **argv) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         return run(argc, argv);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -12,7 +12,7 @@
 namespace effnet::examples {
 namespace {
 
-const char *kHeader =
+const char* kHeader =
     "kind,epoch,step,lr,loss,accuracy,images_per_s,val_loss,val_top1,val_top5,skipped_images";
 
 std::string num(double v) {
@@ -22,11 +22,11 @@ std::string num(double v) {
     return buf;
 }
 
-double parse_num(const std::string &s) {
+double parse_num(const std::string& s) {
     return s.empty() ? NAN : std::stod(s);
 }
 
-std::vector<std::string> split(const std::string &line) {
+std::vector<std::string> split(const std::string& line) {
     std::vector<std::string> out;
     std::stringstream ss(line);
     std::string cell;
@@ -37,7 +37,7 @@ std::vector<std::string> split(const std::string &line) {
 
 } // namespace
 
-History::History(const std::string &path, bool resume, int64_t resume_step, int64_t resume_epoch)
+History::History(const std::string& path, bool resume, int64_t resume_step, int64_t resume_epoch)
     : path_(path) {
     if (path.empty()) return;
     if (resume) {
@@ -64,7 +64,7 @@ History::History(const std::string &path, bool resume, int64_t resume_step, int6
                     r.val_top1 = parse_num(cells[8]);
                     r.val_top5 = parse_num(cells[9]);
                     r.skipped_images = std::stoll(cells[10]);
-                } catch (const std::exception &) {
+                } catch (const std::exception&) {
                     throw Error("log '" + path + "' line " + std::to_string(line_no) + " is not a valid row");
                 }
                 // Keep what the checkpoint has seen: steps up to it, epochs it completed.
@@ -76,7 +76,7 @@ History::History(const std::string &path, bool resume, int64_t resume_step, int6
     file_ = std::fopen(path.c_str(), "w");
     EFFNET_CHECK(file_, "cannot write the log '" + path + "'");
     std::fprintf(file_, "%s\n", kHeader);
-    for (const LogRow &r : rows_) write_row(r);
+    for (const LogRow& r : rows_) write_row(r);
     std::fflush(file_);
 }
 
@@ -84,23 +84,23 @@ History::~History() {
     if (file_) std::fclose(file_);
 }
 
-void History::write_row(const LogRow &r) {
+void History::write_row(const LogRow& r) {
     std::fprintf(file_, "%s,%lld,%lld,%s,%s,%s,%s,%s,%s,%s,%lld\n", r.kind.c_str(), (long long)r.epoch,
                  (long long)r.step, num(r.lr).c_str(), num(r.loss).c_str(), num(r.accuracy).c_str(),
                  num(r.images_per_s).c_str(), num(r.val_loss).c_str(), num(r.val_top1).c_str(),
                  num(r.val_top5).c_str(), (long long)r.skipped_images);
 }
 
-void History::add(const LogRow &row) {
+void History::add(const LogRow& row) {
     rows_.push_back(row);
     if (!file_) return;
     write_row(row);
     std::fflush(file_); // a killed run leaves every finished row on disk
 }
 
-void History::plot(const std::string &png_path) const {
+void History::plot(const std::string& png_path) const {
     train::PlotSeries step_loss, epoch_loss, val_loss, epoch_acc, val_top1, val_top5;
-    auto style = [](train::PlotSeries &s, uint8_t r, uint8_t g, uint8_t b, const char *label) {
+    auto style = [](train::PlotSeries& s, uint8_t r, uint8_t g, uint8_t b, const char* label) {
         s.rgb[0] = r, s.rgb[1] = g, s.rgb[2] = b;
         s.label = label;
     };
@@ -110,7 +110,7 @@ void History::plot(const std::string &png_path) const {
     style(epoch_acc, 20, 60, 200, "train top-1 (epoch)");
     style(val_top1, 220, 30, 30, "val top-1");
     style(val_top5, 240, 150, 20, "val top-5");
-    for (const LogRow &r : rows_) {
+    for (const LogRow& r : rows_) {
         const double x = double(r.step);
         if (r.kind == "step") {
             step_loss.x.push_back(x), step_loss.y.push_back(r.loss);

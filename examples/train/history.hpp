@@ -22,19 +22,19 @@ struct LogRow {
 class History {
 public:
     // path may be empty (no CSV). With resume, existing rows up to (step, epoch) are kept.
-    History(const std::string &path, bool resume, int64_t resume_step, int64_t resume_epoch);
+    History(const std::string& path, bool resume, int64_t resume_step, int64_t resume_epoch);
     ~History();
-    History(const History &) = delete;
-    History &operator=(const History &) = delete;
+    History(const History&) = delete;
+    History& operator=(const History&) = delete;
 
-    void add(const LogRow &row);
-    void plot(const std::string &png_path) const;
-    const std::vector<LogRow> &rows() const { return rows_; }
+    void add(const LogRow& row);
+    void plot(const std::string& png_path) const;
+    const std::vector<LogRow>& rows() const { return rows_; }
 
 private:
-    void write_row(const LogRow &row);
+    void write_row(const LogRow& row);
     std::string path_;
-    std::FILE *file_ = nullptr;
+    std::FILE* file_ = nullptr;
     std::vector<LogRow> rows_;
 };
 

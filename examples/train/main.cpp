@@ -74,7 +74,7 @@ public:
             std::fprintf(stderr, "%s\n", line);
         }
     }
-    void message(const std::string &text) { // a line of its own, below the bar
+    void message(const std::string& text) { // a line of its own, below the bar
         finish();
         std::fprintf(stderr, "%s\n", text.c_str());
     }
@@ -90,13 +90,13 @@ private:
 };
 
 // torchvision's Linear init for the classifier: U(-1/sqrt(out), 1/sqrt(out)), bias 0.
-void replace_classifier(Model &model, int classes, uint64_t seed) {
+void replace_classifier(Model& model, int classes, uint64_t seed) {
     model.config.num_classes = classes;
     const int64_t in = model.config.head_channels;
     Tensor w({classes, in}), b({classes});
     Rng rng(mix_seed(seed, 0x636c617373ull /* "class" */));
     const double bound = 1.0 / std::sqrt(double(classes));
-    for (float &x : w.data) x = float(rng.uniform(-bound, bound));
+    for (float& x : w.data) x = float(rng.uniform(-bound, bound));
     model.params["classifier.weight"] = std::move(w);
     model.params["classifier.bias"] = std::move(b);
 }
@@ -104,8 +104,8 @@ void replace_classifier(Model &model, int classes, uint64_t seed) {
 // Trains at `resolution`: record it as the model's input size and preprocessing, so that the
 // exported weights tell effnet-classify how to prepare images.
 // The weights' resize/crop ratio is kept (torchvision's B3: 320/300; 256/224 by default).
-void set_resolution(Model &model, int resolution) {
-    Preprocess &p = model.config.preprocess;
+void set_resolution(Model& model, int resolution) {
+    Preprocess& p = model.config.preprocess;
     const double ratio = p.crop > 0 && p.resize >= p.crop ? double(p.resize) / double(p.crop) : 256.0 / 224.0;
     model.config.resolution = resolution;
     if (p.crop != resolution) {
@@ -114,7 +114,7 @@ void set_resolution(Model &model, int resolution) {
     }
 }
 
-Model build_model(const TrainArgs &a, int classes) {
+Model build_model(const TrainArgs& a, int classes) {
     Model model;
     if (!a.weights.empty()) {
         model = load_weights(a.weights);
@@ -138,7 +138,7 @@ struct EpochStats { // accumulated over one epoch's steps; checkpointed for an e
     int64_t correct = 0, count = 0, steps = 0;
 };
 
-int run(int argc, char **argv) {
+int run(int argc, char** argv) {
     TrainArgs a;
     std::map<std::string, std::string> given;
     if (!examples::parse_train_args(argc, argv, a, given)) return 0;
@@ -159,7 +159,7 @@ int run(int argc, char **argv) {
     if (a.resume) {
         EFFNET_CHECK(fs::exists(ck_path), "--resume: no checkpoint at '" + ck_path + "'");
         ck = load_checkpoint(ck_path);
-        auto meta = [&](const std::string &key) {
+        auto meta = [&](const std::string& key) {
             auto it = ck.state.metadata.find(key);
             EFFNET_CHECK(it != ck.state.metadata.end(),
                          "checkpoint '" + ck_path + "' lacks metadata '" + key + "'");
@@ -168,7 +168,7 @@ int run(int argc, char **argv) {
         std::map<std::string, std::string> stored;
         try {
             stored = nlohmann::json::parse(meta("run_options")).get<std::map<std::string, std::string>>();
-        } catch (const nlohmann::json::exception &e) {
+        } catch (const nlohmann::json::exception& e) {
             throw Error("checkpoint '" + ck_path + "': run_options metadata is invalid: " + e.what());
         }
         examples::merge_resumed_options(a, given, stored);
@@ -238,14 +238,14 @@ int run(int argc, char **argv) {
         EFFNET_CHECK(state.batch_in_epoch <= steps_per_epoch,
                      "checkpoint batch " + std::to_string(state.batch_in_epoch) + " is past the epoch's " +
                          std::to_string(steps_per_epoch) + " batches (did the data change?)");
-        const auto &m = state.metadata;
+        const auto& m = state.metadata;
         try {
             epoch_stats.loss_sum = std::strtod(m.at("epoch_loss_sum").c_str(), nullptr);
             epoch_stats.correct = std::stoll(m.at("epoch_correct"));
             epoch_stats.count = std::stoll(m.at("epoch_count"));
             epoch_stats.steps = std::stoll(m.at("epoch_steps"));
             skipped_images = std::stoll(m.at("skipped_images"));
-        } catch (const std::exception &) {
+        } catch (const std::exception&) {
             throw Error("checkpoint '" + ck_path + "' lacks the epoch statistics metadata");
         }
     }
@@ -280,7 +280,7 @@ int run(int argc, char **argv) {
             fs::path labels = a.export_path;
             labels.replace_extension(".labels.txt");
             std::ofstream out(labels);
-            for (const auto &c : train_set.classes) out << c << "\n";
+            for (const auto& c : train_set.classes) out << c << "\n";
             EFFNET_CHECK(out.good(), "cannot write the labels file '" + labels.string() + "'");
             std::fprintf(stderr, "exported %s (classify with: effnet-classify --weights %s --labels %s)\n",
                          a.export_path.c_str(), a.export_path.c_str(), labels.string().c_str());
@@ -318,7 +318,7 @@ int run(int argc, char **argv) {
             Batch batch = loader.next();
             ++batch_index;
             skipped_images += batch.skipped;
-            for (const std::string &e : batch.errors)
+            for (const std::string& e : batch.errors)
                 if (reported_bad.insert(e).second)
                     progress.message("warning: skipping unreadable image: " + e);
             if (batch.labels.empty()) continue; // every image of the batch was unreadable
@@ -372,7 +372,7 @@ int run(int argc, char **argv) {
             while (val_loader->has_next()) {
                 Batch vb = val_loader->next();
                 skipped_images += vb.skipped;
-                for (const std::string &e : vb.errors)
+                for (const std::string& e : vb.errors)
                     if (reported_bad.insert(e).second)
                         progress.message("warning: skipping unreadable image: " + e);
                 if (vb.labels.empty()) continue;
@@ -404,10 +404,10 @@ int run(int argc, char **argv) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         return run(argc, argv);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fflush(stdout);
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

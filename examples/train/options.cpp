@@ -15,7 +15,7 @@
 namespace effnet::examples {
 namespace {
 
-const char *kUsage =
+const char* kUsage =
     "usage: effnet-train --data DIR [options]\n"
     "Fine-tunes or trains an EfficientNet on a folder of images (DIR/<class>/<image>) on the CPU.\n\n";
 
@@ -67,41 +67,16 @@ std::string fmt(double v) {
     return buf;
 }
 
-double parse_double(const std::string &name, const std::string &v) {
-    size_t used = 0;
-    double d = 0;
-    try {
-        d = std::stod(v, &used);
-    } catch (const std::exception &) {
-        used = 0;
-    }
-    EFFNET_CHECK(used == v.size() && used > 0 && std::isfinite(d),
-                 "option '--" + name + "' expects a number, got '" + v + "'");
-    return d;
-}
-
-long long parse_int(const std::string &name, const std::string &v) {
-    size_t used = 0;
-    long long n = 0;
-    try {
-        n = std::stoll(v, &used);
-    } catch (const std::exception &) {
-        used = 0;
-    }
-    EFFNET_CHECK(used == v.size() && used > 0, "option '--" + name + "' expects an integer, got '" + v + "'");
-    return n;
-}
-
-int parse_ranged_int(const std::string &name, const std::string &v, long long lo, long long hi) {
-    const long long n = parse_int(name, v);
+int parse_ranged_int(const std::string& name, const std::string& v, long long lo, long long hi) {
+    const long long n = parse_int_option(name, v);
     EFFNET_CHECK(n >= lo && n <= hi, "option '--" + name + "' must be in [" + std::to_string(lo) + ", " +
                                          std::to_string(hi) + "], got " + v);
     return int(n);
 }
 
-double parse_ranged_double(const std::string &name, const std::string &v, double lo, double hi,
+double parse_ranged_double(const std::string& name, const std::string& v, double lo, double hi,
                            bool open_hi = false) {
-    const double d = parse_double(name, v);
+    const double d = parse_double_option(name, v);
     EFFNET_CHECK(d >= lo && (open_hi ? d < hi : d <= hi), "option '--" + name + "' must be in [" + fmt(lo) +
                                                               ", " + fmt(hi) + (open_hi ? ")" : "]") +
                                                               ", got " + v);
@@ -111,96 +86,96 @@ double parse_ranged_double(const std::string &name, const std::string &v, double
 // A run-defining option: how to set it from a string and how to write it back.
 struct RunOption {
     std::string name;
-    std::function<void(TrainArgs &, const std::string &)> set;
-    std::function<std::string(const TrainArgs &)> get;
+    std::function<void(TrainArgs&, const std::string&)> set;
+    std::function<std::string(const TrainArgs&)> get;
 };
 
 std::vector<RunOption> run_option_table() {
     return {
-        {"weights", [](TrainArgs &a, const std::string &v) { a.weights = v; },
-         [](const TrainArgs &a) { return a.weights; }},
-        {"preset", [](TrainArgs &a, const std::string &v) { a.preset = v; },
-         [](const TrainArgs &a) { return a.preset; }},
+        {"weights", [](TrainArgs& a, const std::string& v) { a.weights = v; },
+         [](const TrainArgs& a) { return a.weights; }},
+        {"preset", [](TrainArgs& a, const std::string& v) { a.preset = v; },
+         [](const TrainArgs& a) { return a.preset; }},
         {"width",
-         [](TrainArgs &a, const std::string &v) { a.width = parse_ranged_double("width", v, 0.01, 8); },
-         [](const TrainArgs &a) { return a.width > 0 ? fmt(a.width) : ""; }},
+         [](TrainArgs& a, const std::string& v) { a.width = parse_ranged_double("width", v, 0.01, 8); },
+         [](const TrainArgs& a) { return a.width > 0 ? fmt(a.width) : ""; }},
         {"depth",
-         [](TrainArgs &a, const std::string &v) { a.depth = parse_ranged_double("depth", v, 0.01, 8); },
-         [](const TrainArgs &a) { return a.depth > 0 ? fmt(a.depth) : ""; }},
+         [](TrainArgs& a, const std::string& v) { a.depth = parse_ranged_double("depth", v, 0.01, 8); },
+         [](const TrainArgs& a) { return a.depth > 0 ? fmt(a.depth) : ""; }},
         {"classes",
-         [](TrainArgs &a, const std::string &v) { a.classes = parse_ranged_int("classes", v, 1, 1000000); },
-         [](const TrainArgs &a) { return std::to_string(a.classes); }},
+         [](TrainArgs& a, const std::string& v) { a.classes = parse_ranged_int("classes", v, 1, 1000000); },
+         [](const TrainArgs& a) { return std::to_string(a.classes); }},
         {"epochs",
-         [](TrainArgs &a, const std::string &v) { a.epochs = parse_ranged_int("epochs", v, 1, 100000); },
-         [](const TrainArgs &a) { return std::to_string(a.epochs); }},
+         [](TrainArgs& a, const std::string& v) { a.epochs = parse_ranged_int("epochs", v, 1, 100000); },
+         [](const TrainArgs& a) { return std::to_string(a.epochs); }},
         {"batch",
-         [](TrainArgs &a, const std::string &v) { a.batch = parse_ranged_int("batch", v, 1, 65536); },
-         [](const TrainArgs &a) { return std::to_string(a.batch); }},
+         [](TrainArgs& a, const std::string& v) { a.batch = parse_ranged_int("batch", v, 1, 65536); },
+         [](const TrainArgs& a) { return std::to_string(a.batch); }},
         {"lr",
-         [](TrainArgs &a, const std::string &v) {
-             a.lr = parse_double("lr", v);
+         [](TrainArgs& a, const std::string& v) {
+             a.lr = parse_double_option("lr", v);
              EFFNET_CHECK(a.lr > 0 && a.lr <= 100, "option '--lr' must be in (0, 100], got " + v);
          },
-         [](const TrainArgs &a) { return fmt(a.lr); }},
-        {"optimizer", [](TrainArgs &a, const std::string &v) { train::parse_optimizer(v), a.optimizer = v; },
-         [](const TrainArgs &a) { return a.optimizer; }},
+         [](const TrainArgs& a) { return fmt(a.lr); }},
+        {"optimizer", [](TrainArgs& a, const std::string& v) { train::parse_optimizer(v), a.optimizer = v; },
+         [](const TrainArgs& a) { return a.optimizer; }},
         {"momentum",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.momentum = parse_ranged_double("momentum", v, 0, 1, true);
          },
-         [](const TrainArgs &a) { return fmt(a.momentum); }},
+         [](const TrainArgs& a) { return fmt(a.momentum); }},
         {"weight-decay",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.weight_decay = parse_ranged_double("weight-decay", v, 0, 10);
          },
-         [](const TrainArgs &a) { return fmt(a.weight_decay); }},
-        {"schedule", [](TrainArgs &a, const std::string &v) { train::parse_schedule(v), a.schedule = v; },
-         [](const TrainArgs &a) { return a.schedule; }},
+         [](const TrainArgs& a) { return fmt(a.weight_decay); }},
+        {"schedule", [](TrainArgs& a, const std::string& v) { train::parse_schedule(v), a.schedule = v; },
+         [](const TrainArgs& a) { return a.schedule; }},
         {"warmup-epochs",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.warmup_epochs = parse_ranged_double("warmup-epochs", v, 0, 100000);
          },
-         [](const TrainArgs &a) { return fmt(a.warmup_epochs); }},
+         [](const TrainArgs& a) { return fmt(a.warmup_epochs); }},
         {"step-epochs",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.step_epochs = parse_ranged_double("step-epochs", v, 1e-6, 100000);
          },
-         [](const TrainArgs &a) { return fmt(a.step_epochs); }},
+         [](const TrainArgs& a) { return fmt(a.step_epochs); }},
         {"step-gamma",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.step_gamma = parse_ranged_double("step-gamma", v, 1e-6, 1);
          },
-         [](const TrainArgs &a) { return fmt(a.step_gamma); }},
+         [](const TrainArgs& a) { return fmt(a.step_gamma); }},
         {"label-smoothing",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.label_smoothing = parse_ranged_double("label-smoothing", v, 0, 1, true);
          },
-         [](const TrainArgs &a) { return fmt(a.label_smoothing); }},
+         [](const TrainArgs& a) { return fmt(a.label_smoothing); }},
         {"clip-grad-norm",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.clip_grad_norm = parse_ranged_double("clip-grad-norm", v, 0, 1e9);
          },
-         [](const TrainArgs &a) { return fmt(a.clip_grad_norm); }},
-        {"no-dropout", [](TrainArgs &a, const std::string &v) { a.no_dropout = v == "1"; },
-         [](const TrainArgs &a) { return std::string(a.no_dropout ? "1" : "0"); }},
+         [](const TrainArgs& a) { return fmt(a.clip_grad_norm); }},
+        {"no-dropout", [](TrainArgs& a, const std::string& v) { a.no_dropout = v == "1"; },
+         [](const TrainArgs& a) { return std::string(a.no_dropout ? "1" : "0"); }},
         {"resolution",
-         [](TrainArgs &a, const std::string &v) {
+         [](TrainArgs& a, const std::string& v) {
              a.resolution = parse_ranged_int("resolution", v, 8, 2048);
          },
-         [](const TrainArgs &a) { return std::to_string(a.resolution); }},
+         [](const TrainArgs& a) { return std::to_string(a.resolution); }},
         {"seed",
-         [](TrainArgs &a, const std::string &v) {
-             const long long s = parse_int("seed", v);
+         [](TrainArgs& a, const std::string& v) {
+             const long long s = parse_int_option("seed", v);
              EFFNET_CHECK(s >= 0, "option '--seed' must be >= 0, got " + v);
              a.seed = uint64_t(s);
          },
-         [](const TrainArgs &a) { return std::to_string(a.seed); }},
+         [](const TrainArgs& a) { return std::to_string(a.seed); }},
     };
 }
 
 } // namespace
 
-bool parse_train_args(int argc, char **argv, TrainArgs &a, std::map<std::string, std::string> &given) {
+bool parse_train_args(int argc, char** argv, TrainArgs& a, std::map<std::string, std::string>& given) {
     const Args args(argc, argv, option_specs());
     if (args.has("help")) {
         std::printf("%s%s", kUsage, args.usage().c_str());
@@ -225,7 +200,7 @@ bool parse_train_args(int argc, char **argv, TrainArgs &a, std::map<std::string,
     EFFNET_CHECK(a.precision == "fp32" || a.precision == "amp-fp16" || a.precision == "amp-bf16",
                  "option '--precision' must be fp32, amp-fp16 or amp-bf16, got '" + a.precision + "'");
 
-    for (const RunOption &o : run_option_table()) {
+    for (const RunOption& o : run_option_table()) {
         if (o.name == "no-dropout") {
             if (args.has("no-dropout")) o.set(a, "1"), given[o.name] = "1";
             continue;
@@ -250,15 +225,15 @@ bool parse_train_args(int argc, char **argv, TrainArgs &a, std::map<std::string,
     return true;
 }
 
-std::map<std::string, std::string> run_options(const TrainArgs &args) {
+std::map<std::string, std::string> run_options(const TrainArgs& args) {
     std::map<std::string, std::string> m;
-    for (const RunOption &o : run_option_table()) m[o.name] = o.get(args);
+    for (const RunOption& o : run_option_table()) m[o.name] = o.get(args);
     return m;
 }
 
-void merge_resumed_options(TrainArgs &args, const std::map<std::string, std::string> &given,
-                           const std::map<std::string, std::string> &stored) {
-    for (const RunOption &o : run_option_table()) {
+void merge_resumed_options(TrainArgs& args, const std::map<std::string, std::string>& given,
+                           const std::map<std::string, std::string>& stored) {
+    for (const RunOption& o : run_option_table()) {
         auto s = stored.find(o.name);
         EFFNET_CHECK(s != stored.end(), "the checkpoint does not record option '--" + o.name + "'");
         auto g = given.find(o.name);

@@ -41,12 +41,12 @@ struct TrainArgs {
 };
 
 // Parses argv; prints help and returns false for --help. Throws effnet::Error for bad input.
-bool parse_train_args(int argc, char **argv, TrainArgs &args, std::map<std::string, std::string> &given);
+bool parse_train_args(int argc, char** argv, TrainArgs& args, std::map<std::string, std::string>& given);
 
 // The run-defining options as normalised strings ("lr" -> "0.1"), for the checkpoint.
-std::map<std::string, std::string> run_options(const TrainArgs &args);
+std::map<std::string, std::string> run_options(const TrainArgs& args);
 // On --resume: options the user gave must equal the checkpoint's; the others are taken from it.
-void merge_resumed_options(TrainArgs &args, const std::map<std::string, std::string> &given,
-                           const std::map<std::string, std::string> &stored);
+void merge_resumed_options(TrainArgs& args, const std::map<std::string, std::string>& given,
+                           const std::map<std::string, std::string>& stored);
 
 } // namespace effnet::examples

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/args.hpp"
 #include "effnet/config.hpp"
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
@@ -35,23 +36,13 @@ struct Args {
     uint64_t seed = 1;
 };
 
-const char *kUsage =
+const char* kUsage =
     "usage: effnet-train_bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
     "                          [--resolution R] [--iters N] [--warmup N] [--seed S]\n"
     "Times GpuTrainer::step (forward, loss, backward, SGD) on random data; prints one JSON line\n"
     "with images/s and peak device memory.\n";
 
-long long parse_int(const std::string &option, const std::string &text, long long lo, long long hi) {
-    char *end = nullptr;
-    errno = 0;
-    const long long v = std::strtoll(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno != 0 || v < lo || v > hi)
-        throw effnet::Error("option " + option + ": expected an integer in [" + std::to_string(lo) + ", " +
-                            std::to_string(hi) + "], got '" + text + "'");
-    return v;
-}
-
-Args parse_args(int argc, char **argv) {
+Args parse_args(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; ++i) {
         const std::string o = argv[i];
@@ -64,24 +55,24 @@ Args parse_args(int argc, char **argv) {
         if (o == "--variant")
             a.variant = v;
         else if (o == "--batch")
-            a.batch = int(parse_int(o, v, 1, 65535));
+            a.batch = int(effnet::examples::parse_int_option(o.substr(2), v, 1, 65535));
         else if (o == "--resolution")
-            a.resolution = int(parse_int(o, v, 8, 4096));
+            a.resolution = int(effnet::examples::parse_int_option(o.substr(2), v, 8, 4096));
         else if (o == "--precision")
             a.precision = v;
         else if (o == "--iters")
-            a.iters = int(parse_int(o, v, 1, 100000));
+            a.iters = int(effnet::examples::parse_int_option(o.substr(2), v, 1, 100000));
         else if (o == "--warmup")
-            a.warmup = int(parse_int(o, v, 0, 100000));
+            a.warmup = int(effnet::examples::parse_int_option(o.substr(2), v, 0, 100000));
         else if (o == "--seed")
-            a.seed = uint64_t(parse_int(o, v, 0, (1ll << 62)));
+            a.seed = uint64_t(effnet::examples::parse_int_option(o.substr(2), v, 0, (1ll << 62)));
         else
             throw effnet::Error("unknown option " + o + "\n" + kUsage);
     }
     return a;
 }
 
-int run(const Args &a) {
+int run(const Args& a) {
     const effnet::TrainPrecision precision = effnet::parse_train_precision(a.precision);
     const effnet::ModelConfig config = effnet::preset(a.variant);
     const int res = a.resolution > 0 ? a.resolution : config.resolution;
@@ -97,9 +88,9 @@ int run(const Args &a) {
     std::mt19937_64 rng(a.seed + 1);
     std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
     std::vector<float> input(size_t(a.batch) * size_t(config.in_channels) * size_t(res) * size_t(res));
-    for (float &v : input) v = dist(rng);
+    for (float& v : input) v = dist(rng);
     std::vector<int64_t> labels(size_t(a.batch));
-    for (int64_t &l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
+    for (int64_t& l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
 
     const float lr = 0.01f;
     float first_loss = 0.0f, last_loss = 0.0f;
@@ -130,10 +121,10 @@ int run(const Args &a) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         return run(parse_args(argc, argv));
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }
