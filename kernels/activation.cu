@@ -10,14 +10,14 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void activation_forward_kernel(const T *x, T *y, int64_t n, Act act) {
+__global__ void activation_forward_kernel(const T* x, T* y, int64_t n, Act act) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x)
         y[i] = from_float<T>(act_forward(to_float(x[i]), act));
 }
 
 template <typename T>
-__global__ void activation_backward_kernel(const T *x, const T *dy, T *dx, int64_t n, Act act) {
+__global__ void activation_backward_kernel(const T* x, const T* dy, T* dx, int64_t n, Act act) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x)
         dx[i] = from_float<T>(act_backward(to_float(x[i]), to_float(dy[i]), act));
@@ -25,26 +25,26 @@ __global__ void activation_backward_kernel(const T *x, const T *dy, T *dx, int64
 
 } // namespace
 
-void launch_activation_forward(const void *x, void *y, int64_t n, Act act, Precision storage,
+void launch_activation_forward(const void* x, void* y, int64_t n, Act act, Precision storage,
                                cudaStream_t stream) {
     EFFNET_CHECK(x && y && n >= 0, "activation_forward: null pointer or negative size");
     if (n == 0) return;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         activation_forward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(x), static_cast<T *>(y), n, act);
+            static_cast<const T*>(x), static_cast<T*>(y), n, act);
     });
     EFFNET_LAUNCH_CHECK("activation_forward_kernel");
 }
 
-void launch_activation_backward(const void *x, const void *dy, void *dx, int64_t n, Act act,
+void launch_activation_backward(const void* x, const void* dy, void* dx, int64_t n, Act act,
                                 Precision storage, cudaStream_t stream) {
     EFFNET_CHECK(x && dy && dx && n >= 0, "activation_backward: null pointer or negative size");
     if (n == 0) return;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         activation_backward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(x), static_cast<const T *>(dy), static_cast<T *>(dx), n, act);
+            static_cast<const T*>(x), static_cast<const T*>(dy), static_cast<T*>(dx), n, act);
     });
     EFFNET_LAUNCH_CHECK("activation_backward_kernel");
 }

@@ -9,10 +9,10 @@
 namespace effnet::kernels {
 
 // y = act(x), n elements of the storage precision.
-void launch_activation_forward(const void *x, void *y, int64_t n, Act act, Precision storage,
+void launch_activation_forward(const void* x, void* y, int64_t n, Act act, Precision storage,
                                cudaStream_t stream);
 // dx = dy * act'(x).
-void launch_activation_backward(const void *x, const void *dy, void *dx, int64_t n, Act act,
+void launch_activation_backward(const void* x, const void* dy, void* dx, int64_t n, Act act,
                                 Precision storage, cudaStream_t stream);
 
 #ifdef __CUDACC__

@@ -39,7 +39,7 @@ __device__ __forceinline__ float block_column_sum(float v, float (*smem)[kChanne
 
 // partial[chunk, c] = sum over the chunk's rows of x (mean == null) or (x - mean[c])^2.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) bn_partial_kernel(const T *x, const float *mean, float *partial,
+__global__ void __launch_bounds__(kThreads) bn_partial_kernel(const T* x, const float* mean, float* partial,
                                                               int64_t rows, int C, int64_t rows_per_chunk) {
     __shared__ float smem[kRowThreads][kChannelsPerBlock];
     const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
@@ -57,8 +57,8 @@ __global__ void __launch_bounds__(kThreads) bn_partial_kernel(const T *x, const 
     if (threadIdx.y == 0 && c < C) partial[blockIdx.y * int64_t(C) + c] = s;
 }
 
-__global__ void bn_finalize_mean_kernel(const float *partial, int64_t chunks, int C, int64_t rows,
-                                        float *mean) {
+__global__ void bn_finalize_mean_kernel(const float* partial, int64_t chunks, int C, int64_t rows,
+                                        float* mean) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     double s = 0.0;
@@ -66,9 +66,9 @@ __global__ void bn_finalize_mean_kernel(const float *partial, int64_t chunks, in
     mean[c] = float(s / double(rows));
 }
 
-__global__ void bn_finalize_var_kernel(const float *partial, int64_t chunks, int C, int64_t rows, float eps,
-                                       float momentum, const float *mean, float *invstd, float *running_mean,
-                                       float *running_var) {
+__global__ void bn_finalize_var_kernel(const float* partial, int64_t chunks, int C, int64_t rows, float eps,
+                                       float momentum, const float* mean, float* invstd, float* running_mean,
+                                       float* running_var) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     double sq = 0.0;
@@ -84,9 +84,9 @@ __global__ void bn_finalize_var_kernel(const float *partial, int64_t chunks, int
 
 template <typename T>
 __global__ void bn_apply_kernel(BatchNormApplyArgs a) {
-    const T *x = static_cast<const T *>(a.x);
-    const T *res = static_cast<const T *>(a.residual);
-    T *y = static_cast<T *>(a.y);
+    const T* x = static_cast<const T*>(a.x);
+    const T* res = static_cast<const T*>(a.residual);
+    T* y = static_cast<T*>(a.y);
     const int64_t n = a.rows * a.channels;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x) {
@@ -101,7 +101,7 @@ __global__ void bn_apply_kernel(BatchNormApplyArgs a) {
 
 // g = dy * act'(bn(x)) for element (r, c) with value xv.
 template <typename T>
-__device__ __forceinline__ float bn_backward_g(const BatchNormBackwardArgs &a, const T *dy, int64_t r, int c,
+__device__ __forceinline__ float bn_backward_g(const BatchNormBackwardArgs& a, const T* dy, int64_t r, int c,
                                                float xhat) {
     float d = dy ? to_float(dy[r * a.channels + c])
                  : a.dy_pooled[(r / a.rows_per_image) * a.channels + c] * a.pooled_scale;
@@ -115,8 +115,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     bn_backward_partial_kernel(BatchNormBackwardArgs a, int64_t chunks, int64_t rows_per_chunk) {
     __shared__ float smem[kRowThreads][kChannelsPerBlock];
-    const T *x = static_cast<const T *>(a.x);
-    const T *dy = static_cast<const T *>(a.dy);
+    const T* x = static_cast<const T*>(a.x);
+    const T* dy = static_cast<const T*>(a.dy);
     const int C = a.channels;
     const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
     const int64_t begin = blockIdx.y * rows_per_chunk;
@@ -151,18 +151,18 @@ __global__ void bn_backward_finalize_kernel(BatchNormBackwardArgs a, int64_t chu
     }
     if (a.dbeta) a.dbeta[c] = float(sg);
     if (a.dgamma) a.dgamma[c] = float(sgx);
-    float *means = a.workspace + 2 * chunks * C;
+    float* means = a.workspace + 2 * chunks * C;
     means[c] = float(sg / double(a.rows));
     means[C + c] = float(sgx / double(a.rows));
 }
 
 template <typename T>
 __global__ void bn_backward_dx_kernel(BatchNormBackwardArgs a, int64_t chunks) {
-    const T *x = static_cast<const T *>(a.x);
-    const T *dy = static_cast<const T *>(a.dy);
-    T *dx = static_cast<T *>(a.dx);
+    const T* x = static_cast<const T*>(a.x);
+    const T* dy = static_cast<const T*>(a.dy);
+    T* dx = static_cast<T*>(a.dx);
     const int C = a.channels;
-    const float *means = a.workspace + 2 * chunks * C;
+    const float* means = a.workspace + 2 * chunks * C;
     const int64_t n = a.rows * C;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x) {
@@ -175,7 +175,7 @@ __global__ void bn_backward_dx_kernel(BatchNormBackwardArgs a, int64_t chunks) {
     }
 }
 
-void check_shape(const char *op, int64_t rows, int C) {
+void check_shape(const char* op, int64_t rows, int C) {
     EFFNET_CHECK(rows >= 1 && C >= 1, std::string(op) + ": bad shape rows=" + std::to_string(rows) +
                                           " channels=" + std::to_string(C));
 }
@@ -187,7 +187,7 @@ size_t batchnorm_workspace_floats(int64_t rows, int channels) {
     return size_t(2 * ch.count + 2) * size_t(channels);
 }
 
-void launch_batchnorm_stats(const BatchNormStatsArgs &a, Precision storage, cudaStream_t stream) {
+void launch_batchnorm_stats(const BatchNormStatsArgs& a, Precision storage, cudaStream_t stream) {
     check_shape("batchnorm_stats", a.rows, a.channels);
     EFFNET_CHECK(a.rows > 1,
                  "batchnorm_stats: training batch norm needs more than one value per channel, got " +
@@ -200,7 +200,7 @@ void launch_batchnorm_stats(const BatchNormStatsArgs &a, Precision storage, cuda
     const unsigned fin_grid = unsigned((a.channels + 127) / 128);
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        const T *x = static_cast<const T *>(a.x);
+        const T* x = static_cast<const T*>(a.x);
         bn_partial_kernel<T>
             <<<grid, block, 0, stream>>>(x, nullptr, a.workspace, a.rows, a.channels, ch.rows_per_chunk);
         EFFNET_LAUNCH_CHECK("bn_partial_kernel (sum)");
@@ -217,7 +217,7 @@ void launch_batchnorm_stats(const BatchNormStatsArgs &a, Precision storage, cuda
     });
 }
 
-void launch_batchnorm_apply(const BatchNormApplyArgs &a, Precision storage, cudaStream_t stream) {
+void launch_batchnorm_apply(const BatchNormApplyArgs& a, Precision storage, cudaStream_t stream) {
     check_shape("batchnorm_apply", a.rows, a.channels);
     EFFNET_CHECK(a.x && a.mean && a.invstd && a.gamma && a.beta && a.y,
                  "batchnorm_apply: null pointer argument");
@@ -233,7 +233,7 @@ void launch_batchnorm_apply(const BatchNormApplyArgs &a, Precision storage, cuda
     EFFNET_LAUNCH_CHECK("bn_apply_kernel");
 }
 
-void launch_batchnorm_backward(const BatchNormBackwardArgs &a, Precision storage, cudaStream_t stream) {
+void launch_batchnorm_backward(const BatchNormBackwardArgs& a, Precision storage, cudaStream_t stream) {
     check_shape("batchnorm_backward", a.rows, a.channels);
     EFFNET_CHECK(a.x && (a.dy || a.dy_pooled) && a.mean && a.invstd && a.gamma && a.beta && a.dx &&
                      a.workspace,

@@ -20,56 +20,56 @@ namespace effnet::kernels {
 size_t batchnorm_workspace_floats(int64_t rows, int channels);
 
 struct BatchNormStatsArgs {
-    const void *x = nullptr; // [rows, C] storage precision
+    const void* x = nullptr; // [rows, C] storage precision
     int64_t rows = 0;
     int channels = 0;
     float eps = 1e-5f;
     float momentum = 0.1f;
-    float *running_mean = nullptr; // [C], updated when non-null
-    float *running_var = nullptr;  // [C], updated when non-null (unbiased batch variance)
-    float *save_mean = nullptr;    // [C] out: batch mean
-    float *save_invstd = nullptr;  // [C] out: 1 / sqrt(biased batch var + eps)
-    float *workspace = nullptr;    // batchnorm_workspace_floats(rows, C)
+    float* running_mean = nullptr; // [C], updated when non-null
+    float* running_var = nullptr;  // [C], updated when non-null (unbiased batch variance)
+    float* save_mean = nullptr;    // [C] out: batch mean
+    float* save_invstd = nullptr;  // [C] out: 1 / sqrt(biased batch var + eps)
+    float* workspace = nullptr;    // batchnorm_workspace_floats(rows, C)
 };
-void launch_batchnorm_stats(const BatchNormStatsArgs &args, Precision storage, cudaStream_t stream);
+void launch_batchnorm_stats(const BatchNormStatsArgs& args, Precision storage, cudaStream_t stream);
 
 struct BatchNormApplyArgs {
-    const void *x = nullptr;             // [rows, C]
-    const float *mean = nullptr;         // [C]
-    const float *invstd = nullptr;       // [C]
-    const float *gamma = nullptr;        // [C]
-    const float *beta = nullptr;         // [C]
-    const void *residual = nullptr;      // [rows, C] added after the activation, or null
-    const float *sample_scale = nullptr; // [rows / rows_per_image] stochastic-depth scale applied
+    const void* x = nullptr;             // [rows, C]
+    const float* mean = nullptr;         // [C]
+    const float* invstd = nullptr;       // [C]
+    const float* gamma = nullptr;        // [C]
+    const float* beta = nullptr;         // [C]
+    const void* residual = nullptr;      // [rows, C] added after the activation, or null
+    const float* sample_scale = nullptr; // [rows / rows_per_image] stochastic-depth scale applied
     int64_t rows_per_image = 1;          //   before the residual add, or null
-    void *y = nullptr;                   // [rows, C] (may not alias x)
+    void* y = nullptr;                   // [rows, C] (may not alias x)
     int64_t rows = 0;
     int channels = 0;
     Act act = Act::None;
 };
-void launch_batchnorm_apply(const BatchNormApplyArgs &args, Precision storage, cudaStream_t stream);
+void launch_batchnorm_apply(const BatchNormApplyArgs& args, Precision storage, cudaStream_t stream);
 
 struct BatchNormBackwardArgs {
-    const void *x = nullptr;  // [rows, C] the forward's BN input
-    const void *dy = nullptr; // [rows, C] gradient of the (activated) output, or null when:
-    const float *dy_pooled =
+    const void* x = nullptr;  // [rows, C] the forward's BN input
+    const void* dy = nullptr; // [rows, C] gradient of the (activated) output, or null when:
+    const float* dy_pooled =
         nullptr; // [rows / rows_per_image, C]: dy[r, c] = dy_pooled[r / rows_per_image, c] * pooled_scale
     int64_t rows_per_image = 1; //   (the backward of a global average pool, fused)
     float pooled_scale = 1.0f;
-    const float *dy_sample_scale = nullptr; // [rows / rows_per_image]: dy scaled per sample
+    const float* dy_sample_scale = nullptr; // [rows / rows_per_image]: dy scaled per sample
                                             //   (stochastic-depth backward), or null
-    const float *mean = nullptr;            // [C] saved by the forward
-    const float *invstd = nullptr;          // [C]
-    const float *gamma = nullptr;           // [C]
-    const float *beta = nullptr;            // [C] (to recompute the activation input)
+    const float* mean = nullptr;            // [C] saved by the forward
+    const float* invstd = nullptr;          // [C]
+    const float* gamma = nullptr;           // [C]
+    const float* beta = nullptr;            // [C] (to recompute the activation input)
     Act act = Act::None;
-    float *dgamma = nullptr; // [C] out (overwritten)
-    float *dbeta = nullptr;  // [C] out (overwritten)
-    void *dx = nullptr;      // [rows, C] out, storage precision (may alias dy)
+    float* dgamma = nullptr; // [C] out (overwritten)
+    float* dbeta = nullptr;  // [C] out (overwritten)
+    void* dx = nullptr;      // [rows, C] out, storage precision (may alias dy)
     int64_t rows = 0;
     int channels = 0;
-    float *workspace = nullptr; // batchnorm_workspace_floats(rows, C)
+    float* workspace = nullptr; // batchnorm_workspace_floats(rows, C)
 };
-void launch_batchnorm_backward(const BatchNormBackwardArgs &args, Precision storage, cudaStream_t stream);
+void launch_batchnorm_backward(const BatchNormBackwardArgs& args, Precision storage, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -55,10 +55,10 @@ __device__ __forceinline__ float sigmoidf_accurate(float v) {
 // V consecutive elements of T <-> float[V]. When V * sizeof(T) == 16 the access is one
 // 16-byte load/store: the caller guarantees 16-byte alignment (checked on the host).
 template <typename T, int V>
-__device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[V]) {
     if constexpr (V * sizeof(T) == 16) {
-        const uint4 raw = *reinterpret_cast<const uint4 *>(p);
-        const T *e = reinterpret_cast<const T *>(&raw);
+        const uint4 raw = *reinterpret_cast<const uint4*>(p);
+        const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
         for (int i = 0; i < V; ++i) out[i] = to_float(e[i]);
     } else {
@@ -68,13 +68,13 @@ __device__ __forceinline__ void load_vec(const T *p, float (&out)[V]) {
 }
 
 template <typename T, int V>
-__device__ __forceinline__ void store_vec(T *p, const float (&in)[V]) {
+__device__ __forceinline__ void store_vec(T* p, const float (&in)[V]) {
     if constexpr (V * sizeof(T) == 16) {
         uint4 raw;
-        T *e = reinterpret_cast<T *>(&raw);
+        T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
         for (int i = 0; i < V; ++i) e[i] = from_float<T>(in[i]);
-        *reinterpret_cast<uint4 *>(p) = raw;
+        *reinterpret_cast<uint4*>(p) = raw;
     } else {
 #pragma unroll
         for (int i = 0; i < V; ++i) p[i] = from_float<T>(in[i]);

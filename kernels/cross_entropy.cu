@@ -11,7 +11,7 @@ namespace {
 constexpr int kThreads = 256;
 
 // Fixed-order tree reduction over the block (deterministic). op: 0 = sum, 1 = max.
-__device__ float block_reduce(float v, float *smem, int op) {
+__device__ float block_reduce(float v, float* smem, int op) {
     smem[threadIdx.x] = v;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
@@ -29,7 +29,7 @@ __device__ float block_reduce(float v, float *smem, int op) {
 __global__ void __launch_bounds__(kThreads) cross_entropy_kernel(CrossEntropyArgs a) {
     __shared__ float smem[kThreads];
     const int n = blockIdx.x, K = a.classes;
-    const float *row = a.logits + int64_t(n) * K;
+    const float* row = a.logits + int64_t(n) * K;
     float mx = -INFINITY;
     for (int k = threadIdx.x; k < K; k += blockDim.x) mx = fmaxf(mx, row[k]);
     mx = block_reduce(mx, smem, 1);
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) cross_entropy_kernel(CrossEntropyArg
 
 } // namespace
 
-void launch_cross_entropy(const CrossEntropyArgs &a, cudaStream_t stream) {
+void launch_cross_entropy(const CrossEntropyArgs& a, cudaStream_t stream) {
     EFFNET_CHECK(a.logits && a.targets && a.sample_loss, "cross_entropy: null pointer argument");
     EFFNET_CHECK(a.batch >= 1 && a.classes >= 1,
                  "cross_entropy: bad shape N=" + std::to_string(a.batch) + " K=" + std::to_string(a.classes));

@@ -12,14 +12,14 @@
 namespace effnet::kernels {
 
 struct CrossEntropyArgs {
-    const float *logits = nullptr;    // [N, K]
-    const int32_t *targets = nullptr; // [N], each in [0, K) (validated on the host)
-    float *sample_loss = nullptr;     // [N] out
-    float *dlogits = nullptr;         // [N, K] out, or null
+    const float* logits = nullptr;    // [N, K]
+    const int32_t* targets = nullptr; // [N], each in [0, K) (validated on the host)
+    float* sample_loss = nullptr;     // [N] out
+    float* dlogits = nullptr;         // [N, K] out, or null
     int batch = 0, classes = 0;
     float label_smoothing = 0.0f;
     float grad_scale = 1.0f;
 };
-void launch_cross_entropy(const CrossEntropyArgs &args, cudaStream_t stream);
+void launch_cross_entropy(const CrossEntropyArgs& args, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -47,8 +47,8 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
     extern __shared__ float smem[];
     const int cg_count = blockDim.x;
     const int slab_channels = cg_count * V;
-    float *w_s = smem;                           // [K*K][slab_channels]
-    float *red_s = smem + K * K * slab_channels; // [blockDim.y][slab_channels]
+    float* w_s = smem;                           // [K*K][slab_channels]
+    float* red_s = smem + K * K * slab_channels; // [blockDim.y][slab_channels]
 
     const int C = a.channels;
     const int tile_x = blockIdx.x % t.tiles_w;
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
     for (int v = 0; v < V; ++v) sum[v] = 0.0f;
 
     if (active) {
-        const T *x = static_cast<const T *>(a.input) + int64_t(n) * a.height * a.width * C + c0;
+        const T* x = static_cast<const T*>(a.input) + int64_t(n) * a.height * a.width * C + c0;
         float acc[TW][V];
         {
             float bias[V];
@@ -88,12 +88,12 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
         }
         const int ih0 = oh * a.stride - a.pad_top;
         const int iw0 = ow0 * a.stride - a.pad_left;
-        const float *w_thread = w_s + threadIdx.x * V;
+        const float* w_thread = w_s + threadIdx.x * V;
 #pragma unroll
         for (int kh = 0; kh < K; ++kh) {
             const int ih = ih0 + kh;
             if (ih < 0 || ih >= a.height) continue; // zero padding rows add nothing
-            const T *row = x + int64_t(ih) * a.width * C;
+            const T* row = x + int64_t(ih) * a.width * C;
             // All loads of this kernel row first (independent, in flight together), then the FMAs.
             float in[kSpan][V];
 #pragma unroll
@@ -109,11 +109,11 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
 #pragma unroll
             for (int kw = 0; kw < K; ++kw) {
                 float w[V];
-                const float *w_tap = w_thread + (kh * K + kw) * slab_channels;
+                const float* w_tap = w_thread + (kh * K + kw) * slab_channels;
                 if constexpr (V % 4 == 0) { // slab_channels and the thread offset are multiples of 4
 #pragma unroll
                     for (int v = 0; v < V; v += 4) {
-                        const float4 w4 = *reinterpret_cast<const float4 *>(w_tap + v);
+                        const float4 w4 = *reinterpret_cast<const float4*>(w_tap + v);
                         w[v] = w4.x;
                         w[v + 1] = w4.y;
                         w[v + 2] = w4.z;
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                     for (int v = 0; v < V; ++v) acc[j][v] = fmaf(in[j * S + kw][v], w[v], acc[j][v]);
             }
         }
-        T *y = static_cast<T *>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+        T* y = static_cast<T*>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
 #pragma unroll
         for (int j = 0; j < TW; ++j) {
             if (ow0 + j >= a.out_width) break;
@@ -161,7 +161,7 @@ int ceil_div(int a, int b) {
 }
 
 template <typename T, int K, int V, int TW, int S>
-void launch_tiled(const DepthwiseArgs &a, cudaStream_t stream) {
+void launch_tiled(const DepthwiseArgs& a, cudaStream_t stream) {
     const int groups = a.channels / V;
     const int cg = std::min(groups, V == 1 ? 32 : 8); // 8 x 16 B: one 128-byte line per pixel
     const int slabs = ceil_div(groups, cg);
@@ -181,7 +181,7 @@ void launch_tiled(const DepthwiseArgs &a, cudaStream_t stream) {
 }
 
 template <typename T, int K, int V>
-void launch_vector(const DepthwiseArgs &a, cudaStream_t stream) {
+void launch_vector(const DepthwiseArgs& a, cudaStream_t stream) {
     // Measured on an H200, fp16, batch 32, every B0/B4/B7 layer (bench_depthwise forces each
     // length): the longest strip wins everywhere, 1.3-2x over one pixel per thread, even on the
     // small late layers where it leaves SMs idle; only at Wo <= 7 is TW = 2 ahead (10-25%).
@@ -200,7 +200,7 @@ void launch_vector(const DepthwiseArgs &a, cudaStream_t stream) {
 }
 
 template <typename T>
-void launch_typed(const DepthwiseArgs &a, bool vec_ok, cudaStream_t stream) {
+void launch_typed(const DepthwiseArgs& a, bool vec_ok, cudaStream_t stream) {
     constexpr int kVec = int(16 / sizeof(T));
     if (vec_ok && a.channels % kVec == 0) {
         if (a.kernel == 3)
@@ -215,13 +215,13 @@ void launch_typed(const DepthwiseArgs &a, bool vec_ok, cudaStream_t stream) {
     }
 }
 
-bool aligned16(const void *p) {
+bool aligned16(const void* p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 } // namespace
 
-void launch_depthwise_conv(const DepthwiseArgs &a, Precision precision, cudaStream_t stream) {
+void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.weight && a.bias && a.output, "depthwise_conv: null pointer argument");
     EFFNET_CHECK(a.kernel == 3 || a.kernel == 5,
                  "depthwise_conv: kernel " + std::to_string(a.kernel) + " unsupported (3 or 5)");

@@ -8,11 +8,11 @@
 namespace effnet::kernels {
 
 struct DepthwiseArgs {
-    const void *input = nullptr;   // [N, H, W, C] storage precision
-    const float *weight = nullptr; // [k*k, C] float32, BN folded (tap-major so channels are contiguous)
-    const float *bias = nullptr;   // [C] float32, BN folded
-    void *output = nullptr;        // [N, Ho, Wo, C] storage precision
-    float *pooled_sum = nullptr;   // [N, C] float32 or null: += sum over Ho*Wo of the output
+    const void* input = nullptr;   // [N, H, W, C] storage precision
+    const float* weight = nullptr; // [k*k, C] float32, BN folded (tap-major so channels are contiguous)
+    const float* bias = nullptr;   // [C] float32, BN folded
+    void* output = nullptr;        // [N, Ho, Wo, C] storage precision
+    float* pooled_sum = nullptr;   // [N, C] float32 or null: += sum over Ho*Wo of the output
     int batch = 0, height = 0, width = 0, channels = 0;
     int kernel = 3, stride = 1, pad_top = 0, pad_left = 0;
     int out_height = 0, out_width = 0;
@@ -22,6 +22,6 @@ struct DepthwiseArgs {
     int pixels_per_thread = 0;
 };
 
-void launch_depthwise_conv(const DepthwiseArgs &args, Precision precision, cudaStream_t stream);
+void launch_depthwise_conv(const DepthwiseArgs& args, Precision precision, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -16,7 +16,7 @@ constexpr int kRowThreads = 8;
 struct Chunks {
     int64_t count, rows_per_chunk;
 };
-Chunks weight_grad_chunks(const DepthwiseShape &s) {
+Chunks weight_grad_chunks(const DepthwiseShape& s) {
     const int64_t rows = int64_t(s.batch) * s.out_height * s.out_width;
     int64_t count = (rows + 511) / 512;
     if (count > 256) count = 256;
@@ -25,7 +25,7 @@ Chunks weight_grad_chunks(const DepthwiseShape &s) {
 }
 
 template <typename T>
-__global__ void depthwise_forward_kernel(const T *x, const float *w, T *y, DepthwiseShape s) {
+__global__ void depthwise_forward_kernel(const T* x, const float* w, T* y, DepthwiseShape s) {
     const int C = s.channels, k = s.kernel;
     const int64_t n_out = int64_t(s.batch) * s.out_height * s.out_width * C;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_out;
@@ -36,7 +36,7 @@ __global__ void depthwise_forward_kernel(const T *x, const float *w, T *y, Depth
         pos /= s.out_width;
         const int ho = int(pos % s.out_height);
         const int64_t n = pos / s.out_height;
-        const float *wc = w + int64_t(c) * k * k;
+        const float* wc = w + int64_t(c) * k * k;
         float acc = 0.0f;
         for (int kh = 0; kh < k; ++kh) {
             const int hi = ho * s.stride - s.pad_top + kh;
@@ -52,7 +52,7 @@ __global__ void depthwise_forward_kernel(const T *x, const float *w, T *y, Depth
 }
 
 template <typename T>
-__global__ void depthwise_backward_data_kernel(const T *dy, const float *w, const T *add, T *dx,
+__global__ void depthwise_backward_data_kernel(const T* dy, const float* w, const T* add, T* dx,
                                                DepthwiseShape s) {
     const int C = s.channels, k = s.kernel, st = s.stride;
     const int64_t n_in = int64_t(s.batch) * s.height * s.width * C;
@@ -64,7 +64,7 @@ __global__ void depthwise_backward_data_kernel(const T *dy, const float *w, cons
         pos /= s.width;
         const int hi = int(pos % s.height);
         const int64_t n = pos / s.height;
-        const float *wc = w + int64_t(c) * k * k;
+        const float* wc = w + int64_t(c) * k * k;
         float acc = 0.0f;
         for (int kh = 0; kh < k; ++kh) {
             const int th = hi + s.pad_top - kh; // = ho * stride
@@ -87,8 +87,8 @@ __global__ void depthwise_backward_data_kernel(const T *dy, const float *w, cons
 
 // partial[chunk, c, tap] = sum over the chunk's output positions of dy * x(tap).
 template <typename T, int K>
-__global__ void __launch_bounds__(kChannelsPerBlock *kRowThreads)
-    depthwise_weight_partial_kernel(const T *x, const T *dy, float *partial, DepthwiseShape s,
+__global__ void __launch_bounds__(kChannelsPerBlock* kRowThreads)
+    depthwise_weight_partial_kernel(const T* x, const T* dy, float* partial, DepthwiseShape s,
                                     int64_t rows_per_chunk) {
     __shared__ float smem[kRowThreads][kChannelsPerBlock];
     const int C = s.channels;
@@ -133,8 +133,8 @@ __global__ void __launch_bounds__(kChannelsPerBlock *kRowThreads)
     }
 }
 
-__global__ void depthwise_weight_finalize_kernel(const float *partial, int64_t chunks, int64_t weights,
-                                                 float *dw) {
+__global__ void depthwise_weight_finalize_kernel(const float* partial, int64_t chunks, int64_t weights,
+                                                 float* dw) {
     const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; // c * k*k + tap
     if (i >= weights) return;
     double sum = 0.0;
@@ -142,7 +142,7 @@ __global__ void depthwise_weight_finalize_kernel(const float *partial, int64_t c
     dw[i] = float(sum);
 }
 
-void check_shape(const char *op, const DepthwiseShape &s) {
+void check_shape(const char* op, const DepthwiseShape& s) {
     const bool ok = s.batch >= 1 && s.height >= 1 && s.width >= 1 && s.channels >= 1 && s.kernel >= 1 &&
                     s.stride >= 1 && s.pad_top >= 0 && s.pad_left >= 0 && s.out_height >= 1 &&
                     s.out_width >= 1 && (s.out_height - 1) * s.stride - s.pad_top < s.height &&
@@ -157,38 +157,38 @@ void check_shape(const char *op, const DepthwiseShape &s) {
 
 } // namespace
 
-void launch_depthwise_train_forward(const void *x, const float *w, void *y, const DepthwiseShape &s,
+void launch_depthwise_train_forward(const void* x, const float* w, void* y, const DepthwiseShape& s,
                                     Precision storage, cudaStream_t stream) {
     check_shape("depthwise_train_forward", s);
     EFFNET_CHECK(x && w && y && x != y, "depthwise_train_forward: null or aliased pointer argument");
     const int64_t n = int64_t(s.batch) * s.out_height * s.out_width * s.channels;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        depthwise_forward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(x), w, static_cast<T *>(y), s);
+        depthwise_forward_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(static_cast<const T*>(x),
+                                                                                    w, static_cast<T*>(y), s);
     });
     EFFNET_LAUNCH_CHECK("depthwise_forward_kernel");
 }
 
-void launch_depthwise_backward_data(const void *dy, const float *w, const void *add, void *dx,
-                                    const DepthwiseShape &s, Precision storage, cudaStream_t stream) {
+void launch_depthwise_backward_data(const void* dy, const float* w, const void* add, void* dx,
+                                    const DepthwiseShape& s, Precision storage, cudaStream_t stream) {
     check_shape("depthwise_backward_data", s);
     EFFNET_CHECK(dy && w && dx && dx != dy, "depthwise_backward_data: null or aliased pointer argument");
     const int64_t n = int64_t(s.batch) * s.height * s.width * s.channels;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         depthwise_backward_data_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(dy), w, static_cast<const T *>(add), static_cast<T *>(dx), s);
+            static_cast<const T*>(dy), w, static_cast<const T*>(add), static_cast<T*>(dx), s);
     });
     EFFNET_LAUNCH_CHECK("depthwise_backward_data_kernel");
 }
 
-size_t depthwise_weight_grad_workspace_floats(const DepthwiseShape &s) {
+size_t depthwise_weight_grad_workspace_floats(const DepthwiseShape& s) {
     return size_t(weight_grad_chunks(s).count) * size_t(s.channels) * size_t(s.kernel) * size_t(s.kernel);
 }
 
-void launch_depthwise_backward_weight(const void *x, const void *dy, float *dw, float *workspace,
-                                      const DepthwiseShape &s, Precision storage, cudaStream_t stream) {
+void launch_depthwise_backward_weight(const void* x, const void* dy, float* dw, float* workspace,
+                                      const DepthwiseShape& s, Precision storage, cudaStream_t stream) {
     check_shape("depthwise_backward_weight", s);
     EFFNET_CHECK(s.kernel == 3 || s.kernel == 5,
                  "depthwise_backward_weight: kernel " + std::to_string(s.kernel) + " (supported: 3, 5)");
@@ -198,8 +198,8 @@ void launch_depthwise_backward_weight(const void *x, const void *dy, float *dw, 
     const dim3 grid(unsigned((s.channels + kChannelsPerBlock - 1) / kChannelsPerBlock), unsigned(ch.count));
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        const T *xt = static_cast<const T *>(x);
-        const T *dyt = static_cast<const T *>(dy);
+        const T* xt = static_cast<const T*>(x);
+        const T* dyt = static_cast<const T*>(dy);
         if (s.kernel == 3)
             depthwise_weight_partial_kernel<T, 3>
                 <<<grid, block, 0, stream>>>(xt, dyt, workspace, s, ch.rows_per_chunk);

@@ -18,16 +18,16 @@ struct DepthwiseShape {
 };
 
 // y [N, Ho, Wo, C] = depthwise(x [N, H, W, C], w [C, k*k]).
-void launch_depthwise_train_forward(const void *x, const float *w, void *y, const DepthwiseShape &shape,
+void launch_depthwise_train_forward(const void* x, const float* w, void* y, const DepthwiseShape& shape,
                                     Precision storage, cudaStream_t stream);
 // dx [N, H, W, C] = conv^T(dy [N, Ho, Wo, C], w) (+ add [N, H, W, C] when non-null, e.g. a
 // residual gradient). dx may alias add.
-void launch_depthwise_backward_data(const void *dy, const float *w, const void *add, void *dx,
-                                    const DepthwiseShape &shape, Precision storage, cudaStream_t stream);
+void launch_depthwise_backward_data(const void* dy, const float* w, const void* add, void* dx,
+                                    const DepthwiseShape& shape, Precision storage, cudaStream_t stream);
 // Floats of scratch space the weight gradient needs.
-size_t depthwise_weight_grad_workspace_floats(const DepthwiseShape &shape);
+size_t depthwise_weight_grad_workspace_floats(const DepthwiseShape& shape);
 // dw [C, k*k] (fp32, overwritten) = sum over n, ho, wo of dy * x (the tap's input).
-void launch_depthwise_backward_weight(const void *x, const void *dy, float *dw, float *workspace,
-                                      const DepthwiseShape &shape, Precision storage, cudaStream_t stream);
+void launch_depthwise_backward_weight(const void* x, const void* dy, float* dw, float* workspace,
+                                      const DepthwiseShape& shape, Precision storage, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -44,8 +44,8 @@ __global__ void __launch_bounds__(kThreads) fused_expand_dw_kernel(FusedExpandDe
     const int oh0 = (blockIdx.y / tiles_w) * TS, ow0 = (blockIdx.y % tiles_w) * TS;
     const int ih0 = oh0 * S - a.pad_top, iw0 = ow0 * S - a.pad_left;
     const int n = blockIdx.z;
-    const T *x = static_cast<const T *>(a.input) + int64_t(n) * a.height * a.width * Cin;
-    const T *we = static_cast<const T *>(a.expand_weight);
+    const T* x = static_cast<const T*>(a.input) + int64_t(n) * a.height * a.width * Cin;
+    const T* we = static_cast<const T*>(a.expand_weight);
 
     float acc[PPW];
 #pragma unroll
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) fused_expand_dw_kernel(FusedExpandDe
 #pragma unroll
     for (int t = 0; t < K * K; ++t) wd[t] = c_ok ? a.dw_weight[t * Ce + c] : 0.0f;
     const float bd = c_ok ? a.dw_bias[c] : 0.0f;
-    T *y = static_cast<T *>(a.output) + int64_t(n) * a.out_height * a.out_width * Ce;
+    T* y = static_cast<T*>(a.output) + int64_t(n) * a.out_height * a.out_width * Ce;
     float sum = 0.0f;
     for (int q = warp; q < TS * TS; q += kWarps) {
         const int oy = q / TS, ox = q % TS;
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) fused_expand_dw_kernel(FusedExpandDe
 }
 
 template <typename T, int K, int S>
-void launch_typed(const FusedExpandDepthwiseArgs &a, cudaStream_t stream) {
+void launch_typed(const FusedExpandDepthwiseArgs& a, cudaStream_t stream) {
     constexpr int TS = tile_side(S);
     const int tiles = ((a.out_height + TS - 1) / TS) * ((a.out_width + TS - 1) / TS);
     const dim3 grid(unsigned((a.expand_channels + CC - 1) / CC), unsigned(tiles), unsigned(a.batch));
@@ -130,7 +130,7 @@ void launch_typed(const FusedExpandDepthwiseArgs &a, cudaStream_t stream) {
 }
 
 template <typename T>
-void launch_shape(const FusedExpandDepthwiseArgs &a, cudaStream_t stream) {
+void launch_shape(const FusedExpandDepthwiseArgs& a, cudaStream_t stream) {
     if (a.kernel == 3 && a.stride == 1)
         launch_typed<T, 3, 1>(a, stream);
     else if (a.kernel == 3 && a.stride == 2)
@@ -143,14 +143,14 @@ void launch_shape(const FusedExpandDepthwiseArgs &a, cudaStream_t stream) {
 
 } // namespace
 
-bool fused_expand_depthwise_supported(const FusedExpandDepthwiseArgs &a) {
+bool fused_expand_depthwise_supported(const FusedExpandDepthwiseArgs& a) {
     const int ts = tile_side(a.stride);
     const int64_t tiles = int64_t((a.out_height + ts - 1) / ts) * ((a.out_width + ts - 1) / ts);
     return (a.kernel == 3 || a.kernel == 5) && (a.stride == 1 || a.stride == 2) && tiles <= 65535 &&
            a.batch >= 1 && a.batch <= 65535;
 }
 
-void launch_fused_expand_depthwise(const FusedExpandDepthwiseArgs &a, Precision precision,
+void launch_fused_expand_depthwise(const FusedExpandDepthwiseArgs& a, Precision precision,
                                    cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.expand_weight && a.expand_bias && a.dw_weight && a.dw_bias && a.output,
                  "fused_expand_depthwise: null pointer argument");

@@ -9,21 +9,21 @@
 namespace effnet::kernels {
 
 struct FusedExpandDepthwiseArgs {
-    const void *input = nullptr;         // [N, H, W, Cin] storage precision
-    const void *expand_weight = nullptr; // [Ce, Cin] storage precision, BN folded
-    const float *expand_bias = nullptr;  // [Ce]
-    const float *dw_weight = nullptr;    // [k*k, Ce] float32, BN folded
-    const float *dw_bias = nullptr;      // [Ce]
-    void *output = nullptr;              // [N, Ho, Wo, Ce] storage precision
-    float *pooled_sum = nullptr;         // [N, Ce] or null
+    const void* input = nullptr;         // [N, H, W, Cin] storage precision
+    const void* expand_weight = nullptr; // [Ce, Cin] storage precision, BN folded
+    const float* expand_bias = nullptr;  // [Ce]
+    const float* dw_weight = nullptr;    // [k*k, Ce] float32, BN folded
+    const float* dw_bias = nullptr;      // [Ce]
+    void* output = nullptr;              // [N, Ho, Wo, Ce] storage precision
+    float* pooled_sum = nullptr;         // [N, Ce] or null
     int batch = 0, height = 0, width = 0, in_channels = 0, expand_channels = 0;
     int kernel = 3, stride = 1, pad_top = 0, pad_left = 0, out_height = 0, out_width = 0;
     Act act = Act::SiLU;
 };
 
 // Kernel 3 or 5, stride 1 or 2 (the tile sizes are chosen for those).
-bool fused_expand_depthwise_supported(const FusedExpandDepthwiseArgs &args);
-void launch_fused_expand_depthwise(const FusedExpandDepthwiseArgs &args, Precision precision,
+bool fused_expand_depthwise_supported(const FusedExpandDepthwiseArgs& args);
+void launch_fused_expand_depthwise(const FusedExpandDepthwiseArgs& args, Precision precision,
                                    cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -13,7 +13,7 @@ constexpr int kThreads = 256;
 
 template <typename T>
 __global__ void im2col_kernel(Im2colArgs a) {
-    T *cols = static_cast<T *>(a.columns);
+    T* cols = static_cast<T*>(a.columns);
     const int kk = a.kernel * a.kernel, taps = a.channels * kk;
     const int64_t total = int64_t(a.batch) * a.out_height * a.out_width * a.ld;
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
@@ -36,7 +36,7 @@ __global__ void im2col_kernel(Im2colArgs a) {
 
 } // namespace
 
-void launch_im2col(const Im2colArgs &a, Precision storage, cudaStream_t stream) {
+void launch_im2col(const Im2colArgs& a, Precision storage, cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.columns, "im2col: null pointer argument");
     EFFNET_CHECK(
         a.batch >= 1 && a.channels >= 1 && a.height >= 1 && a.width >= 1 && a.kernel >= 1 && a.stride >= 1 &&

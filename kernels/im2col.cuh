@@ -10,12 +10,12 @@
 namespace effnet::kernels {
 
 struct Im2colArgs {
-    const float *input = nullptr; // [N, C, H, W]
-    void *columns = nullptr;      // [N*Ho*Wo, ld]
+    const float* input = nullptr; // [N, C, H, W]
+    void* columns = nullptr;      // [N*Ho*Wo, ld]
     int batch = 0, channels = 0, height = 0, width = 0;
     int kernel = 3, stride = 2, pad_top = 0, pad_left = 0, out_height = 0, out_width = 0;
     int ld = 0; // >= channels * kernel * kernel
 };
-void launch_im2col(const Im2colArgs &args, Precision storage, cudaStream_t stream);
+void launch_im2col(const Im2colArgs& args, Precision storage, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -11,9 +11,9 @@ namespace {
 
 // Shared epilogue for one output element: bias, activation, residual.
 template <typename T>
-__device__ __forceinline__ float epilogue_value(const PointwiseArgs &a, float acc, int64_t m, int n) {
+__device__ __forceinline__ float epilogue_value(const PointwiseArgs& a, float acc, int64_t m, int n) {
     float v = apply_act(acc + a.bias[n], a.act);
-    if (a.residual) v += to_float(static_cast<const T *>(a.residual)[m * a.out_channels + n]);
+    if (a.residual) v += to_float(static_cast<const T*>(a.residual)[m * a.out_channels + n]);
     return v;
 }
 
@@ -27,8 +27,8 @@ template <typename T>
 __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
     __shared__ __align__(16) float As[BK][BM + PAD];
     __shared__ __align__(16) float Bs[BK][BN + PAD];
-    const T *x = static_cast<const T *>(a.input);
-    const T *w = static_cast<const T *>(a.weight);
+    const T* x = static_cast<const T*>(a.input);
+    const T* w = static_cast<const T*>(a.weight);
     const int64_t M = a.rows;
     const int N = a.out_channels, K = a.in_channels;
     const int64_t m0 = int64_t(blockIdx.x) * BM;
@@ -62,8 +62,8 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
-            const float4 av = *reinterpret_cast<const float4 *>(&As[kk][ty * 4]);
-            const float4 bv = *reinterpret_cast<const float4 *>(&Bs[kk][tx * 4]);
+            const float4 av = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
+            const float4 bv = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
             const float ar[4] = {av.x, av.y, av.z, av.w};
             const float br[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
         }
         __syncthreads();
     }
-    T *y = static_cast<T *>(a.output);
+    T* y = static_cast<T*>(a.output);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int64_t m = m0 + ty * 4 + i;
@@ -87,12 +87,12 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
 }
 } // namespace simt
 
-bool aligned16(const void *p) {
+bool aligned16(const void* p) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 template <typename T>
-void launch_simt(const PointwiseArgs &a, cudaStream_t stream) {
+void launch_simt(const PointwiseArgs& a, cudaStream_t stream) {
     const dim3 grid(unsigned((a.rows + simt::BM - 1) / simt::BM),
                     unsigned((a.out_channels + simt::BN - 1) / simt::BN));
     simt::pointwise_simt_kernel<T><<<grid, 256, 0, stream>>>(a);
@@ -101,13 +101,13 @@ void launch_simt(const PointwiseArgs &a, cudaStream_t stream) {
 
 } // namespace
 
-bool pointwise_tensor_core_eligible(const PointwiseArgs &a, Precision precision) {
+bool pointwise_tensor_core_eligible(const PointwiseArgs& a, Precision precision) {
     return precision != Precision::FP32 && a.in_channels % 8 == 0 && a.out_channels % 8 == 0 &&
            aligned16(a.input) && aligned16(a.weight) && aligned16(a.output) &&
            (a.residual == nullptr || aligned16(a.residual)) && (a.gate == nullptr || aligned16(a.gate));
 }
 
-void launch_pointwise_conv(const PointwiseArgs &a, Precision precision, GemmKernel kernel,
+void launch_pointwise_conv(const PointwiseArgs& a, Precision precision, GemmKernel kernel,
                            cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.weight && a.bias && a.output, "pointwise_conv: null pointer argument");
     EFFNET_CHECK(a.rows >= 1 && a.out_channels >= 1 && a.in_channels >= 1 && a.rows_per_image >= 1 &&

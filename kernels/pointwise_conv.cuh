@@ -10,12 +10,12 @@
 namespace effnet::kernels {
 
 struct PointwiseArgs {
-    const void *input = nullptr;    // [M, K] storage precision
-    const void *weight = nullptr;   // [N, K] storage precision (PyTorch [Cout, Cin, 1, 1])
-    const float *bias = nullptr;    // [N] float32
-    const float *gate = nullptr;    // [M / rows_per_image, K] float32 or null
-    const void *residual = nullptr; // [M, N] storage precision or null
-    void *output = nullptr;         // [M, N] storage precision
+    const void* input = nullptr;    // [M, K] storage precision
+    const void* weight = nullptr;   // [N, K] storage precision (PyTorch [Cout, Cin, 1, 1])
+    const float* bias = nullptr;    // [N] float32
+    const float* gate = nullptr;    // [M / rows_per_image, K] float32 or null
+    const void* residual = nullptr; // [M, N] storage precision or null
+    void* output = nullptr;         // [M, N] storage precision
     int64_t rows = 0;               // M
     int out_channels = 0;           // N
     int in_channels = 0;            // K
@@ -27,11 +27,11 @@ enum class GemmKernel { Auto, Simt, TensorCore };
 
 // Whether the tensor-core kernel can run these arguments (fp16/bf16, K and N multiples of 8,
 // 16-byte aligned pointers).
-bool pointwise_tensor_core_eligible(const PointwiseArgs &args, Precision precision);
+bool pointwise_tensor_core_eligible(const PointwiseArgs& args, Precision precision);
 
 // Auto picks the tensor-core kernel when eligible, else SIMT. Asking for TensorCore on
 // ineligible arguments throws.
-void launch_pointwise_conv(const PointwiseArgs &args, Precision precision, GemmKernel kernel,
+void launch_pointwise_conv(const PointwiseArgs& args, Precision precision, GemmKernel kernel,
                            cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -22,12 +22,12 @@ constexpr int LDS =
     BK + 8; // shared row pitch in elements: 80 B, so the 8 rows of an ldmatrix hit distinct banks
 constexpr int kStages = 4; // K tiles in flight: 3 loading while one is multiplied
 
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 // 16-byte global -> shared copy; when !valid, writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
     const int bytes = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes)
                  : "memory");
@@ -41,7 +41,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8, row l % 8.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
@@ -112,13 +112,12 @@ struct TileShape {
 // and aliases the epilogue staging onto the ring, so more blocks fit. Epilogue with the
 // accurate activation (as measured; the persistent kernel's wide outputs needed the fast one).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-__global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     pointwise_mma_tile_kernel(PointwiseArgs a, int n_tiles) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T *const ring = reinterpret_cast<T *>(smem_raw); // kStages x {A [BM][LDS], B [BN][LDS]}
-    float *const staged =
-        reinterpret_cast<float *>(smem_raw); // [BM][kLdc], aliases the ring after the K loop
+    T* const ring = reinterpret_cast<T*>(smem_raw);           // kStages x {A [BM][LDS], B [BN][LDS]}
+    float* const staged = reinterpret_cast<float*>(smem_raw); // [BM][kLdc], aliases the ring after the K loop
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int tile_n = int(blockIdx.x % unsigned(n_tiles));
@@ -126,14 +125,14 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     const int n0 = tile_n * BN;
     const int64_t M = a.rows;
     const int N = a.out_channels, K = a.in_channels;
-    const T *const x = static_cast<const T *>(a.input);
-    const T *const w = static_cast<const T *>(a.weight);
+    const T* const x = static_cast<const T*>(a.input);
+    const T* const w = static_cast<const T*>(a.weight);
 
     // This thread copies, for every K tile, the chunks at column kc of rows copy_row + i * kRowsPerPass.
     const int kc = (tid % S::kChunksPerRow) * 8;
     const int copy_row = tid / S::kChunksPerRow;
-    const T *a_src[S::kAChunks];
-    const float *g_src[S::kAChunks];
+    const T* a_src[S::kAChunks];
+    const float* g_src[S::kAChunks];
     bool a_ok[S::kAChunks];
 #pragma unroll
     for (int i = 0; i < S::kAChunks; ++i) {
@@ -143,7 +142,7 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         a_src[i] = x + row * K + kc;
         g_src[i] = a.gate ? a.gate + (row / a.rows_per_image) * K + kc : nullptr;
     }
-    const T *b_src[S::kBChunks];
+    const T* b_src[S::kBChunks];
     bool b_ok[S::kBChunks];
 #pragma unroll
     for (int i = 0; i < S::kBChunks; ++i) {
@@ -153,8 +152,8 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     }
 
     auto load_stage = [&](int slot, int kt) {
-        T *As = ring + slot * S::kStageElems;
-        T *Bs = As + BM * LDS;
+        T* As = ring + slot * S::kStageElems;
+        T* Bs = As + BM * LDS;
         const bool k_ok = kt * BK + kc < K; // K % 8 == 0: a chunk is wholly inside or outside
         const int k_off = k_ok ? kt * BK : 0;
 #pragma unroll
@@ -171,16 +170,16 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     auto gate_stage = [&](int slot, int kt) {
         const int k = kt * BK + kc;
         if (k >= K) return;
-        T *As = ring + slot * S::kStageElems;
+        T* As = ring + slot * S::kStageElems;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             if (!a_ok[i]) continue;
-            uint4 *p = reinterpret_cast<uint4 *>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc);
+            uint4* p = reinterpret_cast<uint4*>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc);
             uint4 raw = *p;
-            const float4 g0 = __ldg(reinterpret_cast<const float4 *>(g_src[i] + kt * BK));
-            const float4 g1 = __ldg(reinterpret_cast<const float4 *>(g_src[i] + kt * BK + 4));
+            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK));
+            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK + 4));
             const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T *e = reinterpret_cast<T *>(&raw);
+            T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
             for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
             *p = raw;
@@ -212,8 +211,8 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         if (next < k_tiles) load_stage(next % kStages, next);
         cp_async_commit();
 
-        const T *As = ring + slot * S::kStageElems;
-        const T *Bs = As + BM * LDS;
+        const T* As = ring + slot * S::kStageElems;
+        const T* Bs = As + BM * LDS;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             if (kt * BK + kk >= K) break; // all-zero padding of the last tile (K % 32 == 16 or 8..)
@@ -250,16 +249,16 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
         for (int j = 0; j < S::kFragN; ++j) {
             const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-            *reinterpret_cast<float2 *>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
-            *reinterpret_cast<float2 *>(&staged[(r + 8) * S::kLdc + c]) =
+            *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
+            *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) =
                 make_float2(acc[i][j][2], acc[i][j][3]);
         }
     __syncthreads();
 
     // Epilogue: 8 consecutive channels per item (N % 8 == 0), 16-byte loads and stores; all
     // residual loads are issued before the first store so they overlap.
-    T *const y = static_cast<T *>(a.output);
-    const T *const res = static_cast<const T *>(a.residual);
+    T* const y = static_cast<T*>(a.output);
+    const T* const res = static_cast<const T*>(a.residual);
     uint4 res_raw[S::kOutChunks];
     if (res) {
 #pragma unroll
@@ -267,7 +266,7 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
             const int item = tid + i * S::kThreads;
             const int64_t m = m0 + item / S::kOutChunksPerRow;
             const int n = n0 + (item % S::kOutChunksPerRow) * 8;
-            res_raw[i] = (m < M && n < N) ? __ldg(reinterpret_cast<const uint4 *>(res + m * N + n))
+            res_raw[i] = (m < M && n < N) ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n))
                                           : make_uint4(0, 0, 0, 0);
         }
     }
@@ -278,13 +277,13 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         const int64_t m = m0 + r;
         const int n = n0 + c;
         if (m >= M || n >= N) continue;
-        const float4 v0 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + c]);
-        const float4 v1 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + c + 4]);
+        const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c]);
+        const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c + 4]);
         float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = apply_act(v[j] + __ldg(a.bias + n + j), a.act);
         if (res) {
-            const T *rv = reinterpret_cast<const T *>(&res_raw[i]);
+            const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
 #pragma unroll
             for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
         }
@@ -298,19 +297,19 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
 // reads in flight while it multiplies and writes the current one (most of these layers are
 // memory-bound with K <= 32: one step per tile).
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-__global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
     pointwise_mma_kernel(PointwiseArgs a, int n_tiles, int total_tiles) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T *const ring = reinterpret_cast<T *>(smem_raw); // kStages x {A [BM][LDS], B [BN][LDS]}
-    float *const staged = reinterpret_cast<float *>(smem_raw + S::kRingBytes); // [BM][kLdc]
+    T* const ring = reinterpret_cast<T*>(smem_raw); // kStages x {A [BM][LDS], B [BN][LDS]}
+    float* const staged = reinterpret_cast<float*>(smem_raw + S::kRingBytes); // [BM][kLdc]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t M = a.rows;
     const int N = a.out_channels, K = a.in_channels;
     const uint32_t rows_per_image = uint32_t(a.rows_per_image);
-    const T *const x = static_cast<const T *>(a.input);
-    const T *const w = static_cast<const T *>(a.weight);
+    const T* const x = static_cast<const T*>(a.input);
+    const T* const w = static_cast<const T*>(a.weight);
     const int k_tiles = (K + BK - 1) / BK;
     const int first_tile = int(blockIdx.x), tile_stride = int(gridDim.x);
     const int my_tiles = first_tile < total_tiles ? (total_tiles - 1 - first_tile) / tile_stride + 1 : 0;
@@ -320,7 +319,7 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
     const int kc = (tid % S::kChunksPerRow) * 8;
     const int copy_row = tid / S::kChunksPerRow;
 
-    auto tile_of_step = [&](int step, int64_t &m0, int &n0) {
+    auto tile_of_step = [&](int step, int64_t& m0, int& n0) {
         const int tile = first_tile + (step / k_tiles) * tile_stride;
         m0 = int64_t(tile / n_tiles) * BM;
         n0 = (tile % n_tiles) * BN;
@@ -332,8 +331,8 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         tile_of_step(step, m0, n0);
         const int k = (step % k_tiles) * BK + kc;
         const bool k_ok = k < K; // K % 8 == 0: a chunk is wholly inside or outside
-        T *As = ring + (step % kStages) * S::kStageElems;
-        T *Bs = As + BM * LDS;
+        T* As = ring + (step % kStages) * S::kStageElems;
+        T* Bs = As + BM * LDS;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             const int r = copy_row + i * S::kRowsPerPass;
@@ -358,19 +357,19 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         int64_t m0;
         int n0;
         tile_of_step(step, m0, n0);
-        T *As = ring + (step % kStages) * S::kStageElems;
+        T* As = ring + (step % kStages) * S::kStageElems;
 #pragma unroll
         for (int i = 0; i < S::kAChunks; ++i) {
             const int r = copy_row + i * S::kRowsPerPass;
             if (m0 + r >= M) continue;
-            const float *g =
+            const float* g =
                 a.gate + int64_t(uint32_t(m0 + r) / rows_per_image) * K + k; // rows < 2^32 (host check)
-            const float4 g0 = __ldg(reinterpret_cast<const float4 *>(g));
-            const float4 g1 = __ldg(reinterpret_cast<const float4 *>(g + 4));
-            uint4 *p = reinterpret_cast<uint4 *>(As + r * LDS + kc);
+            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g));
+            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g + 4));
+            uint4* p = reinterpret_cast<uint4*>(As + r * LDS + kc);
             uint4 raw = *p;
             const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T *e = reinterpret_cast<T *>(&raw);
+            T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
             for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
             *p = raw;
@@ -392,8 +391,8 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         cp_async_commit(); // empty groups keep the wait count uniform
     }
 
-    T *const y = static_cast<T *>(a.output);
-    const T *const res = static_cast<const T *>(a.residual);
+    T* const y = static_cast<T*>(a.output);
+    const T* const res = static_cast<const T*>(a.residual);
     const int out_col = (tid % S::kOutChunksPerRow) * 8; // this thread's 8 output columns in every tile
 
     for (int step = 0; step < steps; ++step) {
@@ -408,8 +407,8 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
         int64_t m0;
         int n0;
         tile_of_step(step, m0, n0);
-        const T *As = ring + (step % kStages) * S::kStageElems;
-        const T *Bs = As + BM * LDS;
+        const T* As = ring + (step % kStages) * S::kStageElems;
+        const T* Bs = As + BM * LDS;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             if (kt * BK + kk >= K) break; // all-zero padding of the last K tile
@@ -444,9 +443,9 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
             for (int j = 0; j < S::kFragN; ++j) {
                 const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-                *reinterpret_cast<float2 *>(&staged[r * S::kLdc + c]) =
+                *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) =
                     make_float2(acc[i][j][0], acc[i][j][1]);
-                *reinterpret_cast<float2 *>(&staged[(r + 8) * S::kLdc + c]) =
+                *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) =
                     make_float2(acc[i][j][2], acc[i][j][3]);
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
@@ -465,7 +464,7 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
 #pragma unroll
                 for (int i = 0; i < S::kOutChunks; ++i) {
                     const int64_t m = m0 + (tid + i * S::kThreads) / S::kOutChunksPerRow;
-                    res_raw[i] = m < M ? __ldg(reinterpret_cast<const uint4 *>(res + m * N + n))
+                    res_raw[i] = m < M ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n))
                                        : make_uint4(0, 0, 0, 0);
                 }
             }
@@ -474,13 +473,13 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
                 const int r = (tid + i * S::kThreads) / S::kOutChunksPerRow;
                 const int64_t m = m0 + r;
                 if (m >= M) continue;
-                const float4 v0 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + out_col]);
-                const float4 v1 = *reinterpret_cast<const float4 *>(&staged[r * S::kLdc + out_col + 4]);
+                const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col]);
+                const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col + 4]);
                 float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
                 for (int j = 0; j < 8; ++j) v[j] = fast_act(v[j] + bias[j], a.act);
                 if (res) {
-                    const T *rv = reinterpret_cast<const T *>(&res_raw[i]);
+                    const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
 #pragma unroll
                     for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
                 }
@@ -492,7 +491,7 @@ __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32, MIN_BLOCKS)
 }
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-void launch_tile(const PointwiseArgs &a, int max_blocks, cudaStream_t stream) {
+void launch_tile(const PointwiseArgs& a, int max_blocks, cudaStream_t stream) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     const int n_tiles = (a.out_channels + BN - 1) / BN;
     const int64_t tiles = ((a.rows + BM - 1) / BM) * n_tiles;
@@ -515,7 +514,7 @@ void launch_tile(const PointwiseArgs &a, int max_blocks, cudaStream_t stream) {
 }
 
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int MIN_BLOCKS>
-void launch_tile_per_block(const PointwiseArgs &a, cudaStream_t stream) {
+void launch_tile_per_block(const PointwiseArgs& a, cudaStream_t stream) {
     using S = TileShape<BM, BN, WARPS_M, WARPS_N>;
     const int n_tiles = (a.out_channels + BN - 1) / BN;
     const int64_t m_tiles = (a.rows + BM - 1) / BM;
@@ -536,12 +535,12 @@ void launch_tile_per_block(const PointwiseArgs &a, cudaStream_t stream) {
 // K <= 96 (at most 3 K tiles): the persistent kernel; longer K: one tile per block. Both were
 // timed on every B0 layer at batch 32 and 256 (H200): the persistent one wins by up to 1.8x on
 // the wide, short-K layers and loses by up to 2x on the long-K ones.
-bool use_persistent(const PointwiseArgs &a) {
+bool use_persistent(const PointwiseArgs& a) {
     return a.in_channels <= 96;
 }
 
 template <typename T>
-void launch_typed(const PointwiseArgs &a, PointwiseTile tile, int max_blocks, cudaStream_t stream) {
+void launch_typed(const PointwiseArgs& a, PointwiseTile tile, int max_blocks, cudaStream_t stream) {
     const bool persistent = max_blocks > 0 || (max_blocks == 0 && use_persistent(a));
     switch (tile) {
     case PointwiseTile::M128_N32:
@@ -587,7 +586,7 @@ PointwiseTile choose_pointwise_tile(int64_t rows, int out_channels, int in_chann
     return PointwiseTile::M32_N64;
 }
 
-void launch_pointwise_mma(const PointwiseArgs &a, Precision precision, cudaStream_t stream) {
+void launch_pointwise_mma(const PointwiseArgs& a, Precision precision, cudaStream_t stream) {
     int device = 0, sm_count = 0;
     EFFNET_CUDA_CHECK(cudaGetDevice(&device));
     EFFNET_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
@@ -595,7 +594,7 @@ void launch_pointwise_mma(const PointwiseArgs &a, Precision precision, cudaStrea
                          stream, 0);
 }
 
-void launch_pointwise_mma(const PointwiseArgs &a, Precision precision, PointwiseTile tile,
+void launch_pointwise_mma(const PointwiseArgs& a, Precision precision, PointwiseTile tile,
                           cudaStream_t stream, int max_blocks) {
     EFFNET_CHECK(pointwise_tensor_core_eligible(a, precision),
                  "pointwise_conv: tensor-core kernel needs fp16/bf16, K and N multiples of 8 and 16-byte "

@@ -22,12 +22,12 @@ enum class PointwiseTile {
 PointwiseTile choose_pointwise_tile(int64_t rows, int out_channels, int in_channels, int sm_count);
 
 // Precondition: pointwise_tensor_core_eligible(args, precision) and precision != FP32.
-void launch_pointwise_mma(const PointwiseArgs &args, Precision precision, cudaStream_t stream);
+void launch_pointwise_mma(const PointwiseArgs& args, Precision precision, cudaStream_t stream);
 // The same with the tile forced (tests run every tile on every shape; benchmarks compare them).
 // max_blocks: 0, the launcher's choice of kernel (persistent when K <= 96, else one tile per
 // block); -1, one tile per block; > 0, the persistent kernel with its grid capped there, so that
 // a test on a small shape still makes each block walk several tiles.
-void launch_pointwise_mma(const PointwiseArgs &args, Precision precision, PointwiseTile tile,
+void launch_pointwise_mma(const PointwiseArgs& args, Precision precision, PointwiseTile tile,
                           cudaStream_t stream, int max_blocks = 0);
 
 } // namespace effnet::kernels

@@ -10,11 +10,11 @@ namespace {
 
 // Thread per (n, channel), looping over pixels: consecutive threads read consecutive channels.
 template <typename T>
-__global__ void __launch_bounds__(256) global_avg_pool_kernel(const T *x, float *out, int pixels, int C) {
+__global__ void __launch_bounds__(256) global_avg_pool_kernel(const T* x, float* out, int pixels, int C) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int n = blockIdx.y;
     if (c >= C) return;
-    const T *p = x + int64_t(n) * pixels * C + c;
+    const T* p = x + int64_t(n) * pixels * C + c;
     float s = 0.0f;
     for (int i = 0; i < pixels; ++i) s += to_float(p[int64_t(i) * C]);
     out[int64_t(n) * C + c] = s / float(pixels);
@@ -22,13 +22,13 @@ __global__ void __launch_bounds__(256) global_avg_pool_kernel(const T *x, float 
 
 // One warp per output (n, m): lanes stride over K, then a warp reduction.
 __global__ void __launch_bounds__(256)
-    linear_kernel(const float *x, const float *w, const float *b, float *y, int N, int K, int M) {
+    linear_kernel(const float* x, const float* w, const float* b, float* y, int N, int K, int M) {
     const int warp = int((int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32);
     const int lane = threadIdx.x % 32;
     if (warp >= N * M) return; // whole warps exit together
     const int n = warp / M, m = warp % M;
-    const float *xr = x + int64_t(n) * K;
-    const float *wr = w + int64_t(m) * K;
+    const float* xr = x + int64_t(n) * K;
+    const float* wr = w + int64_t(m) * K;
     float s = 0.0f;
     for (int k = lane; k < K; k += 32) s = fmaf(xr[k], wr[k], s);
     s = warp_sum(s);
@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(256)
 
 } // namespace
 
-void launch_global_avg_pool(const void *input, float *output, int batch, int pixels, int channels,
+void launch_global_avg_pool(const void* input, float* output, int batch, int pixels, int channels,
                             Precision precision, cudaStream_t stream) {
     EFFNET_CHECK(input && output, "global_avg_pool: null pointer argument");
     EFFNET_CHECK(batch >= 1 && batch <= 65535 && pixels >= 1 && channels >= 1,
@@ -47,21 +47,21 @@ void launch_global_avg_pool(const void *input, float *output, int batch, int pix
     switch (precision) {
     case Precision::FP32:
         global_avg_pool_kernel<float>
-            <<<grid, 256, 0, stream>>>(static_cast<const float *>(input), output, pixels, channels);
+            <<<grid, 256, 0, stream>>>(static_cast<const float*>(input), output, pixels, channels);
         break;
     case Precision::FP16:
         global_avg_pool_kernel<__half>
-            <<<grid, 256, 0, stream>>>(static_cast<const __half *>(input), output, pixels, channels);
+            <<<grid, 256, 0, stream>>>(static_cast<const __half*>(input), output, pixels, channels);
         break;
     case Precision::BF16:
         global_avg_pool_kernel<__nv_bfloat16>
-            <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16 *>(input), output, pixels, channels);
+            <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(input), output, pixels, channels);
         break;
     }
     EFFNET_LAUNCH_CHECK("global_avg_pool_kernel");
 }
 
-void launch_linear(const float *input, const float *weight, const float *bias, float *output, int batch,
+void launch_linear(const float* input, const float* weight, const float* bias, float* output, int batch,
                    int in_features, int out_features, cudaStream_t stream) {
     EFFNET_CHECK(input && weight && output, "linear: null pointer argument");
     EFFNET_CHECK(batch >= 1 && in_features >= 1 && out_features >= 1 &&

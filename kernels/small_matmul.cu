@@ -18,10 +18,10 @@ __global__ void small_matmul_kernel(SmallMatmulArgs a) {
     for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < total;
          t += int64_t(gridDim.x) * blockDim.x) {
         const int64_t i = t / a.cols, j = t - i * a.cols;
-        const float *ap = a.a + i * a.a_row;
+        const float* ap = a.a + i * a.a_row;
         float acc = 0.0f;
         if (a.b) {
-            const float *bp = a.b + j * a.b_col;
+            const float* bp = a.b + j * a.b_col;
             for (int k = 0; k < a.inner; ++k) acc = fmaf(ap[k * a.a_col], bp[k * a.b_row], acc);
         } else {
             for (int k = 0; k < a.inner; ++k) acc += ap[k * a.a_col];
@@ -36,7 +36,7 @@ __global__ void small_matmul_kernel(SmallMatmulArgs a) {
     }
 }
 
-__global__ void pointwise_grad_kernel(float *d, const float *pre, const float *sig, int64_t n, Act act) {
+__global__ void pointwise_grad_kernel(float* d, const float* pre, const float* sig, int64_t n, Act act) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
          i += int64_t(gridDim.x) * blockDim.x) {
         if (sig) {
@@ -50,7 +50,7 @@ __global__ void pointwise_grad_kernel(float *d, const float *pre, const float *s
 
 } // namespace
 
-void launch_small_matmul(const SmallMatmulArgs &a, cudaStream_t stream) {
+void launch_small_matmul(const SmallMatmulArgs& a, cudaStream_t stream) {
     EFFNET_CHECK(a.a && a.out, "small_matmul: null pointer argument");
     EFFNET_CHECK(a.rows >= 1 && a.cols >= 1 && a.inner >= 1,
                  "small_matmul: bad shape " + std::to_string(a.rows) + "x" + std::to_string(a.cols) + "x" +
@@ -60,7 +60,7 @@ void launch_small_matmul(const SmallMatmulArgs &a, cudaStream_t stream) {
     EFFNET_LAUNCH_CHECK("small_matmul_kernel");
 }
 
-void launch_pointwise_grad_f32(float *d, const float *pre, const float *sigmoid_out, int64_t n, Act act,
+void launch_pointwise_grad_f32(float* d, const float* pre, const float* sigmoid_out, int64_t n, Act act,
                                cudaStream_t stream) {
     EFFNET_CHECK(d && (pre || sigmoid_out) && n >= 1, "pointwise_grad_f32: null pointer or empty");
     pointwise_grad_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(d, pre, sigmoid_out, n, act);

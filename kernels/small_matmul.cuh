@@ -14,22 +14,22 @@ namespace effnet::kernels {
 enum class SmallMatmulPost { None, Activation, Sigmoid };
 
 struct SmallMatmulArgs {
-    const float *a = nullptr;
+    const float* a = nullptr;
     int64_t a_row = 0, a_col = 0;
-    const float *b = nullptr; // null: all ones
+    const float* b = nullptr; // null: all ones
     int64_t b_row = 0, b_col = 0;
-    const float *bias = nullptr;       // [J] or null
-    float *out_pre = nullptr;          // [I, J] before the post op, or null
-    float *out = nullptr;              // [I, J] after it
+    const float* bias = nullptr;       // [J] or null
+    float* out_pre = nullptr;          // [I, J] before the post op, or null
+    float* out = nullptr;              // [I, J] after it
     int rows = 0, cols = 0, inner = 0; // I, J, K
     SmallMatmulPost post = SmallMatmulPost::None;
     Act act = Act::None; // for SmallMatmulPost::Activation
 };
-void launch_small_matmul(const SmallMatmulArgs &args, cudaStream_t stream);
+void launch_small_matmul(const SmallMatmulArgs& args, cudaStream_t stream);
 
 // d[i] = d[i] * f'(pre[i]) in place, for n elements: f = act, or sigmoid given its output
 // (gate_out: f' = s * (1 - s)) when sigmoid_out is non-null.
-void launch_pointwise_grad_f32(float *d, const float *pre, const float *sigmoid_out, int64_t n, Act act,
+void launch_pointwise_grad_f32(float* d, const float* pre, const float* sigmoid_out, int64_t n, Act act,
                                cudaStream_t stream);
 
 } // namespace effnet::kernels

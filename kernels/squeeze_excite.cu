@@ -15,15 +15,15 @@ constexpr int kThreads = 256;
 // (W2 transposed so that threads read consecutive channels).
 __global__ void __launch_bounds__(kThreads) excite_kernel(ExciteArgs a) {
     extern __shared__ float smem[];
-    float *mean = smem;                // [C]
-    float *hidden = smem + a.channels; // [S]
+    float* mean = smem;                // [C]
+    float* hidden = smem + a.channels; // [S]
     const int n = blockIdx.x, C = a.channels, S = a.reduced;
     for (int c = threadIdx.x; c < C; c += blockDim.x)
         mean[c] = a.pooled_sum[int64_t(n) * C + c] * a.inv_count;
     __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     for (int s = warp; s < S; s += warps) {
-        const float *w = a.w_reduce + int64_t(s) * C;
+        const float* w = a.w_reduce + int64_t(s) * C;
         float dot = 0.0f;
         for (int c = lane; c < C; c += 32) dot = fmaf(w[c], mean[c], dot);
         dot = warp_sum(dot);
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads) excite_kernel(ExciteArgs a) {
 
 } // namespace
 
-void launch_excite(const ExciteArgs &a, cudaStream_t stream) {
+void launch_excite(const ExciteArgs& a, cudaStream_t stream) {
     EFFNET_CHECK(a.pooled_sum && a.w_reduce && a.b_reduce && a.w_expand_t && a.b_expand && a.gate,
                  "excite: null pointer argument");
     EFFNET_CHECK(a.batch >= 1 && a.channels >= 1 && a.reduced >= 1,

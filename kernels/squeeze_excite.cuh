@@ -7,17 +7,17 @@
 namespace effnet::kernels {
 
 struct ExciteArgs {
-    const float *pooled_sum = nullptr; // [N, C] sum over H*W
+    const float* pooled_sum = nullptr; // [N, C] sum over H*W
     float inv_count = 1.0f;            // 1 / (H*W)
-    const float *w_reduce = nullptr;   // [S, C]
-    const float *b_reduce = nullptr;   // [S]
-    const float *w_expand_t = nullptr; // [S, C] (the [C, S] expand weight transposed)
-    const float *b_expand = nullptr;   // [C]
-    float *gate = nullptr;             // [N, C]
+    const float* w_reduce = nullptr;   // [S, C]
+    const float* b_reduce = nullptr;   // [S]
+    const float* w_expand_t = nullptr; // [S, C] (the [C, S] expand weight transposed)
+    const float* b_expand = nullptr;   // [C]
+    float* gate = nullptr;             // [N, C]
     int batch = 0, channels = 0, reduced = 0;
     Act act = Act::SiLU;
 };
 
-void launch_excite(const ExciteArgs &args, cudaStream_t stream);
+void launch_excite(const ExciteArgs& args, cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -18,7 +18,7 @@ constexpr int kThreads = 256;
 // position, then thread row 0 adds the 8 in order.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    spatial_sum_kernel(const T *x, const T *y, float *out, int64_t hw, int C, float scale) {
+    spatial_sum_kernel(const T* x, const T* y, float* out, int64_t hw, int C, float scale) {
     __shared__ float smem[kRowThreads][kChannelsPerBlock];
     const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
     const int64_t n = blockIdx.y;
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // y = x * gate[n, c]
 template <typename T>
-__global__ void gate_apply_kernel(const T *x, const float *gate, T *y, int64_t hw, int C, int64_t total) {
+__global__ void gate_apply_kernel(const T* x, const float* gate, T* y, int64_t hw, int C, int64_t total) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
          i += int64_t(gridDim.x) * blockDim.x) {
         const int64_t c = i % C, n = i / (hw * C);
@@ -51,7 +51,7 @@ __global__ void gate_apply_kernel(const T *x, const float *gate, T *y, int64_t h
 
 // dx = dy * gate[n, c] + dsqueezed[n, c] * inv_hw
 template <typename T>
-__global__ void se_dx_kernel(const T *dy, const float *gate, const float *dsq, float inv_hw, T *dx,
+__global__ void se_dx_kernel(const T* dy, const float* gate, const float* dsq, float inv_hw, T* dx,
                              int64_t hw, int C, int64_t total) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
          i += int64_t(gridDim.x) * blockDim.x) {
@@ -60,7 +60,7 @@ __global__ void se_dx_kernel(const T *dy, const float *gate, const float *dsq, f
     }
 }
 
-void check_args(const char *op, const SqueezeExciteTrainArgs &a) {
+void check_args(const char* op, const SqueezeExciteTrainArgs& a) {
     EFFNET_CHECK(a.batch >= 1 && a.hw >= 1 && a.channels >= 1 && a.reduced >= 1,
                  std::string(op) + ": bad shape N=" + std::to_string(a.batch) +
                      " HW=" + std::to_string(a.hw) + " C=" + std::to_string(a.channels) +
@@ -71,7 +71,7 @@ void check_args(const char *op, const SqueezeExciteTrainArgs &a) {
 }
 
 // out = A B with A [I, K] row-major and B given as W [J, K] (so B = W^T), plus bias.
-SmallMatmulArgs linear(const float *x, int64_t I, int64_t K, const float *w, int64_t J, const float *bias) {
+SmallMatmulArgs linear(const float* x, int64_t I, int64_t K, const float* w, int64_t J, const float* bias) {
     SmallMatmulArgs m;
     m.a = x;
     m.a_row = K;
@@ -88,7 +88,7 @@ SmallMatmulArgs linear(const float *x, int64_t I, int64_t K, const float *w, int
 
 } // namespace
 
-void launch_spatial_sum(const void *x, const void *y, float *out, int batch, int64_t hw, int channels,
+void launch_spatial_sum(const void* x, const void* y, float* out, int batch, int64_t hw, int channels,
                         float scale, Precision storage, cudaStream_t stream) {
     EFFNET_CHECK(x && out && batch >= 1 && batch <= 65535 && hw >= 1 && channels >= 1,
                  "spatial_sum: null pointer or bad shape N=" + std::to_string(batch) +
@@ -97,13 +97,13 @@ void launch_spatial_sum(const void *x, const void *y, float *out, int batch, int
     const dim3 grid(unsigned((channels + kChannelsPerBlock - 1) / kChannelsPerBlock), unsigned(batch));
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        spatial_sum_kernel<T><<<grid, block, 0, stream>>>(
-            static_cast<const T *>(x), static_cast<const T *>(y), out, hw, channels, scale);
+        spatial_sum_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(y),
+                                                          out, hw, channels, scale);
     });
     EFFNET_LAUNCH_CHECK("spatial_sum_kernel");
 }
 
-void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs &a, void *y, Precision storage,
+void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& a, void* y, Precision storage,
                                          cudaStream_t stream) {
     check_args("squeeze_excite_train_forward", a);
     EFFNET_CHECK(y && y != a.x, "squeeze_excite_train_forward: null or aliased output");
@@ -123,7 +123,7 @@ void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs &a, void *
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         gate_apply_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(a.x), a.gate, static_cast<T *>(y), a.hw, C, total);
+            static_cast<const T*>(a.x), a.gate, static_cast<T*>(y), a.hw, C, total);
     });
     EFFNET_LAUNCH_CHECK("gate_apply_kernel");
 }
@@ -132,16 +132,16 @@ size_t squeeze_excite_workspace_floats(int batch, int channels, int reduced) {
     return size_t(batch) * (2 * size_t(channels) + size_t(reduced));
 }
 
-void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs &a, const void *dy, void *dx, float *dw1,
-                                    float *db1, float *dw2, float *db2, float *workspace, Precision storage,
+void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void* dy, void* dx, float* dw1,
+                                    float* db1, float* dw2, float* db2, float* workspace, Precision storage,
                                     cudaStream_t stream) {
     check_args("squeeze_excite_backward", a);
     EFFNET_CHECK(dy && dx && dx != dy && dw1 && db1 && dw2 && db2 && workspace,
                  "squeeze_excite_backward: null or aliased pointer argument");
     const int N = a.batch, C = a.channels, S = a.reduced;
-    float *dgate = workspace;             // [N, C], becomes dgate_pre
-    float *dred = dgate + int64_t(N) * C; // [N, S], becomes dreduced_pre
-    float *dsq = dred + int64_t(N) * S;   // [N, C]
+    float* dgate = workspace;             // [N, C], becomes dgate_pre
+    float* dred = dgate + int64_t(N) * C; // [N, S], becomes dreduced_pre
+    float* dsq = dred + int64_t(N) * S;   // [N, C]
 
     launch_spatial_sum(a.x, dy, dgate, N, a.hw, C, 1.0f, storage, stream);
     launch_pointwise_grad_f32(dgate, nullptr, a.gate, int64_t(N) * C, Act::None, stream);
@@ -223,7 +223,7 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs &a, const void 
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         se_dx_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T *>(dy), a.gate, dsq, float(1.0 / double(a.hw)), static_cast<T *>(dx), a.hw, C,
+            static_cast<const T*>(dy), a.gate, dsq, float(1.0 / double(a.hw)), static_cast<T*>(dx), a.hw, C,
             total);
     });
     EFFNET_LAUNCH_CHECK("se_dx_kernel");

@@ -16,7 +16,7 @@
 namespace effnet::kernels {
 
 // out[n, c] = scale * sum_hw x[n, hw, c] (y == null) or scale * sum_hw x * y.
-void launch_spatial_sum(const void *x, const void *y, float *out, int batch, int64_t hw, int channels,
+void launch_spatial_sum(const void* x, const void* y, float* out, int batch, int64_t hw, int channels,
                         float scale, Precision storage, cudaStream_t stream);
 
 struct SqueezeExciteTrainArgs {
@@ -24,27 +24,27 @@ struct SqueezeExciteTrainArgs {
     int64_t hw = 0;
     int channels = 0, reduced = 0; // C, S
     Act act = Act::SiLU;
-    const void *x = nullptr;   // [N, HW, C]
-    const float *w1 = nullptr; // [S, C]
-    const float *b1 = nullptr; // [S]
-    const float *w2 = nullptr; // [C, S]
-    const float *b2 = nullptr; // [C]
+    const void* x = nullptr;   // [N, HW, C]
+    const float* w1 = nullptr; // [S, C]
+    const float* b1 = nullptr; // [S]
+    const float* w2 = nullptr; // [C, S]
+    const float* b2 = nullptr; // [C]
     // Saved by the forward, read by the backward (fp32):
-    float *squeezed = nullptr;    // [N, C]
-    float *reduced_pre = nullptr; // [N, S]
-    float *reduced_out = nullptr; // [N, S] act(reduced_pre)
-    float *gate = nullptr;        // [N, C]
+    float* squeezed = nullptr;    // [N, C]
+    float* reduced_pre = nullptr; // [N, S]
+    float* reduced_out = nullptr; // [N, S] act(reduced_pre)
+    float* gate = nullptr;        // [N, C]
 };
 
 // y [N, HW, C] = x * gate (fills the saved tensors).
-void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs &args, void *y, Precision storage,
+void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& args, void* y, Precision storage,
                                          cudaStream_t stream);
 
 size_t squeeze_excite_workspace_floats(int batch, int channels, int reduced);
 
 // dx [N, HW, C] (may not alias dy) and fp32 parameter gradients (overwritten).
-void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs &args, const void *dy, void *dx, float *dw1,
-                                    float *db1, float *dw2, float *db2, float *workspace, Precision storage,
+void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& args, const void* dy, void* dx, float* dw1,
+                                    float* db1, float* dw2, float* db2, float* workspace, Precision storage,
                                     cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(256) stem_conv_kernel(StemConvArgs a) {
     __syncthreads();
 
     const int64_t total = int64_t(a.batch) * a.out_height * a.out_width * a.out_channels;
-    T *y = static_cast<T *>(a.output);
+    T* y = static_cast<T*>(a.output);
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += int64_t(gridDim.x) * blockDim.x) {
         const int co = int(idx % a.out_channels);
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(256) stem_conv_kernel(StemConvArgs a) {
             for (int kw = 0; kw < a.kernel; ++kw) {
                 const int iw = ow * a.stride - a.pad_left + kw;
                 if (iw < 0 || iw >= a.width) continue;
-                const float *w = smem + ((kh * a.kernel + kw) * a.in_channels) * a.out_channels + co;
+                const float* w = smem + ((kh * a.kernel + kw) * a.in_channels) * a.out_channels + co;
                 for (int ci = 0; ci < a.in_channels; ++ci) {
                     const float xv =
                         __ldg(a.input + ((int64_t(n) * a.in_channels + ci) * a.height + ih) * a.width + iw);
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(256) stem_conv_kernel(StemConvArgs a) {
 }
 
 template <typename T>
-void launch_typed(const StemConvArgs &a, cudaStream_t stream) {
+void launch_typed(const StemConvArgs& a, cudaStream_t stream) {
     const size_t smem = size_t(a.kernel) * a.kernel * a.in_channels * a.out_channels * sizeof(float);
     const int64_t total = int64_t(a.batch) * a.out_height * a.out_width * a.out_channels;
     const int threads = 256;
@@ -59,7 +59,7 @@ void launch_typed(const StemConvArgs &a, cudaStream_t stream) {
 
 } // namespace
 
-void launch_stem_conv(const StemConvArgs &a, Precision precision, cudaStream_t stream) {
+void launch_stem_conv(const StemConvArgs& a, Precision precision, cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.weight && a.bias && a.output, "stem_conv: null pointer argument");
     EFFNET_CHECK(a.batch >= 1 && a.in_channels >= 1 && a.height >= 1 && a.width >= 1 && a.out_channels >= 1 &&
                      a.kernel >= 1 && a.stride >= 1 && a.out_height >= 1 && a.out_width >= 1,

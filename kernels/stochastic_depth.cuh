@@ -10,6 +10,6 @@
 namespace effnet::kernels {
 
 // out[i] = x[i] * mask[i], fp32 (out may alias x).
-void launch_mask_multiply_f32(const float *x, const float *mask, float *out, int64_t n, cudaStream_t stream);
+void launch_mask_multiply_f32(const float* x, const float* mask, float* out, int64_t n, cudaStream_t stream);
 
 } // namespace effnet::kernels

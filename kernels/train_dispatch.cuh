@@ -18,7 +18,7 @@ struct TypeTag {
 
 // Calls f(TypeTag<T>{}) with T the element type stored for precision p.
 template <typename F>
-void dispatch_storage(Precision p, F &&f) {
+void dispatch_storage(Precision p, F&& f) {
     switch (p) {
     case Precision::FP32:
         f(TypeTag<float>{});

@@ -20,7 +20,7 @@ constexpr StageSpec kB0Stages[7] = {
 };
 
 struct PresetSpec {
-    const char *name;
+    const char* name;
     double width, depth;
     int resolution;
     float dropout;
@@ -57,12 +57,12 @@ struct BuildOptions {
 };
 
 // Fills stem/head/blocks with torchvision's scaling rules (and the Lite exceptions).
-void build_blocks(ModelConfig &c, const BuildOptions &o) {
+void build_blocks(ModelConfig& c, const BuildOptions& o) {
     c.stem_channels = o.lite ? 32 : round_channels(32, o.width);
     c.blocks.clear();
     int in = c.stem_channels;
     for (int s = 0; s < 7; ++s) {
-        const StageSpec &st = kB0Stages[s];
+        const StageSpec& st = kB0Stages[s];
         const bool fixed_depth = o.lite && (s == 0 || s == 6);
         const int repeats = fixed_depth ? st.repeats : int(std::ceil(st.repeats * o.depth));
         const int out = round_channels(st.out, o.width);
@@ -88,21 +88,21 @@ void build_blocks(ModelConfig &c, const BuildOptions &o) {
 
 } // namespace
 
-const char *activation_name(Activation a) {
+const char* activation_name(Activation a) {
     return a == Activation::SiLU ? "silu" : "relu6";
 }
-const char *padding_name(Padding p) {
+const char* padding_name(Padding p) {
     return p == Padding::Symmetric ? "symmetric" : "tf_same";
 }
 
-Activation parse_activation(const std::string &s) {
+Activation parse_activation(const std::string& s) {
     const std::string l = lower(s);
     if (l == "silu" || l == "swish") return Activation::SiLU;
     if (l == "relu6") return Activation::ReLU6;
     throw Error("unknown activation '" + s + "' (expected silu or relu6)");
 }
 
-Padding parse_padding(const std::string &s) {
+Padding parse_padding(const std::string& s) {
     const std::string l = lower(s);
     if (l == "symmetric") return Padding::Symmetric;
     if (l == "tf_same" || l == "same") return Padding::TfSame;
@@ -116,7 +116,7 @@ int round_channels(double channels, double width, int divisor) {
     return r;
 }
 
-void conv_padding(int in, int kernel, int stride, Padding padding, int &before, int &after) {
+void conv_padding(int in, int kernel, int stride, Padding padding, int& before, int& after) {
     if (padding == Padding::Symmetric) {
         before = after = (kernel - 1) / 2;
         return;
@@ -135,15 +135,15 @@ int conv_output_size(int in, int kernel, int stride, Padding padding) {
 
 std::vector<std::string> preset_names() {
     std::vector<std::string> names;
-    for (const PresetSpec &p : kPresets) names.push_back(p.name);
+    for (const PresetSpec& p : kPresets) names.push_back(p.name);
     return names;
 }
 
-ModelConfig preset(const std::string &name, int num_classes) {
+ModelConfig preset(const std::string& name, int num_classes) {
     std::string n = lower(name);
-    for (const char *prefix : {"efficientnet_", "efficientnet-", "tf_efficientnet_"})
+    for (const char* prefix : {"efficientnet_", "efficientnet-", "tf_efficientnet_"})
         if (n.rfind(prefix, 0) == 0) n = n.substr(std::string(prefix).size());
-    for (const PresetSpec &p : kPresets) {
+    for (const PresetSpec& p : kPresets) {
         if (n != p.name) continue;
         EFFNET_CHECK(num_classes > 0, "num_classes must be positive, got " + std::to_string(num_classes));
         ModelConfig c;
@@ -170,11 +170,11 @@ ModelConfig preset(const std::string &name, int num_classes) {
         return c;
     }
     std::string known;
-    for (const PresetSpec &p : kPresets) known += std::string(known.empty() ? "" : ", ") + p.name;
+    for (const PresetSpec& p : kPresets) known += std::string(known.empty() ? "" : ", ") + p.name;
     throw Error("unknown preset '" + name + "' (known: " + known + ")");
 }
 
-ModelConfig custom_config(const CustomOptions &o) {
+ModelConfig custom_config(const CustomOptions& o) {
     EFFNET_CHECK(o.width > 0 && o.width <= 16,
                  "custom width must be in (0, 16], got " + std::to_string(o.width));
     EFFNET_CHECK(o.depth > 0 && o.depth <= 16,
@@ -202,7 +202,7 @@ void ModelConfig::validate() const {
     EFFNET_CHECK(bn_eps > 0, "config '" + name + "': bn_eps must be positive");
     int in = stem_channels;
     for (size_t i = 0; i < blocks.size(); ++i) {
-        const BlockConfig &b = blocks[i];
+        const BlockConfig& b = blocks[i];
         const std::string where = "config '" + name + "' block " + std::to_string(i) + ": ";
         EFFNET_CHECK(b.in_channels == in, where + "in_channels " + std::to_string(b.in_channels) +
                                               " does not match previous output " + std::to_string(in));
@@ -215,10 +215,10 @@ void ModelConfig::validate() const {
     }
 }
 
-int64_t parameter_count(const ModelConfig &c) {
+int64_t parameter_count(const ModelConfig& c) {
     auto bn = [](int64_t ch) { return 2 * ch; };
     int64_t n = int64_t(c.stem_channels) * c.in_channels * 9 + bn(c.stem_channels);
-    for (const BlockConfig &b : c.blocks) {
+    for (const BlockConfig& b : c.blocks) {
         if (b.has_expand()) n += int64_t(b.expand_channels) * b.in_channels + bn(b.expand_channels);
         n += int64_t(b.expand_channels) * b.kernel * b.kernel + bn(b.expand_channels);
         if (b.has_se())

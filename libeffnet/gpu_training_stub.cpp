@@ -9,7 +9,7 @@
 
 namespace effnet {
 
-const char *train_precision_name(TrainPrecision p) {
+const char* train_precision_name(TrainPrecision p) {
     switch (p) {
     case TrainPrecision::FP32:
         return "fp32";
@@ -21,7 +21,7 @@ const char *train_precision_name(TrainPrecision p) {
     return "unknown";
 }
 
-TrainPrecision parse_train_precision(const std::string &s) {
+TrainPrecision parse_train_precision(const std::string& s) {
     std::string n = s;
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return char(std::tolower(c)); });
     if (n == "fp32" || n == "float32") return TrainPrecision::FP32;
@@ -33,7 +33,7 @@ TrainPrecision parse_train_precision(const std::string &s) {
 #ifndef EFFNET_WITH_CUDA
 struct GpuTrainer::Impl {};
 
-GpuTrainer::GpuTrainer(Model &, int, int, int, TrainPrecision, const GpuTrainOptions &) {
+GpuTrainer::GpuTrainer(Model&, int, int, int, TrainPrecision, const GpuTrainOptions&) {
     throw Error("GpuTrainer: effnet was built without CUDA support (EFFNET_ENABLE_CUDA=OFF)");
 }
 GpuTrainer::~GpuTrainer() = default;
@@ -42,10 +42,10 @@ namespace {
     throw Error("GpuTrainer: effnet was built without CUDA support");
 }
 } // namespace
-float GpuTrainer::step(const float *, const int64_t *, float, uint64_t) {
+float GpuTrainer::step(const float*, const int64_t*, float, uint64_t) {
     no_cuda();
 }
-float GpuTrainer::compute_gradients(const float *, const int64_t *, uint64_t) {
+float GpuTrainer::compute_gradients(const float*, const int64_t*, uint64_t) {
     no_cuda();
 }
 bool GpuTrainer::apply_update(float) {
@@ -66,7 +66,7 @@ cpu::Gradients GpuTrainer::gradients() const {
 Tensor GpuTrainer::logits() const {
     no_cuda();
 }
-void GpuTrainer::download(Model &) const {
+void GpuTrainer::download(Model&) const {
     no_cuda();
 }
 int GpuTrainer::batch() const {

@@ -41,7 +41,7 @@ namespace {
 
 enum class Format { Jpeg, Png, Bmp, Tga, Unknown };
 
-std::string lower_extension(const std::string &path) {
+std::string lower_extension(const std::string& path) {
     std::string ext = std::filesystem::path(path).extension().string();
     std::transform(ext.begin(), ext.end(), ext.begin(),
                    [](unsigned char c) { return char(std::tolower(c)); });
@@ -50,7 +50,7 @@ std::string lower_extension(const std::string &path) {
 
 // By signature; TGA has none, so only a .tga name makes stb try it (a random file would
 // otherwise sometimes pass stb's loose TGA test and decode as noise).
-Format detect_format(const uint8_t *p, size_t n, const std::string &name) {
+Format detect_format(const uint8_t* p, size_t n, const std::string& name) {
     static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
     if (n >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return Format::Jpeg;
     if (n >= 8 && std::memcmp(p, kPng, 8) == 0) return Format::Png;
@@ -59,13 +59,13 @@ Format detect_format(const uint8_t *p, size_t n, const std::string &name) {
     return Format::Unknown;
 }
 
-uint32_t be32(const uint8_t *p) {
+uint32_t be32(const uint8_t* p) {
     return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3];
 }
-uint32_t le32(const uint8_t *p) {
+uint32_t le32(const uint8_t* p) {
     return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
-uint16_t le16(const uint8_t *p) {
+uint16_t le16(const uint8_t* p) {
     return uint16_t(p[0] | p[1] << 8);
 }
 
@@ -78,7 +78,7 @@ struct HeaderSize {
 // Walks the JPEG marker segments and entropy-coded data up to EOI. Returns an empty string
 // when the stream is complete, else why not. Bytes after EOI are allowed (cameras append).
 // Records the frame size from the first SOFn segment.
-std::string jpeg_structure_problem(const uint8_t *p, size_t n, HeaderSize &size) {
+std::string jpeg_structure_problem(const uint8_t* p, size_t n, HeaderSize& size) {
     size_t i = 2; // after SOI
     for (;;) {
         while (i < n && p[i] != 0xFF) ++i; // tolerate stray bytes between segments, as libjpeg
@@ -120,7 +120,7 @@ std::string jpeg_structure_problem(const uint8_t *p, size_t n, HeaderSize &size)
 }
 
 // Walks the PNG chunks up to IEND; the size comes from IHDR (the first chunk).
-std::string png_structure_problem(const uint8_t *p, size_t n, HeaderSize &size) {
+std::string png_structure_problem(const uint8_t* p, size_t n, HeaderSize& size) {
     if (n >= 24 && std::memcmp(p + 12, "IHDR", 4) == 0) {
         size.width = be32(p + 16);
         size.height = be32(p + 20);
@@ -138,7 +138,7 @@ std::string png_structure_problem(const uint8_t *p, size_t n, HeaderSize &size) 
 }
 
 // Uncompressed BMPs (BI_RGB, BI_BITFIELDS) must hold every row the header promises.
-std::string bmp_structure_problem(const uint8_t *p, size_t n, HeaderSize &size) {
+std::string bmp_structure_problem(const uint8_t* p, size_t n, HeaderSize& size) {
     if (n < 54) return "truncated BMP (header cut off)";
     const uint32_t data_offset = le32(p + 10);
     const uint32_t header_size = le32(p + 14);
@@ -158,17 +158,17 @@ std::string bmp_structure_problem(const uint8_t *p, size_t n, HeaderSize &size) 
 }
 
 struct StbFree {
-    void operator()(stbi_uc *p) const { stbi_image_free(p); }
+    void operator()(stbi_uc* p) const { stbi_image_free(p); }
 };
 
 } // namespace
 
-bool has_image_extension(const std::string &path) {
+bool has_image_extension(const std::string& path) {
     const std::string ext = lower_extension(path);
     return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp" || ext == ".tga";
 }
 
-Image decode_image(const uint8_t *bytes, size_t size, const std::string &name, const ImageLimits &limits) {
+Image decode_image(const uint8_t* bytes, size_t size, const std::string& name, const ImageLimits& limits) {
     EFFNET_CHECK(size > 0, name + ": empty file");
     EFFNET_CHECK(size <= size_t(0x7FFFFFFF), name + ": file too large for the decoder");
     const Format format = detect_format(bytes, size, name);
@@ -196,7 +196,7 @@ Image decode_image(const uint8_t *bytes, size_t size, const std::string &name, c
     // Header only: refuse huge images before stb allocates anything for the pixels.
     int width = 0, height = 0, channels = 0;
     if (!stbi_info_from_memory(bytes, int(size), &width, &height, &channels)) {
-        const char *why = stbi_failure_reason();
+        const char* why = stbi_failure_reason();
         throw Error(name + ": cannot read the image header (" + (why ? why : "unknown reason") + ")");
     }
     EFFNET_CHECK(width > 0 && height > 0, name + ": image has no pixels (" + std::to_string(width) + "x" +
@@ -207,7 +207,7 @@ Image decode_image(const uint8_t *bytes, size_t size, const std::string &name, c
     // 3 channels requested: gray is replicated, alpha dropped, 16-bit reduced to the high byte.
     std::unique_ptr<stbi_uc, StbFree> pixels(stbi_load_from_memory(bytes, int(size), &w, &h, &c, 3));
     if (!pixels) {
-        const char *why = stbi_failure_reason();
+        const char* why = stbi_failure_reason();
         throw Error(name + ": cannot decode the image (" + (why ? why : "unknown reason") + ")");
     }
     EFFNET_CHECK(w == width && h == height, name + ": decoded size differs from the header");
@@ -218,7 +218,7 @@ Image decode_image(const uint8_t *bytes, size_t size, const std::string &name, c
     return image;
 }
 
-Image load_image(const std::string &path, const ImageLimits &limits) {
+Image load_image(const std::string& path, const ImageLimits& limits) {
     namespace fs = std::filesystem;
     std::error_code ec;
     const fs::file_status status = fs::status(path, ec);
@@ -226,7 +226,7 @@ Image load_image(const std::string &path, const ImageLimits &limits) {
     EFFNET_CHECK(!fs::is_directory(status), path + ": is a directory");
     EFFNET_CHECK(fs::is_regular_file(status), path + ": not a regular file");
 
-    std::unique_ptr<std::FILE, int (*)(std::FILE *)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
     if (!file) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
     const uintmax_t file_size = fs::file_size(path, ec);
     if (ec) throw Error(path + ": cannot read the file size (" + ec.message() + ")");

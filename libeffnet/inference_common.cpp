@@ -9,7 +9,7 @@
 
 namespace effnet {
 
-const char *precision_name(Precision p) {
+const char* precision_name(Precision p) {
     switch (p) {
     case Precision::FP32:
         return "fp32";
@@ -21,7 +21,7 @@ const char *precision_name(Precision p) {
     return "unknown";
 }
 
-Precision parse_precision(const std::string &s) {
+Precision parse_precision(const std::string& s) {
     std::string n = s;
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return char(std::tolower(c)); });
     if (n == "fp32" || n == "float32" || n == "float") return Precision::FP32;
@@ -40,13 +40,13 @@ std::string cuda_device_description() {
 
 struct InferenceSession::Impl {};
 
-InferenceSession::InferenceSession(const Model &, int, int, int, Precision, const SessionOptions &) {
+InferenceSession::InferenceSession(const Model&, int, int, int, Precision, const SessionOptions&) {
     throw Error("InferenceSession: effnet was built without CUDA support (EFFNET_ENABLE_CUDA=OFF)");
 }
 InferenceSession::~InferenceSession() = default;
-InferenceSession::InferenceSession(InferenceSession &&) noexcept = default;
-InferenceSession &InferenceSession::operator=(InferenceSession &&) noexcept = default;
-void InferenceSession::run(const float *, float *, bool) {
+InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
+InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
+void InferenceSession::run(const float*, float*, bool) {
     throw Error("InferenceSession: built without CUDA");
 }
 void InferenceSession::synchronize() {}
@@ -71,7 +71,7 @@ size_t InferenceSession::peak_device_memory() const {
 size_t InferenceSession::activation_arena_bytes() const {
     return 0;
 }
-void *InferenceSession::stream() const {
+void* InferenceSession::stream() const {
     return nullptr;
 }
 #endif

@@ -14,11 +14,11 @@ namespace effnet {
 
 namespace {
 
-bool ends_with(const std::string &s, const std::string &suffix) {
+bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string trim(const std::string &s) {
+std::string trim(const std::string& s) {
     const size_t b = s.find_first_not_of(" \t");
     if (b == std::string::npos) return "";
     const size_t e = s.find_last_not_of(" \t");
@@ -28,37 +28,37 @@ std::string trim(const std::string &s) {
 // Parsers for metadata values: each throws naming the file and key.
 class MetadataReader {
 public:
-    MetadataReader(const std::map<std::string, std::string> &meta, const std::string &file)
+    MetadataReader(const std::map<std::string, std::string>& meta, const std::string& file)
         : meta_(meta), file_(file) {}
 
-    const std::string *find(const std::string &key) const {
+    const std::string* find(const std::string& key) const {
         auto it = meta_.find(key);
         return it == meta_.end() ? nullptr : &it->second;
     }
-    [[noreturn]] void fail(const std::string &key, const std::string &expected) const {
+    [[noreturn]] void fail(const std::string& key, const std::string& expected) const {
         throw Error("weights '" + file_ + "': metadata '" + key + "' = '" + meta_.at(key) + "' is not " +
                     expected);
     }
-    double number(const std::string &key, double lo, double hi, const std::string &expected) const {
+    double number(const std::string& key, double lo, double hi, const std::string& expected) const {
         const std::string v = trim(*find(key));
         size_t used = 0;
         double d = 0;
         try {
             d = std::stod(v, &used);
-        } catch (const std::exception &) {
+        } catch (const std::exception&) {
             fail(key, expected);
         }
         if (used != v.size() || !std::isfinite(d) || d < lo || d > hi) fail(key, expected);
         return d;
     }
-    int integer(const std::string &key, int lo, int hi) const {
+    int integer(const std::string& key, int lo, int hi) const {
         const double d =
             number(key, lo, hi, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
         if (d != std::floor(d)) fail(key, "an integer");
         return int(d);
     }
-    std::vector<double> numbers(const std::string &key, size_t count, double lo, double hi,
-                                const std::string &expected) const {
+    std::vector<double> numbers(const std::string& key, size_t count, double lo, double hi,
+                                const std::string& expected) const {
         std::vector<double> out;
         std::stringstream ss(*find(key));
         std::string item;
@@ -68,7 +68,7 @@ public:
             double d = 0;
             try {
                 d = std::stod(v, &used);
-            } catch (const std::exception &) {
+            } catch (const std::exception&) {
                 fail(key, expected);
             }
             if (used != v.size() || !std::isfinite(d) || d < lo || d > hi) fail(key, expected);
@@ -79,13 +79,13 @@ public:
     }
 
 private:
-    const std::map<std::string, std::string> &meta_;
-    const std::string &file_;
+    const std::map<std::string, std::string>& meta_;
+    const std::string& file_;
 };
 
 // The first architectural difference between two configs, or "" when they agree.
-std::string first_difference(const ModelConfig &a, const ModelConfig &b) {
-    auto diff = [](const std::string &what, int x, int y) {
+std::string first_difference(const ModelConfig& a, const ModelConfig& b) {
+    auto diff = [](const std::string& what, int x, int y) {
         return what + " " + std::to_string(x) + " vs " + std::to_string(y);
     };
     if (a.in_channels != b.in_channels) return diff("input channels", a.in_channels, b.in_channels);
@@ -93,8 +93,8 @@ std::string first_difference(const ModelConfig &a, const ModelConfig &b) {
     if (a.blocks.size() != b.blocks.size())
         return diff("number of blocks", int(a.blocks.size()), int(b.blocks.size()));
     for (size_t i = 0; i < a.blocks.size(); ++i) {
-        const BlockConfig &x = a.blocks[i];
-        const BlockConfig &y = b.blocks[i];
+        const BlockConfig& x = a.blocks[i];
+        const BlockConfig& y = b.blocks[i];
         const std::string blk = "block " + std::to_string(i) + " ";
         if (x.in_channels != y.in_channels) return diff(blk + "in_channels", x.in_channels, y.in_channels);
         if (x.expand_channels != y.expand_channels)
@@ -115,13 +115,13 @@ std::string first_difference(const ModelConfig &a, const ModelConfig &b) {
 // equal a preset takes that preset's settings (torchvision B5..B7 use BN eps 1e-3, Lite ReLU6
 // and TF padding); lukemelas models are TF ports: TF "SAME" padding, eps 1e-3, and ReLU6 for
 // the Lite port (the one without squeeze-excite).
-void apply_family_defaults(ModelConfig &c, const std::string &family, const ModelConfig *matching_preset) {
+void apply_family_defaults(ModelConfig& c, const std::string& family, const ModelConfig* matching_preset) {
     if (family == "lukemelas") {
         c.padding = Padding::TfSame;
         c.bn_eps = 1e-3f;
         c.bn_momentum = 0.01f;
         bool any_se = false;
-        for (const BlockConfig &b : c.blocks) any_se = any_se || b.has_se();
+        for (const BlockConfig& b : c.blocks) any_se = any_se || b.has_se();
         c.activation = any_se ? Activation::SiLU : Activation::ReLU6;
     } else if (matching_preset) {
         c.padding = matching_preset->padding;
@@ -142,14 +142,14 @@ void apply_family_defaults(ModelConfig &c, const std::string &family, const Mode
     }
 }
 
-std::string list_preview(const std::vector<std::string> &items) {
+std::string list_preview(const std::vector<std::string>& items) {
     std::string s;
     for (size_t i = 0; i < items.size() && i < 4; ++i) s += (i ? ", " : "") + items[i];
     if (items.size() > 4) s += ", ... (" + std::to_string(items.size()) + " in all)";
     return s;
 }
 
-std::vector<int> parse_int_list(const MetadataReader &meta, const std::string &key, int lo, int hi) {
+std::vector<int> parse_int_list(const MetadataReader& meta, const std::string& key, int lo, int hi) {
     std::vector<int> out;
     for (double d : meta.numbers(key, 0, lo, hi,
                                  "a comma-separated list of integers in [" + std::to_string(lo) + ", " +
@@ -162,22 +162,22 @@ std::vector<int> parse_int_list(const MetadataReader &meta, const std::string &k
 
 } // namespace
 
-Model load_weights(const std::string &path, const LoadOptions &options) {
+Model load_weights(const std::string& path, const LoadOptions& options) {
     const SafetensorsFile file = SafetensorsFile::open(path);
-    const std::map<std::string, std::string> &metadata = file.metadata();
+    const std::map<std::string, std::string>& metadata = file.metadata();
     const MetadataReader meta(metadata, path);
 
     // Shapes of everything but the BN step counters.
     std::map<std::string, Shape> shapes;
     std::vector<std::string> names;
-    for (const std::string &name : file.names()) {
+    for (const std::string& name : file.names()) {
         if (ends_with(name, "num_batches_tracked")) continue;
         shapes[name] = file.info(name).shape;
         names.push_back(name);
     }
 
     const std::string family = weights::detect_family(names, path);
-    if (const std::string *f = meta.find("effnet.family")) {
+    if (const std::string* f = meta.find("effnet.family")) {
         if (*f != "torchvision" && *f != "timm" && *f != "lukemelas" && *f != "effnet")
             meta.fail("effnet.family", "one of torchvision, timm, lukemelas, effnet");
         EFFNET_CHECK(*f == family, "weights '" + path + "': metadata 'effnet.family' says " + *f +
@@ -202,8 +202,8 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
     std::vector<std::string> missing, misshaped, unexpected;
     std::set<std::string> used;
     const std::vector<ParamSpec> specs = parameter_specs(config);
-    for (const ParamSpec &spec : specs) {
-        const std::string &src = source.at(spec.name);
+    for (const ParamSpec& spec : specs) {
+        const std::string& src = source.at(spec.name);
         used.insert(src);
         auto it = shapes.find(src);
         if (it == shapes.end())
@@ -212,7 +212,7 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
             misshaped.push_back(src + " " + shape_str(it->second) + " (expected " + shape_str(spec.shape) +
                                 ")");
     }
-    for (const std::string &name : names)
+    for (const std::string& name : names)
         if (!used.count(name)) unexpected.push_back(name);
     if (!missing.empty() || !misshaped.empty() || !unexpected.empty()) {
         std::string msg = "weights '" + path + "' (" + family +
@@ -225,10 +225,10 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
     }
 
     // Settings: family / preset defaults, then metadata, then options.
-    const ModelConfig *matching = nullptr;
+    const ModelConfig* matching = nullptr;
     std::vector<ModelConfig> presets;
-    for (const std::string &name : preset_names()) presets.push_back(preset(name, config.num_classes));
-    for (const ModelConfig &p : presets)
+    for (const std::string& name : preset_names()) presets.push_back(preset(name, config.num_classes));
+    for (const ModelConfig& p : presets)
         if (first_difference(config, p).empty()) {
             matching = &p;
             break;
@@ -238,14 +238,14 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
     if (meta.find("padding")) {
         try {
             config.padding = parse_padding(*meta.find("padding"));
-        } catch (const Error &) {
+        } catch (const Error&) {
             meta.fail("padding", "symmetric or tf_same");
         }
     }
     if (meta.find("activation")) {
         try {
             config.activation = parse_activation(*meta.find("activation"));
-        } catch (const Error &) {
+        } catch (const Error&) {
             meta.fail("activation", "silu or relu6");
         }
     }
@@ -264,7 +264,7 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
             ModelConfig p;
             try {
                 p = preset(name, config.num_classes);
-            } catch (const Error &) {
+            } catch (const Error&) {
                 meta.fail("preset", "a known preset name or 'custom'");
             }
             const std::string d = first_difference(config, p);
@@ -275,10 +275,10 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
             config.name = name;
         }
     }
-    Preprocess &pre = config.preprocess;
+    Preprocess& pre = config.preprocess;
     if (meta.find("preprocess.resize")) pre.resize = meta.integer("preprocess.resize", 1, 65536);
     if (meta.find("preprocess.crop")) pre.crop = meta.integer("preprocess.crop", 1, 65536);
-    if (const std::string *v = meta.find("preprocess.interpolation")) {
+    if (const std::string* v = meta.find("preprocess.interpolation")) {
         if (*v != "bilinear" && *v != "bicubic") meta.fail("preprocess.interpolation", "bilinear or bicubic");
         pre.interpolation = *v;
     }
@@ -310,7 +310,7 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
         config.blocks,
         [&] {
             std::vector<int> s;
-            for (const BlockConfig &b : config.blocks) s.push_back(b.stage);
+            for (const BlockConfig& b : config.blocks) s.push_back(b.stage);
             return s;
         }(),
         config.stochastic_depth);
@@ -322,8 +322,8 @@ Model load_weights(const std::string &path, const LoadOptions &options) {
     model.config = config;
     model.family = family;
     model.metadata = metadata;
-    for (const ParamSpec &spec : specs) {
-        const std::string &src = source.at(spec.name);
+    for (const ParamSpec& spec : specs) {
+        const std::string& src = source.at(spec.name);
         Tensor t = file.read_f32(src);
         for (float v : t.data)
             EFFNET_CHECK(std::isfinite(v),

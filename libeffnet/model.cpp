@@ -11,7 +11,7 @@ namespace effnet {
 
 namespace {
 
-void add_conv_bn(std::vector<ParamSpec> &specs, const std::string &prefix, Shape conv_shape) {
+void add_conv_bn(std::vector<ParamSpec>& specs, const std::string& prefix, Shape conv_shape) {
     const int64_t channels = conv_shape[0];
     specs.push_back({prefix + ".conv.weight", std::move(conv_shape), true});
     specs.push_back({prefix + ".bn.weight", {channels}, true});
@@ -44,7 +44,7 @@ struct Rng {
     }
 };
 
-bool ends_with(const std::string &s, const std::string &suffix) {
+bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
@@ -54,7 +54,7 @@ std::string format_float(double v) {
     return buf;
 }
 
-std::string join_ints(const std::vector<int> &v) {
+std::string join_ints(const std::vector<int>& v) {
     std::string s;
     for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
     return s;
@@ -62,11 +62,11 @@ std::string join_ints(const std::vector<int> &v) {
 
 } // namespace
 
-std::vector<ParamSpec> parameter_specs(const ModelConfig &c) {
+std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
     std::vector<ParamSpec> specs;
     add_conv_bn(specs, "stem", {c.stem_channels, c.in_channels, 3, 3});
     for (size_t i = 0; i < c.blocks.size(); ++i) {
-        const BlockConfig &b = c.blocks[i];
+        const BlockConfig& b = c.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         if (b.has_expand()) add_conv_bn(specs, p + "expand", {b.expand_channels, b.in_channels, 1, 1});
         add_conv_bn(specs, p + "dw", {b.expand_channels, 1, b.kernel, b.kernel});
@@ -85,19 +85,19 @@ std::vector<ParamSpec> parameter_specs(const ModelConfig &c) {
     return specs;
 }
 
-const Tensor &Model::param(const std::string &name) const {
+const Tensor& Model::param(const std::string& name) const {
     auto it = params.find(name);
     EFFNET_CHECK(it != params.end(), "model has no parameter '" + name + "'");
     return it->second;
 }
 
-Tensor &Model::param(const std::string &name) {
+Tensor& Model::param(const std::string& name) {
     auto it = params.find(name);
     EFFNET_CHECK(it != params.end(), "model has no parameter '" + name + "'");
     return it->second;
 }
 
-Model random_model(const ModelConfig &config, uint64_t seed) {
+Model random_model(const ModelConfig& config, uint64_t seed) {
     config.validate();
     // Gains on Kaiming-normal (fan_in) weights, std = gain / sqrt(fan_in), so that eval mode
     // with running statistics 0 / 1 keeps activations O(1) through any depth, as in a trained
@@ -111,7 +111,7 @@ Model random_model(const ModelConfig &config, uint64_t seed) {
     gain["stem.conv.weight"] = act_gain;
     gain["head.conv.weight"] = act_gain;
     for (size_t i = 0; i < config.blocks.size(); ++i) {
-        const BlockConfig &b = config.blocks[i];
+        const BlockConfig& b = config.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         gain[p + "expand.conv.weight"] = act_gain;
         gain[p + "dw.conv.weight"] = act_gain;
@@ -123,17 +123,17 @@ Model random_model(const ModelConfig &config, uint64_t seed) {
     model.config = config;
     model.family = "effnet";
     Rng rng{seed};
-    for (const ParamSpec &spec : parameter_specs(config)) {
+    for (const ParamSpec& spec : parameter_specs(config)) {
         Tensor t(spec.shape);
         if (spec.shape.size() == 4) { // conv weight [O, I/groups, kh, kw]
             const double fan_in = double(spec.shape[1] * spec.shape[2] * spec.shape[3]);
             const double std = gain.at(spec.name) / std::sqrt(fan_in);
-            for (float &v : t.data) v = float(std * rng.normal());
+            for (float& v : t.data) v = float(std * rng.normal());
         } else if (spec.name == "classifier.weight") {
             const double std = 1.0 / std::sqrt(double(config.head_channels)); // logits ~ pooled features
-            for (float &v : t.data) v = float(std * rng.normal());
+            for (float& v : t.data) v = float(std * rng.normal());
         } else if (ends_with(spec.name, ".bn.weight") || ends_with(spec.name, ".running_var")) {
-            for (float &v : t.data) v = 1.0f;
+            for (float& v : t.data) v = 1.0f;
         }
         // BN bias, running mean, SE biases and the classifier bias start at zero.
         model.params.emplace(spec.name, std::move(t));
@@ -142,19 +142,19 @@ Model random_model(const ModelConfig &config, uint64_t seed) {
     return model;
 }
 
-void save_weights(const Model &model, const std::string &path) {
-    const ModelConfig &c = model.config;
+void save_weights(const Model& model, const std::string& path) {
+    const ModelConfig& c = model.config;
     c.validate();
     SafetensorsWriter writer;
-    for (const ParamSpec &spec : parameter_specs(c)) {
-        const Tensor &t = model.param(spec.name);
+    for (const ParamSpec& spec : parameter_specs(c)) {
+        const Tensor& t = model.param(spec.name);
         EFFNET_CHECK(t.shape == spec.shape, "save_weights: parameter '" + spec.name + "' has shape " +
                                                 shape_str(t.shape) + ", the config needs " +
                                                 shape_str(spec.shape));
         writer.add(spec.name, t);
     }
     // Extra metadata of the source file first; what describes this model overrides it.
-    for (const auto &kv : model.metadata) writer.set_metadata(kv.first, kv.second);
+    for (const auto& kv : model.metadata) writer.set_metadata(kv.first, kv.second);
     writer.set_metadata("format", "pt");
     writer.set_metadata("effnet.family", "effnet");
     writer.set_metadata("preset", c.name);
@@ -166,13 +166,13 @@ void save_weights(const Model &model, const std::string &path) {
     writer.set_metadata("stochastic_depth", format_float(c.stochastic_depth));
     writer.set_metadata("resolution", std::to_string(c.resolution));
     std::vector<int> stages, strides;
-    for (const BlockConfig &b : c.blocks) {
+    for (const BlockConfig& b : c.blocks) {
         stages.push_back(b.stage);
         strides.push_back(b.stride);
     }
     writer.set_metadata("effnet.block_stages", join_ints(stages));
     writer.set_metadata("effnet.block_strides", join_ints(strides));
-    const Preprocess &p = c.preprocess;
+    const Preprocess& p = c.preprocess;
     writer.set_metadata("preprocess.resize", std::to_string(p.resize));
     writer.set_metadata("preprocess.crop", std::to_string(p.crop));
     writer.set_metadata("preprocess.interpolation", p.interpolation);

@@ -67,7 +67,7 @@ AxisWeights axis_weights(int in_size, int out_size, Interpolation interpolation)
             w[i] = cubic ? cubic_filter(x) : triangle_filter(x);
             total += w[i];
         }
-        int32_t *fixed = &a.weights[size_t(o) * a.taps];
+        int32_t* fixed = &a.weights[size_t(o) * a.taps];
         for (int i = 0; i < n; ++i) {
             const double v = total != 0.0 ? w[i] / total : w[i];
             const double scaled = v * double(1 << kPrecisionBits);
@@ -86,15 +86,15 @@ uint8_t clamp_to_u8(int64_t acc) {
 }
 
 // in [rows, in_w, 3] -> out [rows, out_w, 3], rows taken from in starting at row_offset.
-void resample_rows(const Image &in, int row_offset, int rows, const AxisWeights &a, Image &out) {
+void resample_rows(const Image& in, int row_offset, int rows, const AxisWeights& a, Image& out) {
     const int out_w = out.width;
 #pragma omp parallel for schedule(static) if (int64_t(rows) * out_w > 65536)
     for (int y = 0; y < rows; ++y) {
-        const uint8_t *src = &in.rgb[size_t(y + row_offset) * in.width * 3];
-        uint8_t *dst = &out.rgb[size_t(y) * out_w * 3];
+        const uint8_t* src = &in.rgb[size_t(y + row_offset) * in.width * 3];
+        uint8_t* dst = &out.rgb[size_t(y) * out_w * 3];
         for (int x = 0; x < out_w; ++x) {
-            const int32_t *k = &a.weights[size_t(x) * a.taps];
-            const uint8_t *s = src + size_t(a.first[x]) * 3;
+            const int32_t* k = &a.weights[size_t(x) * a.taps];
+            const uint8_t* s = src + size_t(a.first[x]) * 3;
             int64_t r = 1 << (kPrecisionBits - 1), g = r, b = r; // +0.5 for rounding
             for (int i = 0; i < a.count[x]; ++i) {
                 r += int64_t(s[3 * i + 0]) * k[i];
@@ -109,14 +109,14 @@ void resample_rows(const Image &in, int row_offset, int rows, const AxisWeights 
 }
 
 // in [in_h, w, 3] -> out [out_h, w, 3]; a.first is relative to in's first row.
-void resample_columns(const Image &in, const AxisWeights &a, Image &out) {
+void resample_columns(const Image& in, const AxisWeights& a, Image& out) {
     const int w = in.width;
     const size_t row_stride = size_t(w) * 3;
 #pragma omp parallel for schedule(static) if (int64_t(out.height) * w > 65536)
     for (int y = 0; y < out.height; ++y) {
-        const int32_t *k = &a.weights[size_t(y) * a.taps];
-        const uint8_t *src = &in.rgb[size_t(a.first[y]) * row_stride];
-        uint8_t *dst = &out.rgb[size_t(y) * row_stride];
+        const int32_t* k = &a.weights[size_t(y) * a.taps];
+        const uint8_t* src = &in.rgb[size_t(a.first[y]) * row_stride];
+        uint8_t* dst = &out.rgb[size_t(y) * row_stride];
         for (size_t c = 0; c < row_stride; ++c) {
             int64_t acc = 1 << (kPrecisionBits - 1);
             for (int i = 0; i < a.count[y]; ++i) acc += int64_t(src[i * row_stride + c]) * k[i];
@@ -125,14 +125,14 @@ void resample_columns(const Image &in, const AxisWeights &a, Image &out) {
     }
 }
 
-void check_image(const Image &image, const char *what) {
+void check_image(const Image& image, const char* what) {
     EFFNET_CHECK(image.width > 0 && image.height > 0 &&
                      image.rgb.size() == size_t(image.width) * size_t(image.height) * 3,
                  std::string(what) + ": image is empty or its pixel buffer does not match " +
                      std::to_string(image.width) + "x" + std::to_string(image.height) + "x3");
 }
 
-void check_preprocess(const Preprocess &p) {
+void check_preprocess(const Preprocess& p) {
     EFFNET_CHECK(p.resize >= 1 && p.resize <= 16384,
                  "preprocess: resize must be in [1, 16384], got " + std::to_string(p.resize));
     EFFNET_CHECK(p.crop >= 1 && p.crop <= 16384,
@@ -144,13 +144,13 @@ void check_preprocess(const Preprocess &p) {
 
 } // namespace
 
-Interpolation parse_interpolation(const std::string &s) {
+Interpolation parse_interpolation(const std::string& s) {
     if (s == "bilinear") return Interpolation::Bilinear;
     if (s == "bicubic") return Interpolation::Bicubic;
     throw Error("unknown interpolation '" + s + "' (expected bilinear or bicubic)");
 }
 
-Image resize_image(const Image &image, int width, int height, Interpolation interpolation) {
+Image resize_image(const Image& image, int width, int height, Interpolation interpolation) {
     check_image(image, "resize");
     EFFNET_CHECK(width >= 1 && height >= 1 && width <= 65536 && height <= 65536,
                  "resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
@@ -186,13 +186,13 @@ Image resize_image(const Image &image, int width, int height, Interpolation inte
     if (!vertical) return tmp;
 
     AxisWeights ay_local = ay;
-    for (int &f : ay_local.first) f -= first_row;
+    for (int& f : ay_local.first) f -= first_row;
     Image out{width, height, std::vector<uint8_t>(size_t(width) * height * 3)};
     resample_columns(tmp, ay_local, out);
     return out;
 }
 
-Image resize_shorter_side(const Image &image, int size, Interpolation interpolation) {
+Image resize_shorter_side(const Image& image, int size, Interpolation interpolation) {
     check_image(image, "resize");
     EFFNET_CHECK(size >= 1, "resize: size must be >= 1, got " + std::to_string(size));
     const bool portrait = image.width <= image.height;
@@ -206,7 +206,7 @@ Image resize_shorter_side(const Image &image, int size, Interpolation interpolat
     return resize_image(image, std::max(w, 1), std::max(h, 1), interpolation);
 }
 
-Image center_crop(const Image &image, int size) {
+Image center_crop(const Image& image, int size) {
     check_image(image, "center crop");
     EFFNET_CHECK(size >= 1, "center crop: size must be >= 1, got " + std::to_string(size));
     // Zero padding first when the image is smaller (left/top get the smaller half).
@@ -227,8 +227,8 @@ Image center_crop(const Image &image, int size) {
         for (int x = 0; x < size; ++x) {
             const int sx = x + left - pad_left;
             if (sx < 0 || sx >= image.width) continue;
-            const uint8_t *s = &image.rgb[(size_t(sy) * image.width + sx) * 3];
-            uint8_t *d = &out.rgb[(size_t(y) * size + x) * 3];
+            const uint8_t* s = &image.rgb[(size_t(sy) * image.width + sx) * 3];
+            uint8_t* d = &out.rgb[(size_t(y) * size + x) * 3];
             d[0] = s[0];
             d[1] = s[1];
             d[2] = s[2];
@@ -240,8 +240,8 @@ Image center_crop(const Image &image, int size) {
 namespace {
 
 // Shared by both entry points: out[3, crop, crop] = (pixel / 255 - mean) / std.
-void preprocess_into(const Image &image, const Preprocess &p, const float mean[3], const float stdev[3],
-                     float *out) {
+void preprocess_into(const Image& image, const Preprocess& p, const float mean[3], const float stdev[3],
+                     float* out) {
     check_preprocess(p);
     EFFNET_CHECK(out != nullptr, "preprocess: output pointer is null");
     const Interpolation interpolation = parse_interpolation(p.interpolation);
@@ -257,11 +257,11 @@ void preprocess_into(const Image &image, const Preprocess &p, const float mean[3
 
 } // namespace
 
-void preprocess_image(const Image &image, const Preprocess &preprocess, float *out) {
+void preprocess_image(const Image& image, const Preprocess& preprocess, float* out) {
     preprocess_into(image, preprocess, preprocess.mean, preprocess.std, out);
 }
 
-void preprocess_image_unnormalized(const Image &image, const Preprocess &preprocess, float *out) {
+void preprocess_image_unnormalized(const Image& image, const Preprocess& preprocess, float* out) {
     const float zero[3] = {0.0f, 0.0f, 0.0f};
     const float one[3] = {1.0f, 1.0f, 1.0f};
     preprocess_into(image, preprocess, zero, one, out);

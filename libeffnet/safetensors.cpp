@@ -43,19 +43,19 @@ namespace effnet {
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100u * 1000u * 1000u; // anything larger is a corrupt file
-constexpr const char *kMetadataKey = "__metadata__";
+constexpr const char* kMetadataKey = "__metadata__";
 
 std::string errno_text() {
     return std::strerror(errno);
 }
 
-bool dtype_from_name(const std::string &s, DType *out) {
-    static const std::pair<const char *, DType> table[] = {{"F32", DType::F32},
-                                                           {"F16", DType::F16},
-                                                           {"BF16", DType::BF16},
-                                                           {"F64", DType::F64},
-                                                           {"I64", DType::I64}};
-    for (const auto &[name, dtype] : table)
+bool dtype_from_name(const std::string& s, DType* out) {
+    static const std::pair<const char*, DType> table[] = {{"F32", DType::F32},
+                                                          {"F16", DType::F16},
+                                                          {"BF16", DType::BF16},
+                                                          {"F64", DType::F64},
+                                                          {"I64", DType::I64}};
+    for (const auto& [name, dtype] : table)
         if (s == name) {
             *out = dtype;
             return true;
@@ -68,13 +68,13 @@ bool dtype_from_name(const std::string &s, DType *out) {
 class FileMapping {
 public:
     FileMapping() = default;
-    FileMapping(const FileMapping &) = delete;
-    FileMapping &operator=(const FileMapping &) = delete;
+    FileMapping(const FileMapping&) = delete;
+    FileMapping& operator=(const FileMapping&) = delete;
     ~FileMapping() {
-        if (data_) munmap(const_cast<uint8_t *>(data_), size_);
+        if (data_) munmap(const_cast<uint8_t*>(data_), size_);
     }
 
-    void map(const std::string &path) {
+    void map(const std::string& path) {
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) throw Error("safetensors: cannot open '" + path + "': " + errno_text());
         struct stat st {};
@@ -89,29 +89,29 @@ public:
         }
         size_ = static_cast<size_t>(st.st_size);
         if (size_ > 0) {
-            void *p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
             if (p == MAP_FAILED) {
                 const std::string why = errno_text();
                 ::close(fd);
                 size_ = 0;
                 throw Error("safetensors: cannot map '" + path + "': " + why);
             }
-            data_ = static_cast<const uint8_t *>(p);
+            data_ = static_cast<const uint8_t*>(p);
         }
         ::close(fd); // the mapping keeps the file alive
     }
 
-    const uint8_t *data() const { return data_; }
+    const uint8_t* data() const { return data_; }
     size_t size() const { return size_; }
 
 private:
-    const uint8_t *data_ = nullptr;
+    const uint8_t* data_ = nullptr;
     size_t size_ = 0;
 };
 
 // Element i of a little-endian array of T at an arbitrary address.
 template <typename T>
-T load(const uint8_t *base, size_t i) {
+T load(const uint8_t* base, size_t i) {
     T v;
     std::memcpy(&v, base + i * sizeof(T), sizeof(T));
     return v;
@@ -130,7 +130,7 @@ float f64_to_f32(double d) {
 
 } // namespace
 
-const char *dtype_name(DType d) {
+const char* dtype_name(DType d) {
     switch (d) {
     case DType::F32:
         return "F32";
@@ -168,19 +168,19 @@ size_t dtype_size(DType d) {
 struct SafetensorsFile::Impl {
     std::string path;
     FileMapping mapping;
-    const uint8_t *data = nullptr; // start of the data section (inside the mapping)
+    const uint8_t* data = nullptr; // start of the data section (inside the mapping)
     uint64_t data_size = 0;
     std::map<std::string, TensorInfo> tensors;
     std::map<std::string, std::string> metadata;
 
-    std::string where(const std::string &name) const {
+    std::string where(const std::string& name) const {
         return "safetensors '" + path + "', tensor '" + name + "'";
     }
-    void parse_header(const char *text, size_t length);
-    TensorInfo parse_entry(const std::string &name, const nlohmann::json &entry) const;
+    void parse_header(const char* text, size_t length);
+    TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry) const;
 };
 
-TensorInfo SafetensorsFile::Impl::parse_entry(const std::string &name, const nlohmann::json &entry) const {
+TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& entry) const {
     const std::string at = where(name);
     EFFNET_CHECK(entry.is_object(), at + ": entry is not a JSON object");
 
@@ -200,7 +200,7 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string &name, const nlo
     // Count elements, refusing any running product past int64 (Shape is int64 and shape_numel
     // multiplies in int64), even when a later 0 would bring it back down.
     uint64_t numel = 1;
-    for (const auto &dim : *shape_it) {
+    for (const auto& dim : *shape_it) {
         EFFNET_CHECK(dim.is_number_integer(), at + ": shape entry " + dim.dump() + " is not an integer");
         EFFNET_CHECK(dim.is_number_unsigned() || dim.get<int64_t>() >= 0,
                      at + ": negative shape entry " + dim.dump());
@@ -216,7 +216,7 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string &name, const nlo
 
     auto offsets_it = entry.find("data_offsets");
     EFFNET_CHECK(offsets_it != entry.end(), at + ": missing 'data_offsets'");
-    const nlohmann::json &offsets = *offsets_it;
+    const nlohmann::json& offsets = *offsets_it;
     EFFNET_CHECK(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
                      offsets[1].is_number_unsigned(),
                  at + ": 'data_offsets' " + offsets.dump() + " is not two non-negative integers");
@@ -234,12 +234,12 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string &name, const nlo
     return info;
 }
 
-void SafetensorsFile::Impl::parse_header(const char *text, size_t length) {
+void SafetensorsFile::Impl::parse_header(const char* text, size_t length) {
     nlohmann::json header;
     std::set<std::string> top_level_keys;
     std::string duplicate;
     // The callback sees every key; a repeated top-level key means two tensors of one name.
-    auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json &parsed) {
+    auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
         if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string()) {
             if (!top_level_keys.insert(parsed.get<std::string>()).second && duplicate.empty())
                 duplicate = parsed.get<std::string>();
@@ -248,17 +248,17 @@ void SafetensorsFile::Impl::parse_header(const char *text, size_t length) {
     };
     try {
         header = nlohmann::json::parse(text, text + length, on_event);
-    } catch (const nlohmann::json::exception &e) {
+    } catch (const nlohmann::json::exception& e) {
         throw Error("safetensors '" + path + "': header is not valid JSON: " + e.what());
     }
     EFFNET_CHECK(header.is_object(), "safetensors '" + path + "': header is not a JSON object");
     EFFNET_CHECK(duplicate.empty(),
                  "safetensors '" + path + "': key '" + duplicate + "' appears twice in the header");
 
-    for (const auto &[name, entry] : header.items()) {
+    for (const auto& [name, entry] : header.items()) {
         if (name == kMetadataKey) {
             EFFNET_CHECK(entry.is_object(), "safetensors '" + path + "': __metadata__ is not an object");
-            for (const auto &[key, value] : entry.items()) {
+            for (const auto& [key, value] : entry.items()) {
                 EFFNET_CHECK(value.is_string(),
                              "safetensors '" + path + "': __metadata__ entry '" + key + "' is not a string");
                 metadata[key] = value.get<std::string>();
@@ -270,14 +270,14 @@ void SafetensorsFile::Impl::parse_header(const char *text, size_t length) {
     // (Fields other than dtype/shape/data_offsets in an entry are ignored, as other readers do.)
 
     // No byte may belong to two tensors. Zero-byte tensors own nothing and are left out.
-    std::vector<const TensorInfo *> by_offset;
-    for (const auto &[name, info] : tensors)
+    std::vector<const TensorInfo*> by_offset;
+    for (const auto& [name, info] : tensors)
         if (info.end > info.begin) by_offset.push_back(&info);
     std::sort(by_offset.begin(), by_offset.end(),
-              [](const TensorInfo *a, const TensorInfo *b) { return a->begin < b->begin; });
+              [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
     for (size_t i = 1; i < by_offset.size(); ++i) {
-        const TensorInfo &prev = *by_offset[i - 1];
-        const TensorInfo &cur = *by_offset[i];
+        const TensorInfo& prev = *by_offset[i - 1];
+        const TensorInfo& cur = *by_offset[i];
         EFFNET_CHECK(cur.begin >= prev.end, "safetensors '" + path + "': tensors '" + prev.name + "' [" +
                                                 std::to_string(prev.begin) + ", " + std::to_string(prev.end) +
                                                 ") and '" + cur.name + "' [" + std::to_string(cur.begin) +
@@ -285,11 +285,11 @@ void SafetensorsFile::Impl::parse_header(const char *text, size_t length) {
     }
 }
 
-SafetensorsFile SafetensorsFile::open(const std::string &path) {
+SafetensorsFile SafetensorsFile::open(const std::string& path) {
     auto impl = std::make_unique<Impl>();
     impl->path = path;
     impl->mapping.map(path);
-    const uint8_t *bytes = impl->mapping.data();
+    const uint8_t* bytes = impl->mapping.data();
     const uint64_t file_size = impl->mapping.size();
 
     EFFNET_CHECK(file_size >= 8, "safetensors '" + path + "': file is " + std::to_string(file_size) +
@@ -304,51 +304,51 @@ SafetensorsFile SafetensorsFile::open(const std::string &path) {
     impl->data = bytes + 8 + header_size;
     impl->data_size = file_size - 8 - header_size;
     try {
-        impl->parse_header(reinterpret_cast<const char *>(bytes + 8), header_size);
-    } catch (const nlohmann::json::exception &e) { // a JSON access that slipped past the checks
+        impl->parse_header(reinterpret_cast<const char*>(bytes + 8), header_size);
+    } catch (const nlohmann::json::exception& e) { // a JSON access that slipped past the checks
         throw Error("safetensors '" + path + "': malformed header: " + e.what());
     }
     return SafetensorsFile(std::move(impl));
 }
 
 SafetensorsFile::SafetensorsFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-SafetensorsFile::SafetensorsFile(SafetensorsFile &&) noexcept = default;
-SafetensorsFile &SafetensorsFile::operator=(SafetensorsFile &&) noexcept = default;
+SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
 SafetensorsFile::~SafetensorsFile() = default;
 
-const std::string &SafetensorsFile::path() const {
+const std::string& SafetensorsFile::path() const {
     return impl_->path;
 }
-const std::map<std::string, std::string> &SafetensorsFile::metadata() const {
+const std::map<std::string, std::string>& SafetensorsFile::metadata() const {
     return impl_->metadata;
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
     std::vector<std::string> out;
     out.reserve(impl_->tensors.size());
-    for (const auto &kv : impl_->tensors) out.push_back(kv.first); // std::map: already sorted
+    for (const auto& kv : impl_->tensors) out.push_back(kv.first); // std::map: already sorted
     return out;
 }
 
-bool SafetensorsFile::contains(const std::string &name) const {
+bool SafetensorsFile::contains(const std::string& name) const {
     return impl_->tensors.count(name) != 0;
 }
 
-const TensorInfo &SafetensorsFile::info(const std::string &name) const {
+const TensorInfo& SafetensorsFile::info(const std::string& name) const {
     auto it = impl_->tensors.find(name);
     EFFNET_CHECK(it != impl_->tensors.end(), impl_->where(name) + ": no such tensor");
     return it->second;
 }
 
-const void *SafetensorsFile::raw(const std::string &name) const {
+const void* SafetensorsFile::raw(const std::string& name) const {
     return impl_->data + info(name).begin;
 }
 
-Tensor SafetensorsFile::read_f32(const std::string &name) const {
-    const TensorInfo &t = info(name);
-    const uint8_t *src = impl_->data + t.begin;
+Tensor SafetensorsFile::read_f32(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    const uint8_t* src = impl_->data + t.begin;
     Tensor out(t.shape);
-    float *dst = out.ptr();
+    float* dst = out.ptr();
     const size_t n = out.data.size();
     switch (t.dtype) {
     case DType::F32:
@@ -369,9 +369,9 @@ Tensor SafetensorsFile::read_f32(const std::string &name) const {
     return out;
 }
 
-std::vector<double> SafetensorsFile::read_f64(const std::string &name) const {
-    const TensorInfo &t = info(name);
-    const uint8_t *src = impl_->data + t.begin;
+std::vector<double> SafetensorsFile::read_f64(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    const uint8_t* src = impl_->data + t.begin;
     const size_t n = static_cast<size_t>(shape_numel(t.shape));
     std::vector<double> out(n);
     switch (t.dtype) {
@@ -393,8 +393,8 @@ std::vector<double> SafetensorsFile::read_f64(const std::string &name) const {
     return out;
 }
 
-std::vector<int64_t> SafetensorsFile::read_i64(const std::string &name) const {
-    const TensorInfo &t = info(name);
+std::vector<int64_t> SafetensorsFile::read_i64(const std::string& name) const {
+    const TensorInfo& t = info(name);
     EFFNET_CHECK(t.dtype == DType::I64,
                  impl_->where(name) + ": is " + dtype_name(t.dtype) + "; read_i64 reads I64 tensors only");
     const size_t n = static_cast<size_t>(shape_numel(t.shape));
@@ -408,14 +408,14 @@ std::vector<int64_t> SafetensorsFile::read_i64(const std::string &name) const {
 
 namespace {
 
-void check_new_name(const std::string &name, bool taken) {
+void check_new_name(const std::string& name, bool taken) {
     EFFNET_CHECK(name != kMetadataKey, "safetensors writer: '__metadata__' is reserved, not a tensor name");
     EFFNET_CHECK(!taken, "safetensors writer: tensor '" + name + "' added twice");
 }
 
 // Bytes of a shape of a dtype. Like the reader, refuses negative dims and any running element
 // count past int64, so that whatever is written can be read back.
-size_t shape_bytes(const std::string &name, const Shape &shape, DType dtype) {
+size_t shape_bytes(const std::string& name, const Shape& shape, DType dtype) {
     uint64_t n = 1;
     for (int64_t d : shape) {
         EFFNET_CHECK(d >= 0, "safetensors writer: tensor '" + name + "' has negative dimension in shape " +
@@ -433,8 +433,8 @@ size_t shape_bytes(const std::string &name, const Shape &shape, DType dtype) {
 }
 
 // Writes all of [p, p+n) to fd, retrying short writes and EINTR.
-void write_all(int fd, const void *p, size_t n, const std::string &path) {
-    const uint8_t *bytes = static_cast<const uint8_t *>(p);
+void write_all(int fd, const void* p, size_t n, const std::string& path) {
+    const uint8_t* bytes = static_cast<const uint8_t*>(p);
     while (n > 0) {
         const ssize_t w = ::write(fd, bytes, n);
         if (w < 0) {
@@ -449,7 +449,7 @@ void write_all(int fd, const void *p, size_t n, const std::string &path) {
 // The temporary file: closed and removed on destruction unless committed by rename.
 class TempFile {
 public:
-    explicit TempFile(const std::string &final_path) : final_path_(final_path) {
+    explicit TempFile(const std::string& final_path) : final_path_(final_path) {
         std::vector<char> name(final_path.begin(), final_path.end());
         const char suffix[] = ".tmp.XXXXXX";
         name.insert(name.end(), suffix, suffix + sizeof(suffix)); // includes the terminating NUL
@@ -460,8 +460,8 @@ public:
         temp_path_ = name.data();
         fchmod(fd_, 0644); // mkstemp makes 0600; a weights file is ordinary data
     }
-    TempFile(const TempFile &) = delete;
-    TempFile &operator=(const TempFile &) = delete;
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
     ~TempFile() {
         if (fd_ >= 0) ::close(fd_);
         if (!committed_) ::unlink(temp_path_.c_str());
@@ -499,27 +499,27 @@ private:
 
 } // namespace
 
-void SafetensorsWriter::add(const std::string &name, const Tensor &t) {
+void SafetensorsWriter::add(const std::string& name, const Tensor& t) {
     EFFNET_CHECK(uint64_t(t.data.size()) * 4 == shape_bytes(name, t.shape, DType::F32),
                  "safetensors writer: tensor '" + name + "' has " + std::to_string(t.data.size()) +
                      " elements but shape " + shape_str(t.shape));
     add_raw(name, DType::F32, t.shape, t.data.data(), t.data.size() * sizeof(float));
 }
 
-void SafetensorsWriter::add_f64(const std::string &name, const Shape &shape,
-                                const std::vector<double> &data) {
+void SafetensorsWriter::add_f64(const std::string& name, const Shape& shape,
+                                const std::vector<double>& data) {
     add_raw(name, DType::F64, shape, data.data(), data.size() * sizeof(double));
 }
 
-void SafetensorsWriter::add_i64(const std::string &name, const Shape &shape,
-                                const std::vector<int64_t> &data) {
+void SafetensorsWriter::add_i64(const std::string& name, const Shape& shape,
+                                const std::vector<int64_t>& data) {
     add_raw(name, DType::I64, shape, data.data(), data.size() * sizeof(int64_t));
 }
 
-void SafetensorsWriter::add_raw(const std::string &name, DType dtype, const Shape &shape, const void *bytes,
+void SafetensorsWriter::add_raw(const std::string& name, DType dtype, const Shape& shape, const void* bytes,
                                 size_t size) {
     const bool taken =
-        std::any_of(entries_.begin(), entries_.end(), [&](const Entry &e) { return e.name == name; });
+        std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.name == name; });
     check_new_name(name, taken);
     const size_t expected = shape_bytes(name, shape, dtype);
     EFFNET_CHECK(size == expected, "safetensors writer: tensor '" + name + "' shape " + shape_str(shape) +
@@ -527,29 +527,29 @@ void SafetensorsWriter::add_raw(const std::string &name, DType dtype, const Shap
                                        " bytes, got " + std::to_string(size));
     Entry e{name, dtype, shape, {}};
     if (size) {
-        const uint8_t *p = static_cast<const uint8_t *>(bytes);
+        const uint8_t* p = static_cast<const uint8_t*>(bytes);
         e.bytes.assign(p, p + size);
     }
     entries_.push_back(std::move(e));
 }
 
-void SafetensorsWriter::set_metadata(const std::string &key, const std::string &value) {
+void SafetensorsWriter::set_metadata(const std::string& key, const std::string& value) {
     metadata_[key] = value;
 }
 
-void SafetensorsWriter::write(const std::string &path) const {
+void SafetensorsWriter::write(const std::string& path) const {
     // Largest elements first, then by name: with an 8-aligned data section every tensor starts
     // at a multiple of its element size.
-    std::vector<const Entry *> order;
-    for (const Entry &e : entries_) order.push_back(&e);
-    std::sort(order.begin(), order.end(), [](const Entry *a, const Entry *b) {
+    std::vector<const Entry*> order;
+    for (const Entry& e : entries_) order.push_back(&e);
+    std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
         if (dtype_size(a->dtype) != dtype_size(b->dtype)) return dtype_size(a->dtype) > dtype_size(b->dtype);
         return a->name < b->name;
     });
 
     nlohmann::json header = nlohmann::json::object(); // std::map underneath: keys come out sorted
     uint64_t offset = 0;
-    for (const Entry *e : order) {
+    for (const Entry* e : order) {
         const uint64_t end = offset + e->bytes.size();
         header[e->name] = {
             {"dtype", dtype_name(e->dtype)}, {"shape", e->shape}, {"data_offsets", {offset, end}}};
@@ -560,7 +560,7 @@ void SafetensorsWriter::write(const std::string &path) const {
     std::string header_text;
     try {
         header_text = header.dump();
-    } catch (const nlohmann::json::exception &e) { // e.g. a name that is not valid UTF-8
+    } catch (const nlohmann::json::exception& e) { // e.g. a name that is not valid UTF-8
         throw Error("safetensors writer: cannot encode the header of '" + path + "': " + e.what());
     }
     while ((8 + header_text.size()) % 8 != 0) header_text.push_back(' ');
@@ -569,7 +569,7 @@ void SafetensorsWriter::write(const std::string &path) const {
     TempFile file(path);
     write_all(file.fd(), &header_size, sizeof header_size, path);
     write_all(file.fd(), header_text.data(), header_text.size(), path);
-    for (const Entry *e : order) write_all(file.fd(), e->bytes.data(), e->bytes.size(), path);
+    for (const Entry* e : order) write_all(file.fd(), e->bytes.data(), e->bytes.size(), path);
     file.commit();
 }
 

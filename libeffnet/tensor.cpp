@@ -6,7 +6,7 @@
 
 namespace effnet {
 
-std::string shape_str(const Shape &shape) {
+std::string shape_str(const Shape& shape) {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i) {
         if (i) s += ", ";
@@ -15,7 +15,7 @@ std::string shape_str(const Shape &shape) {
     return s + "]";
 }
 
-int64_t shape_numel(const Shape &shape) {
+int64_t shape_numel(const Shape& shape) {
     int64_t n = 1;
     for (int64_t d : shape) {
         EFFNET_CHECK(d >= 0, "negative dimension in shape " + shape_str(shape));
@@ -34,7 +34,7 @@ int64_t Tensor::dim(int i) const {
     return shape[j];
 }
 
-double relative_error(const Tensor &a, const Tensor &b) {
+double relative_error(const Tensor& a, const Tensor& b) {
     EFFNET_CHECK(a.shape == b.shape,
                  "relative_error: shapes differ " + shape_str(a.shape) + " vs " + shape_str(b.shape));
     double num = 0, den = 0;

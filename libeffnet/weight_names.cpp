@@ -21,7 +21,7 @@ struct TopModules {
     std::string stem_conv, stem_bn, head_conv, head_bn, classifier;
 };
 
-TopModules top_modules(const std::string &family, int num_stages) {
+TopModules top_modules(const std::string& family, int num_stages) {
     if (family == "torchvision") {
         const std::string head = "features." + std::to_string(num_stages + 1);
         return {"features.0.0", "features.0.1", head + ".0", head + ".1", "classifier.1"};
@@ -32,7 +32,7 @@ TopModules top_modules(const std::string &family, int num_stages) {
     throw Error("unknown weight family '" + family + "'");
 }
 
-BlockModules block_modules(const std::string &family, const BlockConfig &b, int flat_index) {
+BlockModules block_modules(const std::string& family, const BlockConfig& b, int flat_index) {
     BlockModules m;
     if (family == "torchvision") {
         // block.{k}: [expand], dw, [SE], project; each conv is a Conv2dNormActivation (0 = conv, 1 = BN).
@@ -108,13 +108,13 @@ BlockModules block_modules(const std::string &family, const BlockConfig &b, int 
     return m;
 }
 
-const char *const kBnFields[] = {"weight", "bias", "running_mean", "running_var"};
+const char* const kBnFields[] = {"weight", "bias", "running_mean", "running_var"};
 
-bool has(const std::map<std::string, Shape> &shapes, const std::string &name) {
+bool has(const std::map<std::string, Shape>& shapes, const std::string& name) {
     return shapes.count(name) != 0;
 }
 
-std::string names_preview(const std::vector<std::string> &names) {
+std::string names_preview(const std::vector<std::string>& names) {
     std::string s;
     for (size_t i = 0; i < names.size() && i < 5; ++i) s += (i ? ", " : "") + names[i];
     if (names.size() > 5) s += ", ... (" + std::to_string(names.size()) + " tensors)";
@@ -124,14 +124,14 @@ std::string names_preview(const std::vector<std::string> &names) {
 // Shape of a tensor the inference needs, checked for rank (and for 1x1 / depthwise layout).
 class ShapeReader {
 public:
-    ShapeReader(const std::map<std::string, Shape> &shapes, const std::string &file)
+    ShapeReader(const std::map<std::string, Shape>& shapes, const std::string& file)
         : shapes_(shapes), file_(file) {}
 
-    const Shape &get(const std::string &name, size_t rank) const {
+    const Shape& get(const std::string& name, size_t rank) const {
         auto it = shapes_.find(name);
         EFFNET_CHECK(it != shapes_.end(), "weights '" + file_ + "': missing tensor '" + name +
                                               "' (needed to infer the architecture)");
-        const Shape &s = it->second;
+        const Shape& s = it->second;
         bool ok = s.size() == rank;
         for (int64_t d : s) ok = ok && d > 0;
         EFFNET_CHECK(ok, "weights '" + file_ + "': tensor '" + name + "' has shape " + shape_str(s) +
@@ -139,15 +139,15 @@ public:
         return s;
     }
     // [O, I, 1, 1]
-    const Shape &pointwise(const std::string &name) const {
-        const Shape &s = get(name, 4);
+    const Shape& pointwise(const std::string& name) const {
+        const Shape& s = get(name, 4);
         EFFNET_CHECK(s[2] == 1 && s[3] == 1, "weights '" + file_ + "': tensor '" + name + "' has shape " +
                                                  shape_str(s) + ", expected a 1x1 convolution [O, I, 1, 1]");
         return s;
     }
     // [C, 1, k, k]
-    const Shape &depthwise(const std::string &name) const {
-        const Shape &s = get(name, 4);
+    const Shape& depthwise(const std::string& name) const {
+        const Shape& s = get(name, 4);
         EFFNET_CHECK(s[1] == 1 && s[2] == s[3], "weights '" + file_ + "': tensor '" + name + "' has shape " +
                                                     shape_str(s) +
                                                     ", expected a depthwise convolution [C, 1, k, k]");
@@ -155,8 +155,8 @@ public:
     }
 
 private:
-    const std::map<std::string, Shape> &shapes_;
-    const std::string &file_;
+    const std::map<std::string, Shape>& shapes_;
+    const std::string& file_;
 };
 
 // One block as found in the names: where it sits and which optional modules it has.
@@ -166,19 +166,19 @@ struct FoundBlock {
     bool has_expand = false, has_se = false;
 };
 
-int to_int(const std::string &s) {
+int to_int(const std::string& s) {
     return std::stoi(s);
 }
 
 // The blocks a family's names describe, in network order.
-std::vector<FoundBlock> find_blocks(const std::string &family, const std::map<std::string, Shape> &shapes,
-                                    const std::string &file) {
+std::vector<FoundBlock> find_blocks(const std::string& family, const std::map<std::string, Shape>& shapes,
+                                    const std::string& file) {
     std::vector<FoundBlock> blocks;
     if (family == "torchvision" || family == "timm") {
         const std::regex re(family == "torchvision" ? R"(^features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)$)"
                                                     : R"(^blocks\.(\d+)\.(\d+)\.(.+)$)");
         std::map<std::pair<int, int>, std::set<std::string>> members; // (stage, j) -> rest of the names
-        for (const auto &kv : shapes) {
+        for (const auto& kv : shapes) {
             std::smatch m;
             if (!std::regex_match(kv.first, m, re)) continue;
             const int stage = to_int(m[1]) - (family == "torchvision" ? 1 : 0);
@@ -186,7 +186,7 @@ std::vector<FoundBlock> find_blocks(const std::string &family, const std::map<st
             members[{stage, to_int(m[2])}].insert(rest);
         }
         int expected_stage = -1, expected_j = 0;
-        for (const auto &kv : members) {
+        for (const auto& kv : members) {
             const auto [stage, j] = kv.first;
             // Stages and blocks must be numbered densely from 0 (torchvision from features.1).
             if (stage != expected_stage || j != expected_j) {
@@ -206,7 +206,7 @@ std::vector<FoundBlock> find_blocks(const std::string &family, const std::map<st
             FoundBlock b;
             b.stage = stage;
             b.index_in_stage = j;
-            const std::set<std::string> &rest = kv.second;
+            const std::set<std::string>& rest = kv.second;
             if (family == "torchvision") {
                 int convs = 0;
                 for (int k = 0; k < 8; ++k) convs += rest.count(std::to_string(k) + ".0.weight") ? 1 : 0;
@@ -222,7 +222,7 @@ std::vector<FoundBlock> find_blocks(const std::string &family, const std::map<st
     } else {
         const std::regex re(family == "lukemelas" ? R"(^_blocks\.(\d+)\..+$)" : R"(^blocks\.(\d+)\..+$)");
         std::set<int> indices;
-        for (const auto &kv : shapes) {
+        for (const auto& kv : shapes) {
             std::smatch m;
             if (std::regex_match(kv.first, m, re)) indices.insert(to_int(m[1]));
         }
@@ -245,7 +245,7 @@ std::vector<FoundBlock> find_blocks(const std::string &family, const std::map<st
 
 } // namespace
 
-std::string detect_family(const std::vector<std::string> &names, const std::string &file) {
+std::string detect_family(const std::vector<std::string>& names, const std::string& file) {
     const std::set<std::string> set(names.begin(), names.end());
     if (set.count("features.0.0.weight")) return "torchvision";
     if (set.count("conv_stem.weight")) return "timm";
@@ -254,7 +254,7 @@ std::string detect_family(const std::vector<std::string> &names, const std::stri
     // No stem: guess from the blocks so that the missing stem is reported by name.
     const std::regex tv(R"(^features\.\d+\.\d+\.block\..+)"), timm(R"(^blocks\.\d+\.\d+\..+)"),
         luke(R"(^_blocks\.\d+\..+)"), eff(R"(^blocks\.\d+\.(expand|dw|se|project)\..+)");
-    for (const std::string &n : names) {
+    for (const std::string& n : names) {
         if (std::regex_match(n, tv)) return "torchvision";
         if (std::regex_match(n, luke)) return "lukemelas";
         if (std::regex_match(n, eff)) return "effnet";
@@ -266,16 +266,16 @@ std::string detect_family(const std::vector<std::string> &names, const std::stri
                 (names.empty() ? std::string("the file holds no tensors") : names_preview(names)));
 }
 
-std::map<std::string, std::string> source_names(const ModelConfig &config, const std::string &family) {
+std::map<std::string, std::string> source_names(const ModelConfig& config, const std::string& family) {
     std::map<std::string, std::string> map;
-    auto conv_bn = [&](const std::string &canonical, const std::string &conv, const std::string &bn) {
+    auto conv_bn = [&](const std::string& canonical, const std::string& conv, const std::string& bn) {
         map[canonical + ".conv.weight"] = conv + ".weight";
-        for (const char *f : kBnFields) map[canonical + ".bn." + f] = bn + "." + f;
+        for (const char* f : kBnFields) map[canonical + ".bn." + f] = bn + "." + f;
     };
     const TopModules top = top_modules(family, config.num_stages());
     conv_bn("stem", top.stem_conv, top.stem_bn);
     for (size_t i = 0; i < config.blocks.size(); ++i) {
-        const BlockConfig &b = config.blocks[i];
+        const BlockConfig& b = config.blocks[i];
         const BlockModules m = block_modules(family, b, int(i));
         const std::string p = "blocks." + std::to_string(i) + ".";
         if (b.has_expand()) conv_bn(p + "expand", m.expand_conv, m.expand_bn);
@@ -294,10 +294,10 @@ std::map<std::string, std::string> source_names(const ModelConfig &config, const
     return map;
 }
 
-void assign_stages(std::vector<BlockConfig> &blocks, const std::vector<int> &stages, float stochastic_depth) {
+void assign_stages(std::vector<BlockConfig>& blocks, const std::vector<int>& stages, float stochastic_depth) {
     const int total = int(blocks.size());
     for (int i = 0; i < total; ++i) {
-        BlockConfig &b = blocks[i];
+        BlockConfig& b = blocks[i];
         b.stage = stages[i];
         b.index_in_stage = (i > 0 && stages[i - 1] == stages[i]) ? blocks[i - 1].index_in_stage + 1 : 0;
         b.stride = (b.index_in_stage == 0 && b.stage < kNumStages) ? kStageStride[b.stage] : 1;
@@ -305,20 +305,20 @@ void assign_stages(std::vector<BlockConfig> &blocks, const std::vector<int> &sta
     }
 }
 
-std::vector<int> infer_stages(const std::vector<BlockConfig> &blocks, const std::string &file) {
+std::vector<int> infer_stages(const std::vector<BlockConfig>& blocks, const std::string& file) {
     const int n = int(blocks.size());
     // Boundaries every reading agrees on: a block that changes channels, kernel or block type
     // starts a stage (blocks after the first of a stage repeat it with in == out).
     std::vector<bool> boundary(n, false);
     int count = n > 0 ? 1 : 0;
     for (int i = 1; i < n; ++i) {
-        const BlockConfig &a = blocks[i - 1];
-        const BlockConfig &b = blocks[i];
+        const BlockConfig& a = blocks[i - 1];
+        const BlockConfig& b = blocks[i];
         boundary[i] = b.out_channels != a.out_channels || b.in_channels != b.out_channels ||
                       b.kernel != a.kernel || b.has_expand() != a.has_expand() || b.has_se() != a.has_se();
         count += boundary[i] ? 1 : 0;
     }
-    auto kernels_match = [&](const std::vector<int> &stages) {
+    auto kernels_match = [&](const std::vector<int>& stages) {
         for (int i = 0; i < n; ++i)
             if (stages[i] >= kNumStages || blocks[i].kernel != kStageKernel[stages[i]]) return false;
         return true;
@@ -336,7 +336,7 @@ std::vector<int> infer_stages(const std::vector<BlockConfig> &blocks, const std:
                                          " stages, more than the 7 of EfficientNet");
     // Fewer: some stage boundary keeps channels and kernel. Try the presets' repeat counts.
     std::vector<std::vector<int>> fits;
-    for (const std::string &name : preset_names()) {
+    for (const std::string& name : preset_names()) {
         const ModelConfig p = preset(name, 1);
         if (int(p.blocks.size()) != n) continue;
         std::vector<int> candidate(n);
@@ -356,8 +356,8 @@ std::vector<int> infer_stages(const std::vector<BlockConfig> &blocks, const std:
     return fits[0];
 }
 
-ModelConfig infer_architecture(const std::string &family, const std::map<std::string, Shape> &shapes,
-                               const std::vector<int> &block_stages, const std::string &file) {
+ModelConfig infer_architecture(const std::string& family, const std::map<std::string, Shape>& shapes,
+                               const std::vector<int>& block_stages, const std::string& file) {
     const ShapeReader read(shapes, file);
     const std::vector<FoundBlock> found = find_blocks(family, shapes, file);
     const bool flat = found[0].stage < 0;
@@ -373,8 +373,8 @@ ModelConfig infer_architecture(const std::string &family, const std::map<std::st
         b.expand_channels = found[i].has_expand ? 2 : 1;
         b.se_channels = found[i].has_se ? 1 : 0;
         const BlockModules m = block_modules(family, b, int(i));
-        const Shape &dw = read.depthwise(m.dw_conv + ".weight");
-        const Shape &project = read.pointwise(m.project_conv + ".weight");
+        const Shape& dw = read.depthwise(m.dw_conv + ".weight");
+        const Shape& project = read.pointwise(m.project_conv + ".weight");
         b.expand_channels = int(dw[0]);
         b.kernel = int(dw[2]);
         b.out_channels = int(project[0]);
@@ -389,7 +389,7 @@ ModelConfig infer_architecture(const std::string &family, const std::map<std::st
     }
     std::vector<int> stages;
     if (!flat) {
-        for (const BlockConfig &b : c.blocks) stages.push_back(b.stage);
+        for (const BlockConfig& b : c.blocks) stages.push_back(b.stage);
         EFFNET_CHECK(stages.back() < kNumStages, "weights '" + file +
                                                      "': " + std::to_string(stages.back() + 1) +
                                                      " stages found, EfficientNet has 7");
@@ -405,7 +405,7 @@ ModelConfig infer_architecture(const std::string &family, const std::map<std::st
     assign_stages(c.blocks, stages, c.stochastic_depth);
 
     const TopModules top = top_modules(family, c.num_stages());
-    const Shape &stem = read.get(top.stem_conv + ".weight", 4);
+    const Shape& stem = read.get(top.stem_conv + ".weight", 4);
     EFFNET_CHECK(stem[2] == 3 && stem[3] == 3, "weights '" + file + "': stem convolution '" + top.stem_conv +
                                                    ".weight' has shape " + shape_str(stem) +
                                                    ", expected a 3x3 kernel");

@@ -26,21 +26,21 @@
 
 namespace effnet::test {
 
-inline Tensor random_tensor(const Shape &shape, std::mt19937 &rng, float lo = -1.0f, float hi = 1.0f) {
+inline Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo = -1.0f, float hi = 1.0f) {
     Tensor t(shape);
     std::uniform_real_distribution<float> u(lo, hi);
-    for (float &v : t.data) v = u(rng);
+    for (float& v : t.data) v = u(rng);
     return t;
 }
 
-inline double dot(const Tensor &a, const Tensor &b) {
+inline double dot(const Tensor& a, const Tensor& b) {
     REQUIRE(a.shape == b.shape);
     double s = 0;
     for (size_t i = 0; i < a.data.size(); ++i) s += double(a.data[i]) * double(b.data[i]);
     return s;
 }
 
-inline double norm(const Tensor &a) {
+inline double norm(const Tensor& a) {
     return std::sqrt(dot(a, a));
 }
 
@@ -52,8 +52,8 @@ struct GradCheckOptions {
 
 // Checks `grad` = dL/dparam against central differences of `loss` along random directions.
 // `param` is perturbed in place and restored.
-inline void check_gradient(const std::string &name, const std::function<double()> &loss, Tensor &param,
-                           const Tensor &grad, std::mt19937 &rng, const GradCheckOptions &opt = {}) {
+inline void check_gradient(const std::string& name, const std::function<double()>& loss, Tensor& param,
+                           const Tensor& grad, std::mt19937& rng, const GradCheckOptions& opt = {}) {
     INFO("parameter " << name << " " << shape_str(param.shape));
     REQUIRE(grad.shape == param.shape);
     const Tensor original = param;

@@ -18,21 +18,21 @@
 namespace effnet::bench {
 namespace {
 
-std::string shape_name(const ModelShapes &m, const DepthwiseShape &d) {
+std::string shape_name(const ModelShapes& m, const DepthwiseShape& d) {
     return "depthwise/" + m.model + "/" + std::to_string(d.h) + "x" + std::to_string(d.w) + "xC" +
            std::to_string(d.c) + "/k" + std::to_string(d.k) + "s" + std::to_string(d.s);
 }
 
-double depthwise_bytes(const DepthwiseShape &d, int batch, size_t es) {
+double depthwise_bytes(const DepthwiseShape& d, int batch, size_t es) {
     return double(batch) * (double(d.h) * d.w + double(d.ho) * d.wo) * d.c * double(es) +
            double(d.k * d.k + 1) * d.c * 4;
 }
-double depthwise_flops(const DepthwiseShape &d, int batch) {
+double depthwise_flops(const DepthwiseShape& d, int batch) {
     return 2.0 * batch * d.ho * d.wo * double(d.c) * d.k * d.k;
 }
 
 // pixels_per_thread: 0 = the launcher's choice; 1, 2, 4 force the strip length (tuning runs).
-void bench_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d, int pixels_per_thread) {
+void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pixels_per_thread) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -63,7 +63,7 @@ void bench_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d, int pi
         const double total =
             env.time_launches(state, [&](cudaStream_t s) { kernels::launch_depthwise_conv(a, p, s); });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
@@ -81,7 +81,7 @@ struct CudnnConv {
     }
 };
 
-void bench_cudnn(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
+void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -123,7 +123,7 @@ void bench_cudnn(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
         EFFNET_CHECK(best >= 0, "cuDNN found no algorithm");
         const cudnnConvolutionFwdAlgo_t algo = perf[best].algo;
         const size_t ws_bytes = perf[best].memory;
-        void *ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
+        void* ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
         const float alpha = 1.0f, beta = 0.0f;
         const double total = env.time_launches(state, [&](cudaStream_t) {
             EFFNET_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, c.x, x.data(), c.w, wgt.data(), c.conv,
@@ -131,7 +131,7 @@ void bench_cudnn(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
         });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
         state.SetLabel("algo " + std::to_string(int(algo)));
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
@@ -140,7 +140,7 @@ void bench_cudnn(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
 std::vector<float> random_values(size_t count, uint64_t seed, float lo, float hi) {
     std::vector<float> v(count);
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (float &e : v) {
+    for (float& e : v) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -149,7 +149,7 @@ std::vector<float> random_values(size_t count, uint64_t seed, float lo, float hi
     return v;
 }
 
-double rel_norm_error(const std::vector<float> &got, const std::vector<double> &want) {
+double rel_norm_error(const std::vector<float>& got, const std::vector<double>& want) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < got.size(); ++i) {
         if (!std::isfinite(got[i])) return INFINITY; // poisoned (unwritten) or overflowed
@@ -160,7 +160,7 @@ double rel_norm_error(const std::vector<float> &got, const std::vector<double> &
 }
 
 // Our kernel at every strip length vs float64 on the CPU: NHWC [2, h, w, c], SiLU, squeeze.
-void check_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
+void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
     try {
         const Precision p = env.options().precision;
         const size_t es = kernels::storage_size(p);
@@ -254,23 +254,23 @@ void check_ours(benchmark::State &state, BenchEnv &env, DepthwiseShape d) {
                                     .c_str());
         for (auto _ : state) {
         }
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
 
 } // namespace
 
-void register_depthwise_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
+void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    for (const DepthwiseShape &d : shapes.depthwise) {
+    for (const DepthwiseShape& d : shapes.depthwise) {
         const std::string base = shape_name(shapes, d);
         benchmark::RegisterBenchmark((base + "/check_" + prec).c_str(),
-                                     [&env, d](benchmark::State &st) { check_ours(st, env, d); })
+                                     [&env, d](benchmark::State& st) { check_ours(st, env, d); })
             ->Iterations(1)
             ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/ours_" + prec).c_str(),
-                                     [&env, d](benchmark::State &st) { bench_ours(st, env, d, 0); })
+                                     [&env, d](benchmark::State& st) { bench_ours(st, env, d, 0); })
             ->UseManualTime()
             ->Iterations(env.options().iterations)
             ->Unit(benchmark::kMicrosecond);
@@ -279,13 +279,13 @@ void register_depthwise_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
             if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
             benchmark::RegisterBenchmark(
                 (base + "/ours_ppt" + std::to_string(ppt) + "_" + prec).c_str(),
-                [&env, d, ppt](benchmark::State &st) { bench_ours(st, env, d, ppt); })
+                [&env, d, ppt](benchmark::State& st) { bench_ours(st, env, d, ppt); })
                 ->UseManualTime()
                 ->Iterations(env.options().iterations)
                 ->Unit(benchmark::kMicrosecond);
         }
         benchmark::RegisterBenchmark((base + "/cudnn_" + prec).c_str(),
-                                     [&env, d](benchmark::State &st) { bench_cudnn(st, env, d); })
+                                     [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); })
             ->UseManualTime()
             ->Iterations(env.options().iterations)
             ->Unit(benchmark::kMicrosecond);

@@ -5,7 +5,7 @@
 
 namespace effnet::bench {
 
-BenchEnv::BenchEnv(const BenchOptions &options) : options_(options), ctx_(0) {
+BenchEnv::BenchEnv(const BenchOptions& options) : options_(options), ctx_(0) {
     flush_ =
         cuda::DeviceBuffer(size_t(std::max(ctx_.properties().l2CacheSize, 1 << 20)) * 2, "L2 flush buffer");
     EFFNET_CUDA_CHECK(cudaEventCreate(&start_));
@@ -31,7 +31,7 @@ void BenchEnv::flush_l2() {
     EFFNET_CUDA_CHECK(cudaMemsetAsync(flush_.data(), 0, flush_.size(), stream()));
 }
 
-double BenchEnv::time_launches(benchmark::State &state, const std::function<void(cudaStream_t)> &launch) {
+double BenchEnv::time_launches(benchmark::State& state, const std::function<void(cudaStream_t)>& launch) {
     launch(stream()); // warm-up: module loading, first-touch
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream()));
     double total = 0.0;
@@ -76,7 +76,7 @@ void BenchEnv::measure_gemm_rate() {
                        b = filled_buffer(size_t(n) * n * es, "gemm B"), c(size_t(n) * n * es, "gemm C");
     cublasLtHandle_t lt = ctx_.cublaslt();
     const size_t ws_bytes = 64 << 20;
-    void *ws = ctx_.workspace(ws_bytes);
+    void* ws = ctx_.workspace(ws_bytes);
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -112,7 +112,7 @@ void BenchEnv::measure_gemm_rate() {
     cublasLtMatmulDescDestroy(op);
 }
 
-void set_counters(benchmark::State &state, const BenchEnv &env, double bytes, double flops,
+void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, double flops,
                   double total_seconds, bool matrix_op) {
     const double iters = double(state.iterations());
     if (iters <= 0 || total_seconds <= 0) return;
@@ -129,26 +129,26 @@ void set_counters(benchmark::State &state, const BenchEnv &env, double bytes, do
     }
 }
 
-cuda::DeviceBuffer filled_buffer(size_t bytes, const char *what) {
+cuda::DeviceBuffer filled_buffer(size_t bytes, const char* what) {
     cuda::DeviceBuffer b(bytes, what);
     EFFNET_CUDA_CHECK(cudaMemset(b.data(), 0x3C, bytes));
     return b;
 }
 
-ModelShapes model_shapes(const std::string &preset_name, int batch) {
+ModelShapes model_shapes(const std::string& preset_name, int batch) {
     ModelShapes s;
     s.model = preset_name;
     s.config = preset(preset_name);
-    const ModelConfig &cfg = s.config;
+    const ModelConfig& cfg = s.config;
     const int res = cfg.resolution;
     int h = conv_output_size(res, 3, 2, cfg.padding), w = h;
     std::set<std::string> seen_dw, seen_gemm, seen_fused;
-    auto add_gemm = [&](const GemmShape &g) {
+    auto add_gemm = [&](const GemmShape& g) {
         const std::string key = g.role + std::to_string(g.m) + "/" + std::to_string(g.k) + "/" +
                                 std::to_string(g.n) + (g.gate ? "g" : "") + (g.residual ? "r" : "");
         if (seen_gemm.insert(key).second) s.gemms.push_back(g);
     };
-    for (const BlockConfig &b : cfg.blocks) {
+    for (const BlockConfig& b : cfg.blocks) {
         const int ho = conv_output_size(h, b.kernel, b.stride, cfg.padding);
         const int wo = conv_output_size(w, b.kernel, b.stride, cfg.padding);
         int pt, pb;

@@ -23,14 +23,14 @@ struct BenchOptions {
 
 class BenchEnv {
 public:
-    explicit BenchEnv(const BenchOptions &options);
+    explicit BenchEnv(const BenchOptions& options);
     ~BenchEnv();
-    BenchEnv(const BenchEnv &) = delete;
-    BenchEnv &operator=(const BenchEnv &) = delete;
+    BenchEnv(const BenchEnv&) = delete;
+    BenchEnv& operator=(const BenchEnv&) = delete;
 
-    cuda::Context &ctx() { return ctx_; }
+    cuda::Context& ctx() { return ctx_; }
     cudaStream_t stream() const { return ctx_.stream(); }
-    const BenchOptions &options() const { return options_; }
+    const BenchOptions& options() const { return options_; }
     double copy_gbps() const { return copy_gbps_; }     // read + write bytes per second / 1e9
     double gemm_tflops() const { return gemm_tflops_; } // cuBLASLt 8192^3, options.precision (fp32: TF32 off)
     std::string description() const;
@@ -38,7 +38,7 @@ public:
     // Writes a buffer twice the L2 size, so the next launch starts with a cold cache.
     void flush_l2();
     // Times `launch` over state's iterations (one warm-up launch first); returns total seconds.
-    double time_launches(benchmark::State &state, const std::function<void(cudaStream_t)> &launch);
+    double time_launches(benchmark::State& state, const std::function<void(cudaStream_t)>& launch);
 
 private:
     void measure_copy_bandwidth();
@@ -51,12 +51,12 @@ private:
 };
 
 // Bytes, FLOPs and the rates derived from the measured total time.
-void set_counters(benchmark::State &state, const BenchEnv &env, double bytes, double flops,
+void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, double flops,
                   double total_seconds, bool matrix_op);
 
 // A device buffer filled with 0x3C bytes (about 1.06 in fp16, 0.0115 in fp32, 0.0115 in bf16):
 // finite, non-zero data.
-cuda::DeviceBuffer filled_buffer(size_t bytes, const char *what);
+cuda::DeviceBuffer filled_buffer(size_t bytes, const char* what);
 
 // Layer shapes of a preset at its native resolution.
 struct DepthwiseShape {
@@ -80,11 +80,11 @@ struct ModelShapes {
     std::vector<GemmShape> gemms;
     std::vector<FusedShape> fused;
 };
-ModelShapes model_shapes(const std::string &preset_name, int batch);
+ModelShapes model_shapes(const std::string& preset_name, int batch);
 
-void register_depthwise_benchmarks(BenchEnv &env, const ModelShapes &shapes);
-void register_pointwise_benchmarks(BenchEnv &env, const ModelShapes &shapes);
-void register_fused_benchmarks(BenchEnv &env, const ModelShapes &shapes);
-void register_session_benchmarks(BenchEnv &env, const std::string &model_name);
+void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_pointwise_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_session_benchmarks(BenchEnv& env, const std::string& model_name);
 
 } // namespace effnet::bench

@@ -12,13 +12,13 @@
 namespace effnet::bench {
 namespace {
 
-std::string shape_name(const ModelShapes &m, const FusedShape &f) {
+std::string shape_name(const ModelShapes& m, const FusedShape& f) {
     return "expand_dw/" + m.model + "/" + std::to_string(f.h) + "x" + std::to_string(f.w) + "_" +
            std::to_string(f.cin) + "to" + std::to_string(f.ce) + "/k" + std::to_string(f.k) + "s" +
            std::to_string(f.s);
 }
 
-void bench_pair(benchmark::State &state, BenchEnv &env, FusedShape f, bool fused) {
+void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -92,24 +92,24 @@ void bench_pair(benchmark::State &state, BenchEnv &env, FusedShape f, bool fused
         const double flops =
             2.0 * N * (double(f.h) * f.w * f.cin * f.ce + double(f.ho) * f.wo * f.ce * f.k * f.k);
         set_counters(state, env, bytes, flops, total, false);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
 
 } // namespace
 
-void register_fused_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
+void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    for (const FusedShape &f : shapes.fused) {
+    for (const FusedShape& f : shapes.fused) {
         const std::string base = shape_name(shapes, f);
         benchmark::RegisterBenchmark((base + "/fused_" + prec).c_str(),
-                                     [&env, f](benchmark::State &st) { bench_pair(st, env, f, true); })
+                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, true); })
             ->UseManualTime()
             ->Iterations(env.options().iterations)
             ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/unfused_" + prec).c_str(),
-                                     [&env, f](benchmark::State &st) { bench_pair(st, env, f, false); })
+                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, false); })
             ->UseManualTime()
             ->Iterations(env.options().iterations)
             ->Unit(benchmark::kMicrosecond);

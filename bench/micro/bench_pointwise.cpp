@@ -11,20 +11,20 @@
 namespace effnet::bench {
 namespace {
 
-std::string shape_name(const ModelShapes &m, const GemmShape &g) {
+std::string shape_name(const ModelShapes& m, const GemmShape& g) {
     return "gemm/" + m.model + "/" + g.role + "/M" + std::to_string(g.m) + "_K" + std::to_string(g.k) + "_N" +
            std::to_string(g.n) + (g.gate ? "_gate" : "") + (g.residual ? "_res" : "");
 }
 
-double gemm_bytes(const GemmShape &g, size_t es) {
+double gemm_bytes(const GemmShape& g, size_t es) {
     return double(g.m) * (g.k + g.n * (g.residual ? 2 : 1)) * double(es) + double(g.n) * g.k * double(es);
 }
-double gemm_flops(const GemmShape &g) {
+double gemm_flops(const GemmShape& g) {
     return 2.0 * double(g.m) * g.k * g.n;
 }
 
 // tile < 0: the launcher's own choice (GemmKernel `which`); else that PointwiseTile forced.
-void bench_ours(benchmark::State &state, BenchEnv &env, GemmShape g, kernels::GemmKernel which,
+void bench_ours(benchmark::State& state, BenchEnv& env, GemmShape g, kernels::GemmKernel which,
                 int tile = -1) {
     try {
         const Precision p = env.options().precision;
@@ -59,12 +59,12 @@ void bench_ours(benchmark::State &state, BenchEnv &env, GemmShape g, kernels::Ge
                 kernels::launch_pointwise_mma(a, p, kernels::PointwiseTile(tile), s);
         });
         set_counters(state, env, gemm_bytes(g, es), gemm_flops(g), total, true);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
 
-void bench_cublaslt(benchmark::State &state, BenchEnv &env, GemmShape g) {
+void bench_cublaslt(benchmark::State& state, BenchEnv& env, GemmShape g) {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -92,7 +92,7 @@ void bench_cublaslt(benchmark::State &state, BenchEnv &env, GemmShape g) {
         EFFNET_CUBLAS_CHECK(
             cublasLtMatrixLayoutCreate(&lc, type, uint64_t(g.n), uint64_t(g.m), int64_t(g.n)));
         const size_t ws_bytes = 32 << 20;
-        void *ws = env.ctx().workspace(ws_bytes);
+        void* ws = env.ctx().workspace(ws_bytes);
         EFFNET_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
         EFFNET_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
             pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
@@ -110,7 +110,7 @@ void bench_cublaslt(benchmark::State &state, BenchEnv &env, GemmShape g) {
         GemmShape bare = g;
         bare.residual = false;
         set_counters(state, env, gemm_bytes(bare, es), gemm_flops(g), total, true);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -122,23 +122,23 @@ void bench_cublaslt(benchmark::State &state, BenchEnv &env, GemmShape g) {
 
 } // namespace
 
-void register_pointwise_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
+void register_pointwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
     const int iters = env.options().iterations;
-    for (const GemmShape &g : shapes.gemms) {
+    for (const GemmShape& g : shapes.gemms) {
         const std::string base = shape_name(shapes, g);
         if (env.options().precision != Precision::FP32)
             benchmark::RegisterBenchmark(
                 (base + "/ours_tc_" + prec).c_str(),
-                [&env, g](benchmark::State &st) { bench_ours(st, env, g, kernels::GemmKernel::TensorCore); })
+                [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::TensorCore); })
                 ->UseManualTime()
                 ->Iterations(iters)
                 ->Unit(benchmark::kMicrosecond);
         if (env.options().precision != Precision::FP32) {
-            const char *tiles[] = {"128x32", "128x64", "64x64", "32x64"}; // PointwiseTile order
+            const char* tiles[] = {"128x32", "128x64", "64x64", "32x64"}; // PointwiseTile order
             for (int t = 0; t < 4; ++t)
                 benchmark::RegisterBenchmark((base + "/ours_tile" + tiles[t] + "_" + prec).c_str(),
-                                             [&env, g, t](benchmark::State &st) {
+                                             [&env, g, t](benchmark::State& st) {
                                                  bench_ours(st, env, g, kernels::GemmKernel::TensorCore, t);
                                              })
                     ->UseManualTime()
@@ -147,12 +147,12 @@ void register_pointwise_benchmarks(BenchEnv &env, const ModelShapes &shapes) {
         }
         benchmark::RegisterBenchmark(
             (base + "/ours_simt_" + prec).c_str(),
-            [&env, g](benchmark::State &st) { bench_ours(st, env, g, kernels::GemmKernel::Simt); })
+            [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::Simt); })
             ->UseManualTime()
             ->Iterations(iters)
             ->Unit(benchmark::kMicrosecond);
         benchmark::RegisterBenchmark((base + "/cublaslt_" + prec).c_str(),
-                                     [&env, g](benchmark::State &st) { bench_cublaslt(st, env, g); })
+                                     [&env, g](benchmark::State& st) { bench_cublaslt(st, env, g); })
             ->UseManualTime()
             ->Iterations(iters)
             ->Unit(benchmark::kMicrosecond);

@@ -8,7 +8,7 @@
 namespace effnet::bench {
 namespace {
 
-void bench_session(benchmark::State &state, BenchEnv &env, std::string model_name, bool fused) {
+void bench_session(benchmark::State& state, BenchEnv& env, std::string model_name, bool fused) {
     try {
         const int N = env.options().batch;
         const Model model = random_model(preset(model_name), 1);
@@ -33,21 +33,21 @@ void bench_session(benchmark::State &state, BenchEnv &env, std::string model_nam
         state.counters["img/s"] = double(N) / per_batch;
         state.counters["arena_MB"] = double(session.activation_arena_bytes()) / 1e6;
         state.counters["peak_MB"] = double(session.peak_device_memory()) / 1e6;
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         state.SkipWithError(e.what());
     }
 }
 
 } // namespace
 
-void register_session_benchmarks(BenchEnv &env, const std::string &model_name) {
+void register_session_benchmarks(BenchEnv& env, const std::string& model_name) {
     const std::string prec = precision_name(env.options().precision);
     for (bool fused : {false, true}) {
         const std::string name = "network/" + model_name + "/batch" + std::to_string(env.options().batch) +
                                  "/" + (fused ? "fused_" : "unfused_") + prec;
         benchmark::RegisterBenchmark(
             name.c_str(),
-            [&env, model_name, fused](benchmark::State &st) { bench_session(st, env, model_name, fused); })
+            [&env, model_name, fused](benchmark::State& st) { bench_session(st, env, model_name, fused); })
             ->UseManualTime()
             ->Iterations(env.options().iterations)
             ->Unit(benchmark::kMicrosecond);

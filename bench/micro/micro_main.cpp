@@ -17,7 +17,7 @@
 
 namespace {
 
-bool take_flag(const char *arg, const char *name, std::string &value) {
+bool take_flag(const char* arg, const char* name, std::string& value) {
     const size_t n = std::strlen(name);
     if (std::strncmp(arg, name, n) != 0 || arg[n] != '=') return false;
     value = arg + n + 1;
@@ -26,11 +26,11 @@ bool take_flag(const char *arg, const char *name, std::string &value) {
 
 } // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     try {
         effnet::bench::BenchOptions options;
         std::vector<std::string> models = {"b0", "b4", "b7"};
-        std::vector<char *> rest = {argv[0]};
+        std::vector<char*> rest = {argv[0]};
         for (int i = 1; i < argc; ++i) {
             std::string v;
             if (take_flag(argv[i], "--batch", v))
@@ -63,8 +63,8 @@ int main(int argc, char **argv) {
                     env->description().c_str());
 
         std::vector<effnet::bench::ModelShapes> shapes;
-        for (const std::string &m : models) shapes.push_back(effnet::bench::model_shapes(m, options.batch));
-        for (const auto &s : shapes) effnet::bench::register_depthwise_benchmarks(*env, s);
+        for (const std::string& m : models) shapes.push_back(effnet::bench::model_shapes(m, options.batch));
+        for (const auto& s : shapes) effnet::bench::register_depthwise_benchmarks(*env, s);
         const effnet::bench::ModelShapes b0 = effnet::bench::model_shapes("b0", options.batch);
         effnet::bench::register_pointwise_benchmarks(*env, b0);
         effnet::bench::register_fused_benchmarks(*env, b0);
@@ -73,7 +73,7 @@ int main(int argc, char **argv) {
         benchmark::RunSpecifiedBenchmarks();
         benchmark::Shutdown();
         return 0;
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -13,10 +13,10 @@ enum class Activation { SiLU, ReLU6 };
 // computed per input size: total = max((ceil(in/s)-1)*s + k - in, 0), top/left = total/2.
 enum class Padding { Symmetric, TfSame };
 
-const char *activation_name(Activation a);         // "silu" | "relu6"
-const char *padding_name(Padding p);               // "symmetric" | "tf_same"
-Activation parse_activation(const std::string &s); // throws effnet::Error on unknown names
-Padding parse_padding(const std::string &s);
+const char* activation_name(Activation a);         // "silu" | "relu6"
+const char* padding_name(Padding p);               // "symmetric" | "tf_same"
+Activation parse_activation(const std::string& s); // throws effnet::Error on unknown names
+Padding parse_padding(const std::string& s);
 
 struct BlockConfig {
     int in_channels = 0;
@@ -65,7 +65,7 @@ struct ModelConfig {
 };
 
 // "b0".."b7", "lite0".."lite4" (case-insensitive, "efficientnet_" / "efficientnet-" prefixes allowed).
-ModelConfig preset(const std::string &name, int num_classes = 1000);
+ModelConfig preset(const std::string& name, int num_classes = 1000);
 std::vector<std::string> preset_names();
 
 struct CustomOptions {
@@ -79,10 +79,10 @@ struct CustomOptions {
     int resolution = 224;
 };
 // torchvision's rules applied to the B0 stage table.
-ModelConfig custom_config(const CustomOptions &options);
+ModelConfig custom_config(const CustomOptions& options);
 
 // Number of trainable parameters (conv/BN/linear weights and biases; no running statistics).
-int64_t parameter_count(const ModelConfig &config);
+int64_t parameter_count(const ModelConfig& config);
 
 // torchvision's _make_divisible(v * width, 8).
 int round_channels(double channels, double width, int divisor = 8);
@@ -90,6 +90,6 @@ int round_channels(double channels, double width, int divisor = 8);
 // Spatial output size of a convolution with the config's padding rule.
 int conv_output_size(int in, int kernel, int stride, Padding padding);
 // Padding before (top/left) and after (bottom/right) along one axis.
-void conv_padding(int in, int kernel, int stride, Padding padding, int &before, int &after);
+void conv_padding(int in, int kernel, int stride, Padding padding, int& before, int& after);
 
 } // namespace effnet

@@ -35,16 +35,16 @@ struct Gradients {
 // Holds a reference to the model: forward in train mode updates its running statistics.
 class Network {
 public:
-    explicit Network(Model &model);
+    explicit Network(Model& model);
     ~Network();
-    Network(const Network &) = delete;
-    Network &operator=(const Network &) = delete;
+    Network(const Network&) = delete;
+    Network& operator=(const Network&) = delete;
 
     // input [N, C, H, W]; validated (rank, channels, size >= 1) with a clear error.
-    ForwardResult forward(const Tensor &input, const ForwardOptions &options = {});
+    ForwardResult forward(const Tensor& input, const ForwardOptions& options = {});
     // Backward of the last forward (which must have been a train forward, or an eval forward
     // with options.train = false for eval-mode gradients) given dloss/dlogits [N, classes].
-    Gradients backward(const Tensor &dlogits);
+    Gradients backward(const Tensor& dlogits);
 
 private:
     struct Impl;

@@ -8,7 +8,7 @@ namespace effnet {
 
 class Error : public std::runtime_error {
 public:
-    explicit Error(const std::string &what) : std::runtime_error(what) {}
+    explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
 // EFFNET_CHECK(cond, message-expression): throw effnet::Error when cond is false.

@@ -24,8 +24,8 @@
 namespace effnet {
 
 enum class TrainPrecision { FP32, AmpFP16, AmpBF16 };
-const char *train_precision_name(TrainPrecision p);         // "fp32" | "amp-fp16" | "amp-bf16"
-TrainPrecision parse_train_precision(const std::string &s); // throws effnet::Error on unknown names
+const char* train_precision_name(TrainPrecision p);         // "fp32" | "amp-fp16" | "amp-bf16"
+TrainPrecision parse_train_precision(const std::string& s); // throws effnet::Error on unknown names
 
 struct GpuTrainOptions {
     float momentum = 0.9f;
@@ -45,19 +45,19 @@ public:
     // Uploads the model (parameters, running statistics) and plans every buffer for
     // (batch, height, width). Throws effnet::Error when CUDA is unavailable, or the model,
     // shape or options are invalid.
-    GpuTrainer(Model &model, int batch, int height, int width, TrainPrecision precision,
-               const GpuTrainOptions &options = {});
+    GpuTrainer(Model& model, int batch, int height, int width, TrainPrecision precision,
+               const GpuTrainOptions& options = {});
     ~GpuTrainer();
-    GpuTrainer(const GpuTrainer &) = delete;
-    GpuTrainer &operator=(const GpuTrainer &) = delete;
+    GpuTrainer(const GpuTrainer&) = delete;
+    GpuTrainer& operator=(const GpuTrainer&) = delete;
 
     // One training step: forward, loss, backward, and (when the gradients are finite) the SGD
     // update with learning rate lr. input: host NCHW float32 [batch, 3, height, width];
     // targets: host [batch], each in [0, num_classes). Returns the mean loss (synchronises).
     // seed: the dropout / stochastic-depth masks' seed, as cpu::ForwardOptions::seed.
-    float step(const float *input_nchw_host, const int64_t *targets_host, float lr, uint64_t seed = 0);
+    float step(const float* input_nchw_host, const int64_t* targets_host, float lr, uint64_t seed = 0);
     // Forward, loss and backward only (no update); returns the mean loss.
-    float compute_gradients(const float *input_nchw_host, const int64_t *targets_host, uint64_t seed = 0);
+    float compute_gradients(const float* input_nchw_host, const int64_t* targets_host, uint64_t seed = 0);
     // Applies SGD with the gradients of the last compute_gradients; returns false (and changes
     // nothing) when they were not all finite.
     bool apply_update(float lr);
@@ -73,7 +73,7 @@ public:
     // The last forward's logits [batch, num_classes], downloaded.
     Tensor logits() const;
     // Writes the current parameters and running statistics into model (same config).
-    void download(Model &model) const;
+    void download(Model& model) const;
 
     int batch() const;
     int height() const;

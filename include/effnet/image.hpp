@@ -30,40 +30,40 @@ struct ImageLimits {
 // convert("RGB")), 16-bit samples keep their high byte, CMYK/YCCK JPEGs are converted.
 // Throws effnet::Error "PATH: reason" for a missing, unreadable, empty, oversized, truncated
 // or undecodable file.
-Image load_image(const std::string &path, const ImageLimits &limits = {});
+Image load_image(const std::string& path, const ImageLimits& limits = {});
 // The same from bytes in memory; `name` is used in error messages.
-Image decode_image(const uint8_t *bytes, size_t size, const std::string &name,
-                   const ImageLimits &limits = {});
+Image decode_image(const uint8_t* bytes, size_t size, const std::string& name,
+                   const ImageLimits& limits = {});
 
 // True for the extensions a directory scan picks up: .jpg .jpeg .png .bmp .tga (any case).
-bool has_image_extension(const std::string &path);
+bool has_image_extension(const std::string& path);
 
 // ---- Preprocessing (libeffnet/preprocess.cpp) ----
 
 enum class Interpolation { Bilinear, Bicubic };
-Interpolation parse_interpolation(const std::string &s); // "bilinear" | "bicubic", else throws
+Interpolation parse_interpolation(const std::string& s); // "bilinear" | "bicubic", else throws
 
 // PIL's Image.resize(size, BILINEAR|BICUBIC) on an RGB image: separable, antialiased (the
 // filter is widened by the downscale factor), 8-bit fixed-point arithmetic with PIL's
 // rounding, the passes in Pillow 13's order. Matches Pillow 13's output exactly (older Pillow
 // always runs the horizontal pass first: it differs for images whose height shrinks by more
 // than twice the pixels their width does).
-Image resize_image(const Image &image, int width, int height, Interpolation interpolation);
+Image resize_image(const Image& image, int width, int height, Interpolation interpolation);
 
 // torchvision's Resize(size) on a PIL image: the shorter side becomes `size`, the longer
 // int(size * long / short); an image whose shorter side already is `size` is returned as is.
-Image resize_shorter_side(const Image &image, int size, Interpolation interpolation);
+Image resize_shorter_side(const Image& image, int size, Interpolation interpolation);
 
 // torchvision's CenterCrop(size): offsets int(round((h - size) / 2.0)) (round half to even);
 // an image smaller than size is first zero-padded as torchvision does.
-Image center_crop(const Image &image, int size);
+Image center_crop(const Image& image, int size);
 
 // The whole transform of `preprocess` into out[3, crop, crop] (NCHW, one image):
 // resize shorter side, center crop, x / 255, (x - mean) / std, all in float32.
-void preprocess_image(const Image &image, const Preprocess &preprocess, float *out);
+void preprocess_image(const Image& image, const Preprocess& preprocess, float* out);
 
 // As preprocess_image without the normalisation: the cropped pixels / 255 (for checking the
 // resize and crop against PIL).
-void preprocess_image_unnormalized(const Image &image, const Preprocess &preprocess, float *out);
+void preprocess_image_unnormalized(const Image& image, const Preprocess& preprocess, float* out);
 
 } // namespace effnet

@@ -12,8 +12,8 @@
 namespace effnet {
 
 enum class Precision { FP32, FP16, BF16 };
-const char *precision_name(Precision p);         // "fp32" | "fp16" | "bf16"
-Precision parse_precision(const std::string &s); // throws effnet::Error on unknown names
+const char* precision_name(Precision p);         // "fp32" | "fp16" | "bf16"
+Precision parse_precision(const std::string& s); // throws effnet::Error on unknown names
 
 // True when this build has CUDA and a usable GPU is present (never throws).
 bool cuda_available();
@@ -30,15 +30,15 @@ struct SessionOptions {
 class InferenceSession {
 public:
     // Throws effnet::Error when CUDA is unavailable or the shape/precision is unsupported.
-    InferenceSession(const Model &model, int batch, int height, int width, Precision precision,
-                     const SessionOptions &options = {});
+    InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
+                     const SessionOptions& options = {});
     ~InferenceSession();
-    InferenceSession(InferenceSession &&) noexcept;
-    InferenceSession &operator=(InferenceSession &&) noexcept;
+    InferenceSession(InferenceSession&&) noexcept;
+    InferenceSession& operator=(InferenceSession&&) noexcept;
 
     // input: NCHW float32 [batch, 3, height, width]; logits: float32 [batch, num_classes].
     // Host pointers (copies in/out, synchronises) or device pointers (stream-ordered, async).
-    void run(const float *input, float *logits, bool device_pointers = false);
+    void run(const float* input, float* logits, bool device_pointers = false);
     void synchronize();
 
     int batch() const;
@@ -48,7 +48,7 @@ public:
     Precision precision() const;
     size_t peak_device_memory() const; // bytes: weights + activation arena + workspaces
     size_t activation_arena_bytes() const;
-    void *stream() const; // the session's cudaStream_t
+    void* stream() const; // the session's cudaStream_t
 
 private:
     struct Impl;

@@ -26,7 +26,7 @@ struct ParamSpec {
     bool trainable; // false for running_mean / running_var
 };
 // Every parameter and buffer the config needs, in network order.
-std::vector<ParamSpec> parameter_specs(const ModelConfig &config);
+std::vector<ParamSpec> parameter_specs(const ModelConfig& config);
 
 struct Model {
     ModelConfig config;
@@ -35,13 +35,13 @@ struct Model {
     std::string family = "effnet";                   // "torchvision" | "timm" | "lukemelas" | "effnet"
     std::map<std::string, std::string> metadata;     // extra metadata from the weights file
 
-    const Tensor &param(const std::string &name) const; // throws effnet::Error naming it
-    Tensor &param(const std::string &name);
+    const Tensor& param(const std::string& name) const; // throws effnet::Error naming it
+    Tensor& param(const std::string& name);
 };
 
 // Seeded random initialisation: fan-in Kaiming convs with per-role gains chosen so that
 // activations stay O(1) through B0..B7 (fp16-safe), BN weight 1, bias 0, running stats 0/1.
-Model random_model(const ModelConfig &config, uint64_t seed);
+Model random_model(const ModelConfig& config, uint64_t seed);
 
 struct LoadOptions {
     std::string preset;             // if set, the inferred architecture must match it
@@ -53,9 +53,9 @@ struct LoadOptions {
 // The architecture is inferred from tensor shapes; padding / BN eps / activation come from
 // metadata ("padding", "bn_eps", "activation"), options, or the family's default. Missing,
 // unexpected or mis-shaped tensors throw effnet::Error naming them.
-Model load_weights(const std::string &path, const LoadOptions &options = {});
+Model load_weights(const std::string& path, const LoadOptions& options = {});
 
 // Writes canonical names plus metadata describing the config and preprocessing.
-void save_weights(const Model &model, const std::string &path);
+void save_weights(const Model& model, const std::string& path);
 
 } // namespace effnet

@@ -15,7 +15,7 @@
 namespace effnet {
 
 enum class DType { F32, F16, BF16, F64, I64 };
-const char *dtype_name(DType d); // "F32", ...
+const char* dtype_name(DType d); // "F32", ...
 size_t dtype_size(DType d);
 
 struct TensorInfo {
@@ -28,23 +28,23 @@ struct TensorInfo {
 class SafetensorsFile {
 public:
     // Maps the file and validates the whole header. Throws effnet::Error on any fault.
-    static SafetensorsFile open(const std::string &path);
-    SafetensorsFile(SafetensorsFile &&) noexcept;
-    SafetensorsFile &operator=(SafetensorsFile &&) noexcept;
+    static SafetensorsFile open(const std::string& path);
+    SafetensorsFile(SafetensorsFile&&) noexcept;
+    SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
     ~SafetensorsFile();
 
-    const std::string &path() const;
-    const std::map<std::string, std::string> &metadata() const;
+    const std::string& path() const;
+    const std::map<std::string, std::string>& metadata() const;
     std::vector<std::string> names() const; // sorted
-    bool contains(const std::string &name) const;
-    const TensorInfo &info(const std::string &name) const; // throws if missing, naming it
-    const void *raw(const std::string &name) const;        // pointer into the mapping
+    bool contains(const std::string& name) const;
+    const TensorInfo& info(const std::string& name) const; // throws if missing, naming it
+    const void* raw(const std::string& name) const;        // pointer into the mapping
 
     // Converts F32/F16/BF16/F64 to float32; throws for I64.
-    Tensor read_f32(const std::string &name) const;
+    Tensor read_f32(const std::string& name) const;
     // Converts F64/F32 exactly to double (F16/BF16 widened).
-    std::vector<double> read_f64(const std::string &name) const;
-    std::vector<int64_t> read_i64(const std::string &name) const; // I64 only
+    std::vector<double> read_f64(const std::string& name) const;
+    std::vector<int64_t> read_i64(const std::string& name) const; // I64 only
 
 private:
     struct Impl;
@@ -55,13 +55,13 @@ private:
 // Collects tensors and writes them in one go (atomically: temporary file, then rename).
 class SafetensorsWriter {
 public:
-    void add(const std::string &name, const Tensor &t); // stored as F32
-    void add_f64(const std::string &name, const Shape &shape, const std::vector<double> &data);
-    void add_i64(const std::string &name, const Shape &shape, const std::vector<int64_t> &data);
+    void add(const std::string& name, const Tensor& t); // stored as F32
+    void add_f64(const std::string& name, const Shape& shape, const std::vector<double>& data);
+    void add_i64(const std::string& name, const Shape& shape, const std::vector<int64_t>& data);
     // Raw bytes of the given dtype (e.g. F16/BF16 produced elsewhere); size is checked.
-    void add_raw(const std::string &name, DType dtype, const Shape &shape, const void *bytes, size_t size);
-    void set_metadata(const std::string &key, const std::string &value);
-    void write(const std::string &path) const; // throws effnet::Error on I/O failure
+    void add_raw(const std::string& name, DType dtype, const Shape& shape, const void* bytes, size_t size);
+    void set_metadata(const std::string& key, const std::string& value);
+    void write(const std::string& path) const; // throws effnet::Error on I/O failure
 
 private:
     struct Entry {

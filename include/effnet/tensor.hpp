@@ -10,8 +10,8 @@ namespace effnet {
 
 using Shape = std::vector<int64_t>;
 
-std::string shape_str(const Shape &shape); // "[2, 3, 64, 72]"
-int64_t shape_numel(const Shape &shape);
+std::string shape_str(const Shape& shape); // "[2, 3, 64, 72]"
+int64_t shape_numel(const Shape& shape);
 
 struct Tensor {
     Shape shape;
@@ -23,12 +23,12 @@ struct Tensor {
     int64_t numel() const { return static_cast<int64_t>(data.size()); }
     int64_t dim(int i) const; // negative i counts from the end; throws if out of range
     int rank() const { return static_cast<int>(shape.size()); }
-    float *ptr() { return data.data(); }
-    const float *ptr() const { return data.data(); }
+    float* ptr() { return data.data(); }
+    const float* ptr() const { return data.data(); }
     bool empty() const { return data.empty(); }
 };
 
 // ||a - b|| / ||b|| over all elements; throws effnet::Error if the shapes differ.
-double relative_error(const Tensor &a, const Tensor &b);
+double relative_error(const Tensor& a, const Tensor& b);
 
 } // namespace effnet

@@ -47,11 +47,11 @@ private:
 
 // Weight decay applies to conv / linear weights only: not to batch-norm parameters (*.bn.*) nor
 // to any bias (*.bias), decided by canonical name.
-bool default_weight_decay(const std::string &name);
+bool default_weight_decay(const std::string& name);
 
 enum class OptimizerKind { SGD, RMSProp, AdamW };
-const char *optimizer_name(OptimizerKind k);         // "sgd" | "rmsprop" | "adamw"
-OptimizerKind parse_optimizer(const std::string &s); // throws effnet::Error on unknown names
+const char* optimizer_name(OptimizerKind k);         // "sgd" | "rmsprop" | "adamw"
+OptimizerKind parse_optimizer(const std::string& s); // throws effnet::Error on unknown names
 
 struct OptimizerConfig {
     OptimizerKind kind = OptimizerKind::SGD;
@@ -78,21 +78,21 @@ struct OptimizerConfig {
 // and rounded to float32 once; state is float32 (so it checkpoints bit-exactly).
 class Optimizer {
 public:
-    explicit Optimizer(const OptimizerConfig &config);
+    explicit Optimizer(const OptimizerConfig& config);
     // Updates every parameter that has a gradient. Gradients for unknown names, or with a shape
     // different from their parameter's, throw effnet::Error naming them.
-    void step(ParamMap &params, const ParamMap &grads, double lr);
+    void step(ParamMap& params, const ParamMap& grads, double lr);
 
-    const OptimizerConfig &config() const { return config_; }
+    const OptimizerConfig& config() const { return config_; }
     int64_t step_count() const { return steps_; }
     // State tensors keyed "<slot>/<param name>": slots "momentum" (SGD), "ms" and "mom"
     // (RMSProp), "exp_avg" and "exp_avg_sq" (AdamW).
-    const ParamMap &state() const { return state_; }
+    const ParamMap& state() const { return state_; }
     void set_state(ParamMap state, int64_t step_count);
 
 private:
-    Tensor &slot(const std::string &slot_name, const std::string &param, const Shape &shape, float init,
-                 bool *created);
+    Tensor& slot(const std::string& slot_name, const std::string& param, const Shape& shape, float init,
+                 bool* created);
     OptimizerConfig config_;
     ParamMap state_;
     int64_t steps_ = 0;
@@ -100,14 +100,14 @@ private:
 
 // Scales every gradient by max_norm / norm when the global L2 norm (over all tensors, in
 // double) exceeds max_norm. Returns the norm before clipping. max_norm <= 0 disables clipping.
-double clip_grad_norm(ParamMap &grads, double max_norm);
+double clip_grad_norm(ParamMap& grads, double max_norm);
 
 // ---------------------------------------------------------------------------------------------
 // Learning-rate schedules (per optimizer step)
 
 enum class ScheduleKind { Cosine, Step };
-const char *schedule_name(ScheduleKind k);         // "cosine" | "step"
-ScheduleKind parse_schedule(const std::string &s); // throws effnet::Error on unknown names
+const char* schedule_name(ScheduleKind k);         // "cosine" | "step"
+ScheduleKind parse_schedule(const std::string& s); // throws effnet::Error on unknown names
 
 struct ScheduleConfig {
     ScheduleKind kind = ScheduleKind::Cosine;
@@ -120,7 +120,7 @@ struct ScheduleConfig {
     double gamma = 0.1;
 };
 // Learning rate for the 0-based optimizer step `step`. Throws on an invalid config.
-double learning_rate(const ScheduleConfig &config, int64_t step);
+double learning_rate(const ScheduleConfig& config, int64_t step);
 
 // ---------------------------------------------------------------------------------------------
 // AMP dynamic loss scaling (fp16). The loss is multiplied by scale() before backward; the
@@ -139,18 +139,18 @@ struct LossScalerConfig {
 
 class LossScaler {
 public:
-    explicit LossScaler(const LossScalerConfig &config = {});
+    explicit LossScaler(const LossScalerConfig& config = {});
     double scale() const { return scale_; }
     // True when any gradient element is inf or NaN.
-    static bool has_non_finite(const ParamMap &grads);
+    static bool has_non_finite(const ParamMap& grads);
     // Multiplies every gradient by 1/scale().
-    void unscale(ParamMap &grads) const;
+    void unscale(ParamMap& grads) const;
     // Records the outcome of one step; returns true when the step must be applied (no inf/NaN).
     bool update(bool found_non_finite);
 
     int64_t good_steps() const { return good_steps_; }
     int64_t skipped_steps() const { return skipped_; }
-    const LossScalerConfig &config() const { return config_; }
+    const LossScalerConfig& config() const { return config_; }
     void set_state(double scale, int64_t good_steps, int64_t skipped);
 
 private:
@@ -173,23 +173,23 @@ struct CropBox {
 };
 // torchvision's RandomResizedCrop.get_params: up to 10 attempts of area in scale * image area,
 // log-uniform aspect ratio; fallback: the central crop with the ratio clamped to the range.
-CropBox random_resized_crop_box(int width, int height, Rng &rng, double scale_lo = 0.08,
+CropBox random_resized_crop_box(int width, int height, Rng& rng, double scale_lo = 0.08,
                                 double scale_hi = 1.0, double ratio_lo = 3.0 / 4.0,
                                 double ratio_hi = 4.0 / 3.0);
 
 // Crops `box` out of `image`, resizes it to out x out (PIL's antialiased bilinear, as
 // torchvision's RandomResizedCrop on PIL images), optionally mirrors it, scales to [0, 1],
 // normalises and writes CHW float into dst [3, out, out].
-void crop_resize_normalize(const Image &image, const CropBox &box, int out, bool flip, const Normalize &norm,
-                           float *dst);
+void crop_resize_normalize(const Image& image, const CropBox& box, int out, bool flip, const Normalize& norm,
+                           float* dst);
 
 // Training transform: RandomResizedCrop + horizontal flip (p = 0.5) with the given RNG.
-void train_transform(const Image &image, int out, Rng &rng, const Normalize &norm, float *dst);
+void train_transform(const Image& image, int out, Rng& rng, const Normalize& norm, float* dst);
 
 // Validation transform: resize the shorter side to `resize` with `interpolation` ("bilinear" |
 // "bicubic"), center crop `crop` x `crop`, normalise (effnet::preprocess_image).
-void eval_transform(const Image &image, int resize, int crop, const Normalize &norm, float *dst,
-                    const std::string &interpolation = "bilinear");
+void eval_transform(const Image& image, int resize, int crop, const Normalize& norm, float* dst,
+                    const std::string& interpolation = "bilinear");
 
 // ---------------------------------------------------------------------------------------------
 // Image-folder dataset: root/<class>/<file> with an image extension (effnet::has_image_extension:
@@ -206,9 +206,9 @@ struct ImageFolder {
     std::vector<std::string> classes;
     std::vector<Sample> samples;
     // Throws effnet::Error when root is not a directory, has no class folders, or no images.
-    static ImageFolder scan(const std::string &root);
+    static ImageFolder scan(const std::string& root);
     // The same scan for a second split, using `classes` (every class folder must exist in it).
-    static ImageFolder scan(const std::string &root, const std::vector<std::string> &classes);
+    static ImageFolder scan(const std::string& root, const std::vector<std::string>& classes);
 };
 
 struct Batch {
@@ -238,10 +238,10 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
 // reference to the dataset, which must outlive it.
 class DataLoader {
 public:
-    DataLoader(const ImageFolder &dataset, const LoaderOptions &options);
+    DataLoader(const ImageFolder& dataset, const LoaderOptions& options);
     ~DataLoader();
-    DataLoader(const DataLoader &) = delete;
-    DataLoader &operator=(const DataLoader &) = delete;
+    DataLoader(const DataLoader&) = delete;
+    DataLoader& operator=(const DataLoader&) = delete;
 
     int64_t batches_per_epoch() const;
     // Starts (or restarts) an epoch at batch `first_batch`; the next batches are prefetched.
@@ -250,15 +250,15 @@ public:
     bool has_next() const;
     // The next batch (waits for its decoding). Throws when the epoch is over.
     Batch next();
-    const LoaderOptions &options() const { return options_; }
+    const LoaderOptions& options() const { return options_; }
 
 private:
     struct Job;
     void worker_loop();
     void submit(int64_t batch_index);
-    void load_sample(Job &job, int64_t slot);
+    void load_sample(Job& job, int64_t slot);
 
-    const ImageFolder &dataset_;
+    const ImageFolder& dataset_;
     LoaderOptions options_;
     int64_t epoch_ = 0;
     int64_t next_batch_ = 0;
@@ -297,30 +297,30 @@ struct EvalResult {
 };
 
 // Counts of top-1 and top-k hits of logits [N, K] against targets.
-void count_hits(const Tensor &logits, const std::vector<int64_t> &targets, int k, int64_t *top1,
-                int64_t *topk);
+void count_hits(const Tensor& logits, const std::vector<int64_t>& targets, int k, int64_t* top1,
+                int64_t* topk);
 
 class Trainer {
 public:
     // Keeps a reference to the model; its parameters are updated in place.
-    Trainer(Model &model, const TrainOptions &options);
+    Trainer(Model& model, const TrainOptions& options);
     ~Trainer();
-    Trainer(const Trainer &) = delete;
-    Trainer &operator=(const Trainer &) = delete;
+    Trainer(const Trainer&) = delete;
+    Trainer& operator=(const Trainer&) = delete;
 
     // One optimizer step on images [N, 3, H, W] with labels in [0, classes).
-    StepResult train_step(const Tensor &images, const std::vector<int64_t> &labels);
+    StepResult train_step(const Tensor& images, const std::vector<int64_t>& labels);
     // Eval-mode forward (running statistics); loss without label smoothing.
-    EvalResult evaluate(const Tensor &images, const std::vector<int64_t> &labels);
+    EvalResult evaluate(const Tensor& images, const std::vector<int64_t>& labels);
 
-    Model &model() { return model_; }
-    Optimizer &optimizer() { return optimizer_; }
-    const TrainOptions &options() const { return options_; }
+    Model& model() { return model_; }
+    Optimizer& optimizer() { return optimizer_; }
+    const TrainOptions& options() const { return options_; }
     int64_t step() const { return step_; }
     void set_step(int64_t step) { step_ = step; }
 
 private:
-    Model &model_;
+    Model& model_;
     TrainOptions options_;
     Optimizer optimizer_;
     int64_t step_ = 0;
@@ -350,8 +350,8 @@ struct TrainingState {
     std::map<std::string, std::string> metadata; // caller's (e.g. the training arguments as JSON)
 };
 
-void save_checkpoint(const std::string &path, const Model &model, const Optimizer &optimizer,
-                     const TrainingState &state);
+void save_checkpoint(const std::string& path, const Model& model, const Optimizer& optimizer,
+                     const TrainingState& state);
 
 struct Checkpoint {
     Model model;
@@ -361,11 +361,11 @@ struct Checkpoint {
     TrainingState state;
 };
 // Throws effnet::Error naming the file and the tensor at fault.
-Checkpoint load_checkpoint(const std::string &path);
+Checkpoint load_checkpoint(const std::string& path);
 
 // The architecture as JSON and back (every block field), for checkpoint metadata.
-std::string config_to_json(const ModelConfig &config);
-ModelConfig config_from_json(const std::string &json); // throws effnet::Error on bad input
+std::string config_to_json(const ModelConfig& config);
+ModelConfig config_from_json(const std::string& json); // throws effnet::Error on bad input
 
 // ---------------------------------------------------------------------------------------------
 // Plot: a PNG of loss (top) and accuracy (bottom, y in [0, 1]) curves against a shared x axis
@@ -376,7 +376,7 @@ struct PlotSeries {
     uint8_t rgb[3] = {0, 0, 0};
     std::string label; // legend entry; empty: none
 };
-void write_plot_png(const std::string &path, const std::vector<PlotSeries> &loss_series,
-                    const std::vector<PlotSeries> &accuracy_series, int width = 800, int height = 600);
+void write_plot_png(const std::string& path, const std::vector<PlotSeries>& loss_series,
+                    const std::vector<PlotSeries>& accuracy_series, int width = 800, int height = 600);
 
 } // namespace effnet::train

@@ -18,7 +18,7 @@ struct BnDims {
     int64_t N, C, HW;
 };
 
-BnDims bn_dims(const char *op, const Tensor &x, const Tensor &gamma) {
+BnDims bn_dims(const char* op, const Tensor& x, const Tensor& gamma) {
     detail::check_rank(op, "x", x, 4);
     const BnDims d{x.shape[0], x.shape[1], x.shape[2] * x.shape[3]};
     detail::check_shape(op, "gamma", gamma, {d.C});
@@ -27,9 +27,9 @@ BnDims bn_dims(const char *op, const Tensor &x, const Tensor &gamma) {
 
 } // namespace
 
-Tensor batchnorm_eval_forward(const Tensor &x, const Tensor &gamma, const Tensor &beta,
-                              const Tensor &running_mean, const Tensor &running_var, float eps) {
-    const char *op = "batchnorm_eval_forward";
+Tensor batchnorm_eval_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                              const Tensor& running_mean, const Tensor& running_var, float eps) {
+    const char* op = "batchnorm_eval_forward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_shape(op, "beta", beta, {d.C});
     detail::check_shape(op, "running_mean", running_mean, {d.C});
@@ -40,17 +40,17 @@ Tensor batchnorm_eval_forward(const Tensor &x, const Tensor &gamma, const Tensor
         const int64_t c = nc % d.C;
         const double scale = double(gamma.data[c]) / std::sqrt(double(running_var.data[c]) + eps);
         const double shift = double(beta.data[c]) - double(running_mean.data[c]) * scale;
-        const float *xp = x.ptr() + nc * d.HW;
-        float *yp = y.ptr() + nc * d.HW;
+        const float* xp = x.ptr() + nc * d.HW;
+        float* yp = y.ptr() + nc * d.HW;
         for (int64_t i = 0; i < d.HW; ++i) yp[i] = float(xp[i] * scale + shift);
     }
     return y;
 }
 
-Tensor batchnorm_train_forward(const Tensor &x, const Tensor &gamma, const Tensor &beta, float eps,
-                               BatchNormSaved *saved, Tensor *running_mean, Tensor *running_var,
+Tensor batchnorm_train_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                               BatchNormSaved* saved, Tensor* running_mean, Tensor* running_var,
                                float momentum) {
-    const char *op = "batchnorm_train_forward";
+    const char* op = "batchnorm_train_forward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_shape(op, "beta", beta, {d.C});
     if (running_mean) detail::check_shape(op, "running_mean", *running_mean, {d.C});
@@ -66,13 +66,13 @@ Tensor batchnorm_train_forward(const Tensor &x, const Tensor &gamma, const Tenso
     for (int64_t c = 0; c < d.C; ++c) {
         double sum = 0;
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) sum += xp[i];
         }
         const double m = sum / double(count);
         double sq = 0; // second pass: sum of squared deviations, no cancellation
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) sq += (xp[i] - m) * (xp[i] - m);
         }
         const double var_biased = sq / double(count);
@@ -81,8 +81,8 @@ Tensor batchnorm_train_forward(const Tensor &x, const Tensor &gamma, const Tenso
         invstd[c] = is;
         const double scale = is * gamma.data[c], shift = beta.data[c] - m * scale;
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
-            float *yp = y.ptr() + (n * d.C + c) * d.HW;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
+            float* yp = y.ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) yp[i] = float(xp[i] * scale + shift);
         }
         if (running_mean)
@@ -99,9 +99,9 @@ Tensor batchnorm_train_forward(const Tensor &x, const Tensor &gamma, const Tenso
     return y;
 }
 
-void batchnorm_train_backward(const Tensor &x, const Tensor &gamma, const BatchNormSaved &saved,
-                              const Tensor &dy, Tensor *dx, Tensor *dgamma, Tensor *dbeta) {
-    const char *op = "batchnorm_train_backward";
+void batchnorm_train_backward(const Tensor& x, const Tensor& gamma, const BatchNormSaved& saved,
+                              const Tensor& dy, Tensor* dx, Tensor* dgamma, Tensor* dbeta) {
+    const char* op = "batchnorm_train_backward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_same_shape(op, "dy", dy, "x", x);
     EFFNET_CHECK(int64_t(saved.mean.size()) == d.C && int64_t(saved.invstd.size()) == d.C,
@@ -116,8 +116,8 @@ void batchnorm_train_backward(const Tensor &x, const Tensor &gamma, const BatchN
         const double m = saved.mean[c], is = saved.invstd[c];
         double sum_dy = 0, sum_dy_xhat = 0;
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
-            const float *dp = dy.ptr() + (n * d.C + c) * d.HW;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
+            const float* dp = dy.ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) {
                 sum_dy += dp[i];
                 sum_dy_xhat += dp[i] * ((xp[i] - m) * is);
@@ -130,9 +130,9 @@ void batchnorm_train_backward(const Tensor &x, const Tensor &gamma, const BatchN
         const double k = gamma.data[c] * is;
         const double mean_dy = sum_dy / double(count), mean_dy_xhat = sum_dy_xhat / double(count);
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
-            const float *dp = dy.ptr() + (n * d.C + c) * d.HW;
-            float *gp = dx->ptr() + (n * d.C + c) * d.HW;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
+            const float* dp = dy.ptr() + (n * d.C + c) * d.HW;
+            float* gp = dx->ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) {
                 const double xhat = (xp[i] - m) * is;
                 gp[i] = float(k * (dp[i] - mean_dy - xhat * mean_dy_xhat));
@@ -141,10 +141,10 @@ void batchnorm_train_backward(const Tensor &x, const Tensor &gamma, const BatchN
     }
 }
 
-void batchnorm_eval_backward(const Tensor &x, const Tensor &gamma, const Tensor &running_mean,
-                             const Tensor &running_var, float eps, const Tensor &dy, Tensor *dx,
-                             Tensor *dgamma, Tensor *dbeta) {
-    const char *op = "batchnorm_eval_backward";
+void batchnorm_eval_backward(const Tensor& x, const Tensor& gamma, const Tensor& running_mean,
+                             const Tensor& running_var, float eps, const Tensor& dy, Tensor* dx,
+                             Tensor* dgamma, Tensor* dbeta) {
+    const char* op = "batchnorm_eval_backward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_shape(op, "running_mean", running_mean, {d.C});
     detail::check_shape(op, "running_var", running_var, {d.C});
@@ -158,9 +158,9 @@ void batchnorm_eval_backward(const Tensor &x, const Tensor &gamma, const Tensor 
         const double m = running_mean.data[c], k = gamma.data[c] * is;
         double sum_dy = 0, sum_dy_xhat = 0;
         for (int64_t n = 0; n < d.N; ++n) {
-            const float *xp = x.ptr() + (n * d.C + c) * d.HW;
-            const float *dp = dy.ptr() + (n * d.C + c) * d.HW;
-            float *gp = dx ? dx->ptr() + (n * d.C + c) * d.HW : nullptr;
+            const float* xp = x.ptr() + (n * d.C + c) * d.HW;
+            const float* dp = dy.ptr() + (n * d.C + c) * d.HW;
+            float* gp = dx ? dx->ptr() + (n * d.C + c) * d.HW : nullptr;
             for (int64_t i = 0; i < d.HW; ++i) {
                 sum_dy += dp[i];
                 sum_dy_xhat += dp[i] * ((xp[i] - m) * is);

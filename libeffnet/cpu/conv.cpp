@@ -39,14 +39,14 @@ struct ConvGeometry {
     int64_t s, pt, pl;  // stride, top/left padding
 };
 
-std::string conv_desc(const Tensor &x, const Tensor &w, const Conv2dParams &p) {
+std::string conv_desc(const Tensor& x, const Tensor& w, const Conv2dParams& p) {
     return "x " + shape_str(x.shape) + ", w " + shape_str(w.shape) + ", stride " + std::to_string(p.stride) +
            ", groups " + std::to_string(p.groups) + ", pad (t" + std::to_string(p.pad_top) + " b" +
            std::to_string(p.pad_bottom) + " l" + std::to_string(p.pad_left) + " r" +
            std::to_string(p.pad_right) + ")";
 }
 
-ConvGeometry conv_geometry(const char *op, const Tensor &x, const Tensor &w, const Conv2dParams &p) {
+ConvGeometry conv_geometry(const char* op, const Tensor& x, const Tensor& w, const Conv2dParams& p) {
     detail::check_rank(op, "x", x, 4);
     detail::check_rank(op, "w", w, 4);
     const std::string where = std::string(op) + ": ";
@@ -73,7 +73,7 @@ ConvGeometry conv_geometry(const char *op, const Tensor &x, const Tensor &w, con
 }
 
 // Output positions [lo, hi) along one axis whose input position o*s - pad + k is in [0, in).
-void valid_range(int64_t in, int64_t out, int64_t s, int64_t pad, int64_t k, int64_t &lo, int64_t &hi) {
+void valid_range(int64_t in, int64_t out, int64_t s, int64_t pad, int64_t k, int64_t& lo, int64_t& hi) {
     const int64_t a = pad - k;          // need o*s >= a
     const int64_t b = in - 1 + pad - k; // need o*s <= b
     lo = a <= 0 ? 0 : (a + s - 1) / s;
@@ -84,11 +84,11 @@ void valid_range(int64_t in, int64_t out, int64_t s, int64_t pad, int64_t k, int
 // Below this many multiply-adds a conv runs on one thread (fork and barrier cost more).
 constexpr int64_t kParallelMinMacs = 1 << 16;
 
-int64_t direct_macs(const ConvGeometry &g) {
+int64_t direct_macs(const ConvGeometry& g) {
     return g.N * g.O * g.Cg * g.KH * g.KW * g.Ho * g.Wo;
 }
 
-bool is_pointwise_gemm(const ConvGeometry &g, const Conv2dParams &p) {
+bool is_pointwise_gemm(const ConvGeometry& g, const Conv2dParams& p) {
     return g.KH == 1 && g.KW == 1 && g.s == 1 && p.groups == 1 && p.pad_top == 0 && p.pad_bottom == 0 &&
            p.pad_left == 0 && p.pad_right == 0;
 }
@@ -106,8 +106,8 @@ bool is_pointwise_gemm(const ConvGeometry &g, const Conv2dParams &p) {
 // Work is split into (column tile x block of 4 rows) tasks, each output owned by one thread.
 // A task packs its 4 rows of A as doubles [K][4], then for every 8 columns runs a register
 // micro-kernel: 4 x 8 double accumulators over the whole K, one B load feeding 4 FMAs.
-EFFNET_CPU_CLONES void gemm_rows(const float *a, int64_t a_m, int64_t a_k, const float *b, const float *bias,
-                                 float *c, int64_t M, int64_t K, int64_t T) {
+EFFNET_CPU_CLONES void gemm_rows(const float* a, int64_t a_m, int64_t a_k, const float* b, const float* bias,
+                                 float* c, int64_t M, int64_t K, int64_t T) {
     constexpr int64_t kTile = 64; // columns per task: the B slab [K, 64] stays in L2
     constexpr int64_t kRows = 4;  // rows per task
     constexpr int64_t kCols = 8;  // columns per micro-kernel step
@@ -131,11 +131,11 @@ EFFNET_CPU_CLONES void gemm_rows(const float *a, int64_t a_m, int64_t a_k, const
                 double acc[kRows][kCols];
                 for (int64_t r = 0; r < kRows; ++r)
                     for (int64_t j = 0; j < kCols; ++j) acc[r][j] = init[r];
-                const float *bcol = b + t0 + t;
+                const float* bcol = b + t0 + t;
                 for (int64_t k = 0; k < K; ++k) {
                     double bv[kCols];
                     for (int64_t j = 0; j < kCols; ++j) bv[j] = bcol[k * T + j];
-                    const double *ak = packed.data() + k * kRows;
+                    const double* ak = packed.data() + k * kRows;
                     for (int64_t r = 0; r < kRows; ++r)
                         for (int64_t j = 0; j < kCols; ++j) acc[r][j] += ak[r] * bv[j];
                 }
@@ -157,8 +157,8 @@ EFFNET_CPU_CLONES void gemm_rows(const float *a, int64_t a_m, int64_t a_k, const
 
 // dW[o, c] = sum_n sum_hw dY[n, o, hw] X[n, c, hw] for a dense 1x1 conv; one thread per o.
 // Each dot product runs 8 independent partial sums (fixed order: deterministic, vectorisable).
-EFFNET_CPU_CLONES void pointwise_weight_grad(const float *x, const float *dy, float *dw,
-                                             const ConvGeometry &g) {
+EFFNET_CPU_CLONES void pointwise_weight_grad(const float* x, const float* dy, float* dw,
+                                             const ConvGeometry& g) {
     const int64_t hw = g.H * g.W;
 #pragma omp parallel for schedule(static) if (g.N * g.O * g.C * hw > kParallelMinMacs)
     for (int64_t o = 0; o < g.O; ++o) {
@@ -166,8 +166,8 @@ EFFNET_CPU_CLONES void pointwise_weight_grad(const float *x, const float *dy, fl
             double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             double tail = 0;
             for (int64_t n = 0; n < g.N; ++n) {
-                const float *d = dy + (n * g.O + o) * hw;
-                const float *xr = x + (n * g.C + c) * hw;
+                const float* d = dy + (n * g.O + o) * hw;
+                const float* xr = x + (n * g.C + c) * hw;
                 int64_t i = 0;
                 for (; i + 8 <= hw; i += 8)
                     for (int j = 0; j < 8; ++j) part[j] += double(d[i + j]) * double(xr[i + j]);
@@ -183,8 +183,8 @@ EFFNET_CPU_CLONES void pointwise_weight_grad(const float *x, const float *dy, fl
 // Direct convolution: one thread per (n, o) output plane, accumulated in a double plane.
 // For each input channel of o's group and each kernel tap, the tap is swept over the output
 // positions whose input lies inside the image (valid_range), so there are no bounds tests.
-EFFNET_CPU_CLONES void direct_forward(const float *x, const float *w, const float *bias, float *y,
-                                      const ConvGeometry &g) {
+EFFNET_CPU_CLONES void direct_forward(const float* x, const float* w, const float* bias, float* y,
+                                      const ConvGeometry& g) {
     const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 #pragma omp parallel if (direct_macs(g) > kParallelMinMacs)
     {
@@ -194,8 +194,8 @@ EFFNET_CPU_CLONES void direct_forward(const float *x, const float *w, const floa
             const int64_t n = no / g.O, o = no % g.O, grp = o / g.Og;
             std::fill(acc.begin(), acc.end(), bias ? double(bias[o]) : 0.0);
             for (int64_t cl = 0; cl < g.Cg; ++cl) {
-                const float *xp = x + (n * g.C + grp * g.Cg + cl) * plane_in;
-                const float *wp = w + (o * g.Cg + cl) * g.KH * g.KW;
+                const float* xp = x + (n * g.C + grp * g.Cg + cl) * plane_in;
+                const float* wp = w + (o * g.Cg + cl) * g.KH * g.KW;
                 for (int64_t kh = 0; kh < g.KH; ++kh) {
                     int64_t oh0, oh1;
                     valid_range(g.H, g.Ho, g.s, g.pt, kh, oh0, oh1);
@@ -206,7 +206,7 @@ EFFNET_CPU_CLONES void direct_forward(const float *x, const float *w, const floa
                         for (int64_t oh = oh0; oh < oh1; ++oh) {
                             // input index of output column ow: base + ow * s
                             const int64_t base = (oh * g.s - g.pt + kh) * g.W - g.pl + kw;
-                            double *arow = acc.data() + oh * g.Wo;
+                            double* arow = acc.data() + oh * g.Wo;
                             if (g.s == 1) {
                                 for (int64_t ow = ow0; ow < ow1; ++ow) arow[ow] += wv * xp[base + ow];
                             } else {
@@ -216,7 +216,7 @@ EFFNET_CPU_CLONES void direct_forward(const float *x, const float *w, const floa
                     }
                 }
             }
-            float *yp = y + no * plane_out;
+            float* yp = y + no * plane_out;
             for (int64_t i = 0; i < plane_out; ++i) yp[i] = float(acc[i]);
         }
     }
@@ -224,7 +224,7 @@ EFFNET_CPU_CLONES void direct_forward(const float *x, const float *w, const floa
 
 // dX of the direct convolution: one thread per (n, c) input plane, gathering from the output
 // channels of c's group (the transpose of direct_forward's loops).
-EFFNET_CPU_CLONES void direct_input_grad(const float *w, const float *dy, float *dx, const ConvGeometry &g) {
+EFFNET_CPU_CLONES void direct_input_grad(const float* w, const float* dy, float* dx, const ConvGeometry& g) {
     const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 #pragma omp parallel if (direct_macs(g) > kParallelMinMacs)
     {
@@ -234,8 +234,8 @@ EFFNET_CPU_CLONES void direct_input_grad(const float *w, const float *dy, float 
             const int64_t n = nc / g.C, c = nc % g.C, grp = c / g.Cg, cl = c % g.Cg;
             std::fill(acc.begin(), acc.end(), 0.0);
             for (int64_t o = grp * g.Og; o < (grp + 1) * g.Og; ++o) {
-                const float *dp = dy + (n * g.O + o) * plane_out;
-                const float *wp = w + (o * g.Cg + cl) * g.KH * g.KW;
+                const float* dp = dy + (n * g.O + o) * plane_out;
+                const float* wp = w + (o * g.Cg + cl) * g.KH * g.KW;
                 for (int64_t kh = 0; kh < g.KH; ++kh) {
                     int64_t oh0, oh1;
                     valid_range(g.H, g.Ho, g.s, g.pt, kh, oh0, oh1);
@@ -245,7 +245,7 @@ EFFNET_CPU_CLONES void direct_input_grad(const float *w, const float *dy, float 
                         const double wv = wp[kh * g.KW + kw];
                         for (int64_t oh = oh0; oh < oh1; ++oh) {
                             const int64_t base = (oh * g.s - g.pt + kh) * g.W - g.pl + kw;
-                            const float *drow = dp + oh * g.Wo;
+                            const float* drow = dp + oh * g.Wo;
                             if (g.s == 1) {
                                 for (int64_t ow = ow0; ow < ow1; ++ow) acc[base + ow] += wv * drow[ow];
                             } else {
@@ -255,7 +255,7 @@ EFFNET_CPU_CLONES void direct_input_grad(const float *w, const float *dy, float 
                     }
                 }
             }
-            float *xp = dx + nc * plane_in;
+            float* xp = dx + nc * plane_in;
             for (int64_t i = 0; i < plane_in; ++i) xp[i] = float(acc[i]);
         }
     }
@@ -263,7 +263,7 @@ EFFNET_CPU_CLONES void direct_input_grad(const float *w, const float *dy, float 
 
 // dW of the direct convolution: one thread per output channel, so each weight gradient is a
 // single-threaded sum over n and the output positions (deterministic, no atomics).
-EFFNET_CPU_CLONES void direct_weight_grad(const float *x, const float *dy, float *dw, const ConvGeometry &g) {
+EFFNET_CPU_CLONES void direct_weight_grad(const float* x, const float* dy, float* dw, const ConvGeometry& g) {
     const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
 #pragma omp parallel for schedule(static) if (direct_macs(g) > kParallelMinMacs)
     for (int64_t o = 0; o < g.O; ++o) {
@@ -277,11 +277,11 @@ EFFNET_CPU_CLONES void direct_weight_grad(const float *x, const float *dy, float
                     valid_range(g.W, g.Wo, g.s, g.pl, kw, ow0, ow1);
                     double part[4] = {0, 0, 0, 0}; // independent partial sums: no add-latency chain
                     for (int64_t n = 0; n < g.N; ++n) {
-                        const float *dp = dy + (n * g.O + o) * plane_out;
-                        const float *xp = x + (n * g.C + grp * g.Cg + cl) * plane_in;
+                        const float* dp = dy + (n * g.O + o) * plane_out;
+                        const float* xp = x + (n * g.C + grp * g.Cg + cl) * plane_in;
                         for (int64_t oh = oh0; oh < oh1; ++oh) {
                             const int64_t base = (oh * g.s - g.pt + kh) * g.W - g.pl + kw;
-                            const float *drow = dp + oh * g.Wo;
+                            const float* drow = dp + oh * g.Wo;
                             int64_t ow = ow0;
                             for (; ow + 4 <= ow1; ow += 4)
                                 for (int j = 0; j < 4; ++j)
@@ -298,11 +298,11 @@ EFFNET_CPU_CLONES void direct_weight_grad(const float *x, const float *dy, float
 
 } // namespace
 
-Tensor conv2d_forward(const Tensor &x, const Tensor &w, const Tensor *bias, const Conv2dParams &p) {
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
     const ConvGeometry g = conv_geometry("conv2d_forward", x, w, p);
     if (bias) detail::check_shape("conv2d_forward", "bias", *bias, {g.O});
     Tensor y({g.N, g.O, g.Ho, g.Wo});
-    const float *bptr = bias ? bias->ptr() : nullptr;
+    const float* bptr = bias ? bias->ptr() : nullptr;
     if (is_pointwise_gemm(g, p)) {
         // per image: Y[O, HW] = W[O, C] X[C, HW]
         const int64_t hw = g.H * g.W;
@@ -314,8 +314,8 @@ Tensor conv2d_forward(const Tensor &x, const Tensor &w, const Tensor *bias, cons
     return y;
 }
 
-void conv2d_backward(const Tensor &x, const Tensor &w, const Tensor &dy, const Conv2dParams &p, Tensor *dx,
-                     Tensor *dw, Tensor *dbias) {
+void conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy, const Conv2dParams& p, Tensor* dx,
+                     Tensor* dw, Tensor* dbias) {
     const ConvGeometry g = conv_geometry("conv2d_backward", x, w, p);
     detail::check_shape("conv2d_backward", "dy", dy, {g.N, g.O, g.Ho, g.Wo});
     const int64_t plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
@@ -327,7 +327,7 @@ void conv2d_backward(const Tensor &x, const Tensor &w, const Tensor &dy, const C
         for (int64_t o = 0; o < g.O; ++o) {
             double sum = 0;
             for (int64_t n = 0; n < g.N; ++n) {
-                const float *d = dy.ptr() + (n * g.O + o) * plane_out;
+                const float* d = dy.ptr() + (n * g.O + o) * plane_out;
                 for (int64_t i = 0; i < plane_out; ++i) sum += d[i];
             }
             dbias->data[o] = float(sum);

@@ -26,7 +26,7 @@ double uniform01(uint64_t seed, uint64_t i) {
     return double(h >> 11) * 0x1.0p-53;
 }
 
-void check_probability(const char *op, float p) {
+void check_probability(const char* op, float p) {
     EFFNET_CHECK(p >= 0.0f && p <= 1.0f,
                  std::string(op) + ": probability must be in [0, 1], got " + std::to_string(p));
 }
@@ -48,7 +48,7 @@ std::vector<float> make_mask(int64_t count, float p, uint64_t seed) {
 
 } // namespace
 
-Tensor dropout_forward(const Tensor &x, float p, uint64_t seed, std::vector<float> *mask) {
+Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, std::vector<float>* mask) {
     check_probability("dropout_forward", p);
     std::vector<float> m = make_mask(x.numel(), p, seed);
     Tensor y(x.shape);
@@ -59,7 +59,7 @@ Tensor dropout_forward(const Tensor &x, float p, uint64_t seed, std::vector<floa
     return y;
 }
 
-Tensor dropout_backward(const Tensor &dy, const std::vector<float> &mask) {
+Tensor dropout_backward(const Tensor& dy, const std::vector<float>& mask) {
     EFFNET_CHECK(int64_t(mask.size()) == dy.numel(), "dropout_backward: mask has " +
                                                          std::to_string(mask.size()) + " values, dy " +
                                                          shape_str(dy.shape));
@@ -70,7 +70,7 @@ Tensor dropout_backward(const Tensor &dy, const std::vector<float> &mask) {
     return dx;
 }
 
-Tensor stochastic_depth_forward(const Tensor &x, float p, uint64_t seed, std::vector<float> *mask) {
+Tensor stochastic_depth_forward(const Tensor& x, float p, uint64_t seed, std::vector<float>* mask) {
     check_probability("stochastic_depth_forward", p);
     EFFNET_CHECK(x.rank() >= 1,
                  "stochastic_depth_forward: x must have a batch dimension, got shape " + shape_str(x.shape));
@@ -83,7 +83,7 @@ Tensor stochastic_depth_forward(const Tensor &x, float p, uint64_t seed, std::ve
     return y;
 }
 
-Tensor stochastic_depth_backward(const Tensor &dy, const std::vector<float> &mask) {
+Tensor stochastic_depth_backward(const Tensor& dy, const std::vector<float>& mask) {
     EFFNET_CHECK(dy.rank() >= 1 && int64_t(mask.size()) == dy.shape[0],
                  "stochastic_depth_backward: mask has " + std::to_string(mask.size()) + " values, dy " +
                      shape_str(dy.shape));

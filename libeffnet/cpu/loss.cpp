@@ -15,7 +15,7 @@ namespace effnet::cpu {
 namespace {
 
 // log sum_k exp(row[k]), stable.
-double log_sum_exp(const float *row, int64_t K) {
+double log_sum_exp(const float* row, int64_t K) {
     double mx = row[0];
     for (int64_t k = 1; k < K; ++k) mx = std::max(mx, double(row[k]));
     double sum = 0;
@@ -25,22 +25,22 @@ double log_sum_exp(const float *row, int64_t K) {
 
 } // namespace
 
-Tensor softmax(const Tensor &logits) {
+Tensor softmax(const Tensor& logits) {
     detail::check_rank("softmax", "logits", logits, 2);
     const int64_t N = logits.shape[0], K = logits.shape[1];
     EFFNET_CHECK(K > 0, "softmax: no classes, logits " + shape_str(logits.shape));
     Tensor p(logits.shape);
     for (int64_t n = 0; n < N; ++n) {
-        const float *row = logits.ptr() + n * K;
+        const float* row = logits.ptr() + n * K;
         const double lse = log_sum_exp(row, K);
         for (int64_t k = 0; k < K; ++k) p.data[n * K + k] = float(std::exp(double(row[k]) - lse));
     }
     return p;
 }
 
-double softmax_cross_entropy(const Tensor &logits, const std::vector<int64_t> &targets, float label_smoothing,
-                             Tensor *dlogits) {
-    const char *op = "softmax_cross_entropy";
+double softmax_cross_entropy(const Tensor& logits, const std::vector<int64_t>& targets, float label_smoothing,
+                             Tensor* dlogits) {
+    const char* op = "softmax_cross_entropy";
     detail::check_rank(op, "logits", logits, 2);
     const int64_t N = logits.shape[0], K = logits.shape[1];
     EFFNET_CHECK(N > 0 && K > 0, std::string(op) + ": empty logits " + shape_str(logits.shape));
@@ -58,14 +58,14 @@ double softmax_cross_entropy(const Tensor &logits, const std::vector<int64_t> &t
     if (dlogits) *dlogits = Tensor(logits.shape);
     double total = 0;
     for (int64_t n = 0; n < N; ++n) {
-        const float *row = logits.ptr() + n * K;
+        const float* row = logits.ptr() + n * K;
         const double lse = log_sum_exp(row, K);
         double sum_neg_logp = 0;
         for (int64_t k = 0; k < K; ++k) sum_neg_logp += lse - row[k];
         const double nll = lse - row[targets[n]];
         total += (1.0 - eps) * nll + eps * sum_neg_logp / double(K);
         if (dlogits) {
-            float *g = dlogits->ptr() + n * K;
+            float* g = dlogits->ptr() + n * K;
             for (int64_t k = 0; k < K; ++k) {
                 const double target = (k == targets[n] ? 1.0 - eps : 0.0) + eps / double(K);
                 g[k] = float((std::exp(double(row[k]) - lse) - target) / double(N));

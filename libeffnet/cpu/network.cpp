@@ -40,7 +40,7 @@ uint64_t derive_seed(uint64_t seed, uint64_t use) {
     return z ^ (z >> 31);
 }
 
-void accumulate(Tensor &into, const Tensor &t) {
+void accumulate(Tensor& into, const Tensor& t) {
     if (into.empty()) {
         into = t;
         return;
@@ -51,7 +51,7 @@ void accumulate(Tensor &into, const Tensor &t) {
 } // namespace
 
 struct Network::Impl {
-    Model &model;
+    Model& model;
 
     // The last forward, kept for backward. An eval forward keeps only its input (activations
     // of a large model at a large batch do not fit twice in memory); backward after it runs
@@ -69,22 +69,22 @@ struct Network::Impl {
     Tensor classifier_input;         // [N, head_channels] after dropout
     std::vector<float> dropout_mask; // empty when dropout was not applied
 
-    explicit Impl(Model &m) : model(m) {}
+    explicit Impl(Model& m) : model(m) {}
 
-    ForwardResult run_forward(const Tensor &input, const ForwardOptions &opt);
+    ForwardResult run_forward(const Tensor& input, const ForwardOptions& opt);
 
-    const ModelConfig &config() const { return model.config; }
+    const ModelConfig& config() const { return model.config; }
 
     // conv -> BN [-> act] under prefix ("stem" -> "stem.conv.weight", "stem.bn.*").
-    Tensor conv_bn_forward(const std::string &prefix, const Tensor &x, int kernel, int stride, int groups,
-                           bool act, const ForwardOptions &opt, ConvBnSaved &s) {
-        const ModelConfig &c = config();
+    Tensor conv_bn_forward(const std::string& prefix, const Tensor& x, int kernel, int stride, int groups,
+                           bool act, const ForwardOptions& opt, ConvBnSaved& s) {
+        const ModelConfig& c = config();
         s.conv = conv_params(int(x.dim(2)), int(x.dim(3)), kernel, stride, groups, c.padding);
         Tensor z = conv2d_forward(x, model.param(prefix + ".conv.weight"), nullptr, s.conv);
-        const Tensor &gamma = model.param(prefix + ".bn.weight");
-        const Tensor &beta = model.param(prefix + ".bn.bias");
-        Tensor &mean = model.param(prefix + ".bn.running_mean");
-        Tensor &var = model.param(prefix + ".bn.running_var");
+        const Tensor& gamma = model.param(prefix + ".bn.weight");
+        const Tensor& beta = model.param(prefix + ".bn.bias");
+        Tensor& mean = model.param(prefix + ".bn.running_mean");
+        Tensor& var = model.param(prefix + ".bn.running_var");
         Tensor y;
         if (opt.train) {
             const int64_t per_channel = z.dim(0) * z.dim(2) * z.dim(3);
@@ -109,11 +109,11 @@ struct Network::Impl {
     }
 
     // Returns d(unit input); adds the conv weight and BN gradients to g.
-    Tensor conv_bn_backward(const std::string &prefix, const Tensor &dout, bool act, const ConvBnSaved &s,
-                            Gradients &g) {
-        const ModelConfig &c = config();
+    Tensor conv_bn_backward(const std::string& prefix, const Tensor& dout, bool act, const ConvBnSaved& s,
+                            Gradients& g) {
+        const ModelConfig& c = config();
         const Tensor dy = act ? activation_backward(s.y, dout, c.activation) : dout;
-        const Tensor &gamma = model.param(prefix + ".bn.weight");
+        const Tensor& gamma = model.param(prefix + ".bn.weight");
         Tensor dz, dgamma, dbeta;
         if (train) {
             batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta);
@@ -130,9 +130,9 @@ struct Network::Impl {
         return dx;
     }
 
-    Tensor block_forward(int i, const Tensor &x, const ForwardOptions &opt, BlockSaved &s) {
-        const ModelConfig &c = config();
-        const BlockConfig &b = c.blocks[i];
+    Tensor block_forward(int i, const Tensor& x, const ForwardOptions& opt, BlockSaved& s) {
+        const ModelConfig& c = config();
+        const BlockConfig& b = c.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         Tensor h = b.has_expand() ? conv_bn_forward(p + "expand", x, 1, 1, 1, true, opt, s.expand) : x;
         h = conv_bn_forward(p + "dw", h, b.kernel, b.stride, b.expand_channels, true, opt, s.dw);
@@ -152,9 +152,9 @@ struct Network::Impl {
         return add(h, x);
     }
 
-    Tensor block_backward(int i, const Tensor &dout, const BlockSaved &s, Gradients &g) {
-        const ModelConfig &c = config();
-        const BlockConfig &b = c.blocks[i];
+    Tensor block_backward(int i, const Tensor& dout, const BlockSaved& s, Gradients& g) {
+        const ModelConfig& c = config();
+        const BlockConfig& b = c.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         Tensor d =
             (b.has_residual() && !s.drop_mask.empty()) ? stochastic_depth_backward(dout, s.drop_mask) : dout;
@@ -177,10 +177,10 @@ struct Network::Impl {
     }
 };
 
-Network::Network(Model &model) : impl_(std::make_unique<Impl>(model)) {
+Network::Network(Model& model) : impl_(std::make_unique<Impl>(model)) {
     model.config.validate();
-    for (const ParamSpec &spec : parameter_specs(model.config)) {
-        const Tensor &t = model.param(spec.name);
+    for (const ParamSpec& spec : parameter_specs(model.config)) {
+        const Tensor& t = model.param(spec.name);
         EFFNET_CHECK(t.shape == spec.shape && t.numel() == shape_numel(spec.shape),
                      "model parameter '" + spec.name + "' has shape " + shape_str(t.shape) +
                          ", the config needs " + shape_str(spec.shape));
@@ -189,9 +189,9 @@ Network::Network(Model &model) : impl_(std::make_unique<Impl>(model)) {
 
 Network::~Network() = default;
 
-ForwardResult Network::forward(const Tensor &input, const ForwardOptions &opt) {
-    Impl &m = *impl_;
-    const ModelConfig &c = m.config();
+ForwardResult Network::forward(const Tensor& input, const ForwardOptions& opt) {
+    Impl& m = *impl_;
+    const ModelConfig& c = m.config();
     EFFNET_CHECK(input.rank() == 4,
                  "network input must be NCHW (rank 4), got shape " + shape_str(input.shape));
     EFFNET_CHECK(input.dim(0) >= 1 && input.dim(2) >= 1 && input.dim(3) >= 1 &&
@@ -214,9 +214,9 @@ ForwardResult Network::forward(const Tensor &input, const ForwardOptions &opt) {
     return result;
 }
 
-ForwardResult Network::Impl::run_forward(const Tensor &input, const ForwardOptions &opt) {
-    Impl &m = *this;
-    const ModelConfig &c = m.config();
+ForwardResult Network::Impl::run_forward(const Tensor& input, const ForwardOptions& opt) {
+    Impl& m = *this;
+    const ModelConfig& c = m.config();
     ForwardResult result;
 
     Tensor x = m.conv_bn_forward("stem", input, 3, 2, 1, true, opt, m.stem);
@@ -241,9 +241,9 @@ ForwardResult Network::Impl::run_forward(const Tensor &input, const ForwardOptio
     return result;
 }
 
-Gradients Network::backward(const Tensor &dlogits) {
-    Impl &m = *impl_;
-    const ModelConfig &c = m.config();
+Gradients Network::backward(const Tensor& dlogits) {
+    Impl& m = *impl_;
+    const ModelConfig& c = m.config();
     EFFNET_CHECK(m.have_forward, "Network::backward called without a forward before it");
     const Shape expected = {m.input_shape[0], c.num_classes};
     EFFNET_CHECK(dlogits.shape == expected && dlogits.numel() == shape_numel(expected),

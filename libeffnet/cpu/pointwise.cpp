@@ -18,11 +18,11 @@ inline double logistic(double x) {
 
 } // namespace
 
-Tensor activation_forward(const Tensor &x, Activation a) {
+Tensor activation_forward(const Tensor& x, Activation a) {
     Tensor y(x.shape);
     const int64_t n = x.numel();
-    const float *xp = x.ptr();
-    float *yp = y.ptr();
+    const float* xp = x.ptr();
+    float* yp = y.ptr();
     if (a == Activation::SiLU) {
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
         for (int64_t i = 0; i < n; ++i) yp[i] = xp[i] / (1.0f + std::exp(-xp[i])); // float exp: hot path
@@ -36,13 +36,13 @@ Tensor activation_forward(const Tensor &x, Activation a) {
     return y;
 }
 
-Tensor activation_backward(const Tensor &x, const Tensor &dy, Activation a) {
+Tensor activation_backward(const Tensor& x, const Tensor& dy, Activation a) {
     detail::check_same_shape("activation_backward", "x", x, "dy", dy);
     Tensor dx(x.shape);
     const int64_t n = x.numel();
-    const float *xp = x.ptr();
-    const float *dp = dy.ptr();
-    float *gp = dx.ptr();
+    const float* xp = x.ptr();
+    const float* dp = dy.ptr();
+    float* gp = dx.ptr();
     if (a == Activation::SiLU) {
         // d/dx x*s(x) = s(x) * (1 + x * (1 - s(x)))
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
@@ -58,23 +58,23 @@ Tensor activation_backward(const Tensor &x, const Tensor &dy, Activation a) {
     return dx;
 }
 
-Tensor sigmoid_forward(const Tensor &x) {
+Tensor sigmoid_forward(const Tensor& x) {
     Tensor y(x.shape);
     const int64_t n = x.numel();
-    const float *xp = x.ptr();
-    float *yp = y.ptr();
+    const float* xp = x.ptr();
+    float* yp = y.ptr();
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) yp[i] = 1.0f / (1.0f + std::exp(-xp[i])); // 0 or 1 at the extremes
     return y;
 }
 
-Tensor sigmoid_backward(const Tensor &x, const Tensor &dy) {
+Tensor sigmoid_backward(const Tensor& x, const Tensor& dy) {
     detail::check_same_shape("sigmoid_backward", "x", x, "dy", dy);
     Tensor dx(x.shape);
     const int64_t n = x.numel();
-    const float *xp = x.ptr();
-    const float *dp = dy.ptr();
-    float *gp = dx.ptr();
+    const float* xp = x.ptr();
+    const float* dp = dy.ptr();
+    float* gp = dx.ptr();
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) {
         const double s = logistic(xp[i]);
@@ -83,13 +83,13 @@ Tensor sigmoid_backward(const Tensor &x, const Tensor &dy) {
     return dx;
 }
 
-Tensor add(const Tensor &a, const Tensor &b) {
+Tensor add(const Tensor& a, const Tensor& b) {
     detail::check_same_shape("add", "a", a, "b", b);
     Tensor y(a.shape);
     const int64_t n = a.numel();
-    const float *ap = a.ptr();
-    const float *bp = b.ptr();
-    float *yp = y.ptr();
+    const float* ap = a.ptr();
+    const float* bp = b.ptr();
+    float* yp = y.ptr();
 #pragma omp parallel for schedule(static) if (n > detail::kParallelMinWork)
     for (int64_t i = 0; i < n; ++i) yp[i] = ap[i] + bp[i];
     return y;

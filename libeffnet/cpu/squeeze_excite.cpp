@@ -14,7 +14,7 @@ struct SeDims {
     int64_t N, C, HW, S;
 };
 
-SeDims se_dims(const char *op, const Tensor &x, const Tensor &w1, const Tensor &w2) {
+SeDims se_dims(const char* op, const Tensor& x, const Tensor& w1, const Tensor& w2) {
     detail::check_rank(op, "x", x, 4);
     detail::check_rank(op, "w1", w1, 4);
     const SeDims d{x.shape[0], x.shape[1], x.shape[2] * x.shape[3], w1.shape[0]};
@@ -24,7 +24,7 @@ SeDims se_dims(const char *op, const Tensor &x, const Tensor &w1, const Tensor &
 }
 
 // A [O, I, 1, 1] 1x1-conv weight as a [O, I] linear weight (a copy; these are small).
-Tensor as_matrix(const Tensor &w) {
+Tensor as_matrix(const Tensor& w) {
     Tensor m;
     m.shape = {w.shape[0], w.shape[1]};
     m.data = w.data;
@@ -33,9 +33,9 @@ Tensor as_matrix(const Tensor &w) {
 
 } // namespace
 
-Tensor squeeze_excite_forward(const Tensor &x, const Tensor &w1, const Tensor &b1, const Tensor &w2,
-                              const Tensor &b2, Activation a, SqueezeExciteSaved *saved) {
-    const char *op = "squeeze_excite_forward";
+Tensor squeeze_excite_forward(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                              const Tensor& b2, Activation a, SqueezeExciteSaved* saved) {
+    const char* op = "squeeze_excite_forward";
     const SeDims d = se_dims(op, x, w1, w2);
     detail::check_shape(op, "b1", b1, {d.S});
     detail::check_shape(op, "b2", b2, {d.C});
@@ -50,8 +50,8 @@ Tensor squeeze_excite_forward(const Tensor &x, const Tensor &w1, const Tensor &b
 #pragma omp parallel for schedule(static) if (x.numel() > detail::kParallelMinWork)
     for (int64_t nc = 0; nc < d.N * d.C; ++nc) {
         const float g = gate.data[nc];
-        const float *xp = x.ptr() + nc * d.HW;
-        float *yp = y.ptr() + nc * d.HW;
+        const float* xp = x.ptr() + nc * d.HW;
+        float* yp = y.ptr() + nc * d.HW;
         for (int64_t i = 0; i < d.HW; ++i) yp[i] = xp[i] * g;
     }
     if (saved) {
@@ -63,10 +63,10 @@ Tensor squeeze_excite_forward(const Tensor &x, const Tensor &w1, const Tensor &b
     return y;
 }
 
-void squeeze_excite_backward(const Tensor &x, const Tensor &w1, const Tensor &w2, Activation a,
-                             const SqueezeExciteSaved &saved, const Tensor &dy, Tensor *dx, Tensor *dw1,
-                             Tensor *db1, Tensor *dw2, Tensor *db2) {
-    const char *op = "squeeze_excite_backward";
+void squeeze_excite_backward(const Tensor& x, const Tensor& w1, const Tensor& w2, Activation a,
+                             const SqueezeExciteSaved& saved, const Tensor& dy, Tensor* dx, Tensor* dw1,
+                             Tensor* db1, Tensor* dw2, Tensor* db2) {
+    const char* op = "squeeze_excite_backward";
     const SeDims d = se_dims(op, x, w1, w2);
     detail::check_same_shape(op, "dy", dy, "x", x);
     detail::check_shape(op, "saved.squeezed", saved.squeezed, {d.N, d.C});
@@ -78,8 +78,8 @@ void squeeze_excite_backward(const Tensor &x, const Tensor &w1, const Tensor &w2
     Tensor dgate({d.N, d.C});
 #pragma omp parallel for schedule(static) if (x.numel() > detail::kParallelMinWork)
     for (int64_t nc = 0; nc < d.N * d.C; ++nc) {
-        const float *xp = x.ptr() + nc * d.HW;
-        const float *dp = dy.ptr() + nc * d.HW;
+        const float* xp = x.ptr() + nc * d.HW;
+        const float* dp = dy.ptr() + nc * d.HW;
         double sum = 0;
         for (int64_t i = 0; i < d.HW; ++i) sum += double(dp[i]) * xp[i];
         dgate.data[nc] = float(sum);
@@ -101,8 +101,8 @@ void squeeze_excite_backward(const Tensor &x, const Tensor &w1, const Tensor &w2
     for (int64_t nc = 0; nc < d.N * d.C; ++nc) {
         const float g = saved.gate.data[nc];
         const float pooled = float(double(dsqueezed.data[nc]) / double(d.HW));
-        const float *dp = dy.ptr() + nc * d.HW;
-        float *gp = dx->ptr() + nc * d.HW;
+        const float* dp = dy.ptr() + nc * d.HW;
+        float* gp = dx->ptr() + nc * d.HW;
         for (int64_t i = 0; i < d.HW; ++i) gp[i] = dp[i] * g + pooled;
     }
 }

@@ -13,7 +13,7 @@ public:
     static constexpr size_t kAlignment = 256;
 
     // Registers a tensor live from step `first` to step `last` inclusive; returns its id.
-    int add(const std::string &name, size_t bytes, int first, int last);
+    int add(const std::string& name, size_t bytes, int first, int last);
     // Extends a tensor's lifetime to cover `step` (a later use).
     void touch(int id, int step);
     // Assigns offsets; returns the arena size in bytes.
@@ -21,7 +21,7 @@ public:
 
     size_t offset(int id) const;
     size_t bytes(int id) const { return tensors_.at(size_t(id)).bytes; }
-    const std::string &name(int id) const { return tensors_.at(size_t(id)).name; }
+    const std::string& name(int id) const { return tensors_.at(size_t(id)).name; }
     int size() const { return int(tensors_.size()); }
     size_t arena_bytes() const { return arena_bytes_; }
     // Sum of all tensor sizes: what the arena would need without reuse.

@@ -41,7 +41,7 @@ cudnnHandle_t Context::cudnn() {
     return cudnn_;
 }
 
-void *Context::workspace(size_t bytes) {
+void* Context::workspace(size_t bytes) {
     if (workspace_.size() < bytes) {
         activate();
         EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream_)); // the old workspace may still be in use

@@ -36,16 +36,16 @@ public:
     // Selects `device` and creates a non-blocking stream on it. Throws effnet::Error.
     explicit Context(int device = 0);
     ~Context();
-    Context(const Context &) = delete;
-    Context &operator=(const Context &) = delete;
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
 
     int device() const { return device_; }
-    const cudaDeviceProp &properties() const { return props_; }
+    const cudaDeviceProp& properties() const { return props_; }
     cudaStream_t stream() const { return stream_; }
     cublasLtHandle_t cublaslt(); // created on first call
     cudnnHandle_t cudnn();       // created on first call, bound to stream()
     // A workspace of at least `bytes` (grown by reallocation: call outside timed/captured code).
-    void *workspace(size_t bytes);
+    void* workspace(size_t bytes);
     size_t workspace_bytes() const { return workspace_.size(); }
     // Makes this context's device current for the calling thread.
     void activate() const;

@@ -9,7 +9,7 @@
 
 namespace effnet::cuda {
 
-[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char *what, const char *file, int line) {
+[[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line) {
     throw Error(std::string("CUDA error: ") + what + " failed with " + cudaGetErrorName(err) + " (" +
                 cudaGetErrorString(err) + ") at " + file + ":" + std::to_string(line));
 }

@@ -14,7 +14,7 @@ class DeviceBuffer {
 public:
     DeviceBuffer() = default;
     // `what` names the buffer in the out-of-memory message.
-    explicit DeviceBuffer(size_t bytes, const std::string &what = "buffer") : bytes_(bytes) {
+    explicit DeviceBuffer(size_t bytes, const std::string& what = "buffer") : bytes_(bytes) {
         if (bytes == 0) return;
         const cudaError_t err = cudaMalloc(&ptr_, bytes);
         if (err != cudaSuccess) {
@@ -25,9 +25,9 @@ public:
         }
     }
     ~DeviceBuffer() { release(); }
-    DeviceBuffer(DeviceBuffer &&o) noexcept
+    DeviceBuffer(DeviceBuffer&& o) noexcept
         : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-    DeviceBuffer &operator=(DeviceBuffer &&o) noexcept {
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
         if (this != &o) {
             release();
             ptr_ = std::exchange(o.ptr_, nullptr);
@@ -35,13 +35,13 @@ public:
         }
         return *this;
     }
-    DeviceBuffer(const DeviceBuffer &) = delete;
-    DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
-    void *data() const { return ptr_; }
+    void* data() const { return ptr_; }
     template <typename T>
-    T *as() const {
-        return static_cast<T *>(ptr_);
+    T* as() const {
+        return static_cast<T*>(ptr_);
     }
     size_t size() const { return bytes_; }
 
@@ -51,7 +51,7 @@ private:
         ptr_ = nullptr;
         bytes_ = 0;
     }
-    void *ptr_ = nullptr;
+    void* ptr_ = nullptr;
     size_t bytes_ = 0;
 };
 

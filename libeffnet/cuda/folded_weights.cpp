@@ -8,15 +8,15 @@
 
 namespace effnet::cuda {
 namespace {
-void check_vector(const Tensor &t, int64_t n, const std::string &what) {
+void check_vector(const Tensor& t, int64_t n, const std::string& what) {
     EFFNET_CHECK(t.rank() == 1 && t.dim(0) == n, "batch norm fold: " + what + " has shape " +
                                                      shape_str(t.shape) + ", expected [" + std::to_string(n) +
                                                      "]");
 }
 } // namespace
 
-FoldedConv fold_batchnorm(const Tensor &w, const Tensor &gamma, const Tensor &beta, const Tensor &mean,
-                          const Tensor &var, float eps) {
+FoldedConv fold_batchnorm(const Tensor& w, const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                          const Tensor& var, float eps) {
     EFFNET_CHECK(w.rank() == 4,
                  "batch norm fold: conv weight has shape " + shape_str(w.shape) + ", expected rank 4");
     const int64_t out = w.dim(0);
@@ -40,14 +40,14 @@ FoldedConv fold_batchnorm(const Tensor &w, const Tensor &gamma, const Tensor &be
     return f;
 }
 
-FoldedConv fold_batchnorm(const Model &model, const std::string &prefix) {
+FoldedConv fold_batchnorm(const Model& model, const std::string& prefix) {
     const float eps = model.config.bn_eps;
     return fold_batchnorm(model.param(prefix + ".conv.weight"), model.param(prefix + ".bn.weight"),
                           model.param(prefix + ".bn.bias"), model.param(prefix + ".bn.running_mean"),
                           model.param(prefix + ".bn.running_var"), eps);
 }
 
-std::vector<float> stem_layout(const FoldedConv &c) {
+std::vector<float> stem_layout(const FoldedConv& c) {
     const int64_t O = c.shape[0], I = c.shape[1], kh = c.shape[2], kw = c.shape[3];
     std::vector<float> out(c.weight.size());
     for (int64_t o = 0; o < O; ++o)
@@ -59,7 +59,7 @@ std::vector<float> stem_layout(const FoldedConv &c) {
     return out;
 }
 
-std::vector<float> depthwise_layout(const FoldedConv &c) {
+std::vector<float> depthwise_layout(const FoldedConv& c) {
     const int64_t C = c.shape[0], taps = c.shape[2] * c.shape[3];
     EFFNET_CHECK(c.shape[1] == 1,
                  "depthwise weight has shape " + shape_str(c.shape) + ", expected [C, 1, k, k]");
@@ -69,7 +69,7 @@ std::vector<float> depthwise_layout(const FoldedConv &c) {
     return out;
 }
 
-std::vector<float> transpose(const std::vector<float> &m, int64_t rows, int64_t cols) {
+std::vector<float> transpose(const std::vector<float>& m, int64_t rows, int64_t cols) {
     EFFNET_CHECK(int64_t(m.size()) == rows * cols, "transpose: size mismatch");
     std::vector<float> out(m.size());
     for (int64_t r = 0; r < rows; ++r)
@@ -77,7 +77,7 @@ std::vector<float> transpose(const std::vector<float> &m, int64_t rows, int64_t 
     return out;
 }
 
-std::vector<uint8_t> to_storage(const std::vector<float> &values, Precision precision) {
+std::vector<uint8_t> to_storage(const std::vector<float>& values, Precision precision) {
     std::vector<uint8_t> out;
     if (precision == Precision::FP32) {
         out.resize(values.size() * 4);
@@ -92,7 +92,7 @@ std::vector<uint8_t> to_storage(const std::vector<float> &values, Precision prec
     return out;
 }
 
-std::vector<float> from_storage(const std::vector<uint8_t> &bytes, Precision precision) {
+std::vector<float> from_storage(const std::vector<uint8_t>& bytes, Precision precision) {
     std::vector<float> out;
     if (precision == Precision::FP32) {
         out.resize(bytes.size() / 4);
@@ -108,7 +108,7 @@ std::vector<float> from_storage(const std::vector<uint8_t> &bytes, Precision pre
     return out;
 }
 
-std::vector<float> round_to_storage(const std::vector<float> &values, Precision precision) {
+std::vector<float> round_to_storage(const std::vector<float>& values, Precision precision) {
     return from_storage(to_storage(values, precision), precision);
 }
 

@@ -32,20 +32,20 @@ constexpr int kMaxBatch = 65535; // grid.z of the depthwise kernel
 // Host staging for all weights: one upload, 256-byte aligned entries.
 class WeightPack {
 public:
-    size_t add(const std::vector<uint8_t> &bytes) {
+    size_t add(const std::vector<uint8_t>& bytes) {
         const size_t offset = (bytes_.size() + 255) / 256 * 256;
         bytes_.resize(offset + bytes.size());
         if (!bytes.empty()) std::memcpy(bytes_.data() + offset, bytes.data(), bytes.size());
         return offset;
     }
-    size_t add_f32(const std::vector<float> &v) { return add(cuda::to_storage(v, Precision::FP32)); }
-    const std::vector<uint8_t> &bytes() const { return bytes_; }
+    size_t add_f32(const std::vector<float>& v) { return add(cuda::to_storage(v, Precision::FP32)); }
+    const std::vector<uint8_t>& bytes() const { return bytes_; }
 
 private:
     std::vector<uint8_t> bytes_;
 };
 
-void check_shape(const Tensor &t, const Shape &expected, const std::string &name) {
+void check_shape(const Tensor& t, const Shape& expected, const std::string& name) {
     EFFNET_CHECK(t.shape == expected, "InferenceSession: parameter " + name + " has shape " +
                                           shape_str(t.shape) + ", expected " + shape_str(expected));
 }
@@ -77,13 +77,13 @@ struct InferenceSession::Impl {
         if (graph) cudaGraphDestroy(graph);
     }
 
-    char *tensor(int id) const { return static_cast<char *>(arena.data()) + plan.offset(id); }
-    const char *weight(size_t offset) const { return static_cast<const char *>(weights.data()) + offset; }
-    const float *weight_f32(size_t offset) const { return reinterpret_cast<const float *>(weight(offset)); }
+    char* tensor(int id) const { return static_cast<char*>(arena.data()) + plan.offset(id); }
+    const char* weight(size_t offset) const { return static_cast<const char*>(weights.data()) + offset; }
+    const float* weight_f32(size_t offset) const { return reinterpret_cast<const float*>(weight(offset)); }
 
-    void build(const Model &model);
+    void build(const Model& model);
     void run_steps(cudaStream_t stream) {
-        for (const Step &s : steps) {
+        for (const Step& s : steps) {
             s.launch(stream);
             if (sync_debug) {
                 const cudaError_t err = cudaStreamSynchronize(stream);
@@ -95,8 +95,8 @@ struct InferenceSession::Impl {
     void capture_graph();
 };
 
-void InferenceSession::Impl::build(const Model &model) {
-    const ModelConfig &cfg = model.config;
+void InferenceSession::Impl::build(const Model& model) {
+    const ModelConfig& cfg = model.config;
     const size_t es = kernels::storage_size(precision);
     const int64_t N = batch;
     WeightPack pack;
@@ -137,7 +137,7 @@ void InferenceSession::Impl::build(const Model &model) {
         const size_t w_off = pack.add_f32(cuda::stem_layout(stem)), b_off = pack.add_f32(stem.bias);
         const int in_id = input_id, out_id = cur;
         steps.push_back({"stem", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
-                             a.input = reinterpret_cast<const float *>(tensor(in_id));
+                             a.input = reinterpret_cast<const float*>(tensor(in_id));
                              a.weight = weight_f32(w_off);
                              a.bias = weight_f32(b_off);
                              a.output = tensor(out_id);
@@ -147,7 +147,7 @@ void InferenceSession::Impl::build(const Model &model) {
     }
 
     const Act act = kernels::to_act(cfg.activation);
-    auto add_pointwise = [&](const std::string &name, const cuda::FoldedConv &conv, int in_id, int64_t rows,
+    auto add_pointwise = [&](const std::string& name, const cuda::FoldedConv& conv, int in_id, int64_t rows,
                              int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id) {
         const int cout = int(conv.shape[0]), cin = int(conv.shape[1]);
         const size_t w_off = pack.add(cuda::to_storage(conv.weight, precision));
@@ -166,7 +166,7 @@ void InferenceSession::Impl::build(const Model &model) {
                  a.input = tensor(in_id);
                  a.weight = weight(w_off);
                  a.bias = weight_f32(b_off);
-                 a.gate = gate_id >= 0 ? reinterpret_cast<const float *>(tensor(gate_id)) : nullptr;
+                 a.gate = gate_id >= 0 ? reinterpret_cast<const float*>(tensor(gate_id)) : nullptr;
                  a.residual = residual_id >= 0 ? tensor(residual_id) : nullptr;
                  a.output = tensor(out_id);
                  kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
@@ -176,7 +176,7 @@ void InferenceSession::Impl::build(const Model &model) {
 
     // --- MBConv blocks -------------------------------------------------------------------
     for (size_t bi = 0; bi < cfg.blocks.size(); ++bi) {
-        const BlockConfig &b = cfg.blocks[bi];
+        const BlockConfig& b = cfg.blocks[bi];
         const std::string p = "blocks." + std::to_string(bi);
         EFFNET_CHECK(b.in_channels == c,
                      "InferenceSession: " + p + " expects " + std::to_string(b.in_channels) +
@@ -249,7 +249,7 @@ void InferenceSession::Impl::build(const Model &model) {
                                  fa.dw_bias = weight_f32(dw_b);
                                  fa.output = tensor(dw_out);
                                  fa.pooled_sum =
-                                     pooled_id >= 0 ? reinterpret_cast<float *>(tensor(pooled_id)) : nullptr;
+                                     pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
                                  if (fa.pooled_sum)
                                      EFFNET_CUDA_CHECK(cudaMemsetAsync(fa.pooled_sum, 0,
                                                                        size_t(N) * ce * sizeof(float), s));
@@ -271,7 +271,7 @@ void InferenceSession::Impl::build(const Model &model) {
                      dwa.weight = weight_f32(dw_w);
                      dwa.bias = weight_f32(dw_b);
                      dwa.output = tensor(dw_out);
-                     dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float *>(tensor(pooled_id)) : nullptr;
+                     dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
                      if (dwa.pooled_sum)
                          EFFNET_CUDA_CHECK(
                              cudaMemsetAsync(dwa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
@@ -283,10 +283,10 @@ void InferenceSession::Impl::build(const Model &model) {
         int gate_id = -1;
         if (b.has_se()) {
             const int S = b.se_channels;
-            const Tensor &w1 = model.param(p + ".se.reduce.weight");
-            const Tensor &b1 = model.param(p + ".se.reduce.bias");
-            const Tensor &w2 = model.param(p + ".se.expand.weight");
-            const Tensor &b2 = model.param(p + ".se.expand.bias");
+            const Tensor& w1 = model.param(p + ".se.reduce.weight");
+            const Tensor& b1 = model.param(p + ".se.reduce.bias");
+            const Tensor& w2 = model.param(p + ".se.expand.weight");
+            const Tensor& b2 = model.param(p + ".se.expand.bias");
             check_shape(w1, {S, ce, 1, 1}, p + ".se.reduce.weight");
             check_shape(b1, {S}, p + ".se.reduce.bias");
             check_shape(w2, {ce, S, 1, 1}, p + ".se.expand.weight");
@@ -304,12 +304,12 @@ void InferenceSession::Impl::build(const Model &model) {
             ea.act = act;
             steps.push_back({p + ".se.excite", [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id,
                                                 gate_id](cudaStream_t s) mutable {
-                                 ea.pooled_sum = reinterpret_cast<const float *>(tensor(pooled_id));
+                                 ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
                                  ea.w_reduce = weight_f32(w1_off);
                                  ea.b_reduce = weight_f32(b1_off);
                                  ea.w_expand_t = weight_f32(w2_off);
                                  ea.b_expand = weight_f32(b2_off);
-                                 ea.gate = reinterpret_cast<float *>(tensor(gate_id));
+                                 ea.gate = reinterpret_cast<float*>(tensor(gate_id));
                                  kernels::launch_excite(ea, s);
                              }});
             ++step;
@@ -339,14 +339,14 @@ void InferenceSession::Impl::build(const Model &model) {
         const int pixels = h * w, channels = cfg.head_channels;
         steps.push_back({"pool", [this, head_id, pooled_id, pixels, channels](cudaStream_t s) {
                              kernels::launch_global_avg_pool(tensor(head_id),
-                                                             reinterpret_cast<float *>(tensor(pooled_id)),
+                                                             reinterpret_cast<float*>(tensor(pooled_id)),
                                                              batch, pixels, channels, precision, s);
                          }});
         ++step;
     }
 
-    const Tensor &cw = model.param("classifier.weight");
-    const Tensor &cb = model.param("classifier.bias");
+    const Tensor& cw = model.param("classifier.weight");
+    const Tensor& cb = model.param("classifier.bias");
     check_shape(cw, {cfg.num_classes, cfg.head_channels}, "classifier.weight");
     check_shape(cb, {cfg.num_classes}, "classifier.bias");
     const size_t cw_off = pack.add_f32(cw.data), cb_off = pack.add_f32(cb.data);
@@ -356,9 +356,9 @@ void InferenceSession::Impl::build(const Model &model) {
     {
         const int K = cfg.head_channels, M = cfg.num_classes, lid = logits_id;
         steps.push_back({"classifier", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
-                             kernels::launch_linear(reinterpret_cast<const float *>(tensor(pooled_id)),
+                             kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)),
                                                     weight_f32(cw_off), weight_f32(cb_off),
-                                                    reinterpret_cast<float *>(tensor(lid)), batch, K, M, s);
+                                                    reinterpret_cast<float*>(tensor(lid)), batch, K, M, s);
                          }});
         ++step;
     }
@@ -378,7 +378,7 @@ void InferenceSession::Impl::capture_graph() {
     cudaStream_t stream = ctx->stream();
     EFFNET_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
-        for (const Step &s : steps) s.launch(stream);
+        for (const Step& s : steps) s.launch(stream);
     } catch (...) {
         cudaGraph_t partial = nullptr;
         cudaStreamEndCapture(stream, &partial); // leave the stream usable
@@ -390,8 +390,8 @@ void InferenceSession::Impl::capture_graph() {
     EFFNET_CUDA_CHECK(cudaGraphInstantiate(&graph_exec, graph, 0));
 }
 
-InferenceSession::InferenceSession(const Model &model, int batch, int height, int width, Precision precision,
-                                   const SessionOptions &options)
+InferenceSession::InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
+                                   const SessionOptions& options)
     : impl_(std::make_unique<Impl>()) {
     EFFNET_CHECK(cuda_available(),
                  "InferenceSession: CUDA is not available (" + cuda_device_description() + ")");
@@ -406,14 +406,14 @@ InferenceSession::InferenceSession(const Model &model, int batch, int height, in
     model.config.validate();
     EFFNET_CHECK(model.config.num_classes >= 1, "InferenceSession: model has no classes");
 
-    Impl &m = *impl_;
+    Impl& m = *impl_;
     m.batch = batch;
     m.height = height;
     m.width = width;
     m.num_classes = model.config.num_classes;
     m.precision = precision;
     m.options = options;
-    const char *debug = std::getenv("EFFNET_CUDA_SYNC_DEBUG");
+    const char* debug = std::getenv("EFFNET_CUDA_SYNC_DEBUG");
     m.sync_debug = debug && std::strcmp(debug, "0") != 0;
     m.ctx = std::make_unique<cuda::Context>(options.device);
     size_t free_before = 0, total = 0;
@@ -436,13 +436,13 @@ InferenceSession::InferenceSession(const Model &model, int batch, int height, in
 }
 
 InferenceSession::~InferenceSession() = default;
-InferenceSession::InferenceSession(InferenceSession &&) noexcept = default;
-InferenceSession &InferenceSession::operator=(InferenceSession &&) noexcept = default;
+InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
+InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
 
-void InferenceSession::run(const float *input, float *logits, bool device_pointers) {
+void InferenceSession::run(const float* input, float* logits, bool device_pointers) {
     EFFNET_CHECK(impl_, "InferenceSession::run on a moved-from session");
     EFFNET_CHECK(input && logits, "InferenceSession::run: null input or logits pointer");
-    Impl &m = *impl_;
+    Impl& m = *impl_;
     m.ctx->activate();
     cudaStream_t s = m.ctx->stream();
     // cudaMemcpyDefault: with unified addressing the runtime tells host from device pointers.
@@ -483,7 +483,7 @@ size_t InferenceSession::peak_device_memory() const {
 size_t InferenceSession::activation_arena_bytes() const {
     return impl_->arena.size();
 }
-void *InferenceSession::stream() const {
+void* InferenceSession::stream() const {
     return impl_->ctx->stream();
 }
 

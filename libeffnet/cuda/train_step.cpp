@@ -53,7 +53,7 @@ cudaDataType_t cuda_type(Precision p) {
     throw Error("TrainBlas: unknown precision");
 }
 
-int checked_int(int64_t v, const char *what) {
+int checked_int(int64_t v, const char* what) {
     EFFNET_CHECK(v >= 0 && v <= INT_MAX, std::string("TrainBlas: ") + what + " = " + std::to_string(v) +
                                              " does not fit a cuBLAS int");
     return int(v);
@@ -85,7 +85,7 @@ TrainBlas::~TrainBlas() {
 
 // Row-major [rows, C] activations are column-major [C, rows]: every product below is written
 // for cuBLAS's column-major view.
-void TrainBlas::forward(const void *x, int64_t x_ld, const void *w, int64_t w_ld, void *z, int64_t rows,
+void TrainBlas::forward(const void* x, int64_t x_ld, const void* w, int64_t w_ld, void* z, int64_t rows,
                         int in, int out) {
     EFFNET_CHECK(x && w && z && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in && w_ld >= in,
                  "TrainBlas::forward: bad arguments rows=" + std::to_string(rows) +
@@ -98,7 +98,7 @@ void TrainBlas::forward(const void *x, int64_t x_ld, const void *w, int64_t w_ld
                                      &beta, z, t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void TrainBlas::backward_data(const void *dz, const void *w, void *dx, int64_t rows, int in, int out,
+void TrainBlas::backward_data(const void* dz, const void* w, void* dx, int64_t rows, int in, int out,
                               bool accumulate) {
     EFFNET_CHECK(dz && w && dx && in >= 1 && out >= 1 && rows >= 1,
                  "TrainBlas::backward_data: bad arguments rows=" + std::to_string(rows) +
@@ -111,7 +111,7 @@ void TrainBlas::backward_data(const void *dz, const void *w, void *dx, int64_t r
                                      CUBLAS_GEMM_DEFAULT));
 }
 
-void TrainBlas::backward_weight(const void *x, int64_t x_ld, const void *dz, float *dw, int64_t rows, int in,
+void TrainBlas::backward_weight(const void* x, int64_t x_ld, const void* dz, float* dw, int64_t rows, int in,
                                 int out) {
     EFFNET_CHECK(x && dz && dw && in >= 1 && out >= 1 && rows >= 1 && x_ld >= in,
                  "TrainBlas::backward_weight: bad arguments rows=" + std::to_string(rows) +
@@ -150,12 +150,12 @@ Precision storage_of(TrainPrecision p) {
     throw Error("GpuTrainer: unknown precision");
 }
 
-bool ends_with(const std::string &s, const std::string &suffix) {
+bool ends_with(const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // Weight decay on conv / linear weights only (train::default_weight_decay's rule).
-bool decays(const std::string &name) {
+bool decays(const std::string& name) {
     return ends_with(name, ".weight") && name.find(".bn.") == std::string::npos;
 }
 
@@ -206,7 +206,7 @@ struct BlockState {
 
 struct GpuTrainer::Impl {
     cuda::Context ctx;
-    Model &model_ref;
+    Model& model_ref;
     ModelConfig config;
     int batch, height, width;
     TrainPrecision precision;
@@ -242,38 +242,38 @@ struct GpuTrainer::Impl {
     bool have_gradients = false;
     bool finite = true;
 
-    Impl(Model &m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions &o)
+    Impl(Model& m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions& o)
         : ctx(o.device), model_ref(m), config(m.config), batch(n), height(h), width(w), precision(p),
           storage(storage_of(p)), options(o), scale(o.loss_scale),
           elem(kernels::storage_size(storage_of(p))) {}
 
     cudaStream_t stream() const { return ctx.stream(); }
 
-    DeviceBuffer alloc(size_t bytes, const std::string &what) {
+    DeviceBuffer alloc(size_t bytes, const std::string& what) {
         DeviceBuffer b(bytes, what);
         allocated += bytes;
         return b;
     }
-    DeviceBuffer alloc_act(int64_t rows, int channels, const std::string &what) {
+    DeviceBuffer alloc_act(int64_t rows, int channels, const std::string& what) {
         max_activation = std::max(max_activation, rows * channels);
         return alloc(size_t(rows) * size_t(channels) * elem, what);
     }
 
-    float *param(const std::string &name) { return master.as<float>() + slot(name).offset; }
-    float *grad(const std::string &name) { return grads.as<float>() + slot(name).offset; }
+    float* param(const std::string& name) { return master.as<float>() + slot(name).offset; }
+    float* grad(const std::string& name) { return grads.as<float>() + slot(name).offset; }
     // The GEMM operand for a weight: the master weights in fp32, their cast under AMP.
-    const void *gemm_weight(const std::string &name) {
+    const void* gemm_weight(const std::string& name) {
         const int64_t off = slot(name).offset;
         if (storage == Precision::FP32) return master.as<float>() + off;
-        return static_cast<const char *>(half_params.data()) + size_t(off) * elem;
+        return static_cast<const char*>(half_params.data()) + size_t(off) * elem;
     }
-    const ParamSlot &slot(const std::string &name) const {
+    const ParamSlot& slot(const std::string& name) const {
         const auto it = slot_index.find(name);
         EFFNET_CHECK(it != slot_index.end(), "GpuTrainer: no parameter '" + name + "'");
         return slots[it->second];
     }
 
-    void plan_bn(BnUnit &u, const std::string &prefix, int64_t rows, int channels, bool keep_output) {
+    void plan_bn(BnUnit& u, const std::string& prefix, int64_t rows, int channels, bool keep_output) {
         EFFNET_CHECK(rows > 1, "GpuTrainer: train-mode batch norm '" + prefix +
                                    ".bn' needs more than one value per "
                                    "channel, got " +
@@ -288,10 +288,10 @@ struct GpuTrainer::Impl {
         workspace_floats = std::max(workspace_floats, kernels::batchnorm_workspace_floats(rows, channels));
     }
 
-    void upload_params(const Model &m) {
+    void upload_params(const Model& m) {
         std::vector<float> host(size_t(param_total), 0.0f);
-        for (const ParamSlot &s : slots) {
-            const Tensor &t = m.param(s.name);
+        for (const ParamSlot& s : slots) {
+            const Tensor& t = m.param(s.name);
             EFFNET_CHECK(t.shape == s.shape && t.numel() == s.count,
                          "GpuTrainer: model parameter '" + s.name + "' has shape " + shape_str(t.shape) +
                              ", the config needs " + shape_str(s.shape));
@@ -303,13 +303,13 @@ struct GpuTrainer::Impl {
     void plan();
     void forward();
     void backward();
-    void bn_forward(BnUnit &u, Act act, const void *residual, void *out, const float *sample_scale = nullptr,
+    void bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale = nullptr,
                     int64_t rows_per_image = 1);
     // Writes dz (may alias dy). dy_pooled / dy_sample_scale: see BatchNormBackwardArgs.
-    void bn_backward(BnUnit &u, Act act, const void *dy, const float *dy_pooled, int64_t rows_per_image,
-                     void *dz, const float *dy_sample_scale = nullptr);
+    void bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image,
+                     void* dz, const float* dy_sample_scale = nullptr);
     void upload_masks(uint64_t seed);
-    float run_forward_backward(const float *input_host, const int64_t *targets_host, uint64_t seed);
+    float run_forward_backward(const float* input_host, const int64_t* targets_host, uint64_t seed);
 };
 
 void GpuTrainer::Impl::plan() {
@@ -325,12 +325,12 @@ void GpuTrainer::Impl::plan() {
                      std::to_string(options.label_smoothing));
     EFFNET_CHECK(options.momentum >= 0.0f && options.weight_decay >= 0.0f,
                  "GpuTrainer: momentum and weight decay must be >= 0");
-    const ModelConfig &c = config;
+    const ModelConfig& c = config;
     EFFNET_CHECK(c.in_channels >= 1 && c.in_channels * 9 <= 64,
                  "GpuTrainer: the stem supports 1..7 input channels, got " + std::to_string(c.in_channels));
 
     // Parameters: one flat buffer, every tensor aligned.
-    for (const ParamSpec &spec : parameter_specs(c)) {
+    for (const ParamSpec& spec : parameter_specs(c)) {
         ParamSlot s;
         s.name = spec.name;
         s.shape = spec.shape;
@@ -366,7 +366,7 @@ void GpuTrainer::Impl::plan() {
     int h = stem_h, w = stem_w;
     blocks.resize(c.blocks.size());
     for (size_t i = 0; i < c.blocks.size(); ++i) {
-        BlockState &b = blocks[i];
+        BlockState& b = blocks[i];
         b.cfg = c.blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
         b.in_h = h;
@@ -377,7 +377,7 @@ void GpuTrainer::Impl::plan() {
             cpu::conv_params(h, w, b.cfg.kernel, b.cfg.stride, b.cfg.expand_channels, c.padding);
         b.out_h = conv_output_size(h, b.cfg.kernel, b.cfg.stride, c.padding);
         b.out_w = conv_output_size(w, b.cfg.kernel, b.cfg.stride, c.padding);
-        kernels::DepthwiseShape &ds = b.dw_shape;
+        kernels::DepthwiseShape& ds = b.dw_shape;
         ds.batch = batch;
         ds.height = h;
         ds.width = w;
@@ -395,7 +395,7 @@ void GpuTrainer::Impl::plan() {
         const int64_t out_rows = N * b.out_h * b.out_w;
         plan_bn(b.dw, p + "dw", out_rows, b.cfg.expand_channels, true);
         if (b.cfg.has_se()) {
-            SeState &se = b.se;
+            SeState& se = b.se;
             se.reduced = b.cfg.se_channels;
             const size_t nc = size_t(N) * b.cfg.expand_channels * 4, ns = size_t(N) * se.reduced * 4;
             se.squeezed = alloc(nc, p + "se.squeezed");
@@ -437,8 +437,8 @@ void GpuTrainer::Impl::plan() {
     EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-void GpuTrainer::Impl::bn_forward(BnUnit &u, Act act, const void *residual, void *out,
-                                  const float *sample_scale, int64_t rows_per_image) {
+void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void* out,
+                                  const float* sample_scale, int64_t rows_per_image) {
     kernels::BatchNormStatsArgs s;
     s.x = u.z.data();
     s.rows = u.rows;
@@ -469,8 +469,8 @@ void GpuTrainer::Impl::bn_forward(BnUnit &u, Act act, const void *residual, void
     kernels::launch_batchnorm_apply(a, storage, stream());
 }
 
-void GpuTrainer::Impl::bn_backward(BnUnit &u, Act act, const void *dy, const float *dy_pooled,
-                                   int64_t rows_per_image, void *dz, const float *dy_sample_scale) {
+void GpuTrainer::Impl::bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled,
+                                   int64_t rows_per_image, void* dz, const float* dy_sample_scale) {
     kernels::BatchNormBackwardArgs a;
     a.x = u.z.data();
     a.dy = dy;
@@ -493,7 +493,7 @@ void GpuTrainer::Impl::bn_backward(BnUnit &u, Act act, const void *dy, const flo
 }
 
 void GpuTrainer::Impl::forward() {
-    const ModelConfig &c = config;
+    const ModelConfig& c = config;
     const Act act = kernels::to_act(c.activation);
     cudaStream_t st = stream();
     if (storage != Precision::FP32)
@@ -519,11 +519,11 @@ void GpuTrainer::Impl::forward() {
                   stem.rows, stem_taps, stem.channels);
     bn_forward(stem, act, nullptr, stem.y.data());
 
-    const void *x = stem.y.data();
+    const void* x = stem.y.data();
     for (size_t i = 0; i < blocks.size(); ++i) {
-        BlockState &b = blocks[i];
+        BlockState& b = blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
-        const void *dw_in = x;
+        const void* dw_in = x;
         if (b.cfg.has_expand()) {
             blas->forward(x, b.cfg.in_channels, gemm_weight(p + "expand.conv.weight"), b.cfg.in_channels,
                           b.expand.z.data(), b.expand.rows, b.cfg.in_channels, b.cfg.expand_channels);
@@ -533,7 +533,7 @@ void GpuTrainer::Impl::forward() {
         kernels::launch_depthwise_train_forward(dw_in, param(p + "dw.conv.weight"), b.dw.z.data(), b.dw_shape,
                                                 storage, st);
         bn_forward(b.dw, act, nullptr, b.dw.y.data());
-        const void *project_in = b.dw.y.data();
+        const void* project_in = b.dw.y.data();
         if (b.cfg.has_se()) {
             kernels::SqueezeExciteTrainArgs se;
             se.batch = batch;
@@ -569,7 +569,7 @@ void GpuTrainer::Impl::forward() {
     const int64_t hw = int64_t(head_h) * head_w;
     kernels::launch_spatial_sum(scratch[0].data(), nullptr, pooled.as<float>(), batch, hw, head.channels,
                                 float(1.0 / double(hw)), storage, st);
-    const float *features = pooled.as<float>();
+    const float* features = pooled.as<float>();
     if (dropout_active) {
         kernels::launch_mask_multiply_f32(pooled.as<float>(), dropout_mask.as<float>(),
                                           pooled_dropped.as<float>(), int64_t(batch) * head.channels, st);
@@ -602,7 +602,7 @@ void GpuTrainer::Impl::forward() {
 }
 
 void GpuTrainer::Impl::backward() {
-    const ModelConfig &c = config;
+    const ModelConfig& c = config;
     const Act act = kernels::to_act(c.activation);
     cudaStream_t st = stream();
     const int K = c.num_classes, Ch = head.channels;
@@ -648,7 +648,7 @@ void GpuTrainer::Impl::backward() {
     // Head BN (+act) backward, the pool's gradient broadcast fused in.
     const int64_t hw = int64_t(head_h) * head_w;
     bn_backward(head, act, nullptr, dpooled.as<float>(), hw, scratch[0].data());
-    const void *last = blocks.empty() ? stem.y.data() : blocks.back().project.y.data();
+    const void* last = blocks.empty() ? stem.y.data() : blocks.back().project.y.data();
     const int in_ch = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
     blas->backward_weight(last, in_ch, scratch[0].data(), grad("head.conv.weight"), head.rows, in_ch, Ch);
     blas->backward_data(scratch[0].data(), gemm_weight("head.conv.weight"), scratch[1].data(), head.rows,
@@ -656,17 +656,17 @@ void GpuTrainer::Impl::backward() {
 
     int o = 1; // scratch index holding the gradient of the current block's output
     for (int i = int(blocks.size()) - 1; i >= 0; --i) {
-        BlockState &b = blocks[size_t(i)];
+        BlockState& b = blocks[size_t(i)];
         const std::string p = "blocks." + std::to_string(i) + ".";
         const int f1 = (o + 1) % 3, f2 = (o + 2) % 3;
-        void *d_out = scratch[o].data();
-        const void *x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
+        void* d_out = scratch[o].data();
+        const void* x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
         const int E = b.cfg.expand_channels, Cin = b.cfg.in_channels, Cout = b.cfg.out_channels;
 
         // Project: BN backward (no activation), then the GEMM gradients.
         bn_backward(b.project, Act::None, d_out, nullptr, int64_t(b.out_h) * b.out_w, scratch[f1].data(),
                     b.drop_path ? b.drop_mask.as<float>() : nullptr);
-        const void *project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
+        const void* project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
         blas->backward_weight(project_in, E, scratch[f1].data(), grad(p + "project.conv.weight"),
                               b.project.rows, E, Cout);
         blas->backward_data(scratch[f1].data(), gemm_weight(p + "project.conv.weight"), scratch[f2].data(),
@@ -697,7 +697,7 @@ void GpuTrainer::Impl::backward() {
         }
         // Depthwise: BN (+act) backward in place, then weight and data gradients.
         bn_backward(b.dw, act, scratch[d].data(), nullptr, 1, scratch[d].data());
-        const void *dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
+        const void* dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
         kernels::launch_depthwise_backward_weight(dw_in, scratch[d].data(), grad(p + "dw.conv.weight"),
                                                   workspace.as<float>(), b.dw_shape, storage, st);
         const bool residual = b.cfg.has_residual();
@@ -731,7 +731,7 @@ void GpuTrainer::Impl::backward() {
 void GpuTrainer::Impl::upload_masks(uint64_t seed) {
     cudaStream_t st = stream();
     for (size_t i = 0; i < blocks.size(); ++i) {
-        BlockState &b = blocks[i];
+        BlockState& b = blocks[i];
         if (!b.drop_path) continue;
         cpu::stochastic_depth_forward(Tensor({int64_t(batch), 1}, 1.0f), b.cfg.drop_path,
                                       derive_seed(seed, i), &b.host_mask);
@@ -750,7 +750,7 @@ void GpuTrainer::Impl::upload_masks(uint64_t seed) {
     }
 }
 
-float GpuTrainer::Impl::run_forward_backward(const float *input_host, const int64_t *targets_host,
+float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int64_t* targets_host,
                                              uint64_t seed) {
     EFFNET_CHECK(input_host && targets_host, "GpuTrainer: null input or targets");
     std::vector<int32_t> t(static_cast<size_t>(batch));
@@ -787,8 +787,8 @@ float GpuTrainer::Impl::run_forward_backward(const float *input_host, const int6
 
 // ---------------------------------------------------------------------------------------------
 
-GpuTrainer::GpuTrainer(Model &model, int batch, int height, int width, TrainPrecision precision,
-                       const GpuTrainOptions &options) {
+GpuTrainer::GpuTrainer(Model& model, int batch, int height, int width, TrainPrecision precision,
+                       const GpuTrainOptions& options) {
     EFFNET_CHECK(cuda_available(), "GpuTrainer: no usable CUDA device (" + cuda_device_description() + ")");
     impl_ = std::make_unique<Impl>(model, batch, height, width, precision, options);
     impl_->plan();
@@ -796,17 +796,17 @@ GpuTrainer::GpuTrainer(Model &model, int batch, int height, int width, TrainPrec
 
 GpuTrainer::~GpuTrainer() = default;
 
-float GpuTrainer::compute_gradients(const float *input, const int64_t *targets, uint64_t seed) {
+float GpuTrainer::compute_gradients(const float* input, const int64_t* targets, uint64_t seed) {
     return impl_->run_forward_backward(input, targets, seed);
 }
 
 bool GpuTrainer::apply_update(float lr) {
-    Impl &m = *impl_;
+    Impl& m = *impl_;
     EFFNET_CHECK(m.have_gradients, "GpuTrainer::apply_update: no gradients (call compute_gradients first)");
     EFFNET_CHECK(std::isfinite(lr), "GpuTrainer::apply_update: learning rate is not finite");
     if (!m.finite) return false;
     m.ctx.activate();
-    for (const ParamSlot &s : m.slots) {
+    for (const ParamSlot& s : m.slots) {
         if (!s.trainable) continue;
         kernels::SgdArgs a;
         a.param = m.master.as<float>() + s.offset;
@@ -824,7 +824,7 @@ bool GpuTrainer::apply_update(float lr) {
     return true;
 }
 
-float GpuTrainer::step(const float *input, const int64_t *targets, float lr, uint64_t seed) {
+float GpuTrainer::step(const float* input, const int64_t* targets, float lr, uint64_t seed) {
     const float loss = compute_gradients(input, targets, seed);
     if (impl_->finite) apply_update(lr);
     return loss;
@@ -843,13 +843,13 @@ bool GpuTrainer::last_step_finite() const {
 }
 
 cpu::Gradients GpuTrainer::gradients() const {
-    const Impl &m = *impl_;
+    const Impl& m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     std::vector<float> host(size_t(m.param_total));
     EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.grads.data(), host.size() * 4, cudaMemcpyDeviceToHost));
     cpu::Gradients g;
-    for (const ParamSlot &s : m.slots) {
+    for (const ParamSlot& s : m.slots) {
         if (!s.trainable) continue;
         Tensor t(s.shape);
         std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
@@ -859,7 +859,7 @@ cpu::Gradients GpuTrainer::gradients() const {
 }
 
 Tensor GpuTrainer::logits() const {
-    const Impl &m = *impl_;
+    const Impl& m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     Tensor t({int64_t(m.batch), int64_t(m.config.num_classes)});
@@ -867,13 +867,13 @@ Tensor GpuTrainer::logits() const {
     return t;
 }
 
-void GpuTrainer::download(Model &model) const {
-    const Impl &m = *impl_;
+void GpuTrainer::download(Model& model) const {
+    const Impl& m = *impl_;
     m.ctx.activate();
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
     std::vector<float> host(size_t(m.param_total));
     EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.master.data(), host.size() * 4, cudaMemcpyDeviceToHost));
-    for (const ParamSlot &s : m.slots) {
+    for (const ParamSlot& s : m.slots) {
         Tensor t(s.shape);
         std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
         model.params[s.name] = std::move(t);

@@ -18,17 +18,17 @@ class TrainBlas {
 public:
     TrainBlas(cudaStream_t stream, Precision storage, bool deterministic);
     ~TrainBlas();
-    TrainBlas(const TrainBlas &) = delete;
-    TrainBlas &operator=(const TrainBlas &) = delete;
+    TrainBlas(const TrainBlas&) = delete;
+    TrainBlas& operator=(const TrainBlas&) = delete;
 
     // z [rows, out] = x [rows, in] (row stride x_ld) * w^T, w [out, in] (row stride w_ld).
-    void forward(const void *x, int64_t x_ld, const void *w, int64_t w_ld, void *z, int64_t rows, int in,
+    void forward(const void* x, int64_t x_ld, const void* w, int64_t w_ld, void* z, int64_t rows, int in,
                  int out);
     // dx [rows, in] (+)= dz [rows, out] * w [out, in]; accumulate adds to what dx holds.
-    void backward_data(const void *dz, const void *w, void *dx, int64_t rows, int in, int out,
+    void backward_data(const void* dz, const void* w, void* dx, int64_t rows, int in, int out,
                        bool accumulate);
     // dw [out, in] (fp32, row stride `in`, overwritten) = dz^T [out, rows] * x [rows, in] (row stride x_ld).
-    void backward_weight(const void *x, int64_t x_ld, const void *dz, float *dw, int64_t rows, int in,
+    void backward_weight(const void* x, int64_t x_ld, const void* dz, float* dw, int64_t rows, int in,
                          int out);
 
     size_t workspace_bytes() const { return workspace_.size(); }

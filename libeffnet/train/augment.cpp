@@ -13,7 +13,7 @@ int round_half_even(double x) {
     return int(std::nearbyint(x));
 }
 
-void check_image(const Image &image) {
+void check_image(const Image& image) {
     EFFNET_CHECK(image.width > 0 && image.height > 0 &&
                      image.rgb.size() == size_t(image.width) * size_t(image.height) * 3,
                  "transform: invalid image " + std::to_string(image.width) + "x" +
@@ -21,12 +21,12 @@ void check_image(const Image &image) {
 }
 
 // uint8 RGB [out, out, 3] -> normalised CHW float [3, out, out], mirrored when asked.
-void to_chw(const Image &image, bool flip, const Normalize &norm, float *dst) {
+void to_chw(const Image& image, bool flip, const Normalize& norm, float* dst) {
     const int w = image.width, h = image.height;
     for (int c = 0; c < 3; ++c) {
         const float scale = 1.0f / (255.0f * norm.std[c]);
         const float shift = norm.mean[c] / norm.std[c];
-        float *plane = dst + size_t(c) * h * w;
+        float* plane = dst + size_t(c) * h * w;
         for (int y = 0; y < h; ++y)
             for (int x = 0; x < w; ++x) {
                 const int sx = flip ? w - 1 - x : x;
@@ -38,7 +38,7 @@ void to_chw(const Image &image, bool flip, const Normalize &norm, float *dst) {
 
 } // namespace
 
-CropBox random_resized_crop_box(int width, int height, Rng &rng, double scale_lo, double scale_hi,
+CropBox random_resized_crop_box(int width, int height, Rng& rng, double scale_lo, double scale_hi,
                                 double ratio_lo, double ratio_hi) {
     EFFNET_CHECK(width > 0 && height > 0, "random_resized_crop_box: empty image");
     EFFNET_CHECK(0 < scale_lo && scale_lo <= scale_hi && 0 < ratio_lo && ratio_lo <= ratio_hi,
@@ -75,8 +75,8 @@ CropBox random_resized_crop_box(int width, int height, Rng &rng, double scale_lo
     return box;
 }
 
-void crop_resize_normalize(const Image &image, const CropBox &box, int out, bool flip, const Normalize &norm,
-                           float *dst) {
+void crop_resize_normalize(const Image& image, const CropBox& box, int out, bool flip, const Normalize& norm,
+                           float* dst) {
     check_image(image);
     EFFNET_CHECK(out >= 1, "crop_resize_normalize: output size must be >= 1");
     EFFNET_CHECK(box.x >= 0 && box.y >= 0 && box.width >= 1 && box.height >= 1 &&
@@ -87,7 +87,7 @@ void crop_resize_normalize(const Image &image, const CropBox &box, int out, bool
     crop.height = box.height;
     crop.rgb.resize(size_t(box.width) * box.height * 3);
     for (int y = 0; y < box.height; ++y) {
-        const uint8_t *src = image.rgb.data() + ((size_t(box.y) + y) * image.width + box.x) * 3;
+        const uint8_t* src = image.rgb.data() + ((size_t(box.y) + y) * image.width + box.x) * 3;
         std::copy(src, src + size_t(box.width) * 3, crop.rgb.data() + size_t(y) * box.width * 3);
     }
     const Image resized = (crop.width == out && crop.height == out)
@@ -96,15 +96,15 @@ void crop_resize_normalize(const Image &image, const CropBox &box, int out, bool
     to_chw(resized, flip, norm, dst);
 }
 
-void train_transform(const Image &image, int out, Rng &rng, const Normalize &norm, float *dst) {
+void train_transform(const Image& image, int out, Rng& rng, const Normalize& norm, float* dst) {
     check_image(image);
     const CropBox box = random_resized_crop_box(image.width, image.height, rng);
     const bool flip = rng.uniform() < 0.5;
     crop_resize_normalize(image, box, out, flip, norm, dst);
 }
 
-void eval_transform(const Image &image, int resize, int crop, const Normalize &norm, float *dst,
-                    const std::string &interpolation) {
+void eval_transform(const Image& image, int resize, int crop, const Normalize& norm, float* dst,
+                    const std::string& interpolation) {
     check_image(image);
     EFFNET_CHECK(resize >= 1 && crop >= 1, "eval_transform: sizes must be >= 1");
     Preprocess p;

@@ -10,12 +10,12 @@
 namespace effnet::train {
 namespace {
 
-const char *kFormat = "effnet-checkpoint-1";
+const char* kFormat = "effnet-checkpoint-1";
 using json = nlohmann::json;
 
 } // namespace
 
-std::string config_to_json(const ModelConfig &c) {
+std::string config_to_json(const ModelConfig& c) {
     json j;
     j["name"] = c.name;
     j["in_channels"] = c.in_channels;
@@ -35,7 +35,7 @@ std::string config_to_json(const ModelConfig &c) {
                        {"mean", {c.preprocess.mean[0], c.preprocess.mean[1], c.preprocess.mean[2]}},
                        {"std", {c.preprocess.std[0], c.preprocess.std[1], c.preprocess.std[2]}}};
     json blocks = json::array();
-    for (const BlockConfig &b : c.blocks)
+    for (const BlockConfig& b : c.blocks)
         blocks.push_back({{"in", b.in_channels},
                           {"expand", b.expand_channels},
                           {"out", b.out_channels},
@@ -49,7 +49,7 @@ std::string config_to_json(const ModelConfig &c) {
     return j.dump();
 }
 
-ModelConfig config_from_json(const std::string &text) {
+ModelConfig config_from_json(const std::string& text) {
     ModelConfig c;
     try {
         const json j = json::parse(text);
@@ -65,7 +65,7 @@ ModelConfig config_from_json(const std::string &text) {
         c.dropout = j.at("dropout").get<float>();
         c.stochastic_depth = j.at("stochastic_depth").get<float>();
         c.resolution = j.at("resolution").get<int>();
-        const json &p = j.at("preprocess");
+        const json& p = j.at("preprocess");
         c.preprocess.resize = p.at("resize").get<int>();
         c.preprocess.crop = p.at("crop").get<int>();
         c.preprocess.interpolation = p.at("interpolation").get<std::string>();
@@ -73,7 +73,7 @@ ModelConfig config_from_json(const std::string &text) {
             c.preprocess.mean[i] = p.at("mean").at(i).get<float>();
             c.preprocess.std[i] = p.at("std").at(i).get<float>();
         }
-        for (const json &b : j.at("blocks")) {
+        for (const json& b : j.at("blocks")) {
             BlockConfig block;
             block.in_channels = b.at("in").get<int>();
             block.expand_channels = b.at("expand").get<int>();
@@ -86,39 +86,39 @@ ModelConfig config_from_json(const std::string &text) {
             block.drop_path = b.at("drop_path").get<float>();
             c.blocks.push_back(block);
         }
-    } catch (const json::exception &e) {
+    } catch (const json::exception& e) {
         throw Error(std::string("model config JSON is invalid: ") + e.what());
     }
     c.validate();
     return c;
 }
 
-void save_checkpoint(const std::string &path, const Model &model, const Optimizer &optimizer,
-                     const TrainingState &state) {
+void save_checkpoint(const std::string& path, const Model& model, const Optimizer& optimizer,
+                     const TrainingState& state) {
     SafetensorsWriter writer;
-    for (const ParamSpec &spec : parameter_specs(model.config)) {
-        const Tensor &t = model.param(spec.name);
+    for (const ParamSpec& spec : parameter_specs(model.config)) {
+        const Tensor& t = model.param(spec.name);
         EFFNET_CHECK(t.shape == spec.shape, "checkpoint: parameter '" + spec.name + "' has shape " +
                                                 shape_str(t.shape) + ", expected " + shape_str(spec.shape));
         writer.add("model/" + spec.name, t);
     }
-    for (const auto &[key, t] : optimizer.state()) writer.add("optim/" + key, t);
+    for (const auto& [key, t] : optimizer.state()) writer.add("optim/" + key, t);
     writer.add_i64(
         "state/counters", {5},
         {state.step, state.epoch, state.batch_in_epoch, optimizer.step_count(), int64_t(state.seed)});
     writer.add_f64("state/scaler", {3},
                    {state.scaler_scale, double(state.scaler_good_steps), double(state.scaler_skipped)});
-    for (const auto &[k, v] : state.metadata) writer.set_metadata(k, v);
+    for (const auto& [k, v] : state.metadata) writer.set_metadata(k, v);
     writer.set_metadata("checkpoint_format", kFormat);
     writer.set_metadata("model_config", config_to_json(model.config));
     writer.set_metadata("optimizer", optimizer_name(optimizer.config().kind));
     writer.write(path);
 }
 
-Checkpoint load_checkpoint(const std::string &path) {
+Checkpoint load_checkpoint(const std::string& path) {
     const SafetensorsFile file = SafetensorsFile::open(path);
-    const auto &meta = file.metadata();
-    auto get = [&](const std::string &key) {
+    const auto& meta = file.metadata();
+    auto get = [&](const std::string& key) {
         auto it = meta.find(key);
         EFFNET_CHECK(it != meta.end(), "checkpoint '" + path + "': metadata '" + key + "' is missing");
         return it->second;
@@ -132,11 +132,11 @@ Checkpoint load_checkpoint(const std::string &path) {
     Checkpoint ck;
     try {
         ck.model.config = config_from_json(get("model_config"));
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         throw Error("checkpoint '" + path + "': " + e.what());
     }
     ck.model.family = "effnet";
-    for (const ParamSpec &spec : parameter_specs(ck.model.config)) {
+    for (const ParamSpec& spec : parameter_specs(ck.model.config)) {
         const std::string key = "model/" + spec.name;
         EFFNET_CHECK(file.contains(key), "checkpoint '" + path + "': tensor '" + key + "' is missing");
         Tensor t = file.read_f32(key);
@@ -144,7 +144,7 @@ Checkpoint load_checkpoint(const std::string &path) {
                                                 shape_str(t.shape) + ", expected " + shape_str(spec.shape));
         ck.model.params[spec.name] = std::move(t);
     }
-    for (const std::string &name : file.names())
+    for (const std::string& name : file.names())
         if (name.rfind("optim/", 0) == 0) ck.optimizer_state[name.substr(6)] = file.read_f32(name);
     ck.optimizer_name = get("optimizer");
 
@@ -163,7 +163,7 @@ Checkpoint load_checkpoint(const std::string &path) {
     ck.state.scaler_scale = scaler[0];
     ck.state.scaler_good_steps = int64_t(scaler[1]);
     ck.state.scaler_skipped = int64_t(scaler[2]);
-    for (const auto &[k, v] : meta)
+    for (const auto& [k, v] : meta)
         if (k != "checkpoint_format" && k != "model_config" && k != "optimizer") ck.state.metadata[k] = v;
     return ck;
 }

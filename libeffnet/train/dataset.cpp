@@ -13,7 +13,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> sorted_image_files(const fs::path &dir) {
+std::vector<std::string> sorted_image_files(const fs::path& dir) {
     std::vector<std::string> files;
     std::error_code ec;
     fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec);
@@ -28,7 +28,7 @@ std::vector<std::string> sorted_image_files(const fs::path &dir) {
     return files;
 }
 
-std::vector<std::string> class_folders(const std::string &root) {
+std::vector<std::string> class_folders(const std::string& root) {
     std::error_code ec;
     EFFNET_CHECK(fs::is_directory(root, ec), "dataset: '" + root + "' is not a directory");
     std::vector<std::string> classes;
@@ -43,7 +43,7 @@ std::vector<std::string> class_folders(const std::string &root) {
 
 } // namespace
 
-ImageFolder ImageFolder::scan(const std::string &root) {
+ImageFolder ImageFolder::scan(const std::string& root) {
     ImageFolder folder;
     folder.root = root;
     folder.classes = class_folders(root);
@@ -54,17 +54,17 @@ ImageFolder ImageFolder::scan(const std::string &root) {
         const auto files = sorted_image_files(dir);
         EFFNET_CHECK(!files.empty(), "dataset: class folder '" + dir.string() +
                                          "' holds no images (.jpg .jpeg .png .bmp .tga)");
-        for (const auto &f : files) folder.samples.push_back({f, int64_t(c)});
+        for (const auto& f : files) folder.samples.push_back({f, int64_t(c)});
     }
     return folder;
 }
 
-ImageFolder ImageFolder::scan(const std::string &root, const std::vector<std::string> &classes) {
+ImageFolder ImageFolder::scan(const std::string& root, const std::vector<std::string>& classes) {
     ImageFolder folder;
     folder.root = root;
     folder.classes = classes;
     const auto present = class_folders(root);
-    for (const auto &name : present)
+    for (const auto& name : present)
         EFFNET_CHECK(std::find(classes.begin(), classes.end(), name) != classes.end(),
                      "dataset: class folder '" + name + "' in '" + root +
                          "' is not one of the training classes");
@@ -72,7 +72,7 @@ ImageFolder ImageFolder::scan(const std::string &root, const std::vector<std::st
         const fs::path dir = fs::path(root) / classes[c];
         std::error_code ec;
         if (!fs::is_directory(dir, ec)) continue;
-        for (const auto &f : sorted_image_files(dir)) folder.samples.push_back({f, int64_t(c)});
+        for (const auto& f : sorted_image_files(dir)) folder.samples.push_back({f, int64_t(c)});
     }
     EFFNET_CHECK(!folder.samples.empty(), "dataset: '" + root + "' holds no images in class folders");
     return folder;
@@ -98,7 +98,7 @@ struct DataLoader::Job {
     int64_t remaining = 0;
 };
 
-DataLoader::DataLoader(const ImageFolder &dataset, const LoaderOptions &options)
+DataLoader::DataLoader(const ImageFolder& dataset, const LoaderOptions& options)
     : dataset_(dataset), options_(options) {
     EFFNET_CHECK(!dataset.samples.empty(), "data loader: dataset '" + dataset.root + "' is empty");
     EFFNET_CHECK(options.batch_size >= 1, "data loader: batch size must be >= 1");
@@ -119,7 +119,7 @@ DataLoader::~DataLoader() {
         tasks_.clear();
     }
     work_cv_.notify_all();
-    for (auto &t : threads_) t.join();
+    for (auto& t : threads_) t.join();
 }
 
 int64_t DataLoader::batches_per_epoch() const {
@@ -166,10 +166,10 @@ void DataLoader::submit(int64_t batch_index) {
     work_cv_.notify_all();
 }
 
-void DataLoader::load_sample(Job &job, int64_t slot) {
+void DataLoader::load_sample(Job& job, int64_t slot) {
     const int64_t index = job.indices[slot];
     const int64_t r = options_.resolution;
-    float *dst = job.images.ptr() + slot * 3 * r * r;
+    float* dst = job.images.ptr() + slot * 3 * r * r;
     try {
         const Image image = load_image(dataset_.samples[index].path);
         if (options_.train) {
@@ -180,7 +180,7 @@ void DataLoader::load_sample(Job &job, int64_t slot) {
                            options_.val_interpolation);
         }
         job.ok[slot] = 1;
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
         job.errors[slot] = e.what();
     }
 }

@@ -6,7 +6,7 @@
 
 namespace effnet::train {
 
-LossScaler::LossScaler(const LossScalerConfig &config) : config_(config), scale_(config.init_scale) {
+LossScaler::LossScaler(const LossScalerConfig& config) : config_(config), scale_(config.init_scale) {
     EFFNET_CHECK(config.init_scale > 0 && std::isfinite(config.init_scale),
                  "loss scaler: init scale must be > 0");
     EFFNET_CHECK(config.growth > 1, "loss scaler: growth factor must be > 1");
@@ -16,17 +16,17 @@ LossScaler::LossScaler(const LossScalerConfig &config) : config_(config), scale_
                  "loss scaler: need 0 < min scale <= max scale");
 }
 
-bool LossScaler::has_non_finite(const ParamMap &grads) {
-    for (const auto &[name, g] : grads)
+bool LossScaler::has_non_finite(const ParamMap& grads) {
+    for (const auto& [name, g] : grads)
         for (float x : g.data)
             if (!std::isfinite(x)) return true;
     return false;
 }
 
-void LossScaler::unscale(ParamMap &grads) const {
+void LossScaler::unscale(ParamMap& grads) const {
     const double inv = 1.0 / scale_;
-    for (auto &[name, g] : grads)
-        for (float &x : g.data) x = float(double(x) * inv);
+    for (auto& [name, g] : grads)
+        for (float& x : g.data) x = float(double(x) * inv);
 }
 
 bool LossScaler::update(bool found_non_finite) {

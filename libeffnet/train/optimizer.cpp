@@ -8,7 +8,7 @@
 
 namespace effnet::train {
 
-bool default_weight_decay(const std::string &name) {
+bool default_weight_decay(const std::string& name) {
     const bool is_bn = name.find(".bn.") != std::string::npos || name.rfind("bn.", 0) == 0;
     const std::string suffix = ".bias";
     const bool is_bias =
@@ -17,7 +17,7 @@ bool default_weight_decay(const std::string &name) {
     return !is_bn && !is_bias;
 }
 
-const char *optimizer_name(OptimizerKind k) {
+const char* optimizer_name(OptimizerKind k) {
     switch (k) {
     case OptimizerKind::SGD:
         return "sgd";
@@ -29,14 +29,14 @@ const char *optimizer_name(OptimizerKind k) {
     return "?";
 }
 
-OptimizerKind parse_optimizer(const std::string &s) {
+OptimizerKind parse_optimizer(const std::string& s) {
     if (s == "sgd") return OptimizerKind::SGD;
     if (s == "rmsprop") return OptimizerKind::RMSProp;
     if (s == "adamw") return OptimizerKind::AdamW;
     throw Error("unknown optimizer '" + s + "' (expected sgd, rmsprop or adamw)");
 }
 
-Optimizer::Optimizer(const OptimizerConfig &config) : config_(config) {
+Optimizer::Optimizer(const OptimizerConfig& config) : config_(config) {
     EFFNET_CHECK(config.weight_decay >= 0, "optimizer: weight decay must be >= 0");
     EFFNET_CHECK(config.momentum >= 0 && config.momentum < 1, "optimizer: momentum must be in [0, 1)");
     EFFNET_CHECK(config.rms_decay > 0 && config.rms_decay < 1, "optimizer: RMSProp decay must be in (0, 1)");
@@ -53,8 +53,8 @@ void Optimizer::set_state(ParamMap state, int64_t step_count) {
     steps_ = step_count;
 }
 
-Tensor &Optimizer::slot(const std::string &slot_name, const std::string &param, const Shape &shape,
-                        float init, bool *created) {
+Tensor& Optimizer::slot(const std::string& slot_name, const std::string& param, const Shape& shape,
+                        float init, bool* created) {
     const std::string key = slot_name + "/" + param;
     auto it = state_.find(key);
     *created = it == state_.end();
@@ -65,9 +65,9 @@ Tensor &Optimizer::slot(const std::string &slot_name, const std::string &param, 
     return it->second;
 }
 
-void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
+void Optimizer::step(ParamMap& params, const ParamMap& grads, double lr) {
     EFFNET_CHECK(std::isfinite(lr) && lr >= 0, "optimizer: learning rate must be finite and >= 0");
-    for (const auto &[name, g] : grads) {
+    for (const auto& [name, g] : grads) {
         auto it = params.find(name);
         EFFNET_CHECK(it != params.end(), "optimizer: gradient for unknown parameter '" + name + "'");
         EFFNET_CHECK(it->second.shape == g.shape, "optimizer: gradient '" + name + "' has shape " +
@@ -75,11 +75,11 @@ void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
                                                       shape_str(it->second.shape));
     }
     ++steps_;
-    const OptimizerConfig &c = config_;
-    for (const auto &[name, grad] : grads) {
-        Tensor &param = params.at(name);
-        float *p = param.ptr();
-        const float *g = grad.ptr();
+    const OptimizerConfig& c = config_;
+    for (const auto& [name, grad] : grads) {
+        Tensor& param = params.at(name);
+        float* p = param.ptr();
+        const float* g = grad.ptr();
         const int64_t n = param.numel();
         const double wd = (c.decay_all || default_weight_decay(name)) ? c.weight_decay : 0.0;
         bool created = false;
@@ -93,7 +93,7 @@ void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
                 }
                 break;
             }
-            float *buf = slot("momentum", name, param.shape, 0.0f, &created).ptr();
+            float* buf = slot("momentum", name, param.shape, 0.0f, &created).ptr();
             const double mu = c.momentum;
             const bool first = created;
             const bool nesterov = c.nesterov;
@@ -108,8 +108,8 @@ void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
             break;
         }
         case OptimizerKind::RMSProp: {
-            float *ms = slot("ms", name, param.shape, 1.0f, &created).ptr();
-            float *mom = slot("mom", name, param.shape, 0.0f, &created).ptr();
+            float* ms = slot("ms", name, param.shape, 1.0f, &created).ptr();
+            float* mom = slot("mom", name, param.shape, 0.0f, &created).ptr();
             const double rho = c.rms_decay, mu = c.momentum, eps = c.rms_eps;
 #pragma omp parallel for schedule(static) if (n > 65536)
             for (int64_t i = 0; i < n; ++i) {
@@ -121,8 +121,8 @@ void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
             break;
         }
         case OptimizerKind::AdamW: {
-            float *m = slot("exp_avg", name, param.shape, 0.0f, &created).ptr();
-            float *v = slot("exp_avg_sq", name, param.shape, 0.0f, &created).ptr();
+            float* m = slot("exp_avg", name, param.shape, 0.0f, &created).ptr();
+            float* v = slot("exp_avg_sq", name, param.shape, 0.0f, &created).ptr();
             const double b1 = c.beta1, b2 = c.beta2, eps = c.adam_eps;
             const double correction1 = 1.0 - std::pow(b1, double(steps_));
             const double correction2 = 1.0 - std::pow(b2, double(steps_));
@@ -142,15 +142,15 @@ void Optimizer::step(ParamMap &params, const ParamMap &grads, double lr) {
     }
 }
 
-double clip_grad_norm(ParamMap &grads, double max_norm) {
+double clip_grad_norm(ParamMap& grads, double max_norm) {
     double sum = 0.0; // sequential in map order: the same value on every thread count
-    for (const auto &[name, g] : grads)
+    for (const auto& [name, g] : grads)
         for (float x : g.data) sum += double(x) * double(x);
     const double norm = std::sqrt(sum);
     if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) {
         const double scale = max_norm / norm;
-        for (auto &[name, g] : grads)
-            for (float &x : g.data) x = float(double(x) * scale);
+        for (auto& [name, g] : grads)
+            for (float& x : g.data) x = float(double(x) * scale);
     }
     return norm;
 }

@@ -30,7 +30,7 @@ struct Canvas {
 
     void pixel(int x, int y, const uint8_t c[3]) {
         if (x < 0 || y < 0 || x >= width || y >= height) return;
-        uint8_t *p = &rgb[(size_t(y) * width + x) * 3];
+        uint8_t* p = &rgb[(size_t(y) * width + x) * 3];
         p[0] = c[0], p[1] = c[1], p[2] = c[2];
     }
     void fill(int x0, int y0, int x1, int y1, const uint8_t c[3]) { // [x0, x1) x [y0, y1)
@@ -46,15 +46,15 @@ struct Canvas {
                  y - thickness / 2 + thickness, c);
         }
     }
-    void text(int x, int y, const std::string &s, const uint8_t c[3], int scale = 1) {
+    void text(int x, int y, const std::string& s, const uint8_t c[3], int scale = 1) {
         std::vector<char> buf(s.begin(), s.end());
         buf.push_back('\0');
         std::vector<char> vertices(s.size() * 300 + 1000);
         const int quads =
             stb_easy_font_print(0, 0, buf.data(), nullptr, vertices.data(), int(vertices.size()));
         for (int q = 0; q < quads; ++q) {
-            const float *v0 = reinterpret_cast<const float *>(vertices.data() + (q * 4 + 0) * 16);
-            const float *v2 = reinterpret_cast<const float *>(vertices.data() + (q * 4 + 2) * 16);
+            const float* v0 = reinterpret_cast<const float*>(vertices.data() + (q * 4 + 0) * 16);
+            const float* v2 = reinterpret_cast<const float*>(vertices.data() + (q * 4 + 2) * 16);
             fill(x + int(v0[0] * scale), y + int(v0[1] * scale), x + int(v2[0] * scale),
                  y + int(v2[1] * scale), c);
         }
@@ -78,10 +78,10 @@ struct Range {
     }
 };
 
-Range x_range(const std::vector<PlotSeries> &a, const std::vector<PlotSeries> &b) {
+Range x_range(const std::vector<PlotSeries>& a, const std::vector<PlotSeries>& b) {
     Range r;
-    for (const auto *group : {&a, &b})
-        for (const auto &s : *group)
+    for (const auto* group : {&a, &b})
+        for (const auto& s : *group)
             for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
                 if (std::isfinite(s.y[i])) r.add(s.x[i]);
     r.settle();
@@ -89,8 +89,8 @@ Range x_range(const std::vector<PlotSeries> &a, const std::vector<PlotSeries> &b
 }
 
 // y_fixed: use [y_fixed.lo, y_fixed.hi] instead of the data's range.
-void draw_panel(Canvas &canvas, int top, int bottom, const std::string &title,
-                const std::vector<PlotSeries> &series, Range xr, const Range *y_fixed) {
+void draw_panel(Canvas& canvas, int top, int bottom, const std::string& title,
+                const std::vector<PlotSeries>& series, Range xr, const Range* y_fixed) {
     const uint8_t black[3] = {0, 0, 0}, grid[3] = {225, 225, 225};
     const int left = 70, right = canvas.width - 20;
     const int y0 = top + 24, y1 = bottom - 30; // plot area rows
@@ -99,7 +99,7 @@ void draw_panel(Canvas &canvas, int top, int bottom, const std::string &title,
     if (y_fixed) {
         yr = *y_fixed;
     } else {
-        for (const auto &s : series)
+        for (const auto& s : series)
             for (size_t i = 0; i < std::min(s.x.size(), s.y.size()); ++i)
                 if (std::isfinite(s.x[i])) yr.add(s.y[i]);
         yr.settle();
@@ -120,7 +120,7 @@ void draw_panel(Canvas &canvas, int top, int bottom, const std::string &title,
     }
     canvas.fill(left, y0, left + 1, y1 + 1, black); // axes
     canvas.fill(left, y1, right, y1 + 1, black);
-    for (const auto &s : series) {
+    for (const auto& s : series) {
         const size_t n = std::min(s.x.size(), s.y.size());
         bool have_prev = false;
         double prev_x = 0, prev_y = 0;
@@ -139,14 +139,14 @@ void draw_panel(Canvas &canvas, int top, int bottom, const std::string &title,
     }
     // Legend: top right on a white box, one entry a line.
     int entries = 0, longest = 0;
-    for (const auto &s : series)
+    for (const auto& s : series)
         if (!s.label.empty()) ++entries, longest = std::max(longest, int(s.label.size()));
     if (entries == 0) return;
     const uint8_t white[3] = {255, 255, 255};
     const int legend_x = right - 6 * longest - 30;
     canvas.fill(legend_x - 4, top + 4, right, top + 10 + 12 * entries, white);
     int legend_y = top + 8;
-    for (const auto &s : series) {
+    for (const auto& s : series) {
         if (s.label.empty()) continue;
         canvas.fill(legend_x, legend_y + 2, legend_x + 14, legend_y + 6, s.rgb);
         canvas.text(legend_x + 18, legend_y, s.label, black);
@@ -156,8 +156,8 @@ void draw_panel(Canvas &canvas, int top, int bottom, const std::string &title,
 
 } // namespace
 
-void write_plot_png(const std::string &path, const std::vector<PlotSeries> &loss_series,
-                    const std::vector<PlotSeries> &accuracy_series, int width, int height) {
+void write_plot_png(const std::string& path, const std::vector<PlotSeries>& loss_series,
+                    const std::vector<PlotSeries>& accuracy_series, int width, int height) {
     EFFNET_CHECK(width >= 200 && height >= 200 && width <= 8192 && height <= 8192,
                  "plot: size must be within [200, 8192], got " + std::to_string(width) + "x" +
                      std::to_string(height));

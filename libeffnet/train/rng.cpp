@@ -6,7 +6,7 @@
 namespace effnet::train {
 namespace {
 
-uint64_t splitmix64(uint64_t &state) {
+uint64_t splitmix64(uint64_t& state) {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -30,7 +30,7 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
 
 Rng::Rng(uint64_t seed) {
     uint64_t s = seed;
-    for (auto &w : s_) w = splitmix64(s);
+    for (auto& w : s_) w = splitmix64(s);
 }
 
 uint64_t Rng::next_u64() {

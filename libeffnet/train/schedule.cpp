@@ -6,17 +6,17 @@
 
 namespace effnet::train {
 
-const char *schedule_name(ScheduleKind k) {
+const char* schedule_name(ScheduleKind k) {
     return k == ScheduleKind::Cosine ? "cosine" : "step";
 }
 
-ScheduleKind parse_schedule(const std::string &s) {
+ScheduleKind parse_schedule(const std::string& s) {
     if (s == "cosine") return ScheduleKind::Cosine;
     if (s == "step") return ScheduleKind::Step;
     throw Error("unknown schedule '" + s + "' (expected cosine or step)");
 }
 
-double learning_rate(const ScheduleConfig &c, int64_t step) {
+double learning_rate(const ScheduleConfig& c, int64_t step) {
     EFFNET_CHECK(step >= 0, "learning_rate: negative step " + std::to_string(step));
     EFFNET_CHECK(std::isfinite(c.base_lr) && c.base_lr >= 0, "schedule: base lr must be >= 0");
     EFFNET_CHECK(c.warmup_steps >= 0, "schedule: warmup steps must be >= 0");

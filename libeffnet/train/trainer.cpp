@@ -11,13 +11,13 @@
 namespace effnet::train {
 
 struct Trainer::Impl {
-    explicit Impl(Model &model) : network(model) {}
+    explicit Impl(Model& model) : network(model) {}
     cpu::Network network;
 };
 
 namespace {
 
-void check_batch(const Model &model, const Tensor &images, const std::vector<int64_t> &labels) {
+void check_batch(const Model& model, const Tensor& images, const std::vector<int64_t>& labels) {
     EFFNET_CHECK(images.rank() == 4 && images.shape[1] == model.config.in_channels,
                  "trainer: images must be [N, " + std::to_string(model.config.in_channels) + ", H, W], got " +
                      shape_str(images.shape));
@@ -33,15 +33,15 @@ void check_batch(const Model &model, const Tensor &images, const std::vector<int
 
 } // namespace
 
-void count_hits(const Tensor &logits, const std::vector<int64_t> &targets, int k, int64_t *top1,
-                int64_t *topk) {
+void count_hits(const Tensor& logits, const std::vector<int64_t>& targets, int k, int64_t* top1,
+                int64_t* topk) {
     EFFNET_CHECK(logits.rank() == 2 && logits.shape[0] == int64_t(targets.size()),
                  "count_hits: logits " + shape_str(logits.shape) + " vs " + std::to_string(targets.size()) +
                      " targets");
     const int64_t n = logits.shape[0], classes = logits.shape[1];
     int64_t hits1 = 0, hitsk = 0;
     for (int64_t i = 0; i < n; ++i) {
-        const float *row = logits.ptr() + i * classes;
+        const float* row = logits.ptr() + i * classes;
         const int64_t t = targets[i];
         EFFNET_CHECK(t >= 0 && t < classes, "count_hits: target " + std::to_string(t) + " out of range");
         // Rank of the target: classes scoring higher, ties broken by index (as a stable sort).
@@ -55,7 +55,7 @@ void count_hits(const Tensor &logits, const std::vector<int64_t> &targets, int k
     if (topk) *topk = hitsk;
 }
 
-Trainer::Trainer(Model &model, const TrainOptions &options)
+Trainer::Trainer(Model& model, const TrainOptions& options)
     : model_(model), options_(options), optimizer_(options.optimizer), impl_(std::make_unique<Impl>(model)) {
     EFFNET_CHECK(options.label_smoothing >= 0 && options.label_smoothing < 1,
                  "trainer: label smoothing must be in [0, 1)");
@@ -64,7 +64,7 @@ Trainer::Trainer(Model &model, const TrainOptions &options)
 
 Trainer::~Trainer() = default;
 
-StepResult Trainer::train_step(const Tensor &images, const std::vector<int64_t> &labels) {
+StepResult Trainer::train_step(const Tensor& images, const std::vector<int64_t>& labels) {
     check_batch(model_, images, labels);
     StepResult r;
     r.lr = learning_rate(options_.schedule, step_);
@@ -87,7 +87,7 @@ StepResult Trainer::train_step(const Tensor &images, const std::vector<int64_t> 
     return r;
 }
 
-EvalResult Trainer::evaluate(const Tensor &images, const std::vector<int64_t> &labels) {
+EvalResult Trainer::evaluate(const Tensor& images, const std::vector<int64_t>& labels) {
     check_batch(model_, images, labels);
     cpu::ForwardOptions fo;
     fo.train = false;

@@ -12,16 +12,16 @@ using namespace effnet;
 
 namespace {
 
-int64_t trainable_spec_count(const ModelConfig &c) {
+int64_t trainable_spec_count(const ModelConfig& c) {
     int64_t n = 0;
-    for (const ParamSpec &s : parameter_specs(c))
+    for (const ParamSpec& s : parameter_specs(c))
         if (s.trainable) n += shape_numel(s.shape);
     return n;
 }
 
-std::vector<int> stage_repeats(const ModelConfig &c) {
+std::vector<int> stage_repeats(const ModelConfig& c) {
     std::vector<int> r(c.num_stages(), 0);
-    for (const BlockConfig &b : c.blocks) ++r[b.stage];
+    for (const BlockConfig& b : c.blocks) ++r[b.stage];
     return r;
 }
 
@@ -29,12 +29,12 @@ std::vector<int> stage_repeats(const ModelConfig &c) {
 
 TEST_CASE("config: parameter counts equal torchvision's", "[config]") {
     // sum(p.numel() for p in torchvision.models.efficientnet_bN().parameters())
-    const std::pair<const char *, int64_t> expected[] = {
+    const std::pair<const char*, int64_t> expected[] = {
         {"b0", 5288548},  {"b1", 7794184},  {"b2", 9109994},  {"b3", 12233232},   {"b4", 19341616},
         {"b5", 30389784}, {"b6", 43040704}, {"b7", 66347960}, {"lite0", 4652008}, // timm
                                                                                   // tf_efficientnet_lite0
     };
-    for (const auto &[name, count] : expected) {
+    for (const auto& [name, count] : expected) {
         INFO(name);
         const ModelConfig c = preset(name);
         CHECK(parameter_count(c) == count);
@@ -44,7 +44,7 @@ TEST_CASE("config: parameter counts equal torchvision's", "[config]") {
 
 TEST_CASE("config: per-preset resolution, BN eps, momentum, dropout", "[config]") {
     struct Row {
-        const char *name;
+        const char* name;
         int resolution;
         float eps, momentum, dropout;
     };
@@ -57,7 +57,7 @@ TEST_CASE("config: per-preset resolution, BN eps, momentum, dropout", "[config]"
         {"lite2", 260, 1e-3f, 0.1f, 0.3f}, {"lite3", 300, 1e-3f, 0.1f, 0.3f},
         {"lite4", 380, 1e-3f, 0.1f, 0.3f},
     };
-    for (const Row &r : rows) {
+    for (const Row& r : rows) {
         INFO(r.name);
         const ModelConfig c = preset(r.name);
         CHECK(c.name == r.name);
@@ -70,7 +70,7 @@ TEST_CASE("config: per-preset resolution, BN eps, momentum, dropout", "[config]"
         const bool lite = std::string(r.name).rfind("lite", 0) == 0;
         CHECK(c.activation == (lite ? Activation::ReLU6 : Activation::SiLU));
         CHECK(c.padding == (lite ? Padding::TfSame : Padding::Symmetric));
-        for (const BlockConfig &b : c.blocks) CHECK(b.has_se() == !lite);
+        for (const BlockConfig& b : c.blocks) CHECK(b.has_se() == !lite);
         if (lite) {
             CHECK(c.stem_channels == 32);
             CHECK(c.head_channels == 1280);
@@ -84,7 +84,7 @@ TEST_CASE("config: B0 block table", "[config]") {
     CHECK(stage_repeats(c) == std::vector<int>{1, 2, 2, 3, 3, 4, 1});
     const int stride[7] = {1, 2, 2, 2, 1, 2, 1}, kernel[7] = {3, 3, 5, 3, 5, 5, 3},
               out[7] = {16, 24, 40, 80, 112, 192, 320};
-    for (const BlockConfig &b : c.blocks) {
+    for (const BlockConfig& b : c.blocks) {
         INFO("stage " << b.stage << " block " << b.index_in_stage);
         CHECK(b.stride == (b.index_in_stage == 0 ? stride[b.stage] : 1));
         CHECK(b.kernel == kernel[b.stage]);
@@ -111,7 +111,7 @@ TEST_CASE("config: preset names accept prefixes and case, reject unknown ones", 
     CHECK(preset("EfficientNet-B3").name == "b3");
     CHECK(preset("LITE2").name == "lite2");
     CHECK(preset("b0", 10).num_classes == 10);
-    for (const char *bad : {"b8", "lite5", "", "resnet50", "b0 "}) {
+    for (const char* bad : {"b8", "lite5", "", "resnet50", "b0 "}) {
         INFO("'" << bad << "'");
         CHECK_THROWS_AS(preset(bad), Error);
         CHECK_THROWS_WITH(preset(bad), Catch::Contains("unknown preset") && Catch::Contains("b0"));
@@ -130,7 +130,7 @@ TEST_CASE("config: TF SAME padding sizes", "[config]") {
         {65, 5, 2, 2, 2, 33},   {7, 3, 1, 1, 1, 7},     {1, 5, 1, 2, 2, 1},
         {1, 3, 2, 1, 1, 1},     {2, 3, 2, 0, 1, 1},     {112, 5, 1, 2, 2, 112},
     };
-    for (const Row &r : rows) {
+    for (const Row& r : rows) {
         INFO("in " << r.in << " k " << r.kernel << " s " << r.stride);
         int before = -1, after = -1;
         conv_padding(r.in, r.kernel, r.stride, Padding::TfSame, before, after);
@@ -170,7 +170,7 @@ TEST_CASE("config: custom configs", "[config]") {
     o.activation = Activation::ReLU6;
     o.bn_eps = 1e-3f;
     const ModelConfig plain = custom_config(o);
-    for (const BlockConfig &b : plain.blocks) CHECK_FALSE(b.has_se());
+    for (const BlockConfig& b : plain.blocks) CHECK_FALSE(b.has_se());
     CHECK(plain.padding == Padding::TfSame);
     CHECK(plain.activation == Activation::ReLU6);
     CHECK(plain.bn_eps == 1e-3f);
@@ -216,7 +216,7 @@ TEST_CASE("config: parameter_specs names and order", "[config]") {
     CHECK(specs.back().shape == Shape{10});
     int buffers = 0;
     bool has_block0_expand = false;
-    for (const ParamSpec &s : specs) {
+    for (const ParamSpec& s : specs) {
         if (!s.trainable) {
             ++buffers;
             CHECK((s.name.find("running_mean") != std::string::npos ||
@@ -229,6 +229,6 @@ TEST_CASE("config: parameter_specs names and order", "[config]") {
     CHECK_FALSE(has_block0_expand); // expand ratio 1: no expand convolution
     // One BN after the stem, each conv of each block and the head; two buffers each.
     int convs = 2;
-    for (const BlockConfig &b : c.blocks) convs += b.has_expand() ? 3 : 2;
+    for (const BlockConfig& b : c.blocks) convs += b.has_expand() ? 3 : 2;
     CHECK(buffers == 2 * convs);
 }

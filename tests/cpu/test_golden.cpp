@@ -30,7 +30,7 @@ constexpr double kTrainTolerance = 1e-4;
 
 // ||a - b|| / ||b|| in double, over the elements (shapes are checked by numel: PyTorch's avgpool
 // keeps [N, C, 1, 1] where ours is [N, C]).
-double rel_error(const Tensor &ours, const std::vector<double> &ref) {
+double rel_error(const Tensor& ours, const std::vector<double>& ref) {
     REQUIRE(size_t(ours.numel()) == ref.size());
     double num = 0, den = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
@@ -41,13 +41,13 @@ double rel_error(const Tensor &ours, const std::vector<double> &ref) {
     return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-double norm(const std::vector<double> &v) {
+double norm(const std::vector<double>& v) {
     double s = 0;
     for (double x : v) s += x * x;
     return std::sqrt(s);
 }
 
-Tensor to_tensor(const SafetensorsFile &f, const std::string &name) {
+Tensor to_tensor(const SafetensorsFile& f, const std::string& name) {
     Tensor t(f.info(name).shape);
     const std::vector<double> v = f.read_f64(name);
     for (size_t i = 0; i < v.size(); ++i) t.data[i] = float(v[i]);
@@ -55,10 +55,10 @@ Tensor to_tensor(const SafetensorsFile &f, const std::string &name) {
 }
 
 // Converts NAME.pth with the settings the fixture was made with (its metadata).
-std::string convert(const std::string &name, const SafetensorsFile &golden) {
+std::string convert(const std::string& name, const SafetensorsFile& golden) {
     ::mkdir(kOutDir.c_str(), 0755);
     const std::string out = kOutDir + "/" + name + ".safetensors";
-    const auto &meta = golden.metadata();
+    const auto& meta = golden.metadata();
     const std::string cmd = "python3 '" + std::string(EFFNET_SOURCE_DIR) + "/weights/convert.py' '" +
                             kGoldenDir + "/" + name + ".pth' '" + out + "' --padding " + meta.at("padding") +
                             " --bn-eps " + meta.at("bn_eps") + " --activation " + meta.at("activation") +
@@ -70,7 +70,7 @@ std::string convert(const std::string &name, const SafetensorsFile &golden) {
 
 // Our stage names for the golden's recorded activations; "" for ones we do not record
 // (timm's conv_stem and conv_head are the convolutions' outputs before their BN).
-std::string our_stage(const std::string &module, const std::string &family) {
+std::string our_stage(const std::string& module, const std::string& family) {
     if (family == "torchvision") {
         if (module == "avgpool") return "pool";
         const int n = std::stoi(module.substr(std::string("features.").size()));
@@ -88,7 +88,7 @@ std::string our_stage(const std::string &module, const std::string &family) {
 struct Worst {
     double error = 0;
     std::string name;
-    void add(double e, const std::string &n) {
+    void add(double e, const std::string& n) {
         if (e >= error) {
             error = e;
             name = n;
@@ -96,7 +96,7 @@ struct Worst {
     }
 };
 
-void check_fixture(const std::string &name) {
+void check_fixture(const std::string& name) {
     const SafetensorsFile golden = SafetensorsFile::open(kGoldenDir + "/" + name + "_golden.safetensors");
     const std::string weights = convert(name, golden);
     const Tensor input = to_tensor(golden, "input");
@@ -113,7 +113,7 @@ void check_fixture(const std::string &name) {
         const cpu::ForwardResult r = net.forward(input, opt);
         Worst stages;
         int compared = 0;
-        for (const std::string &key : golden.names()) {
+        for (const std::string& key : golden.names()) {
             if (key.rfind("eval.act.", 0) != 0) continue;
             const std::string stage = our_stage(key.substr(9), model.family);
             if (stage.empty()) continue;
@@ -154,8 +154,8 @@ void check_fixture(const std::string &name) {
 
         Worst grads, stats;
         int n_grads = 0, n_stats = 0;
-        for (const ParamSpec &spec : parameter_specs(model.config)) {
-            const std::string &src = model.source_names.at(spec.name);
+        for (const ParamSpec& spec : parameter_specs(model.config)) {
+            const std::string& src = model.source_names.at(spec.name);
             if (spec.trainable) {
                 INFO("grad." << src << " (" << spec.name << ")");
                 REQUIRE(g.params.count(spec.name) == 1);
@@ -186,7 +186,7 @@ void check_fixture(const std::string &name) {
         }
         // Every parameter gradient PyTorch recorded was compared.
         int golden_grads = 0;
-        for (const std::string &key : golden.names())
+        for (const std::string& key : golden.names())
             golden_grads += key.rfind("grad.", 0) == 0 && key != "grad.input" ? 1 : 0;
         CHECK(n_grads == golden_grads);
         std::printf(

@@ -20,7 +20,7 @@ using effnet::test::random_tensor;
 namespace {
 
 struct ConvCase {
-    const char *name;
+    const char* name;
     int N, C, H, W, O, kernel, stride, groups;
     Padding padding;
     bool bias;
@@ -41,13 +41,13 @@ TEST_CASE("conv2d backward matches finite differences", "[gradcheck]") {
         {"grouped 3x3 (2 groups, 2 outputs per group)", 1, 4, 6, 7, 4, 3, 1, 2, Padding::Symmetric, true},
     };
     std::mt19937 rng(1234);
-    for (const ConvCase &c : cases) {
+    for (const ConvCase& c : cases) {
         SECTION(c.name) {
             Tensor x = random_tensor({c.N, c.C, c.H, c.W}, rng);
             Tensor w = random_tensor({c.O, c.C / c.groups, c.kernel, c.kernel}, rng);
             Tensor b = random_tensor({c.O}, rng);
             const Conv2dParams p = conv_params(c.H, c.W, c.kernel, c.stride, c.groups, c.padding);
-            const Tensor *bias = c.bias ? &b : nullptr;
+            const Tensor* bias = c.bias ? &b : nullptr;
             const Tensor y = conv2d_forward(x, w, bias, p);
             const Tensor r = random_tensor(y.shape, rng);
             auto loss = [&] { return dot(conv2d_forward(x, w, bias, p), r); };
@@ -103,7 +103,7 @@ TEST_CASE("pointwise backward matches finite differences", "[gradcheck]") {
     SECTION("ReLU6, inputs away from the kinks at 0 and 6") {
         // Perturbations are at most h * |v| = 0.01; keep every input 0.1 away from a kink.
         Tensor x = random_tensor({2, 3, 4, 5}, rng, -2.0f, 8.0f);
-        for (float &v : x.data) {
+        for (float& v : x.data) {
             if (std::abs(v) < 0.1f) v += 0.25f;
             if (std::abs(v - 6.0f) < 0.1f) v += 0.25f;
         }

@@ -42,7 +42,7 @@ struct TempDir {
         std::error_code ec;
         fs::remove_all(path, ec);
     }
-    std::string file(const std::string &name) const { return (path / name).string(); }
+    std::string file(const std::string& name) const { return (path / name).string(); }
 };
 
 // Deterministic content with every channel different.
@@ -55,12 +55,12 @@ std::vector<uint8_t> pattern(int w, int h, int channels) {
     return px;
 }
 
-void write_bytes(const std::string &path, const std::vector<uint8_t> &bytes) {
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
     std::ofstream f(path, std::ios::binary);
-    f.write(reinterpret_cast<const char *>(bytes.data()), std::streamsize(bytes.size()));
+    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
 }
 
-uint32_t crc32(const uint8_t *p, size_t n) {
+uint32_t crc32(const uint8_t* p, size_t n) {
     uint32_t c = 0xFFFFFFFFu;
     for (size_t i = 0; i < n; ++i) {
         c ^= p[i];
@@ -69,11 +69,11 @@ uint32_t crc32(const uint8_t *p, size_t n) {
     return ~c;
 }
 
-void put_be32(std::vector<uint8_t> &v, uint32_t x) {
+void put_be32(std::vector<uint8_t>& v, uint32_t x) {
     for (int s = 24; s >= 0; s -= 8) v.push_back(uint8_t(x >> s));
 }
 
-void put_chunk(std::vector<uint8_t> &png, const char *type, const std::vector<uint8_t> &payload) {
+void put_chunk(std::vector<uint8_t>& png, const char* type, const std::vector<uint8_t>& payload) {
     put_be32(png, uint32_t(payload.size()));
     std::vector<uint8_t> body(type, type + 4);
     body.insert(body.end(), payload.begin(), payload.end());
@@ -94,10 +94,10 @@ std::vector<uint8_t> png_claiming(uint32_t width, uint32_t height) {
     return png;
 }
 
-std::string error_of(const std::string &path) {
+std::string error_of(const std::string& path) {
     try {
         effnet::load_image(path);
-    } catch (const effnet::Error &e) {
+    } catch (const effnet::Error& e) {
         return e.what();
     }
     return "";
@@ -113,7 +113,7 @@ TEST_CASE("image: PNG, BMP and TGA round trips are lossless", "[image]") {
     REQUIRE(stbi_write_png(png.c_str(), w, h, 3, rgb.data(), w * 3));
     REQUIRE(stbi_write_bmp(bmp.c_str(), w, h, 3, rgb.data()));
     REQUIRE(stbi_write_tga(tga.c_str(), w, h, 3, rgb.data()));
-    for (const std::string &path : {png, bmp, tga}) {
+    for (const std::string& path : {png, bmp, tga}) {
         INFO(path);
         const effnet::Image im = effnet::load_image(path);
         CHECK(im.width == w);
@@ -182,7 +182,7 @@ TEST_CASE("image: empty, missing, directory, text and truncated files give clear
     REQUIRE(stbi_write_jpg(dir.file("full.jpg").c_str(), w, h, 3, rgb.data(), 90));
     REQUIRE(stbi_write_png(dir.file("full.png").c_str(), w, h, 3, rgb.data(), w * 3));
     REQUIRE(stbi_write_bmp(dir.file("full.bmp").c_str(), w, h, 3, rgb.data()));
-    for (const char *ext : {"jpg", "png", "bmp"}) {
+    for (const char* ext : {"jpg", "png", "bmp"}) {
         std::ifstream f(dir.file(std::string("full.") + ext), std::ios::binary);
         std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
         bytes.resize(bytes.size() * 2 / 3);

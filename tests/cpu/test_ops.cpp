@@ -29,7 +29,7 @@ struct NaiveConv {
     int64_t N, C, H, W, O, K, Ho, Wo, groups, stride, pt, pl;
     std::vector<double> y, dx, dw;
 
-    NaiveConv(const Tensor &x, const Tensor &w, const Tensor *b, const Conv2dParams &p)
+    NaiveConv(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dParams& p)
         : N(x.shape[0]), C(x.shape[1]), H(x.shape[2]), W(x.shape[3]), O(w.shape[0]), K(w.shape[2]),
           groups(p.groups), stride(p.stride), pt(p.pad_top), pl(p.pad_left) {
         Ho = (H + p.pad_top + p.pad_bottom - K) / stride + 1;
@@ -55,7 +55,7 @@ struct NaiveConv {
     }
 
     // Scatter form of the backward, the transpose of the loops above.
-    void backward(const Tensor &x, const Tensor &w, const Tensor &dy) {
+    void backward(const Tensor& x, const Tensor& w, const Tensor& dy) {
         dx.assign(x.numel(), 0.0);
         dw.assign(w.numel(), 0.0);
         const int64_t cg = C / groups, og = O / groups;
@@ -78,7 +78,7 @@ struct NaiveConv {
     }
 };
 
-double rel_error(const Tensor &got, const std::vector<double> &want) {
+double rel_error(const Tensor& got, const std::vector<double>& want) {
     REQUIRE(size_t(got.numel()) == want.size());
     double num = 0, den = 0;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -199,7 +199,7 @@ TEST_CASE("conv2d rejects inconsistent shapes", "[ops]") {
                     Error);
     try {
         conv2d_forward(x, Tensor({2, 3, 3, 3}), nullptr, p);
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         const std::string msg = e.what();
         CHECK(msg.find("conv2d_forward") != std::string::npos);
         CHECK(msg.find("[1, 4, 8, 8]") != std::string::npos);

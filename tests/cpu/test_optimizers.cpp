@@ -34,9 +34,9 @@ ParamMap make_grads(double k) {
 
 // Every element within a relative 1e-6 (float32 rounding of a handful of operations, each
 // computed in double and rounded once) of the reference.
-void require_close(const ParamMap &got, const std::map<std::string, std::vector<double>> &want) {
-    for (const auto &[name, values] : want) {
-        const Tensor &t = got.at(name);
+void require_close(const ParamMap& got, const std::map<std::string, std::vector<double>>& want) {
+    for (const auto& [name, values] : want) {
+        const Tensor& t = got.at(name);
         REQUIRE(t.numel() == int64_t(values.size()));
         for (size_t i = 0; i < values.size(); ++i) {
             INFO(name << "[" << i << "] = " << t.data[i] << ", expected " << values[i]);
@@ -45,7 +45,7 @@ void require_close(const ParamMap &got, const std::map<std::string, std::vector<
     }
 }
 
-std::vector<double> as_double(const Tensor &t) {
+std::vector<double> as_double(const Tensor& t) {
     return std::vector<double>(t.data.begin(), t.data.end());
 }
 
@@ -71,12 +71,12 @@ TEST_CASE("SGD with momentum, Nesterov and weight decay: two steps by hand", "[t
         Optimizer opt(c);
         ParamMap params = make_params();
         std::map<std::string, std::vector<double>> p, buf;
-        for (auto &[n, t] : params) p[n] = as_double(t), buf[n] = std::vector<double>(3, 0.0);
+        for (auto& [n, t] : params) p[n] = as_double(t), buf[n] = std::vector<double>(3, 0.0);
         const double lrs[2] = {0.1, 0.05};
         for (int s = 0; s < 2; ++s) {
             const ParamMap g = make_grads(1.0 + s);
             opt.step(params, g, lrs[s]);
-            for (auto &[n, values] : p) {
+            for (auto& [n, values] : p) {
                 const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 0.01;
                 for (size_t i = 0; i < 3; ++i) {
                     const double d = double(g.at(n).data[i]) + wd * values[i];
@@ -113,13 +113,13 @@ TEST_CASE("RMSProp as TensorFlow: eps inside the square root, ms starting at 1",
     Optimizer opt(c);
     ParamMap params = make_params();
     std::map<std::string, std::vector<double>> p, ms, mom;
-    for (auto &[n, t] : params)
+    for (auto& [n, t] : params)
         p[n] = as_double(t), ms[n] = std::vector<double>(3, 1.0), mom[n] = std::vector<double>(3, 0.0);
     const double lrs[3] = {0.016, 0.008, 0.004};
     for (int s = 0; s < 3; ++s) {
         const ParamMap g = make_grads(1.0 + 2 * s);
         opt.step(params, g, lrs[s]);
-        for (auto &[n, values] : p) {
+        for (auto& [n, values] : p) {
             const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 1e-5;
             for (size_t i = 0; i < 3; ++i) {
                 const double d = double(g.at(n).data[i]) + wd * values[i];
@@ -143,14 +143,14 @@ TEST_CASE("AdamW: decoupled weight decay and bias correction", "[train][optim]")
     Optimizer opt(c);
     ParamMap params = make_params();
     std::map<std::string, std::vector<double>> p, m, v;
-    for (auto &[n, t] : params)
+    for (auto& [n, t] : params)
         p[n] = as_double(t), m[n] = std::vector<double>(3, 0.0), v[n] = std::vector<double>(3, 0.0);
     const double lrs[2] = {1e-2, 3e-3};
     for (int s = 0; s < 2; ++s) {
         const ParamMap g = make_grads(s == 0 ? 1.0 : -0.5);
         opt.step(params, g, lrs[s]);
         const int t = s + 1;
-        for (auto &[n, values] : p) {
+        for (auto& [n, values] : p) {
             const double wd = n.find(".bn.") != std::string::npos ? 0.0 : 0.05;
             for (size_t i = 0; i < 3; ++i) {
                 const double d = g.at(n).data[i];
@@ -183,7 +183,7 @@ TEST_CASE("optimizer rejects mismatched gradients with a clear error", "[train][
 TEST_CASE("gradient clipping by global norm", "[train][optim]") {
     ParamMap g = make_grads(1.0);
     double sum = 0;
-    for (auto &[n, t] : g)
+    for (auto& [n, t] : g)
         for (float x : t.data) sum += double(x) * x;
     const double norm = std::sqrt(sum);
     ParamMap unclipped = g;
@@ -192,7 +192,7 @@ TEST_CASE("gradient clipping by global norm", "[train][optim]") {
     ParamMap clipped = g;
     clip_grad_norm(clipped, 0.1);
     double after = 0;
-    for (auto &[n, t] : clipped)
+    for (auto& [n, t] : clipped)
         for (float x : t.data) after += double(x) * x;
     CHECK(std::sqrt(after) == Approx(0.1).epsilon(1e-6)); // float rounding of each element
     CHECK(clipped.at("blocks.0.dw.conv.weight").data[1] == Approx(-0.4 * 0.1 / norm).epsilon(1e-6));

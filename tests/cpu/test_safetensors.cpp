@@ -39,20 +39,20 @@ public:
         std::error_code ec;
         fs::remove_all(path_, ec);
     }
-    std::string file(const std::string &name) const { return (path_ / name).string(); }
-    const fs::path &path() const { return path_; }
+    std::string file(const std::string& name) const { return (path_ / name).string(); }
+    const fs::path& path() const { return path_; }
 
 private:
     fs::path path_;
 };
 
-void write_bytes(const std::string &path, const std::string &bytes) {
+void write_bytes(const std::string& path, const std::string& bytes) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), std::streamsize(bytes.size()));
     REQUIRE(out.good());
 }
 
-std::string read_bytes(const std::string &path) {
+std::string read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     REQUIRE(in.good());
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -65,28 +65,28 @@ std::string u64_le(uint64_t v) {
 }
 
 // A safetensors file made by hand: length prefix, the header text as given, then the data.
-std::string craft(const std::string &header, const std::string &data) {
+std::string craft(const std::string& header, const std::string& data) {
     return u64_le(header.size()) + header + data;
 }
 
 template <typename T>
-std::string bytes_of(const std::vector<T> &v) {
-    return std::string(reinterpret_cast<const char *>(v.data()), v.size() * sizeof(T));
+std::string bytes_of(const std::vector<T>& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
 // Opens path expecting an effnet::Error; returns its message (empty if nothing was thrown).
-std::string open_error(const std::string &path) {
+std::string open_error(const std::string& path) {
     try {
         SafetensorsFile::open(path);
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         return e.what();
     }
     return "";
 }
 
 // The crafted file must be refused with a message naming the file and every given fragment.
-void require_refused(const TempDir &dir, const std::string &header, const std::string &data,
-                     const std::vector<std::string> &fragments) {
+void require_refused(const TempDir& dir, const std::string& header, const std::string& data,
+                     const std::vector<std::string>& fragments) {
     const std::string path = dir.file("crafted.safetensors");
     write_bytes(path, craft(header, data));
     const std::string message = open_error(path);
@@ -94,7 +94,7 @@ void require_refused(const TempDir &dir, const std::string &header, const std::s
     INFO("message: " << message);
     REQUIRE_FALSE(message.empty());
     CHECK(message.find(path) != std::string::npos);
-    for (const std::string &f : fragments) CHECK(message.find(f) != std::string::npos);
+    for (const std::string& f : fragments) CHECK(message.find(f) != std::string::npos);
 }
 
 uint32_t bits(float f) {
@@ -207,15 +207,15 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     CHECK(file.info("empty").begin == file.info("empty").end);
 
     // Wrong-dtype reads and unknown names are errors naming the file and tensor.
-    auto message_of = [](const std::function<void()> &f) {
+    auto message_of = [](const std::function<void()>& f) {
         try {
             f();
-        } catch (const Error &err) {
+        } catch (const Error& err) {
             return std::string(err.what());
         }
         return std::string();
     };
-    for (const std::string &m :
+    for (const std::string& m :
          {message_of([&] { file.read_f32("i"); }), message_of([&] { file.read_f64("i"); }),
           message_of([&] { file.read_i64("w"); }), message_of([&] { file.info("nope"); }),
           message_of([&] { file.raw("nope"); }), message_of([&] { file.read_f32("nope"); })}) {
@@ -258,8 +258,8 @@ TEST_CASE("safetensors writer layout: sorted keys, aligned packed data, atomic r
     // Packed without gaps (strict readers demand it), each tensor aligned to its element size.
     const SafetensorsFile file = SafetensorsFile::open(path);
     std::vector<std::pair<uint64_t, uint64_t>> ranges;
-    for (const std::string &name : file.names()) {
-        const TensorInfo &t = file.info(name);
+    for (const std::string& name : file.names()) {
+        const TensorInfo& t = file.info(name);
         CHECK(t.begin % dtype_size(t.dtype) == 0);
         ranges.push_back({t.begin, t.end});
     }
@@ -271,7 +271,7 @@ TEST_CASE("safetensors writer layout: sorted keys, aligned packed data, atomic r
 
     // No temporary file left behind.
     int entries = 0;
-    for (const auto &entry : fs::directory_iterator(dir.path())) {
+    for (const auto& entry : fs::directory_iterator(dir.path())) {
         (void)entry;
         ++entries;
     }
@@ -304,7 +304,7 @@ TEST_CASE("safetensors writer refuses bad input and reports I/O failure", "[safe
     fs::create_directory(occupied + "/inside");
     CHECK_THROWS_WITH(writer.write(occupied), Catch::Contains(occupied));
     int entries = 0;
-    for (const auto &entry : fs::directory_iterator(dir.path())) {
+    for (const auto& entry : fs::directory_iterator(dir.path())) {
         (void)entry;
         ++entries;
     }
@@ -388,7 +388,7 @@ TEST_CASE("safetensors reads the shipped torchvision golden file", "[safetensors
     CHECK(file.metadata().at("source") == "torchvision");
     CHECK(file.metadata().at("bn_eps") == "1e-05");
 
-    const TensorInfo &input = file.info("input");
+    const TensorInfo& input = file.info("input");
     CHECK(input.dtype == DType::F64);
     CHECK(input.shape == Shape{2, 3, 64, 72});
     const std::vector<double> x = file.read_f64("input");
@@ -403,10 +403,10 @@ TEST_CASE("safetensors reads the shipped torchvision golden file", "[safetensors
     for (size_t i = 0; i < x.size(); ++i) REQUIRE(x32.data[i] == float(x[i]));
 
     int params = 0;
-    for (const std::string &name : file.names()) {
+    for (const std::string& name : file.names()) {
         if (name.rfind("param.", 0) != 0) continue;
         ++params;
-        const TensorInfo &t = file.info(name);
+        const TensorInfo& t = file.info(name);
         if (name.size() > 20 && name.substr(name.size() - 20) == ".num_batches_tracked") {
             CHECK(t.dtype == DType::I64);
             CHECK(t.shape.empty());
@@ -425,19 +425,19 @@ TEST_CASE("safetensors rewrites a real file with identical tensors", "[safetenso
     TempDir dir;
     const SafetensorsFile golden = SafetensorsFile::open(golden_path());
     SafetensorsWriter writer;
-    for (const std::string &name : golden.names()) {
-        const TensorInfo &t = golden.info(name);
+    for (const std::string& name : golden.names()) {
+        const TensorInfo& t = golden.info(name);
         writer.add_raw(name, t.dtype, t.shape, golden.raw(name), t.end - t.begin);
     }
-    for (const auto &[k, v] : golden.metadata()) writer.set_metadata(k, v);
+    for (const auto& [k, v] : golden.metadata()) writer.set_metadata(k, v);
     const std::string path = dir.file("copy.safetensors");
     writer.write(path);
     const SafetensorsFile copy = SafetensorsFile::open(path);
     CHECK(copy.names() == golden.names());
     CHECK(copy.metadata() == golden.metadata());
-    for (const std::string &name : golden.names()) {
-        const TensorInfo &a = golden.info(name);
-        const TensorInfo &b = copy.info(name);
+    for (const std::string& name : golden.names()) {
+        const TensorInfo& a = golden.info(name);
+        const TensorInfo& b = copy.info(name);
         REQUIRE(a.dtype == b.dtype);
         REQUIRE(a.shape == b.shape);
         REQUIRE(std::memcmp(golden.raw(name), copy.raw(name), a.end - a.begin) == 0);
@@ -480,7 +480,7 @@ TEST_CASE("safetensors refuses missing, short and mis-sized files", "[safetensor
 TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[safetensors]") {
     TempDir dir;
     const std::string f8 = bytes_of(std::vector<float>{1, 2}); // 8 bytes of data
-    auto entry = [](const std::string &body) { return R"({"layer.w":)" + body + "}"; };
+    auto entry = [](const std::string& body) { return R"({"layer.w":)" + body + "}"; };
 
     require_refused(dir, "{not json", f8, {"not valid JSON"});
     require_refused(dir, "{\"a\":1,}", f8, {"not valid JSON"});
@@ -524,7 +524,7 @@ TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[saf
                     {"'layer.w'"});
 
     require_refused(dir, entry(R"({"dtype":"F32","shape":[2]})"), f8, {"'layer.w'", "data_offsets"});
-    for (const char *offsets : {"[0]", "[0,8,8]", "[\"0\",8]", "[-1,8]", "[0,8.5]", "8", "[0,null]", "{}"})
+    for (const char* offsets : {"[0]", "[0,8,8]", "[\"0\",8]", "[-1,8]", "[0,8.5]", "8", "[0,null]", "{}"})
         require_refused(dir,
                         entry(std::string(R"({"dtype":"F32","shape":[2],"data_offsets":)") + offsets + "}"),
                         f8, {"'layer.w'", "data_offsets"});
@@ -640,14 +640,14 @@ TEST_CASE("safetensors corrupted header bytes give an error or a valid file, nev
             put(pos, r);
             try {
                 const SafetensorsFile f = SafetensorsFile::open(path);
-                for (const std::string &name : f.names()) {
+                for (const std::string& name : f.names()) {
                     if (f.info(name).dtype == DType::I64)
                         f.read_i64(name);
                     else
                         f.read_f64(name);
                 }
                 ++opened;
-            } catch (const Error &e) {
+            } catch (const Error& e) {
                 ++refused;
                 INFO("byte " << pos << " -> " << int(r));
                 REQUIRE(std::string(e.what()).find(path) != std::string::npos);

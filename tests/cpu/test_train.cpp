@@ -24,7 +24,7 @@ namespace {
 // A fresh directory under the system temp dir, removed at scope exit.
 struct TempDir {
     fs::path path;
-    explicit TempDir(const std::string &name) {
+    explicit TempDir(const std::string& name) {
         path = fs::temp_directory_path() / ("effnet_test_" + name + "_" + std::to_string(::getpid()));
         fs::remove_all(path);
         fs::create_directories(path);
@@ -36,7 +36,7 @@ struct TempDir {
 };
 
 // 24-bit uncompressed BMP, written by hand (bottom-up rows padded to 4 bytes).
-void write_bmp(const fs::path &path, int w, int h, const std::vector<uint8_t> &rgb) {
+void write_bmp(const fs::path& path, int w, int h, const std::vector<uint8_t>& rgb) {
     const int row = (w * 3 + 3) & ~3;
     const uint32_t data_size = uint32_t(row * h), file_size = 54 + data_size;
     std::vector<uint8_t> b(file_size, 0);
@@ -55,11 +55,11 @@ void write_bmp(const fs::path &path, int w, int h, const std::vector<uint8_t> &r
         for (int x = 0; x < w; ++x)
             for (int c = 0; c < 3; ++c)
                 b[54 + size_t(h - 1 - y) * row + x * 3 + (2 - c)] = rgb[(size_t(y) * w + x) * 3 + c];
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char *>(b.data()), b.size());
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
 // Class k: a distinct base colour, a stripe pattern depending on k, plus noise.
-std::vector<uint8_t> class_pixels(int k, int w, int h, Rng &rng) {
+std::vector<uint8_t> class_pixels(int k, int w, int h, Rng& rng) {
     static const int colours[4][3] = {{200, 40, 40}, {40, 200, 40}, {40, 40, 200}, {200, 200, 40}};
     std::vector<uint8_t> rgb(size_t(w) * h * 3);
     for (int y = 0; y < h; ++y)
@@ -73,7 +73,7 @@ std::vector<uint8_t> class_pixels(int k, int w, int h, Rng &rng) {
 }
 
 // The same task as tensors: [n, 3, r, r] normalised roughly to zero mean.
-void make_batch(int n, int r, uint64_t seed, Tensor &images, std::vector<int64_t> &labels) {
+void make_batch(int n, int r, uint64_t seed, Tensor& images, std::vector<int64_t>& labels) {
     Rng rng(seed);
     images = Tensor({n, 3, r, r});
     labels.assign(n, 0);
@@ -99,9 +99,9 @@ ModelConfig tiny_config(int classes, int resolution) {
     return c;
 }
 
-void require_same_params(const Model &a, const Model &b) {
+void require_same_params(const Model& a, const Model& b) {
     REQUIRE(a.params.size() == b.params.size());
-    for (const auto &[name, t] : a.params) {
+    for (const auto& [name, t] : a.params) {
         INFO(name);
         REQUIRE(b.params.count(name));
         REQUIRE(t.shape == b.params.at(name).shape);
@@ -177,7 +177,7 @@ TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadab
           "[train][data]") {
     TempDir dir("folder");
     Rng rng(11);
-    const char *names[3] = {"cat", "ant", "bee"};
+    const char* names[3] = {"cat", "ant", "bee"};
     for (int k = 0; k < 3; ++k) {
         fs::create_directories(dir.path / names[k]);
         for (int i = 0; i < 5; ++i) {
@@ -219,7 +219,7 @@ TEST_CASE("image folder: sorted classes, threaded loader deterministic, unreadab
         CHECK(one[b].images.shape[0] == int64_t(one[b].labels.size()));
         skipped += one[b].skipped;
         seen += int64_t(one[b].labels.size());
-        for (const auto &e : one[b].errors) CHECK(e.find("broken.jpg") != std::string::npos);
+        for (const auto& e : one[b].errors) CHECK(e.find("broken.jpg") != std::string::npos);
     }
     CHECK(skipped == 1);
     CHECK(seen == 15);
@@ -328,7 +328,7 @@ TEST_CASE("checkpoint round trip is bit-exact and resumes bit-exactly", "[train]
         CHECK(config_to_json(ck.model.config) == config_to_json(model.config));
         require_same_params(ck.model, model);
         REQUIRE(ck.optimizer_state.size() == trainer.optimizer().state().size());
-        for (const auto &[k, t] : trainer.optimizer().state()) {
+        for (const auto& [k, t] : trainer.optimizer().state()) {
             INFO(k);
             REQUIRE(ck.optimizer_state.at(k).data == t.data);
         }
@@ -369,7 +369,7 @@ TEST_CASE("checkpoint loading names what is wrong", "[train][checkpoint]") {
 }
 
 TEST_CASE("architecture JSON round trip for every preset", "[train][checkpoint]") {
-    for (const std::string &name : preset_names()) {
+    for (const std::string& name : preset_names()) {
         INFO(name);
         const ModelConfig c = preset(name, 17);
         const ModelConfig back = config_from_json(config_to_json(c));

@@ -22,7 +22,7 @@ using namespace effnet;
 
 namespace {
 
-std::string out_path(const std::string &name) {
+std::string out_path(const std::string& name) {
     const std::string dir = std::string(EFFNET_BINARY_DIR) + "/test_weights";
     ::mkdir(dir.c_str(), 0755);
     return dir + "/" + name;
@@ -40,25 +40,25 @@ ModelConfig tiny_config(bool squeeze_excite = true) {
 
 // Writes a model's tensors under a family's names. `edit` may drop (return false) or change a
 // tensor before it is written.
-using Edit = std::function<bool(const std::string &source_name, Tensor &t)>;
-void write_as(const Model &model, const std::string &family, const std::string &path,
-              const std::map<std::string, std::string> &metadata = {}, const Edit &edit = nullptr) {
+using Edit = std::function<bool(const std::string& source_name, Tensor& t)>;
+void write_as(const Model& model, const std::string& family, const std::string& path,
+              const std::map<std::string, std::string>& metadata = {}, const Edit& edit = nullptr) {
     const std::map<std::string, std::string> names = weights::source_names(model.config, family);
     SafetensorsWriter w;
-    for (const auto &[canonical, tensor] : model.params) {
+    for (const auto& [canonical, tensor] : model.params) {
         Tensor t = tensor;
-        const std::string &src = names.at(canonical);
+        const std::string& src = names.at(canonical);
         if (edit && !edit(src, t)) continue;
         w.add(src, t);
     }
-    for (const auto &[k, v] : metadata) w.set_metadata(k, v);
+    for (const auto& [k, v] : metadata) w.set_metadata(k, v);
     w.write(path);
 }
 
-Tensor random_input(const Shape &shape, uint32_t seed) {
+Tensor random_input(const Shape& shape, uint32_t seed) {
     Tensor t(shape);
     uint32_t s = seed;
-    for (float &v : t.data) {
+    for (float& v : t.data) {
         s = s * 1664525u + 1013904223u;
         v = float(s >> 8) / float(1 << 24) * 2.0f - 1.0f;
     }
@@ -66,13 +66,13 @@ Tensor random_input(const Shape &shape, uint32_t seed) {
 }
 
 // Random BN statistics so that mixing up running stats changes the output.
-void randomize_bn(Model &m) {
+void randomize_bn(Model& m) {
     uint32_t s = 7;
-    for (auto &[name, t] : m.params) {
+    for (auto& [name, t] : m.params) {
         const bool mean = name.find("running_mean") != std::string::npos;
         const bool var = name.find("running_var") != std::string::npos;
         if (!mean && !var) continue;
-        for (float &v : t.data) {
+        for (float& v : t.data) {
             s = s * 1664525u + 1013904223u;
             const float u = float(s >> 8) / float(1 << 24);
             v = mean ? u - 0.5f : 0.5f + u;
@@ -80,7 +80,7 @@ void randomize_bn(Model &m) {
     }
 }
 
-void check_same_architecture(const ModelConfig &a, const ModelConfig &b) {
+void check_same_architecture(const ModelConfig& a, const ModelConfig& b) {
     CHECK(a.stem_channels == b.stem_channels);
     CHECK(a.head_channels == b.head_channels);
     CHECK(a.num_classes == b.num_classes);
@@ -98,7 +98,7 @@ void check_same_architecture(const ModelConfig &a, const ModelConfig &b) {
     }
 }
 
-Tensor eval_logits(Model &m, const Tensor &x) {
+Tensor eval_logits(Model& m, const Tensor& x) {
     cpu::Network net(m);
     return net.forward(x).logits;
 }
@@ -127,7 +127,7 @@ TEST_CASE("weights: every family's names load to the same model", "[weights]") {
             CHECK(loaded.config.padding == Padding::TfSame);
             CHECK(loaded.config.bn_eps == 1e-3f);
             CHECK(loaded.config.activation == model.config.activation);
-            for (const auto &[name, t] : model.params) {
+            for (const auto& [name, t] : model.params) {
                 INFO(name);
                 REQUIRE(loaded.params.count(name) == 1);
                 CHECK(loaded.params.at(name).data == t.data);
@@ -166,7 +166,7 @@ TEST_CASE("weights: torchvision / timm / lukemelas names of a B0", "[weights]") 
 }
 
 TEST_CASE("weights: lukemelas B0 numbering infers stages and strides", "[weights]") {
-    for (const char *name : {"b0", "b3", "lite0"}) {
+    for (const char* name : {"b0", "b3", "lite0"}) {
         INFO(name);
         const Model model = random_model(preset(name, 10), 2);
         const std::string path = out_path(std::string("luke_") + name + ".safetensors");
@@ -180,7 +180,7 @@ TEST_CASE("weights: lukemelas B0 numbering infers stages and strides", "[weights
     }
     // Blocks whose channels and kernels never change fit no stage split.
     std::vector<BlockConfig> flat(5);
-    for (BlockConfig &b : flat) {
+    for (BlockConfig& b : flat) {
         b.in_channels = b.out_channels = 16;
         b.expand_channels = 96;
     }
@@ -188,14 +188,14 @@ TEST_CASE("weights: lukemelas B0 numbering infers stages and strides", "[weights
                       Catch::Contains("cannot infer the stages"));
     // Kernels that do not follow the B0 table.
     ModelConfig odd = preset("b0");
-    for (BlockConfig &b : odd.blocks) b.kernel = 3;
+    for (BlockConfig& b : odd.blocks) b.kernel = 3;
     CHECK_THROWS_WITH(weights::infer_stages(odd.blocks, "x.safetensors"), Catch::Contains("B0 table"));
 }
 
 TEST_CASE("weights: missing, unexpected and mis-shaped tensors are named", "[weights]") {
     const Model model = random_model(tiny_config(), 4);
     const std::string path = out_path("broken.safetensors");
-    write_as(model, "timm", path, {}, [](const std::string &name, Tensor &t) {
+    write_as(model, "timm", path, {}, [](const std::string& name, Tensor& t) {
         if (name == "blocks.3.1.bn3.running_var" || name == "bn2.bias") return false;
         if (name == "blocks.2.0.se.conv_reduce.bias") t = Tensor({t.numel() + 1});
         return true;
@@ -204,7 +204,7 @@ TEST_CASE("weights: missing, unexpected and mis-shaped tensors are named", "[wei
         // Add an unexpected tensor and a BN step counter (ignored).
         SafetensorsFile f = SafetensorsFile::open(path);
         SafetensorsWriter w;
-        for (const std::string &n : f.names()) w.add(n, f.read_f32(n));
+        for (const std::string& n : f.names()) w.add(n, f.read_f32(n));
         w.add("extra.weight", Tensor({3}));
         w.add_i64("bn1.num_batches_tracked", {}, {5});
         w.write(path);
@@ -212,7 +212,7 @@ TEST_CASE("weights: missing, unexpected and mis-shaped tensors are named", "[wei
     try {
         load_weights(path);
         FAIL("load_weights accepted a broken file");
-    } catch (const Error &e) {
+    } catch (const Error& e) {
         const std::string msg = e.what();
         INFO(msg);
         CHECK(msg.find(path) != std::string::npos);
@@ -226,7 +226,7 @@ TEST_CASE("weights: missing, unexpected and mis-shaped tensors are named", "[wei
     // A tensor the inference itself needs.
     const std::string path2 = out_path("no_dw.safetensors");
     write_as(model, "effnet", path2, {},
-             [](const std::string &name, Tensor &) { return name != "blocks.4.dw.conv.weight"; });
+             [](const std::string& name, Tensor&) { return name != "blocks.4.dw.conv.weight"; });
     CHECK_THROWS_WITH(load_weights(path2), Catch::Contains("blocks.4.dw.conv.weight"));
     // Names of no known family.
     SafetensorsWriter w;
@@ -295,7 +295,7 @@ TEST_CASE("weights: metadata and options decide padding, eps, activation, prepro
     CHECK(m.config.bn_eps == 1e-5f);
     CHECK(m.config.activation == Activation::SiLU);
 
-    const std::pair<const char *, const char *> bad[] = {
+    const std::pair<const char*, const char*> bad[] = {
         {"padding", "diagonal"},
         {"bn_eps", "-1"},
         {"bn_eps", "1e-3x"},
@@ -308,7 +308,7 @@ TEST_CASE("weights: metadata and options decide padding, eps, activation, prepro
         {"effnet.family", "keras"},
         {"dropout", "2"},
     };
-    for (const auto &[key, value] : bad) {
+    for (const auto& [key, value] : bad) {
         INFO(key << " = " << value);
         write_as(model, "timm", path, {{key, value}});
         CHECK_THROWS_WITH(load_weights(path), Catch::Contains(std::string("'") + key + "'"));
@@ -340,7 +340,7 @@ TEST_CASE("weights: save_weights / load_weights round trip", "[weights]") {
     save_weights(model, path);
     const Model loaded = load_weights(path);
     CHECK(loaded.family == "effnet");
-    const ModelConfig &l = loaded.config;
+    const ModelConfig& l = loaded.config;
     check_same_architecture(l, c);
     CHECK(l.name == c.name);
     CHECK(l.padding == c.padding);
@@ -359,7 +359,7 @@ TEST_CASE("weights: save_weights / load_weights round trip", "[weights]") {
     }
     for (size_t i = 0; i < c.blocks.size(); ++i) CHECK(l.blocks[i].drop_path == c.blocks[i].drop_path);
     REQUIRE(loaded.params.size() == model.params.size());
-    for (const auto &[name, t] : model.params) {
+    for (const auto& [name, t] : model.params) {
         INFO(name);
         CHECK(loaded.params.at(name).shape == t.shape);
         CHECK(loaded.params.at(name).data == t.data);
@@ -413,7 +413,7 @@ TEST_CASE("network: eval-mode backward matches finite differences", "[network]")
     cpu::Network net(model);
     net.forward(x);
     const cpu::Gradients g = net.backward(r);
-    auto loss = [&](const Tensor &input) {
+    auto loss = [&](const Tensor& input) {
         const Tensor logits = net.forward(input).logits;
         double s = 0;
         for (int64_t i = 0; i < logits.numel(); ++i) s += double(logits.data[i]) * r.data[i];
@@ -432,8 +432,8 @@ TEST_CASE("network: eval-mode backward matches finite differences", "[network]")
     }
     const double input_err = std::sqrt(num / den);
     // A parameter deep inside: the depthwise weights of block 5.
-    Tensor &w = model.param("blocks.5.dw.conv.weight");
-    const Tensor &gw = g.params.at("blocks.5.dw.conv.weight");
+    Tensor& w = model.param("blocks.5.dw.conv.weight");
+    const Tensor& gw = g.params.at("blocks.5.dw.conv.weight");
     num = den = 0;
     for (int64_t i = 0; i < w.numel(); i += 37) {
         const float saved = w.data[i];
@@ -453,7 +453,7 @@ TEST_CASE("network: eval-mode backward matches finite differences", "[network]")
     CHECK(param_err < 1e-2);
     CHECK(g.params.size() == [&] {
         size_t n = 0;
-        for (const ParamSpec &s : parameter_specs(model.config)) n += s.trainable ? 1 : 0;
+        for (const ParamSpec& s : parameter_specs(model.config)) n += s.trainable ? 1 : 0;
         return n;
     }());
 }
@@ -521,7 +521,7 @@ TEST_CASE("network: running statistics, dropout and stochastic depth", "[network
 TEST_CASE("network: random models are seeded and well scaled in eval mode", "[network]") {
     // Engines are compared on random models (fp16 included): their eval-mode activations must
     // neither vanish nor blow up. Bounds on the logits' RMS are loose (measured 0.02 .. 2).
-    for (const char *name : {"b0", "lite0"}) {
+    for (const char* name : {"b0", "lite0"}) {
         INFO(name);
         const ModelConfig c = preset(name);
         const Model a = random_model(c, 21), b = random_model(c, 21), other = random_model(c, 22);

@@ -26,23 +26,23 @@ namespace effnet::gpu_test {
         }                                                                                                    \
     } while (0)
 
-inline Tensor random_tensor(const Shape &shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+inline Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
     Tensor t(shape);
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> dist(lo, hi);
-    for (float &v : t.data) v = dist(rng);
+    for (float& v : t.data) v = dist(rng);
     return t;
 }
 
 // Rounds every element through the storage precision (so the CPU reference sees what the GPU sees).
-inline Tensor rounded(const Tensor &t, Precision p) {
+inline Tensor rounded(const Tensor& t, Precision p) {
     Tensor r = t;
     r.data = cuda::round_to_storage(t.data, p);
     return r;
 }
 
 // [N, C, H, W] -> NHWC flat
-inline std::vector<float> nchw_to_nhwc(const Tensor &t) {
+inline std::vector<float> nchw_to_nhwc(const Tensor& t) {
     const int64_t N = t.dim(0), C = t.dim(1), H = t.dim(2), W = t.dim(3);
     std::vector<float> out(size_t(t.numel()));
     for (int64_t n = 0; n < N; ++n)
@@ -55,7 +55,7 @@ inline std::vector<float> nchw_to_nhwc(const Tensor &t) {
 }
 
 // NHWC flat -> [N, C, H, W]
-inline Tensor nhwc_to_nchw(const std::vector<float> &v, int64_t N, int64_t H, int64_t W, int64_t C) {
+inline Tensor nhwc_to_nchw(const std::vector<float>& v, int64_t N, int64_t H, int64_t W, int64_t C) {
     Tensor t({N, C, H, W});
     for (int64_t n = 0; n < N; ++n)
         for (int64_t c = 0; c < C; ++c)
@@ -65,13 +65,13 @@ inline Tensor nhwc_to_nchw(const std::vector<float> &v, int64_t N, int64_t H, in
     return t;
 }
 
-inline cuda::DeviceBuffer upload(const std::vector<float> &v, Precision p) {
+inline cuda::DeviceBuffer upload(const std::vector<float>& v, Precision p) {
     const std::vector<uint8_t> bytes = cuda::to_storage(v, p);
     cuda::DeviceBuffer buf(bytes.size(), "test upload");
     EFFNET_CUDA_CHECK(cudaMemcpy(buf.data(), bytes.data(), bytes.size(), cudaMemcpyHostToDevice));
     return buf;
 }
-inline cuda::DeviceBuffer upload_f32(const std::vector<float> &v) {
+inline cuda::DeviceBuffer upload_f32(const std::vector<float>& v) {
     return upload(v, Precision::FP32);
 }
 
@@ -84,7 +84,7 @@ inline cuda::DeviceBuffer poisoned(size_t count, Precision p) {
     return buf;
 }
 
-inline std::vector<float> download(const cuda::DeviceBuffer &buf, size_t count, Precision p) {
+inline std::vector<float> download(const cuda::DeviceBuffer& buf, size_t count, Precision p) {
     EFFNET_CUDA_CHECK(cudaDeviceSynchronize()); // surfaces execution errors of the kernel under test
     std::vector<uint8_t> bytes(count * (p == Precision::FP32 ? 4 : 2));
     EFFNET_CUDA_CHECK(cudaMemcpy(bytes.data(), buf.data(), bytes.size(), cudaMemcpyDeviceToHost));
@@ -92,7 +92,7 @@ inline std::vector<float> download(const cuda::DeviceBuffer &buf, size_t count, 
 }
 
 // Relative norm error that treats any non-finite element as a failure (1e30).
-inline double rel_error(const std::vector<float> &got, const std::vector<float> &want) {
+inline double rel_error(const std::vector<float>& got, const std::vector<float>& want) {
     if (got.size() != want.size()) return 1e30;
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < got.size(); ++i) {
@@ -104,7 +104,7 @@ inline double rel_error(const std::vector<float> &got, const std::vector<float> 
     return den > 0.0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
-inline double report(const std::string &what, double err, double tol) {
+inline double report(const std::string& what, double err, double tol) {
     std::printf("[gpu] %-72s rel err %.3e (tol %.0e) %s\n", what.c_str(), err, tol,
                 err <= tol ? "ok" : "FAIL");
     std::fflush(stdout);

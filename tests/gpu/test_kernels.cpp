@@ -32,14 +32,14 @@ BatchNormParams random_bn(int64_t c, uint64_t seed) {
 constexpr float kEps = 1e-3f;
 
 // conv -> BN (eval) -> optional activation, all on the CPU in NCHW.
-Tensor cpu_conv_bn_act(const Tensor &x, const Tensor &w, const BatchNormParams &bn,
-                       const cpu::Conv2dParams &p, const Activation *act) {
+Tensor cpu_conv_bn_act(const Tensor& x, const Tensor& w, const BatchNormParams& bn,
+                       const cpu::Conv2dParams& p, const Activation* act) {
     Tensor y = cpu::conv2d_forward(x, w, nullptr, p);
     y = cpu::batchnorm_eval_forward(y, bn.gamma, bn.beta, bn.mean, bn.var, kEps);
     return act ? cpu::activation_forward(y, *act) : y;
 }
 
-kernels::Act act_of(const Activation *a) {
+kernels::Act act_of(const Activation* a) {
     return a ? kernels::to_act(*a) : kernels::Act::None;
 }
 
@@ -141,7 +141,7 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
                         const Tensor got =
                             nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
                         std::vector<float> pool = download(d_pool, size_t(N) * C, Precision::FP32);
-                        for (float &v : pool) v /= float(Ho * Wo);
+                        for (float& v : pool) v /= float(Ho * Wo);
                         const std::string name = "depthwise k" + std::to_string(k) + " s" +
                                                  std::to_string(s) + " " + padding_name(pad) +
                                                  " C=" + std::to_string(C) + tag(prec);
@@ -164,12 +164,12 @@ TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, g
                           {40, 240, false, false, true},  {96, 24, true, true, false},
                           {24, 24, true, true, false},    {240, 80, true, false, false},
                           {320, 1280, false, false, true}};
-    for (const Case &cs : cases)
+    for (const Case& cs : cases)
         for (Precision prec : kAllPrecisions)
             for (kernels::GemmKernel which : {kernels::GemmKernel::Simt, kernels::GemmKernel::TensorCore}) {
                 const int N = 2, H = 17, W = 34;
                 const Activation silu = Activation::SiLU;
-                const Activation *act = cs.activation ? &silu : nullptr;
+                const Activation* act = cs.activation ? &silu : nullptr;
                 const uint64_t seed = 1000 + cs.cin * 7 + cs.cout;
                 const Tensor x = rounded(random_tensor({N, cs.cin, H, W}, seed, -2.0f, 2.0f), prec);
                 const Tensor g = random_tensor({N, cs.cin}, seed + 1, 0.0f, 1.0f); // a sigmoid output
@@ -369,7 +369,7 @@ TEST_CASE("fused expand+depthwise matches CPU expand conv+BN+act then depthwise 
                         const Tensor got =
                             nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cs.ce, prec), N, Ho, Wo, cs.ce);
                         std::vector<float> pool = download(d_pool, size_t(N) * cs.ce, Precision::FP32);
-                        for (float &v : pool) v /= float(Ho * Wo);
+                        for (float& v : pool) v /= float(Ho * Wo);
                         const std::string name = "fused expand+dw Cin=" + std::to_string(cs.cin) +
                                                  " Ce=" + std::to_string(cs.ce) + " k" + std::to_string(k) +
                                                  " s" + std::to_string(s) + " " + padding_name(pad) +

@@ -22,7 +22,7 @@ double act_ref(double v, kernels::Act act) {
     return v;
 }
 
-const char *tile_name(kernels::PointwiseTile t) {
+const char* tile_name(kernels::PointwiseTile t) {
     switch (t) {
     case kernels::PointwiseTile::M128_N32:
         return "128x32";
@@ -55,7 +55,7 @@ TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, 
     const kernels::PointwiseTile tiles[] = {kernels::PointwiseTile::M128_N32,
                                             kernels::PointwiseTile::M128_N64, kernels::PointwiseTile::M64_N64,
                                             kernels::PointwiseTile::M32_N64};
-    for (const Case &cs : cases)
+    for (const Case& cs : cases)
         for (Precision prec : {Precision::FP16, Precision::BF16}) {
             const int64_t M = int64_t(cs.images) * cs.rows_per_image;
             const uint64_t seed = 9000 + uint64_t(cs.k) * 31 + uint64_t(cs.n);

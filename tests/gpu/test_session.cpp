@@ -20,33 +20,33 @@ using namespace effnet::gpu_test;
 namespace {
 
 // random_model leaves BN at identity statistics; randomise them so a mis-folded BN shows up.
-void randomise_batchnorm(Model &model, uint64_t seed) {
+void randomise_batchnorm(Model& model, uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> u(0.0f, 1.0f);
-    for (auto &[name, t] : model.params) {
-        const auto ends_with = [&](const char *s) {
+    for (auto& [name, t] : model.params) {
+        const auto ends_with = [&](const char* s) {
             const std::string suffix(s);
             return name.size() >= suffix.size() &&
                    name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
         };
         if (ends_with(".bn.weight"))
-            for (float &v : t.data) v = 0.6f + 0.8f * u(rng);
+            for (float& v : t.data) v = 0.6f + 0.8f * u(rng);
         else if (ends_with(".bn.bias"))
-            for (float &v : t.data) v = -0.2f + 0.4f * u(rng);
+            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
         else if (ends_with(".bn.running_mean"))
-            for (float &v : t.data) v = -0.2f + 0.4f * u(rng);
+            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
         else if (ends_with(".bn.running_var"))
-            for (float &v : t.data) v = 0.5f + 1.0f * u(rng);
+            for (float& v : t.data) v = 0.5f + 1.0f * u(rng);
     }
 }
 
-Tensor cpu_logits(Model &model, const Tensor &input) {
+Tensor cpu_logits(Model& model, const Tensor& input) {
     cpu::Network net(model);
     return net.forward(input).logits;
 }
 
-std::vector<float> gpu_logits(const Model &model, const Tensor &input, Precision prec,
-                              const SessionOptions &opt) {
+std::vector<float> gpu_logits(const Model& model, const Tensor& input, Precision prec,
+                              const SessionOptions& opt) {
     InferenceSession session(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)), prec, opt);
     std::vector<float> logits(size_t(input.dim(0)) * size_t(model.config.num_classes), std::nanf(""));
     session.run(input.ptr(), logits.data());
@@ -179,14 +179,14 @@ TEST_CASE("session: invalid arguments throw effnet::Error", "[gpu]") {
 
 namespace {
 struct Golden {
-    const char *name;
+    const char* name;
 };
 
 // Golden params are stored as "param.<state_dict key>": strip the prefix into a temporary
 // safetensors file and load it through load_weights, as a user's converted checkpoint would be.
-Model load_golden_model(const SafetensorsFile &golden, const std::string &tmp_path) {
+Model load_golden_model(const SafetensorsFile& golden, const std::string& tmp_path) {
     SafetensorsWriter writer;
-    for (const std::string &n : golden.names()) {
+    for (const std::string& n : golden.names()) {
         if (n.rfind("param.", 0) != 0) continue;
         const std::string key = n.substr(6);
         if (golden.info(n).dtype == DType::I64)
@@ -194,10 +194,10 @@ Model load_golden_model(const SafetensorsFile &golden, const std::string &tmp_pa
         else
             writer.add(key, golden.read_f32(n));
     }
-    for (const auto &[k, v] : golden.metadata()) writer.set_metadata(k, v);
+    for (const auto& [k, v] : golden.metadata()) writer.set_metadata(k, v);
     writer.write(tmp_path);
     LoadOptions opt;
-    const auto &md = golden.metadata();
+    const auto& md = golden.metadata();
     if (md.count("padding")) opt.padding = parse_padding(md.at("padding"));
     if (md.count("bn_eps")) opt.bn_eps = std::stof(md.at("bn_eps"));
     if (md.count("activation")) opt.activation = parse_activation(md.at("activation"));
@@ -207,7 +207,7 @@ Model load_golden_model(const SafetensorsFile &golden, const std::string &tmp_pa
 
 TEST_CASE("session: PyTorch golden fixtures (eval logits)", "[gpu]") {
     EFFNET_SKIP_WITHOUT_GPU();
-    for (const char *name : {"tv_tiny", "timm_tiny", "timm_tf_tiny", "timm_lite_tiny"}) {
+    for (const char* name : {"tv_tiny", "timm_tiny", "timm_tf_tiny", "timm_lite_tiny"}) {
         const std::string path =
             std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden/" + name + "_golden.safetensors";
         const SafetensorsFile golden = SafetensorsFile::open(path);

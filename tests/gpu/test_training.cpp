@@ -52,16 +52,16 @@ double reduction_tolerance(Precision p) {
     return p == Precision::FP32 ? kReductionTolF32 : 1e-3;
 }
 
-Tensor reshape(Tensor t, const Shape &s) {
+Tensor reshape(Tensor t, const Shape& s) {
     t.shape = s;
     return t;
 }
 
-const Activation *act_ptr(int which) {
+const Activation* act_ptr(int which) {
     static const Activation silu = Activation::SiLU, relu6 = Activation::ReLU6;
     return which == 1 ? &silu : which == 2 ? &relu6 : nullptr;
 }
-const char *act_label(int which) {
+const char* act_label(int which) {
     return which == 1 ? "silu" : which == 2 ? "relu6" : "none";
 }
 
@@ -370,7 +370,7 @@ TEST_CASE("training cross-entropy with label smoothing matches CPU", "[gpu][trai
                 }
                 Tensor dlogits;
                 const double loss = cpu::softmax_cross_entropy(logits, targets, ls, &dlogits);
-                for (float &v : dlogits.data) v *= scale;
+                for (float& v : dlogits.data) v *= scale;
                 auto d_logits = upload_f32(logits.data);
                 cuda::DeviceBuffer d_t(targets32.size() * 4, "targets");
                 EFFNET_CUDA_CHECK(
@@ -460,7 +460,7 @@ TEST_CASE("training 1x1 conv GEMMs (cuBLAS) match CPU", "[gpu][train]") {
     struct Case {
         int cin, cout;
     };
-    for (const Case &cs : {Case{13, 7}, Case{24, 144}, Case{96, 24}})
+    for (const Case& cs : {Case{13, 7}, Case{24, 144}, Case{96, 24}})
         for (Precision prec : kAllPrecisions) {
             const int N = 2, H = 17, W = 34;
             const int64_t rows = int64_t(N) * H * W;
@@ -505,11 +505,11 @@ namespace {
 
 // A model with random (not default) batch-norm parameters and running statistics, so a
 // batch norm that is skipped or mixes up its statistics shows up.
-Model test_model(const ModelConfig &config, uint64_t seed) {
+Model test_model(const ModelConfig& config, uint64_t seed) {
     Model m = random_model(config, seed);
     uint64_t s = seed * 1000;
-    for (auto &[name, t] : m.params) {
-        const auto ends = [&](const char *suf) {
+    for (auto& [name, t] : m.params) {
+        const auto ends = [&](const char* suf) {
             const std::string x(suf);
             return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
         };
@@ -526,7 +526,7 @@ Model test_model(const ModelConfig &config, uint64_t seed) {
     return m;
 }
 
-bool decays(const std::string &name) {
+bool decays(const std::string& name) {
     return name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
            name.find(".bn.") == std::string::npos;
 }
@@ -537,7 +537,7 @@ bool decays(const std::string &name) {
 // train-mode BN's dz sums to zero per channel); both sides then hold only rounding noise. Those
 // are measured against the size of the same BN's weight gradient (`scale`), which is what the
 // bias gradient would be made of without the cancellation.
-double grad_error(const Tensor &got, const Tensor &want, double scale = 0.0) {
+double grad_error(const Tensor& got, const Tensor& want, double scale = 0.0) {
     double num = 0, den = 0;
     for (size_t i = 0; i < got.data.size(); ++i) {
         if (!std::isfinite(got.data[i])) return 1e30;
@@ -549,14 +549,14 @@ double grad_error(const Tensor &got, const Tensor &want, double scale = 0.0) {
     return denom > 0 ? std::sqrt(num) / denom : std::sqrt(num);
 }
 
-double norm(const Tensor &t) {
+double norm(const Tensor& t) {
     double s = 0;
     for (float v : t.data) s += double(v) * v;
     return std::sqrt(s);
 }
 
 // For "<prefix>.bn.bias": the name of the same BN's weight; empty otherwise.
-std::string bn_weight_of(const std::string &name) {
+std::string bn_weight_of(const std::string& name) {
     const std::string suffix = ".bn.bias";
     if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
         return "";
@@ -575,7 +575,7 @@ struct StepCheck {
 
 // Runs `steps` GPU steps and the same on the CPU reference (cpu::Network + SGD written out
 // here), comparing loss, gradients, running statistics and parameter updates at each step.
-void check_training_steps(const ModelConfig &config, int N, int H, int W, const StepCheck &sc) {
+void check_training_steps(const ModelConfig& config, int N, int H, int W, const StepCheck& sc) {
     const Model start = test_model(config, 17);
     Model cpu_model = start, gpu_model = start;
     const Tensor input = random_tensor({N, config.in_channels, H, W}, 23, -2.0f, 2.0f);
@@ -622,7 +622,7 @@ void check_training_steps(const ModelConfig &config, int N, int H, int W, const 
         REQUIRE(g.params.size() == g_ref.params.size());
         double worst = 0;
         std::string worst_name;
-        for (const auto &[name, ref] : g_ref.params) {
+        for (const auto& [name, ref] : g_ref.params) {
             const auto it = g.params.find(name);
             REQUIRE(it != g.params.end());
             const std::string w = bn_weight_of(name);
@@ -643,8 +643,8 @@ void check_training_steps(const ModelConfig &config, int N, int H, int W, const 
         std::map<std::string, Tensor> deltas_ref, deltas_got;
         double worst_delta = 0, worst_stat = 0;
         std::string worst_delta_name, worst_stat_name;
-        for (const ParamSpec &spec : parameter_specs(config)) {
-            Tensor &p = cpu_model.param(spec.name);
+        for (const ParamSpec& spec : parameter_specs(config)) {
+            Tensor& p = cpu_model.param(spec.name);
             if (!spec.trainable) { // running statistics, updated by the CPU forward
                 const double e = rel_error(after.param(spec.name).data, p.data);
                 if (e > worst_stat) {
@@ -654,8 +654,8 @@ void check_training_steps(const ModelConfig &config, int N, int H, int W, const 
                 CHECK(e <= sc.tol);
                 continue;
             }
-            const Tensor &gr = g_ref.params.at(spec.name);
-            std::vector<double> &buf = momentum_buf[spec.name];
+            const Tensor& gr = g_ref.params.at(spec.name);
+            std::vector<double>& buf = momentum_buf[spec.name];
             buf.resize(p.data.size(), 0.0);
             Tensor delta_ref(p.shape), delta_got(p.shape);
             for (size_t i = 0; i < p.data.size(); ++i) {
@@ -670,7 +670,7 @@ void check_training_steps(const ModelConfig &config, int N, int H, int W, const 
             deltas_ref[spec.name] = std::move(delta_ref);
             deltas_got[spec.name] = std::move(delta_got);
         }
-        for (const auto &[name, delta_ref] : deltas_ref) {
+        for (const auto& [name, delta_ref] : deltas_ref) {
             const std::string w = bn_weight_of(name);
             const double e =
                 grad_error(deltas_got.at(name), delta_ref, w.empty() ? 0.0 : norm(deltas_ref.at(w)));
@@ -713,7 +713,7 @@ TEST_CASE("GPU training step with dropout and stochastic depth matches the CPU r
     EFFNET_SKIP_WITHOUT_GPU();
     ModelConfig config = tiny_config();
     config.dropout = 0.5f; // high rates, so that some units and samples are dropped
-    for (BlockConfig &b : config.blocks) b.drop_path = b.has_residual() ? 0.5f : 0.0f;
+    for (BlockConfig& b : config.blocks) b.drop_path = b.has_residual() ? 0.5f : 0.0f;
     StepCheck sc;
     sc.label = "tiny fp32 dropout+stochastic depth";
     sc.dropout = true;
@@ -787,9 +787,9 @@ TEST_CASE("GPU training steps are bit-identical from the same state", "[gpu][tra
         INFO(train_precision_name(prec));
         CHECK(losses[0] == losses[1]);
         bool identical = true;
-        for (const auto &[name, t] : result[0].params)
+        for (const auto& [name, t] : result[0].params)
             identical &= std::memcmp(t.ptr(), result[1].param(name).ptr(), size_t(t.numel()) * 4) == 0;
-        for (const auto &[name, t] : grads[0].params)
+        for (const auto& [name, t] : grads[0].params)
             identical &= std::memcmp(t.ptr(), grads[1].params.at(name).ptr(), size_t(t.numel()) * 4) == 0;
         std::printf("[gpu] determinism %s: two runs of two steps %s\n", train_precision_name(prec),
                     identical ? "bit-identical" : "DIFFER");
