@@ -52,7 +52,7 @@ def bench(torch, torchvision, variant, batch, precision, iters, warmup):
     med = statistics.median(times)
     return {"tool": "pytorch-train", "variant": variant, "batch": batch, "resolution": res, "precision": precision,
             "images_per_s": batch * 1000.0 / med, "step_ms_median": med,
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(), "loss_last": float(loss)}
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(), "loss_last": float(loss.detach())}
 
 
 def main():

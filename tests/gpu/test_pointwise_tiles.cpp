@@ -38,8 +38,9 @@ const char* tile_name(kernels::PointwiseTile t) {
 
 } // namespace
 
+// [slow]: racecheck needs more than 45 s for this sweep (H200, 2026-11-27); memcheck runs it.
 TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, residual",
-          "[gpu][sanitize]") {
+          "[gpu][sanitize][slow]") {
     EFFNET_SKIP_WITHOUT_GPU();
     struct Case {
         int images, rows_per_image, k, n;
