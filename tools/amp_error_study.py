@@ -3,7 +3,12 @@
 
 Needs torch (CPU build is enough) and numpy. Usage:
 
-    python tools/amp_error_study.py --dump-dir DIR [--bf16-autocast]
+    python tools/amp_error_study.py --dump-dir DIR [--make-dump LIBEFFNET_A] [--bf16-autocast]
+                                    [--realisations K] [--out FILE]
+
+bench/results/2026-11-27-amp-error-study.txt is the output of
+    --make-dump <CPU build>/libeffnet/libeffnet.a --bf16-autocast --realisations 6
+(about 4 minutes on 2 cores).
 
 DIR holds tiny.safetensors and b0.safetensors: the exact models, inputs and targets of
 tests/gpu/test_training.cpp (test_model(config, 17), random_tensor(.., 23, -2, 2), targets
@@ -158,22 +163,26 @@ def decays(name):
     return name.endswith(".weight") and ".bn." not in name
 
 
-def step_grads(params, cfg, x, target, pol, ls, dtype):
+def step_grads(params, cfg, x, target, pol, ls, dtype, dither=None):
+    """dither: (seed, amplitude); multiplies the input by (1 + amplitude * N(0, 1)) for another
+    rounding realisation (how far that moves the float64 reference is in the report)."""
     p = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in params.items() if trainable(k)}
+    if dither is not None:
+        x = x * (1.0 + dither[1] * np.random.default_rng(dither[0]).standard_normal(x.shape))
     logits = forward(p, cfg, torch.tensor(x, dtype=dtype), pol)
     loss = F.cross_entropy(logits, torch.tensor(target, dtype=torch.long), label_smoothing=ls)
     grads = torch.autograd.grad(loss, list(p.values()))
     return {k: g.detach().double().numpy() for k, g in zip(p.keys(), grads)}, logits.detach().double().numpy(), float(loss)
 
 
-def sgd_steps(params, cfg, x, target, pol, ls, dtype, steps, lr=0.1, mu=0.9, wd=1e-2, nesterov=True):
+def sgd_steps(params, cfg, x, target, pol, ls, dtype, steps, lr=0.1, mu=0.9, wd=1e-2, nesterov=True, dither=None):
     """The test's steps: gradients, then PyTorch SGD (dampening 0); returns each step's grads."""
     w = {k: np.array(v, dtype=np.float64) for k, v in params.items() if trainable(k)}
     buf = {k: np.zeros_like(v) for k, v in w.items()}
     out = []
     npdt = np.float32 if dtype == torch.float32 else np.float64
     for _ in range(steps):
-        g, logits, loss = step_grads({k: v.astype(npdt) for k, v in w.items()}, cfg, x, target, pol, ls, dtype)
+        g, logits, loss = step_grads({k: v.astype(npdt) for k, v in w.items()}, cfg, x, target, pol, ls, dtype, dither)
         out.append((g, logits, loss))
         for k in w:
             gi = g[k] + (wd * w[k] if decays(k) else 0.0)
@@ -308,6 +317,49 @@ def nesterov_study(cfg, params, x, target, out):
     say("  contrast, plain momentum, no smoothing, float32 step 2: grads " + summarize(e))
 
 
+def realisations(label, runs, ref, out):
+    """runs: list of (grads, logits, loss) from dithered realisations; one line each plus the
+    largest of each measure, which is what a test bound has to cover."""
+    say = lambda s="": (print(s), out.append(s))
+    rows = []
+    for g, lg, loss in runs:
+        e = grad_errors(g, ref[0])
+        v = np.array(list(e.values()))
+        rows.append((v.max(), np.median(v), rel(lg, ref[1]), abs(loss - ref[2]) / ref[2], max(e, key=e.get)))
+    say("%s, %d realisations:" % (label, len(runs)))
+    for r in rows:
+        say("    worst grad %.2e (%s)  median grad %.2e  logits %.2e  loss %.2e" % (r[0], r[4], r[1], r[2], r[3]))
+    m = np.array([r[:4] for r in rows]).max(axis=0)
+    say("  LARGEST: worst grad %.2e  median grad %.2e  logits %.2e  loss %.2e" % tuple(m))
+
+
+def realisation_study(cfg, params, x, target, kinds, k, out):
+    ref = step_grads(params, cfg, x, target, Policy("f64"), 0.0, torch.float64)
+    say = lambda s="": (print(s), out.append(s))
+    say()
+    for amp in (1e-7, 1e-5):
+        moved = grad_errors(step_grads(params, cfg, x, target, Policy("f64"), 0.0, torch.float64, (99, amp))[0], ref[0])
+        say("the dither itself at %.0e (float64 dithered vs float64): grads %s" % (amp, summarize(moved)))
+    for name, pol, dt in kinds:
+        # bf16's ulp is 2^-8: a 1e-7 dither rarely changes any bf16 rounding, 1e-5 does
+        amp = 1e-5 if "bf16" in name else 1e-7
+        realisations("%s (input dithered by %.0e)" % (name, amp),
+                     [step_grads(params, cfg, x, target, pol, 0.0, dt, (100 + i, amp)) for i in range(k)], ref, out)
+
+
+def nesterov_realisations(cfg, params, x, target, k, out):
+    ref = sgd_steps(params, cfg, x, target, Policy("f64"), 0.1, torch.float64, 2)
+    runs = [sgd_steps(params, cfg, x, target, Policy("fp32"), 0.1, torch.float32, 2, dither=(200 + i, 1e-7))
+            for i in range(k)]
+    out_ref = lambda s: (ref[s][0], ref[s][1], ref[s][2])
+    for s in range(2):
+        realisations("  float32, nesterov + label smoothing 0.1, step %d (input dithered by 1e-7)" % (s + 1), [r[s] for r in runs], out_ref(s), out)
+    ref0 = sgd_steps(params, cfg, x, target, Policy("f64"), 0.0, torch.float64, 2, nesterov=False)
+    runs0 = [sgd_steps(params, cfg, x, target, Policy("fp32"), 0.0, torch.float32, 2, nesterov=False, dither=(300 + i, 1e-7))
+             for i in range(k)]
+    realisations("  float32, plain momentum, no smoothing, step 2 (input dithered by 1e-7)", [r[1] for r in runs0], ref0[1], out)
+
+
 def autocast_check(cfg, params, x, target, out):
     say = lambda s="": (print(s), out.append(s))
     ref, _, _ = step_grads(params, cfg, x, target, Policy("f64"), 0.0, torch.float64)
@@ -428,6 +480,8 @@ def main():
     ap.add_argument("--dump-dir", required=True)
     ap.add_argument("--make-dump", metavar="LIBEFFNET_A", help="first write the dumps with this CPU libeffnet.a")
     ap.add_argument("--bf16-autocast", action="store_true")
+    ap.add_argument("--realisations", type=int, default=0, metavar="K",
+                    help="K dithered rounding realisations per case (the spread a test bound must cover)")
     ap.add_argument("--out", help="also write the report here")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -440,7 +494,20 @@ def main():
     nesterov_study(cfg, params, x, target, out)
     if args.bf16_autocast:
         autocast_check(cfg, params, x, target, out)
-    study("B0 (1000 classes), batch 2, 64x64", os.path.join(args.dump_dir, "b0.safetensors"), args, out)
+    h, b = torch.float16, torch.bfloat16
+    if args.realisations:
+        realisation_study(cfg, params, x, target, [("tiny float32", Policy("fp32"), torch.float32),
+                                                   ("tiny amp-fp16", Policy("fp16", h, h), torch.float64),
+                                                   ("tiny amp-bf16", Policy("bf16", b, b), torch.float64)],
+                          args.realisations, out)
+        nesterov_realisations(cfg, params, x, target, args.realisations, out)
+    cfg, params, x, target = study("B0 (1000 classes), batch 2, 64x64", os.path.join(args.dump_dir, "b0.safetensors"),
+                                   args, out)
+    if args.realisations:
+        realisation_study(cfg, params, x, target, [("b0 float32", Policy("fp32"), torch.float32),
+                                                   ("b0 amp-fp16", Policy("fp16", h, h), torch.float64),
+                                                   ("b0 amp-bf16", Policy("bf16", b, b), torch.float64)],
+                          args.realisations, out)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(out) + "\n")

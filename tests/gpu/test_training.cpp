@@ -9,11 +9,14 @@
 //   fp32 parameter-gradient reductions: 1e-4 (fp32 partial sums over up to ~1e3 terms per
 //     thread before the double final sum; the order differs from the CPU's);
 //   fp16 / bf16 stored tensors: 1e-2 (one storage rounding, 2^-11 / 2^-9 relative);
-//   whole step: fp32 1e-4 (errors compound through ~20 batch norms with batch statistics),
-//     amp-fp16 3e-2, amp-bf16 6e-2 (bf16 keeps 3 fewer mantissa bits than fp16, and half
-//     activations are rounded at every layer of the forward and the backward).
+//   whole step: set from measurement (tools/amp_error_study.py, output in
+//     bench/results/2026-11-27-amp-error-study.txt): the same models, inputs and steps in
+//     PyTorch, float64 against float32 arithmetic and against fp16 / bf16 rounding at exactly the
+//     GPU trainer's storage points, over several rounding realisations. Each bound is ~3x the
+//     largest measured value (rounded up); see StepCheck and the test cases.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -67,7 +70,7 @@ const char* act_label(int which) {
 
 } // namespace
 
-TEST_CASE("training activation forward/backward matches CPU", "[gpu][train]") {
+TEST_CASE("training activation forward/backward matches CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (Activation a : {Activation::SiLU, Activation::ReLU6})
         for (Precision prec : kAllPrecisions) {
@@ -93,7 +96,7 @@ TEST_CASE("training activation forward/backward matches CPU", "[gpu][train]") {
 }
 
 TEST_CASE("training batch norm (batch statistics, running stats, fused activation) matches CPU",
-          "[gpu][train]") {
+          "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (int C : {13, 40})
         for (int act : {0, 1, 2})
@@ -216,7 +219,7 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
             }
 }
 
-TEST_CASE("training depthwise conv forward, data and weight gradients match CPU", "[gpu][train]") {
+TEST_CASE("training depthwise conv forward, data and weight gradients match CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (int k : {3, 5})
         for (int s : {1, 2})
@@ -278,7 +281,7 @@ TEST_CASE("training depthwise conv forward, data and weight gradients match CPU"
                     }
 }
 
-TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train]") {
+TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (int C : {13, 96})
         for (Activation act : {Activation::SiLU, Activation::ReLU6})
@@ -355,7 +358,7 @@ TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train]"
             }
 }
 
-TEST_CASE("training cross-entropy with label smoothing matches CPU", "[gpu][train]") {
+TEST_CASE("training cross-entropy with label smoothing matches CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (int K : {10, 1000})
         for (float ls : {0.0f, 0.1f})
@@ -400,7 +403,7 @@ TEST_CASE("training cross-entropy with label smoothing matches CPU", "[gpu][trai
             }
 }
 
-TEST_CASE("training SGD update and finite check", "[gpu][train]") {
+TEST_CASE("training SGD update and finite check", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
     for (bool nesterov : {false, true})
         for (float wd : {0.0f, 1e-2f}) {
@@ -563,10 +566,39 @@ std::string bn_weight_of(const std::string& name) {
     return name.substr(0, name.size() - 4) + "weight";
 }
 
+// Whole-step bounds. Why they are loose: with batch statistics at batch 2, a perturbation of
+// the forward's activations is amplified ~10x (tiny) to ~50x (B0) into the logits and ~40x to
+// ~200x into the parameter gradients (measured: fp16 rounding, 2^-11 = 4.9e-4 relative, moves
+// B0's logits by 2.3e-2 and its gradients by 8-11% median; rounding only the backward's
+// gradients moves them by 1e-3). The squeeze-excite reduce gradients, small sums of cancelling
+// terms (sum_hw dy * x, then sum_c over the gate's gradient), move the most. Two rounding
+// realisations differ from each other about as much as from the exact result, so no
+// implementation can come closer; the per-kernel tests above are the sharp checks. The median
+// over parameters is checked too: a systematic defect (a lost scale, a wrong recompute) moves
+// most gradients, while rounding noise leaves the median near its measured value.
+//
+// Measured (largest of 7-8 realisations: worst parameter / median over parameters) and the
+// bounds (~3x, rounded up); the GPU's own results on an H200 were within the measured ranges:
+//   tiny fp32 step 1:        4.2e-5 / 7.3e-6  -> 2e-4 / 3e-5
+//   tiny fp32 step 2:        9.7e-4 / 9.6e-5  -> 3e-3 / 3e-4  (Nesterov + label smoothing 0.1;
+//                            the first step's rounding moves the weights, blocks.2.se.reduce.*)
+//   b0 fp32 step 1:          1.7e-4 / 8.9e-5  -> 6e-4 / 3e-4
+//   tiny amp-fp16:           9.8e-2 / 2.4e-2  -> 3e-1 / 8e-2  (logits 6.1e-3 -> tol 2e-2)
+//   tiny amp-bf16:           8.7e-1 / 1.4e-1  -> 3    / 5e-1  (logits 5.4e-2 -> tol 2e-1)
+//   b0 amp-fp16:             2.4e-1 / 1.1e-1  -> 8e-1 / 4e-1  (logits 2.7e-2 -> tol 9e-2)
+// The per-parameter bounds of the AMP cases only catch gross errors (a lost loss scale is a
+// factor 1024); the median bounds catch a defect that moves most gradients by O(1).
+struct GradBounds {
+    double each;   // every parameter gradient and parameter update
+    double median; // median over parameters of the gradient errors
+};
+
 struct StepCheck {
     std::string label;
     TrainPrecision precision = TrainPrecision::FP32;
-    double tol = 1e-4;
+    double tol = 1e-4;               // loss, logits, running statistics
+    GradBounds first{2e-4, 3e-5};    // first step
+    GradBounds later{3e-3, 3e-4};    // from the second step on (the two engines' weights differ)
     int steps = 1;
     bool nesterov = false;
     float label_smoothing = 0.0f;
@@ -620,21 +652,28 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
         CHECK(report(where + "logits", rel_error(trainer.logits().data, fr.logits.data), sc.tol) <= sc.tol);
         const cpu::Gradients g = trainer.gradients();
         REQUIRE(g.params.size() == g_ref.params.size());
+        const GradBounds& bounds = step == 0 ? sc.first : sc.later;
+        const double grad_tol = bounds.each;
         double worst = 0;
         std::string worst_name;
+        std::vector<double> errors;
         for (const auto& [name, ref] : g_ref.params) {
             const auto it = g.params.find(name);
             REQUIRE(it != g.params.end());
             const std::string w = bn_weight_of(name);
             const double e = grad_error(it->second, ref, w.empty() ? 0.0 : norm(g_ref.params.at(w)));
+            errors.push_back(e);
             if (e > worst) {
                 worst = e;
                 worst_name = name;
             }
-            if (e > sc.tol) report(where + "grad " + name, e, sc.tol);
-            CHECK(e <= sc.tol);
+            if (e > grad_tol) report(where + "grad " + name, e, grad_tol);
+            CHECK(e <= grad_tol);
         }
-        report(where + "worst gradient (" + worst_name + ")", worst, sc.tol);
+        report(where + "worst gradient (" + worst_name + ")", worst, grad_tol);
+        std::sort(errors.begin(), errors.end());
+        const double median = errors[errors.size() / 2];
+        CHECK(report(where + "median gradient", median, bounds.median) <= bounds.median);
         REQUIRE(trainer.apply_update(lr));
         Model after = start;
         trainer.download(after);
@@ -678,11 +717,11 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
                 worst_delta = e;
                 worst_delta_name = name;
             }
-            if (e > sc.tol) report(where + "update " + name, e, sc.tol);
-            CHECK(e <= sc.tol);
+            if (e > grad_tol) report(where + "update " + name, e, grad_tol);
+            CHECK(e <= grad_tol);
         }
         report(where + "worst running stat (" + worst_stat_name + ")", worst_stat, sc.tol);
-        report(where + "worst parameter update (" + worst_delta_name + ")", worst_delta, sc.tol);
+        report(where + "worst parameter update (" + worst_delta_name + ")", worst_delta, grad_tol);
     }
 }
 
@@ -740,24 +779,28 @@ TEST_CASE("GPU training step of a tiny TF-padding ReLU6 model matches the CPU re
 TEST_CASE("GPU training step of a tiny model matches the CPU reference (amp)", "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     StepCheck sc;
-    sc.label = "tiny amp-fp16";
+    sc.label = "tiny amp-fp16"; // bounds: see StepCheck
     sc.precision = TrainPrecision::AmpFP16;
-    sc.tol = 3e-2;
+    sc.tol = 2e-2;
+    sc.first = {3e-1, 8e-2};
     check_training_steps(tiny_config(), 2, 64, 72, sc);
     sc.label = "tiny amp-bf16";
     sc.precision = TrainPrecision::AmpBF16;
-    sc.tol = 6e-2;
+    sc.tol = 2e-1;
+    sc.first = {3.0, 5e-1};
     check_training_steps(tiny_config(), 2, 64, 72, sc);
 }
 
 TEST_CASE("GPU training step of B0 (64x64, batch 2) matches the CPU reference", "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     StepCheck sc;
-    sc.label = "b0 fp32";
+    sc.label = "b0 fp32"; // bounds: see StepCheck
+    sc.first = {6e-4, 3e-4};
     check_training_steps(preset("b0"), 2, 64, 64, sc);
     sc.label = "b0 amp-fp16";
     sc.precision = TrainPrecision::AmpFP16;
-    sc.tol = 3e-2;
+    sc.tol = 9e-2;
+    sc.first = {8e-1, 4e-1};
     check_training_steps(preset("b0"), 2, 64, 64, sc);
 }
 
