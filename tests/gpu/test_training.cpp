@@ -596,9 +596,9 @@ struct GradBounds {
 struct StepCheck {
     std::string label;
     TrainPrecision precision = TrainPrecision::FP32;
-    double tol = 1e-4;               // loss, logits, running statistics
-    GradBounds first{2e-4, 3e-5};    // first step
-    GradBounds later{3e-3, 3e-4};    // from the second step on (the two engines' weights differ)
+    double tol = 1e-4;            // loss, logits, running statistics
+    GradBounds first{2e-4, 3e-5}; // first step
+    GradBounds later{3e-3, 3e-4}; // from the second step on (the two engines' weights differ)
     int steps = 1;
     bool nesterov = false;
     float label_smoothing = 0.0f;
