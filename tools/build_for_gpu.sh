@@ -20,7 +20,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEFFNET_ENABLE_CUDA=ON \
       -DEFFNET_BUILD_EXAMPLES=ON >"$build.configure.log" 2>&1 || {
     tail -n 30 "$build.configure.log"; echo "error: configure failed (log: $build.configure.log)"; exit 1; }
 
-targets="effnet-bench effnet-run effnet-train_bench effnet_gpu_tests effnet_microbench"
+targets="effnet-bench effnet-run effnet-train-bench effnet_gpu_tests effnet_microbench"
 [ "${BUILD_CPU_TESTS:-0}" = 1 ] && targets="$targets effnet_tests"
 known=$(cmake --build "$build" --target help 2>/dev/null)
 built="" failed="" absent=""

@@ -245,12 +245,12 @@ if want torch; then
         --iters "$ITERS" --warmup "$WARMUP" --time-budget 120 --json-out "$RESULTS"
 fi
 
-# ---- training step: effnet-train_bench, then PyTorch (channels_last, SGD momentum), same card
+# ---- training step: effnet-train-bench, then PyTorch (channels_last, SGD momentum), same card
 TRAIN_CONFIGS=("b0 amp-fp16 128" "b0 fp32 128" "b4 amp-fp16 32")
-if want train && have_bin effnet-train_bench train_bench; then
+if want train && have_bin effnet-train-bench train_bench; then
     for c in "${TRAIN_CONFIGS[@]}"; do
         set -- $c
-        run_step "effnet-train $1 $2 b$3" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train_bench" --variant "$1" \
+        run_step "effnet-train $1 $2 b$3" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train-bench" --variant "$1" \
             --precision "$2" --batch "$3" --iters 10
         grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
     done

@@ -1,7 +1,7 @@
-// effnet-train_bench: throughput and memory of the GPU training step (GpuTrainer::step:
+// effnet-train-bench: throughput and memory of the GPU training step (GpuTrainer::step:
 // forward, cross-entropy, backward, SGD momentum update).
 //
-//   effnet-train_bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]
+//   effnet-train-bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]
 //                      [--resolution R] [--iters N] [--warmup N] [--seed S]
 //
 // Random weights, random input (uniform in [-2, 2], never zeros) and random labels; `warmup`
@@ -37,7 +37,7 @@ struct Args {
 };
 
 const char* kUsage =
-    "usage: effnet-train_bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
+    "usage: effnet-train-bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
     "                          [--resolution R] [--iters N] [--warmup N] [--seed S]\n"
     "Times GpuTrainer::step (forward, loss, backward, SGD) on random data; prints one JSON line\n"
     "with images/s and peak device memory.\n";
