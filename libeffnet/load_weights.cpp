@@ -39,8 +39,10 @@ public:
         throw Error("weights '" + file_ + "': metadata '" + key + "' = '" + meta_.at(key) + "' is not " +
                     expected);
     }
-    double number(const std::string& key, double lo, double hi, const std::string& expected) const {
-        const std::string v = trim(*find(key));
+    // One metadata number: the whole (trimmed) text must be a finite number in [lo, hi].
+    double parse_number(const std::string& key, const std::string& text, double lo, double hi,
+                        const std::string& expected) const {
+        const std::string v = trim(text);
         size_t used = 0;
         double d = 0;
         try {
@@ -50,6 +52,9 @@ public:
         }
         if (used != v.size() || !std::isfinite(d) || d < lo || d > hi) fail(key, expected);
         return d;
+    }
+    double number(const std::string& key, double lo, double hi, const std::string& expected) const {
+        return parse_number(key, *find(key), lo, hi, expected);
     }
     int integer(const std::string& key, int lo, int hi) const {
         const double d =
@@ -63,16 +68,7 @@ public:
         std::stringstream ss(*find(key));
         std::string item;
         while (std::getline(ss, item, ',')) {
-            const std::string v = trim(item);
-            size_t used = 0;
-            double d = 0;
-            try {
-                d = std::stod(v, &used);
-            } catch (const std::exception&) {
-                fail(key, expected);
-            }
-            if (used != v.size() || !std::isfinite(d) || d < lo || d > hi) fail(key, expected);
-            out.push_back(d);
+            out.push_back(parse_number(key, item, lo, hi, expected));
         }
         if (count != 0 && out.size() != count) fail(key, expected);
         return out;
