@@ -101,6 +101,10 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                 const int iw = iw0 + c;
                 if (iw >= 0 && iw < a.width) {
                     load_vec<T, V>(row + int64_t(iw) * C, in[c]);
+                    if (a.input_act != Act::None) {
+#pragma unroll
+                        for (int v = 0; v < V; ++v) in[c][v] = activate<T>(in[c][v], a.input_act);
+                    }
                 } else {
 #pragma unroll
                     for (int v = 0; v < V; ++v) in[c][v] = 0.0f;
@@ -160,10 +164,21 @@ int ceil_div(int a, int b) {
     return (a + b - 1) / b;
 }
 
+// Threads across channels in a block (threadIdx.x). At most `widest` (8 x 16 B: one 128-byte
+// line per pixel); a divisor of `groups` when one is at least half that wide, so that the last
+// channel slab is not partly idle: 96 fp16 channels are 12 groups, 2 slabs of 6 rather than 8 + 4
+// (a third of the lanes idle), 144 are 3 slabs of 6 rather than 8 + 8 + 2.
+int channel_groups_per_block(int groups, int widest) {
+    if (groups <= widest) return groups;
+    for (int cg = widest; cg * 2 >= widest; --cg)
+        if (groups % cg == 0) return cg;
+    return widest;
+}
+
 template <typename T, int K, int V, int TW, int S>
 void launch_tiled(const DepthwiseArgs& a, cudaStream_t stream) {
     const int groups = a.channels / V;
-    const int cg = std::min(groups, V == 1 ? 32 : 8); // 8 x 16 B: one 128-byte line per pixel
+    const int cg = channel_groups_per_block(groups, V == 1 ? 32 : 8);
     const int slabs = ceil_div(groups, cg);
     const int strips_w = ceil_div(a.out_width, TW);
     // Balanced tiles: as large as the thread cap allows, split evenly so none is mostly empty.

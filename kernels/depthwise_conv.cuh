@@ -1,6 +1,7 @@
 #pragma once
 // Depthwise KxK convolution (K = 3 or 5, any stride, any top/left padding; bottom/right padding
-// is implied by the output size), NHWC, batch norm folded, activation fused, and optionally the
+// is implied by the output size), NHWC, batch norm folded, activation fused (on the input too,
+// optionally), and optionally the
 // squeeze of squeeze-excite fused into the epilogue: the per-channel sum of the activated output
 // is atomically added into pooled_sum (which the caller zeroes first).
 #include "kernels/types.cuh"
@@ -17,6 +18,10 @@ struct DepthwiseArgs {
     int kernel = 3, stride = 1, pad_top = 0, pad_left = 0;
     int out_height = 0, out_width = 0;
     Act act = Act::SiLU;
+    // Applied to each input element as it is loaded (zero padding stays zero): the expand
+    // convolution's activation when a vendor GEMM wrote the expand output without it, which
+    // saves a read and a write of the largest tensor in the block.
+    Act input_act = Act::None;
     // Output pixels each thread computes along W: 0 lets the launcher choose (by how many threads
     // the layer needs to fill the GPU); 1, 2 or 4 (4 only at stride 1) force it, for benchmarks.
     int pixels_per_thread = 0;

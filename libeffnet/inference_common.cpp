@@ -30,6 +30,25 @@ Precision parse_precision(const std::string& s) {
     throw Error("unknown precision '" + s + "' (expected fp32, fp16 or bf16)");
 }
 
+const char* gemm_backend_name(GemmBackend b) {
+    switch (b) {
+    case GemmBackend::Auto:
+        return "auto";
+    case GemmBackend::Handwritten:
+        return "handwritten";
+    case GemmBackend::CublasLt:
+        return "cublaslt";
+    }
+    return "unknown";
+}
+
+GemmBackend parse_gemm_backend(const std::string& s) {
+    if (s == "auto") return GemmBackend::Auto;
+    if (s == "handwritten") return GemmBackend::Handwritten;
+    if (s == "cublaslt") return GemmBackend::CublasLt;
+    throw Error("unknown GEMM backend '" + s + "' (expected auto, handwritten or cublaslt)");
+}
+
 #ifndef EFFNET_WITH_CUDA
 bool cuda_available() {
     return false;
@@ -73,6 +92,9 @@ size_t InferenceSession::activation_arena_bytes() const {
 }
 void* InferenceSession::stream() const {
     return nullptr;
+}
+std::vector<StepProfile> InferenceSession::profile_steps(int) {
+    throw Error("InferenceSession: built without CUDA");
 }
 #endif
 

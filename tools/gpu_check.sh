@@ -229,12 +229,16 @@ if [ -n "$COMPILE_PID" ]; then
 fi
 
 # ---- end to end: effnet-bench, then PyTorch eager, same card, GPU otherwise idle
-BENCH_CONFIGS=("b0 fp16 256" "b0 fp16 32" "b0 fp16 1" "b4 fp16 64" "b7 fp16 32" "b0 fp32 256")
+# variant precision batch [extra effnet-bench options]. fp32 twice: true fp32, and with TF32 GEMMs
+# (PyTorch's fp32 convolutions run TF32: torch.backends.cudnn.allow_tf32 defaults to True).
+# The B0 fp16 runs also write per-step profiles (profile-*.csv: step, kernel chosen, ms).
+BENCH_CONFIGS=("b0 fp16 256 --profile $OUT/profile-b0-fp16-b256.csv" "b0 fp16 32 --profile $OUT/profile-b0-fp16-b32.csv"
+    "b0 fp16 1" "b4 fp16 64" "b7 fp16 32" "b0 fp32 256" "b0 fp32 256 --tf32")
 if want bench && have_bin effnet-bench effnet_bench; then
     for c in "${BENCH_CONFIGS[@]}"; do
         set -- $c
-        run_step "effnet-bench $1 $2 b$3" 45 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
-            --precision "$2" --batch "$3" --iters "$ITERS" --warmup "$WARMUP" --json
+        run_step "effnet-bench $*" 45 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
+            --precision "$2" --batch "$3" "${@:4}" --iters "$ITERS" --warmup "$WARMUP" --json
         grep '^{' "$STEP_OUT" >>"$RESULTS"
     done
 fi
@@ -268,11 +272,13 @@ fi
 # ---- extras, only with time left: the fused and graph-less paths (what fusion and the
 # CUDA graph buy), then the sanitizer if it did not run during the compile.
 if want extras && have_bin effnet-bench extras; then
-    for c in "b0 fp16 256 --fused" "b0 fp16 1 --no-graph"; do
+    # What the per-layer GEMM choice buys: the hand-written GEMM everywhere, same shapes.
+    for c in "b0 fp16 256 --gemm handwritten" "b0 fp16 32 --gemm handwritten" "b0 fp16 256 --fused" \
+        "b0 fp16 1 --no-graph"; do
         set -- $c
         (($(left) < 40)) && break
-        run_step "effnet-bench $1 $2 b$3 $4" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
-            --precision "$2" --batch "$3" "$4" --iters "$ITERS" --warmup "$WARMUP" --json
+        run_step "effnet-bench $*" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-bench" --variant "$1" \
+            --precision "$2" --batch "$3" "${@:4}" --iters "$ITERS" --warmup "$WARMUP" --json
         grep '^{' "$STEP_OUT" >>"$RESULTS"
     done
 fi
@@ -287,7 +293,8 @@ done
 say "== report (total ${SECONDS}s)"
 dry=(); [ "$DRY_RUN" = 1 ] && dry=(--dry-run)
 "$PY" tools/make_report.py --results "$RESULTS" --microbench "$MICROJSON" --header "$HEADER" \
-    --tests-log "$TESTLOG" --micro-batch "$MICRO_BATCH" --out "$OUT/report.md" --total-seconds "$SECONDS" "${dry[@]}" 2>&1 |
+    --tests-log "$TESTLOG" --micro-batch "$MICRO_BATCH" --out "$OUT/report.md" --total-seconds "$SECONDS" "${dry[@]}" \
+    --profiles "$OUT"/profile-*.csv 2>&1 |
     tee -a "$LOG" | tail -n 60
 rc=${PIPESTATUS[0]}
 rm -rf "$TMP"

@@ -14,6 +14,7 @@ or a counter "bytes" (per iteration) / "GB/s" / "TB/s".
 Standard library only: runs anywhere (the report can be remade here from the files).
 """
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -134,7 +135,8 @@ def index_runs(rows):
     for r in rows:
         if r.get("tool") == "effnet-bench":
             variant = "" + ("fused" if r.get("fused", False) else "") + ("" if r.get("graph", True) else " no-graph") \
-                + (" tf32" if r.get("tf32") else "")
+                + (" tf32" if r.get("tf32") else "") \
+                + (f" gemm={r['gemm']}" if r.get("gemm", "auto") != "auto" else "")
             key = (r.get("variant"), int(r.get("batch", 0)), r.get("precision"), variant.strip())
             effnet[key] = r
         elif r.get("tool") == "pytorch":
@@ -298,6 +300,13 @@ def evaluate(effnet, torch, micro, copy_bps, env_rows):
                   ">= 1.5x", verdict(r >= 1.5)))
     else:
         T.append(("B0 fp32 b256 vs PyTorch fp32 eager", "not measured", ">= 1.5x", "not measured"))
+    # PyTorch's fp32 convolutions use TF32 (cudnn.allow_tf32 defaults to True): effnet with TF32
+    # GEMMs is the like-for-like figure; the row above is effnet in true fp32.
+    er = effnet.get(("b0", 256, "fp32", "tf32"))
+    if er and ips:
+        r = er["images_per_s"] / ips
+        T.append(("B0 fp32 b256, effnet TF32 GEMMs, vs PyTorch fp32 eager (cuDNN TF32)",
+                  f"{r:.2f}x ({fnum(er['images_per_s'])} vs {fnum(ips)} img/s)", ">= 1.5x", verdict(r >= 1.5)))
 
     dw = [m for m in micro if m["impl"] == "effnet" and m["depthwise"] and (m["batch"] is None or m["batch"] >= 32)]
     fr = [m["frac"] for m in dw if m.get("frac") is not None]
@@ -333,6 +342,40 @@ def evaluate(effnet, torch, micro, copy_bps, env_rows):
 # ---------------------------------------------------------------------------------------------
 
 
+def step_kind(name):
+    for suffix in (".expand", ".project", ".dw", ".fused_expand_dw", ".se.excite"):
+        if name.endswith(suffix):
+            return suffix[1:]
+    return name
+
+
+def profile_sections(paths):
+    """Per profile: time by step kind and GEMM backend, and the ten slowest steps."""
+    md = []
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f)]
+        if not rows:
+            continue
+        total = sum(float(r["ms"]) for r in rows)
+        kinds = {}
+        for r in rows:
+            k = (step_kind(r["step"]), r["kernel"])
+            n, t = kinds.get(k, (0, 0.0))
+            kinds[k] = (n + 1, t + float(r["ms"]))
+        md += [f"`{os.path.basename(path)}`: {len(rows)} steps, {total:.3f} ms in total (eager).", ""]
+        md.append(table(["step kind", "kernel", "steps", "ms", "share"],
+                        [[k[0], k[1], n, f"{t:.3f}", f"{t / total:.0%}"]
+                         for k, (n, t) in sorted(kinds.items(), key=lambda kv: -kv[1][1])]))
+        md.append("")
+        slow = sorted(rows, key=lambda r: -float(r["ms"]))[:10]
+        md.append(table(["slowest steps", "kernel", "ms"], [[r["step"], r["kernel"], f"{float(r['ms']):.3f}"] for r in slow]))
+        md.append("")
+    return md
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results")
@@ -344,6 +387,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--total-seconds", type=float)
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--profiles", nargs="*", default=[], help="effnet-bench --profile CSV files")
     args = ap.parse_args()
 
     rows = read_jsonl(args.results)
@@ -526,6 +570,11 @@ def main():
         s = catch2_summary(text) if not name.startswith("sanitizer") else (sanitizer_summary(text) or catch2_summary(text))
         trows.append([name, s or "(no summary line: see gpu_tests.log)"])
     md.append(table(["run", "summary"], trows) if trows else "Not run.")
+    md.append("")
+
+    md += ["## Where the time goes (effnet-bench --profile: eager, an event between steps)", ""]
+    prof_md = profile_sections(args.profiles)
+    md += prof_md if prof_md else ["Not measured."]
     md.append("")
 
     md += ["## Microbenchmarks", ""]

@@ -2,6 +2,7 @@
 //
 //   effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp16] [--iters N]
 //                [--warmup N] [--seed S] [--fused|--unfused] [--no-graph] [--tf32] [--json]
+//                [--gemm auto|handwritten|cublaslt] [--profile FILE]
 //
 // Protocol (the same as bench/pytorch_bench.py, so that the two can be compared):
 //   random NCHW float32 input already on the device (never zeros), `warmup` untimed runs, then
@@ -47,14 +48,18 @@ struct Args {
     bool graph = true;
     bool tf32 = false;
     bool json = false;
+    std::string gemm = "auto";
+    std::string profile; // CSV of per-step times, written after the timed runs
 };
 
 const char* kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
     "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
-    "                    [--tf32] [--json]\n"
+    "                    [--tf32] [--json] [--gemm auto|handwritten|cublaslt] [--profile FILE]\n"
     "Times InferenceSession::run on random device input: median images/s, latency p50/p90/p99,\n"
-    "device memory. --json prints one JSON object per line.\n";
+    "device memory. --json prints one JSON object per line. --gemm picks the 1x1 convolutions'\n"
+    "GEMM (auto: the faster per layer, timed when the session is built). --profile FILE writes\n"
+    "each step's mean time (eager, an event between steps) as CSV: step,kernel,ms.\n";
 
 // Returns false when --help was asked for.
 bool parse_args(int argc, char** argv, Args& a) {
@@ -90,6 +95,10 @@ bool parse_args(int argc, char** argv, Args& a) {
             a.tf32 = true;
         else if (opt == "--json")
             a.json = true;
+        else if (opt == "--gemm")
+            a.gemm = value();
+        else if (opt == "--profile")
+            a.profile = value();
         else
             throw effnet::Error("unknown option '" + opt + "' (see --help)");
     }
@@ -146,6 +155,23 @@ std::string json_escape(const std::string& s) {
     return out;
 }
 
+// Per-step times (eager, so each launch's gap is in the next step's figure) as CSV.
+void write_profile(effnet::InferenceSession& session, const std::string& path) {
+    const std::vector<effnet::StepProfile> steps = session.profile_steps(20);
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) throw effnet::Error("--profile: cannot write '" + path + "': " + std::strerror(errno));
+    std::fprintf(f, "step,kernel,ms\n");
+    double total = 0.0;
+    for (const effnet::StepProfile& s : steps) {
+        std::fprintf(f, "%s,%s,%.6f\n", s.name.c_str(), s.kernel.c_str(), s.ms);
+        total += s.ms;
+    }
+    const bool ok = std::fclose(f) == 0;
+    if (!ok) throw effnet::Error("--profile: error writing '" + path + "'");
+    std::printf("profile: %zu steps, %.3f ms eager in total, written to %s\n", steps.size(), total,
+                path.c_str());
+}
+
 int run_benchmark(const Args& a) {
     if (!effnet::cuda_available()) throw effnet::Error("no usable GPU: " + effnet::cuda_device_description());
     effnet::ModelConfig config = effnet::preset(a.variant);
@@ -156,6 +182,7 @@ int run_benchmark(const Args& a) {
     options.fused_mbconv = a.fused;
     options.use_cuda_graph = a.graph;
     options.allow_tf32 = a.tf32;
+    options.gemm = effnet::parse_gemm_backend(a.gemm);
 
     auto t_setup = std::chrono::steady_clock::now();
     effnet::Model model = effnet::random_model(config, a.seed);
@@ -206,6 +233,8 @@ int run_benchmark(const Args& a) {
     CUDA_CHECK(cudaEventElapsedTime(&pipelined_total_ms, start.e, stop.e));
     CUDA_CHECK(cudaGetLastError());
 
+    if (!a.profile.empty()) write_profile(session, a.profile);
+
     std::vector<float> logits(out_count);
     CUDA_CHECK(cudaMemcpy(logits.data(), d_out.ptr, out_count * sizeof(float), cudaMemcpyDeviceToHost));
     size_t non_finite = 0;
@@ -233,13 +262,14 @@ int run_benchmark(const Args& a) {
 
     if (a.json) {
         std::printf("{\"tool\":\"effnet-bench\",\"variant\":\"%s\",\"resolution\":%d,\"batch\":%d,"
-                    "\"precision\":\"%s\",\"fused\":%s,\"graph\":%s,\"tf32\":%s,\"iters\":%d,\"warmup\":%d,"
+                    "\"precision\":\"%s\",\"gemm\":\"%s\",\"fused\":%s,\"graph\":%s,\"tf32\":%s,\"iters\":%d,"
+                    "\"warmup\":%d,"
                     "\"ms_p50\":%.6f,\"ms_p90\":%.6f,\"ms_p99\":%.6f,\"ms_mean\":%.6f,\"ms_min\":%.6f,"
                     "\"images_per_s\":%.3f,\"images_per_s_pipelined\":%.3f,"
                     "\"peak_device_memory_bytes\":%zu,\"activation_arena_bytes\":%zu,"
                     "\"device_memory_delta_bytes\":%lld,\"output_ok\":%s,\"non_finite_logits\":%zu,"
                     "\"setup_s\":%.3f,\"device\":\"%s\"}\n",
-                    config.name.c_str(), res, a.batch, effnet::precision_name(precision),
+                    config.name.c_str(), res, a.batch, effnet::precision_name(precision), a.gemm.c_str(),
                     a.fused ? "true" : "false", a.graph ? "true" : "false", a.tf32 ? "true" : "false",
                     a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips, ips_pipelined, peak, arena,
                     mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
@@ -278,6 +308,7 @@ int main(int argc, char** argv) {
         const effnet::Precision precision = effnet::parse_precision(args.precision);
         EFFNET_CHECK(!args.tf32 || precision == effnet::Precision::FP32,
                      "--tf32 applies to --precision fp32 only");
+        effnet::parse_gemm_backend(args.gemm);
 #ifdef EFFNET_WITH_CUDA
         return run_benchmark(args);
 #else

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "effnet/model.hpp"
 
@@ -20,11 +21,29 @@ bool cuda_available();
 // A one-line description of the GPU, driver and runtime, or why there is none.
 std::string cuda_device_description();
 
+// Which GEMM runs each 1x1 convolution (expand, project, head).
+enum class GemmBackend {
+    Auto,        // time both at construction, per layer, and keep the faster
+    Handwritten, // effnet's kernel: gate in its prologue, bias/activation/residual in its epilogue
+    CublasLt,    // cuBLASLt with its bias epilogue (residual as C); the gate and SiLU/ReLU6 run as
+                 // separate in-place passes
+};
+const char* gemm_backend_name(GemmBackend b);         // "auto" | "handwritten" | "cublaslt"
+GemmBackend parse_gemm_backend(const std::string& s); // throws effnet::Error on unknown names
+
 struct SessionOptions {
     bool fused_mbconv = false; // true: expand 1x1 + depthwise fused (slower today, see bench/results)
     bool use_cuda_graph = true;
-    bool allow_tf32 = false; // fp32 only: TF32 tensor cores for 1x1 convolutions
+    bool allow_tf32 = false; // fp32 only: TF32 tensor cores for the cuBLASLt 1x1 convolutions
+    GemmBackend gemm = GemmBackend::Auto;
     int device = 0;
+};
+
+// One step of a session's forward as profile_steps() measured it.
+struct StepProfile {
+    std::string name;   // "blocks.3.expand", "blocks.3.dw", ...
+    std::string kernel; // what runs it: "handwritten", "cublaslt", "depthwise", ...
+    double ms = 0;      // mean time of one launch of the step, in sequence with the others
 };
 
 class InferenceSession {
@@ -48,6 +67,10 @@ public:
     Precision precision() const;
     size_t peak_device_memory() const; // bytes: weights + activation arena + workspaces
     size_t activation_arena_bytes() const;
+    // Runs the forward eagerly `reps` times with an event between steps (on the input last
+    // given to run(), or zeros) and returns each step's mean time. Synchronises; for analysis,
+    // not for the hot path.
+    std::vector<StepProfile> profile_steps(int reps = 20);
     void* stream() const; // the session's cudaStream_t
 
 private:

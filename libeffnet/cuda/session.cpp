@@ -5,12 +5,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
+#include "kernels/activation.cuh"
+#include "kernels/channel_gate.cuh"
 #include "kernels/depthwise_conv.cuh"
 #include "kernels/fused_mbconv.cuh"
 #include "kernels/pointwise_conv.cuh"
@@ -20,6 +23,8 @@
 #include "libeffnet/cuda/arena_plan.hpp"
 #include "libeffnet/cuda/context.hpp"
 #include "libeffnet/cuda/folded_weights.hpp"
+#include "libeffnet/cuda/lt_matmul.hpp"
+#include "libeffnet/cuda/time_launches.hpp"
 
 namespace effnet {
 namespace {
@@ -28,6 +33,9 @@ using kernels::Act;
 
 constexpr int kMaxSide = 2048;   // keeps every grid dimension inside its limit
 constexpr int kMaxBatch = 65535; // grid.z of the depthwise kernel
+// cuBLASLt workspace: enough for its split-K algorithms on these skinny GEMMs, small next to
+// the arena.
+constexpr size_t kLtWorkspaceBytes = size_t(8) << 20;
 
 // Host staging for all weights: one upload, 256-byte aligned entries.
 class WeightPack {
@@ -50,6 +58,16 @@ void check_shape(const Tensor& t, const Shape& expected, const std::string& name
                                           shape_str(t.shape) + ", expected " + shape_str(expected));
 }
 
+cuda::LtMatmulBuffers lt_buffers(const kernels::PointwiseArgs& a, const void* lt_bias) {
+    cuda::LtMatmulBuffers b;
+    b.x = a.input;
+    b.w = a.weight;
+    b.bias = lt_bias;
+    b.residual = a.residual;
+    b.y = a.output;
+    return b;
+}
+
 } // namespace
 
 struct InferenceSession::Impl {
@@ -62,9 +80,28 @@ struct InferenceSession::Impl {
     cuda::ArenaPlan plan;
     struct Step {
         std::string name;
+        std::string kernel; // what runs it (reported by profile_steps)
         std::function<void(cudaStream_t)> launch;
     };
     std::vector<Step> steps;
+    // How a 1x1 convolution runs (tune_gemms chooses).
+    enum class GemmChoice {
+        Handwritten,       // effnet's GEMM, everything fused
+        CublasLt,          // [gate pass] + cuBLASLt (bias, residual) + [activation pass]
+        CublasLtActInNext, // cuBLASLt, the activation applied by the depthwise conv as it loads
+    };
+    // A 1x1 convolution and the GEMM chosen for it.
+    struct PointwiseLayer {
+        size_t step = 0;             // index into steps
+        kernels::PointwiseArgs args; // shape and activation; pointers set per launch
+        size_t w_off = 0, b_off = 0; // weight (storage), bias (fp32)
+        size_t lt_b_off = 0;         // bias in storage precision (cuBLASLt's epilogue)
+        int in_id = -1, gate_id = -1, residual_id = -1, out_id = -1;
+        int consumer_step = -1;             // the depthwise step reading the output (expand convs)
+        std::unique_ptr<cuda::LtMatmul> lt; // built by tune_gemms unless Handwritten
+        GemmChoice choice = GemmChoice::Handwritten;
+    };
+    std::vector<std::unique_ptr<PointwiseLayer>> pointwise;
     int input_id = -1, logits_id = -1;
     size_t input_bytes = 0, logits_bytes = 0;
     cudaGraph_t graph = nullptr;
@@ -82,6 +119,8 @@ struct InferenceSession::Impl {
     const float* weight_f32(size_t offset) const { return reinterpret_cast<const float*>(weight(offset)); }
 
     void build(const Model& model);
+    void launch_pointwise(PointwiseLayer& l, GemmChoice choice, cudaStream_t stream);
+    void tune_gemms();
     void run_steps(cudaStream_t stream) {
         for (const Step& s : steps) {
             s.launch(stream);
@@ -136,7 +175,7 @@ void InferenceSession::Impl::build(const Model& model) {
         a.act = kernels::to_act(cfg.activation);
         const size_t w_off = pack.add_f32(cuda::stem_layout(stem)), b_off = pack.add_f32(stem.bias);
         const int in_id = input_id, out_id = cur;
-        steps.push_back({"stem", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
+        steps.push_back({"stem", "stem_conv", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
                              a.input = reinterpret_cast<const float*>(tensor(in_id));
                              a.weight = weight_f32(w_off);
                              a.bias = weight_f32(b_off);
@@ -149,28 +188,27 @@ void InferenceSession::Impl::build(const Model& model) {
     const Act act = kernels::to_act(cfg.activation);
     auto add_pointwise = [&](const std::string& name, const cuda::FoldedConv& conv, int in_id, int64_t rows,
                              int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id) {
-        const int cout = int(conv.shape[0]), cin = int(conv.shape[1]);
-        const size_t w_off = pack.add(cuda::to_storage(conv.weight, precision));
-        const size_t b_off = pack.add_f32(conv.bias);
-        kernels::PointwiseArgs a;
-        a.rows = rows;
-        a.out_channels = cout;
-        a.in_channels = cin;
-        a.rows_per_image = rows_per_image;
-        a.act = epilogue_act;
+        auto l = std::make_unique<PointwiseLayer>();
+        l->step = steps.size();
+        l->args.rows = rows;
+        l->args.out_channels = int(conv.shape[0]);
+        l->args.in_channels = int(conv.shape[1]);
+        l->args.rows_per_image = rows_per_image;
+        l->args.act = epilogue_act;
+        l->w_off = pack.add(cuda::to_storage(conv.weight, precision));
+        l->b_off = pack.add_f32(conv.bias);
+        l->lt_b_off = pack.add(cuda::to_storage(conv.bias, precision));
+        l->in_id = in_id;
+        l->gate_id = gate_id;
+        l->residual_id = residual_id;
+        l->out_id = out_id;
         plan.touch(in_id, step);
         if (gate_id >= 0) plan.touch(gate_id, step);
         if (residual_id >= 0) plan.touch(residual_id, step);
+        PointwiseLayer* lp = l.get();
         steps.push_back(
-            {name, [this, a, w_off, b_off, in_id, gate_id, residual_id, out_id](cudaStream_t s) mutable {
-                 a.input = tensor(in_id);
-                 a.weight = weight(w_off);
-                 a.bias = weight_f32(b_off);
-                 a.gate = gate_id >= 0 ? reinterpret_cast<const float*>(tensor(gate_id)) : nullptr;
-                 a.residual = residual_id >= 0 ? tensor(residual_id) : nullptr;
-                 a.output = tensor(out_id);
-                 kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
-             }});
+            {name, "handwritten", [this, lp](cudaStream_t s) { launch_pointwise(*lp, lp->choice, s); }});
+        pointwise.push_back(std::move(l));
         ++step;
     };
 
@@ -240,8 +278,9 @@ void InferenceSession::Impl::build(const Model& model) {
             plan.touch(block_in, step);
             plan.touch(dw_out, step);
             if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back({p + ".fused_expand_dw", [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out,
-                                                      pooled_id, N, ce](cudaStream_t s) mutable {
+            steps.push_back({p + ".fused_expand_dw", "fused_expand_depthwise",
+                             [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out, pooled_id, N,
+                              ce](cudaStream_t s) mutable {
                                  fa.input = tensor(block_in);
                                  fa.expand_weight = weight(e_w);
                                  fa.expand_bias = weight_f32(e_b);
@@ -258,25 +297,33 @@ void InferenceSession::Impl::build(const Model& model) {
             ++step;
         } else {
             int dw_in = block_in;
+            PointwiseLayer* producer = nullptr; // the expand conv, whose activation may move here
             if (b.has_expand()) {
                 dw_in = plan.add(p + ".expand", size_t(in_rows) * ce * es, step, step);
                 add_pointwise(p + ".expand", expand, block_in, in_rows, h * w, -1, -1, act, dw_in);
+                producer = pointwise.back().get();
+                producer->consumer_step = int(steps.size());
             }
             plan.touch(dw_in, step);
             plan.touch(dw_out, step);
             if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back(
-                {p + ".dw", [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce](cudaStream_t s) mutable {
-                     dwa.input = tensor(dw_in);
-                     dwa.weight = weight_f32(dw_w);
-                     dwa.bias = weight_f32(dw_b);
-                     dwa.output = tensor(dw_out);
-                     dwa.pooled_sum = pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
-                     if (dwa.pooled_sum)
-                         EFFNET_CUDA_CHECK(
-                             cudaMemsetAsync(dwa.pooled_sum, 0, size_t(N) * ce * sizeof(float), s));
-                     kernels::launch_depthwise_conv(dwa, precision, s);
-                 }});
+            steps.push_back({p + ".dw", "depthwise",
+                             [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce, producer,
+                              act](cudaStream_t s) mutable {
+                                 dwa.input = tensor(dw_in);
+                                 dwa.input_act = producer && producer->choice == GemmChoice::CublasLtActInNext
+                                                     ? act
+                                                     : Act::None;
+                                 dwa.weight = weight_f32(dw_w);
+                                 dwa.bias = weight_f32(dw_b);
+                                 dwa.output = tensor(dw_out);
+                                 dwa.pooled_sum =
+                                     pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
+                                 if (dwa.pooled_sum)
+                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(dwa.pooled_sum, 0,
+                                                                       size_t(N) * ce * sizeof(float), s));
+                                 kernels::launch_depthwise_conv(dwa, precision, s);
+                             }});
             ++step;
         }
 
@@ -302,16 +349,17 @@ void InferenceSession::Impl::build(const Model& model) {
             ea.channels = ce;
             ea.reduced = S;
             ea.act = act;
-            steps.push_back({p + ".se.excite", [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id,
-                                                gate_id](cudaStream_t s) mutable {
-                                 ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
-                                 ea.w_reduce = weight_f32(w1_off);
-                                 ea.b_reduce = weight_f32(b1_off);
-                                 ea.w_expand_t = weight_f32(w2_off);
-                                 ea.b_expand = weight_f32(b2_off);
-                                 ea.gate = reinterpret_cast<float*>(tensor(gate_id));
-                                 kernels::launch_excite(ea, s);
-                             }});
+            steps.push_back(
+                {p + ".se.excite", "excite",
+                 [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id, gate_id](cudaStream_t s) mutable {
+                     ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
+                     ea.w_reduce = weight_f32(w1_off);
+                     ea.b_reduce = weight_f32(b1_off);
+                     ea.w_expand_t = weight_f32(w2_off);
+                     ea.b_expand = weight_f32(b2_off);
+                     ea.gate = reinterpret_cast<float*>(tensor(gate_id));
+                     kernels::launch_excite(ea, s);
+                 }});
             ++step;
         }
 
@@ -337,11 +385,11 @@ void InferenceSession::Impl::build(const Model& model) {
     plan.touch(head_id, step);
     {
         const int pixels = h * w, channels = cfg.head_channels;
-        steps.push_back({"pool", [this, head_id, pooled_id, pixels, channels](cudaStream_t s) {
-                             kernels::launch_global_avg_pool(tensor(head_id),
-                                                             reinterpret_cast<float*>(tensor(pooled_id)),
-                                                             batch, pixels, channels, precision, s);
-                         }});
+        steps.push_back(
+            {"pool", "global_avg_pool", [this, head_id, pooled_id, pixels, channels](cudaStream_t s) {
+                 kernels::launch_global_avg_pool(tensor(head_id), reinterpret_cast<float*>(tensor(pooled_id)),
+                                                 batch, pixels, channels, precision, s);
+             }});
         ++step;
     }
 
@@ -355,11 +403,12 @@ void InferenceSession::Impl::build(const Model& model) {
     plan.touch(pooled_id, step);
     {
         const int K = cfg.head_channels, M = cfg.num_classes, lid = logits_id;
-        steps.push_back({"classifier", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
-                             kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)),
-                                                    weight_f32(cw_off), weight_f32(cb_off),
-                                                    reinterpret_cast<float*>(tensor(lid)), batch, K, M, s);
-                         }});
+        steps.push_back(
+            {"classifier", "linear", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
+                 kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)), weight_f32(cw_off),
+                                        weight_f32(cb_off), reinterpret_cast<float*>(tensor(lid)), batch, K,
+                                        M, s);
+             }});
         ++step;
     }
 
@@ -372,6 +421,91 @@ void InferenceSession::Impl::build(const Model& model) {
     // Defined contents for the warm-up run (the input buffer is not yet written).
     EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+    tune_gemms();
+    // Tuning ran layers on whatever the arena held: start the warm-up from zeros again.
+    EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+}
+
+void InferenceSession::Impl::launch_pointwise(PointwiseLayer& l, GemmChoice choice, cudaStream_t s) {
+    kernels::PointwiseArgs& a = l.args;
+    a.input = tensor(l.in_id);
+    a.weight = weight(l.w_off);
+    a.bias = weight_f32(l.b_off);
+    a.gate = l.gate_id >= 0 ? reinterpret_cast<const float*>(tensor(l.gate_id)) : nullptr;
+    a.residual = l.residual_id >= 0 ? tensor(l.residual_id) : nullptr;
+    a.output = tensor(l.out_id);
+    if (choice == GemmChoice::Handwritten) {
+        kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
+        return;
+    }
+    // The gate scales the depthwise output in place: its only reader is this GEMM (the squeeze
+    // was taken in the depthwise epilogue, before the gate).
+    if (a.gate)
+        kernels::launch_channel_gate(const_cast<void*>(a.input), a.gate, a.rows, a.in_channels,
+                                     a.rows_per_image, precision, s);
+    l.lt->run(lt_buffers(a, weight(l.lt_b_off)), s);
+    if (a.act != Act::None && choice == GemmChoice::CublasLt)
+        kernels::launch_activation_forward(a.output, a.output, a.rows * a.out_channels, a.act, precision, s);
+}
+
+// Per 1x1 layer: the hand-written GEMM (gate, bias, activation, residual fused) or cuBLASLt plus
+// the passes it needs, whichever is faster on this GPU for this shape. An expand conv is timed
+// together with the depthwise conv that reads its output, because one choice moves its
+// activation into that depthwise conv's loads (no activation pass, more work per load).
+// Timed on the arena's own buffers, in place: values do not change the time, and the arena is
+// reset afterwards.
+void InferenceSession::Impl::tune_gemms() {
+    if (options.gemm == GemmBackend::Handwritten) return;
+    const bool tf32 = options.allow_tf32 && precision == Precision::FP32;
+    void* workspace = ctx->workspace(kLtWorkspaceBytes);
+    cudaStream_t s = ctx->stream();
+    for (auto& lp : pointwise) {
+        PointwiseLayer& l = *lp;
+        launch_pointwise(l, GemmChoice::Handwritten, s); // sets the argument pointers
+        cuda::LtMatmulShape shape;
+        shape.rows = l.args.rows;
+        shape.out = l.args.out_channels;
+        shape.in = l.args.in_channels;
+        shape.residual = l.args.residual != nullptr;
+        shape.tf32 = tf32;
+        try {
+            l.lt = std::make_unique<cuda::LtMatmul>(ctx->cublaslt(), precision, shape,
+                                                    lt_buffers(l.args, weight(l.lt_b_off)), workspace,
+                                                    kLtWorkspaceBytes, s);
+        } catch (const Error&) {
+            if (options.gemm == GemmBackend::CublasLt) throw;
+            (void)cudaGetLastError();
+            continue; // Auto: this shape stays on the hand-written kernel
+        }
+        const bool has_consumer = l.consumer_step >= 0 && l.args.act != Act::None;
+        if (options.gemm == GemmBackend::CublasLt) {
+            l.choice = has_consumer ? GemmChoice::CublasLtActInNext : GemmChoice::CublasLt;
+        } else {
+            float best = std::numeric_limits<float>::infinity();
+            GemmChoice chosen = GemmChoice::Handwritten;
+            for (GemmChoice c :
+                 {GemmChoice::Handwritten, GemmChoice::CublasLt, GemmChoice::CublasLtActInNext}) {
+                if (c == GemmChoice::CublasLtActInNext && !has_consumer) continue;
+                l.choice = c; // the consumer reads it
+                const float ms = cuda::time_launches(s, [&] {
+                    launch_pointwise(l, c, s);
+                    if (l.consumer_step >= 0) steps[size_t(l.consumer_step)].launch(s);
+                });
+                if (ms < best) {
+                    best = ms;
+                    chosen = c;
+                }
+            }
+            l.choice = chosen;
+        }
+        if (l.choice == GemmChoice::Handwritten) {
+            l.lt.reset();
+            continue;
+        }
+        steps[l.step].kernel = std::string(tf32 ? "cublaslt-tf32" : "cublaslt") +
+                               (l.choice == GemmChoice::CublasLtActInNext ? "+act-in-dw" : "");
+    }
 }
 
 void InferenceSession::Impl::capture_graph() {
@@ -485,6 +619,35 @@ size_t InferenceSession::activation_arena_bytes() const {
 }
 void* InferenceSession::stream() const {
     return impl_->ctx->stream();
+}
+
+std::vector<StepProfile> InferenceSession::profile_steps(int reps) {
+    EFFNET_CHECK(impl_, "InferenceSession::profile_steps on a moved-from session");
+    EFFNET_CHECK(reps >= 1, "InferenceSession::profile_steps: reps must be >= 1");
+    Impl& m = *impl_;
+    m.ctx->activate();
+    cudaStream_t s = m.ctx->stream();
+    const size_t n = m.steps.size();
+    std::vector<std::unique_ptr<cuda::Event>> events;
+    for (size_t i = 0; i <= n; ++i) events.push_back(std::make_unique<cuda::Event>());
+    std::vector<double> total(n, 0.0);
+    m.run_steps(s); // warm
+    for (int r = 0; r < reps; ++r) {
+        EFFNET_CUDA_CHECK(cudaEventRecord(events[0]->get(), s));
+        for (size_t i = 0; i < n; ++i) {
+            m.steps[i].launch(s);
+            EFFNET_CUDA_CHECK(cudaEventRecord(events[i + 1]->get(), s));
+        }
+        EFFNET_CUDA_CHECK(cudaEventSynchronize(events[n]->get()));
+        for (size_t i = 0; i < n; ++i) {
+            float ms = 0.0f;
+            EFFNET_CUDA_CHECK(cudaEventElapsedTime(&ms, events[i]->get(), events[i + 1]->get()));
+            total[i] += ms;
+        }
+    }
+    std::vector<StepProfile> out;
+    for (size_t i = 0; i < n; ++i) out.push_back({m.steps[i].name, m.steps[i].kernel, total[i] / reps});
+    return out;
 }
 
 } // namespace effnet

@@ -100,7 +100,8 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
     for (int k : {3, 5})
         for (int s : {1, 2})
             for (Padding pad : {Padding::Symmetric, Padding::TfSame})
-                for (int C : {24, 40, 13})
+                // 96 and 168 split into channel slabs of 6 and 7 vectors (fp16: 12 and 21 groups).
+                for (int C : {24, 40, 13, 96, 168})
                     for (Precision prec : kAllPrecisions) {
                         const int N = 2, H = 17, W = 34;
                         const Activation act = C == 40 ? Activation::ReLU6 : Activation::SiLU;
@@ -151,6 +152,58 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
                         // except that the reference sums rounded-input convolutions the same way.
                         CHECK(report(name + " squeeze", rel_error(pool, ref_pool.data), tol) <= tol);
                     }
+}
+
+TEST_CASE("depthwise conv with the activation applied to its input matches CPU act then conv",
+          "[gpu][sanitize]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    for (int k : {3, 5})
+        for (int s : {1, 2})
+            for (int C : {24, 13}) // vector and scalar paths
+                for (Precision prec : kAllPrecisions) {
+                    const int N = 2, H = 15, W = 22;
+                    const Activation in_act = k == 3 ? Activation::SiLU : Activation::ReLU6;
+                    const Activation act = Activation::SiLU;
+                    const uint64_t seed = 700 + 10 * k + s + C;
+                    // The stored pre-activation, as a vendor GEMM would leave it.
+                    const Tensor x = rounded(random_tensor({N, C, H, W}, seed, -4.0f, 8.0f), prec);
+                    const Tensor w = random_tensor({C, 1, k, k}, seed + 1, -0.5f, 0.5f);
+                    const BatchNormParams bn = random_bn(C, seed + 2);
+                    const cpu::Conv2dParams cp = cpu::conv_params(H, W, k, s, C, Padding::TfSame);
+                    const Tensor ref = cpu_conv_bn_act(cpu::activation_forward(x, in_act), w, bn, cp, &act);
+                    const int Ho = int(ref.dim(2)), Wo = int(ref.dim(3));
+                    const cuda::FoldedConv f =
+                        cuda::fold_batchnorm(w, bn.gamma, bn.beta, bn.mean, bn.var, kEps);
+                    auto d_x = upload(nchw_to_nhwc(x), prec);
+                    auto d_w = upload_f32(cuda::depthwise_layout(f));
+                    auto d_b = upload_f32(f.bias);
+                    auto d_y = poisoned(size_t(N) * Ho * Wo * C, prec);
+                    kernels::DepthwiseArgs a;
+                    a.input = d_x.data();
+                    a.weight = d_w.as<float>();
+                    a.bias = d_b.as<float>();
+                    a.output = d_y.data();
+                    a.batch = N;
+                    a.height = H;
+                    a.width = W;
+                    a.channels = C;
+                    a.kernel = k;
+                    a.stride = s;
+                    a.pad_top = cp.pad_top;
+                    a.pad_left = cp.pad_left;
+                    a.out_height = Ho;
+                    a.out_width = Wo;
+                    a.act = kernels::to_act(act);
+                    a.input_act = kernels::to_act(in_act);
+                    kernels::launch_depthwise_conv(a, prec, nullptr);
+                    const Tensor got =
+                        nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                    const double tol = kernel_tolerance(prec);
+                    CHECK(report(std::string("depthwise input ") + activation_name(in_act) + " k" +
+                                     std::to_string(k) + " s" + std::to_string(s) +
+                                     " C=" + std::to_string(C) + tag(prec),
+                                 rel_error(got.data, ref.data), tol) <= tol);
+                }
 }
 
 TEST_CASE("pointwise GEMM (SIMT and tensor cores) matches CPU 1x1 conv+BN+act, gate, residual",

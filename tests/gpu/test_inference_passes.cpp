@@ -1,0 +1,145 @@
+// The passes the cuBLASLt GEMM path adds around a vendor GEMM (the squeeze-excite gate in place,
+// the 16-byte activation pass), the GEMM backends through whole networks, and the per-step
+// profile, against the CPU reference.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/ops.hpp"
+#include "effnet/config.hpp"
+#include "effnet/cpu_engine.hpp"
+#include "effnet/inference.hpp"
+#include "effnet/model.hpp"
+#include "gpu/gpu_test_util.hpp"
+#include "kernels/activation.cuh"
+#include "kernels/channel_gate.cuh"
+
+using namespace effnet;
+using namespace effnet::gpu_test;
+
+namespace {
+
+std::string tag(Precision p) {
+    return std::string(" ") + precision_name(p);
+}
+
+// Whole-network bounds as in test_session.cpp (fp32 1e-4; fp16 2e-2; bf16 6e-2). TF32 rounds
+// GEMM operands to 11 significant bits, as fp16 storage does: the fp16 bound.
+double network_tolerance(Precision p, bool tf32) {
+    if (tf32) return 2e-2;
+    return p == Precision::FP32 ? 1e-4 : p == Precision::FP16 ? 2e-2 : 6e-2;
+}
+
+bool is_gemm_step(const std::string& name) {
+    const auto ends = [&](const std::string& suffix) {
+        return name.size() >= suffix.size() &&
+               name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    return ends(".expand") || ends(".project") || name == "head";
+}
+
+} // namespace
+
+TEST_CASE("channel gate (in place) matches x * gate per image and channel", "[gpu][sanitize]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    // 64 channels: the 16-byte path; 13: scalar; rows_per_image 35 with 3 images.
+    for (int C : {64, 13})
+        for (Precision prec : kAllPrecisions) {
+            const int images = 3, rpi = 35;
+            const int64_t rows = int64_t(images) * rpi;
+            const Tensor x = rounded(random_tensor({rows * C}, 300 + C, -3.0f, 3.0f), prec);
+            const Tensor gate = random_tensor({int64_t(images) * C}, 301 + C, 0.0f, 1.0f);
+            std::vector<float> want(x.data.size());
+            for (int64_t m = 0; m < rows; ++m)
+                for (int k = 0; k < C; ++k)
+                    want[size_t(m * C + k)] =
+                        x.data[size_t(m * C + k)] * gate.data[size_t((m / rpi) * C + k)];
+            auto d_x = upload(x.data, prec);
+            auto d_g = upload_f32(gate.data);
+            kernels::launch_channel_gate(d_x.data(), d_g.as<float>(), rows, C, rpi, prec, nullptr);
+            const double tol = kernel_tolerance(prec);
+            CHECK(report("channel gate C=" + std::to_string(C) + tag(prec),
+                         rel_error(download(d_x, size_t(rows * C), prec), want), tol) <= tol);
+        }
+    auto d = poisoned(16, Precision::FP16);
+    auto g = upload_f32(std::vector<float>(16, 1.0f));
+    CHECK_THROWS_AS(kernels::launch_channel_gate(d.data(), g.as<float>(), 5, 2, 2, Precision::FP16, nullptr),
+                    Error); // 5 rows are not whole images of 2
+    CHECK_THROWS_AS(kernels::launch_channel_gate(nullptr, g.as<float>(), 4, 2, 2, Precision::FP16, nullptr),
+                    Error);
+}
+
+TEST_CASE("activation forward: 16-byte path, unaligned and ragged views, in place", "[gpu][sanitize]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    for (Activation act : {Activation::SiLU, Activation::ReLU6})
+        for (Precision prec : kAllPrecisions)
+            for (int64_t offset : {0, 1}) // offset 1: not 16-byte aligned, so the scalar kernel
+                for (int64_t n : {int64_t(4096), int64_t(4099)}) {
+                    const Tensor x = rounded(random_tensor({n + offset}, 400 + n, -8.0f, 8.0f), prec);
+                    const Tensor ref = cpu::activation_forward(x, act);
+                    auto d = upload(x.data, prec);
+                    const size_t es = prec == Precision::FP32 ? 4 : 2;
+                    void* view = static_cast<char*>(d.data()) + offset * es;
+                    kernels::launch_activation_forward(view, view, n, kernels::to_act(act), prec, nullptr);
+                    std::vector<float> got = download(d, size_t(n + offset), prec);
+                    std::vector<float> want = ref.data;
+                    if (offset) want[0] = x.data[0]; // the element before the view is untouched
+                    const double tol = kernel_tolerance(prec);
+                    CHECK(report(std::string("activation in place ") + activation_name(act) + " n=" +
+                                     std::to_string(n) + " offset " + std::to_string(offset) + tag(prec),
+                                 rel_error(got, want), tol) <= tol);
+                }
+}
+
+TEST_CASE("session: every GEMM backend (and TF32) matches the CPU engine on B0 at 64x64", "[gpu]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    Model model = random_model(preset("b0", 1000), 17);
+    const Tensor input = random_tensor({2, 3, 64, 64}, 18);
+    cpu::Network net(model);
+    const Tensor ref = net.forward(input).logits;
+    struct Case {
+        Precision prec;
+        GemmBackend gemm;
+        bool tf32;
+    };
+    std::vector<Case> cases;
+    for (Precision prec : kAllPrecisions)
+        for (GemmBackend g : {GemmBackend::Handwritten, GemmBackend::CublasLt, GemmBackend::Auto})
+            cases.push_back({prec, g, false});
+    cases.push_back({Precision::FP32, GemmBackend::CublasLt, true});
+    for (const Case& c : cases) {
+        SessionOptions opt;
+        opt.gemm = c.gemm;
+        opt.allow_tf32 = c.tf32;
+        InferenceSession session(model, 2, 64, 64, c.prec, opt);
+        std::vector<float> logits(2 * 1000, std::nanf(""));
+        session.run(input.ptr(), logits.data());
+        const double tol = network_tolerance(c.prec, c.tf32);
+        const std::string name = std::string("network b0 64x64 gemm ") + gemm_backend_name(c.gemm) +
+                                 (c.tf32 ? " tf32" : "") + tag(c.prec);
+        CHECK(report(name, rel_error(logits, ref.data), tol) <= tol);
+
+        // The profile names every step once, with the backend the session chose for each GEMM.
+        const std::vector<StepProfile> prof = session.profile_steps(2);
+        int gemms = 0;
+        for (const StepProfile& p : prof) {
+            CHECK(p.ms >= 0.0);
+            if (!is_gemm_step(p.name)) continue;
+            ++gemms;
+            if (c.gemm == GemmBackend::Handwritten) CHECK(p.kernel == "handwritten");
+            if (c.gemm == GemmBackend::CublasLt) {
+                // Forced cuBLASLt moves each expand conv's activation into the depthwise loads.
+                const std::string lt = c.tf32 ? "cublaslt-tf32" : "cublaslt";
+                const bool expand = p.name.find(".expand") != std::string::npos;
+                CHECK(p.kernel == (expand ? lt + "+act-in-dw" : lt));
+            }
+        }
+        CHECK(gemms == 15 + 16 + 1); // B0: 16 project convs, 15 expand convs (not block 0), the head
+        // Profiling leaves the session intact (the squeeze's atomics make runs differ in the last bit).
+        std::vector<float> again(2 * 1000, std::nanf(""));
+        session.run(input.ptr(), again.data());
+        CHECK(report(name + " after profile_steps", rel_error(again, ref.data), tol) <= tol);
+    }
+}
