@@ -1,5 +1,6 @@
 #include "kernels/sgd.cuh"
 
+#include <cmath>
 #include <string>
 
 #include "kernels/common.cuh"
@@ -10,19 +11,24 @@ namespace effnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kSumBlocksCap = 1024; // partial sums of the sum of squares
 
+// Same arithmetic as train::Optimizer (libeffnet/train/optimizer.cpp): double, one rounding per
+// operation (__dmul_rn / __dadd_rn keep nvcc from fusing a multiply and an add into an FMA).
 __global__ void sgd_kernel(SgdArgs a) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
          i += int64_t(gridDim.x) * blockDim.x) {
-        const float p = a.param[i];
-        const float g = a.grad[i] * a.grad_scale + a.weight_decay * p;
-        float update = g;
-        if (a.momentum != 0.0f) {
-            const float buf = a.momentum * a.momentum_buffer[i] + g;
-            a.momentum_buffer[i] = buf;
-            update = a.nesterov ? g + a.momentum * buf : buf;
+        const double p = a.param[i];
+        const double grad = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
+        const double g = __dadd_rn(grad, __dmul_rn(a.weight_decay, p));        // g = grad + wd * p
+        if (a.momentum == 0.0) {
+            a.param[i] = float(__dsub_rn(p, __dmul_rn(a.lr, g))); // p - lr * g
+            continue;
         }
-        a.param[i] = p - a.lr * update;
+        const float buf = float(__dadd_rn(__dmul_rn(a.momentum, double(a.momentum_buffer[i])), g));
+        a.momentum_buffer[i] = buf;
+        const double update = a.nesterov ? __dadd_rn(g, __dmul_rn(a.momentum, double(buf))) : double(buf);
+        a.param[i] = float(__dsub_rn(p, __dmul_rn(a.lr, update))); // p - lr * update
     }
 }
 
@@ -32,6 +38,36 @@ __global__ void non_finite_kernel(const float* data, int64_t n, int* flag) {
          i += int64_t(gridDim.x) * blockDim.x)
         bad |= !isfinite(data[i]);
     if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
+
+// Tree sum of one value per thread in shared memory; thread 0 gets the block's total.
+__device__ double block_sum(double value) {
+    __shared__ double shared[kThreads];
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+        if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
+        __syncthreads();
+    }
+    return shared[0];
+}
+
+__global__ void sum_squares_kernel(const float* data, int64_t n, double* partials) {
+    double sum = 0.0;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const double v = data[i];
+        sum += v * v;
+    }
+    const double total = block_sum(sum);
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
+}
+
+__global__ void sum_partials_kernel(const double* partials, int64_t count, double* result) {
+    double sum = 0.0;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) sum += partials[i];
+    const double total = block_sum(sum);
+    if (threadIdx.x == 0) *result = total;
 }
 
 __global__ void scale_kernel(float* data, int64_t n, float scale) {
@@ -50,8 +86,11 @@ __global__ void cast_kernel(const float* src, T* dst, int64_t n) {
 } // namespace
 
 void launch_sgd_update(const SgdArgs& a, cudaStream_t stream) {
-    EFFNET_CHECK(a.param && a.grad && (a.momentum == 0.0f || a.momentum_buffer) && a.count >= 0,
+    EFFNET_CHECK(a.param && a.grad && (a.momentum == 0.0 || a.momentum_buffer) && a.count >= 0,
                  "sgd_update: null pointer argument");
+    EFFNET_CHECK(std::isfinite(a.lr) && std::isfinite(a.momentum) && std::isfinite(a.weight_decay) &&
+                     std::isfinite(a.grad_scale),
+                 "sgd_update: non-finite hyperparameter");
     if (a.count == 0) return;
     sgd_kernel<<<grid_for(a.count, kThreads, 4096), kThreads, 0, stream>>>(a);
     EFFNET_LAUNCH_CHECK("sgd_kernel");
@@ -62,6 +101,19 @@ void launch_find_non_finite(const float* data, int64_t n, int* flag, cudaStream_
     if (n == 0) return;
     non_finite_kernel<<<grid_for(n, kThreads, 4096), kThreads, 0, stream>>>(data, n, flag);
     EFFNET_LAUNCH_CHECK("non_finite_kernel");
+}
+
+int64_t sum_squares_partials(int64_t n) {
+    return int64_t(grid_for(n, kThreads, kSumBlocksCap));
+}
+
+void launch_sum_squares(const float* data, int64_t n, double* partials, double* result, cudaStream_t stream) {
+    EFFNET_CHECK(data && partials && result && n >= 0, "sum_squares: null pointer argument");
+    const unsigned blocks = grid_for(n, kThreads, kSumBlocksCap); // n == 0: one block writes 0
+    sum_squares_kernel<<<blocks, kThreads, 0, stream>>>(data, n, partials);
+    EFFNET_LAUNCH_CHECK("sum_squares_kernel");
+    sum_partials_kernel<<<1, kThreads, 0, stream>>>(partials, int64_t(blocks), result);
+    EFFNET_LAUNCH_CHECK("sum_partials_kernel");
 }
 
 void launch_scale_f32(float* data, int64_t n, float scale, cudaStream_t stream) {

@@ -14,6 +14,9 @@ struct StemConvArgs {
     int out_channels = 0, out_height = 0, out_width = 0;
     int kernel = 3, stride = 2, pad_top = 0, pad_left = 0;
     Act act = Act::SiLU;
+    // The launcher picks a kernel specialised for 3x3, 3 input channels and 32/40/48/56/64
+    // outputs (every EfficientNet stem) when it applies; true forces the generic one (tests).
+    bool force_generic = false;
 };
 
 // Validates the arguments (throws effnet::Error) and launches on `stream`.

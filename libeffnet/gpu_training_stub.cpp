@@ -1,5 +1,5 @@
-// Parts of the GPU training API that exist in every build: precision names, and, in a build
-// without CUDA, a GpuTrainer that refuses to be built.
+// Parts of the GPU training API that exist in every build: precision names, the optimizer
+// options' conversion, and, in a build without CUDA, a GpuTrainer that refuses to be built.
 #include <algorithm>
 #include <cctype>
 #include <string>
@@ -30,6 +30,34 @@ TrainPrecision parse_train_precision(const std::string& s) {
     throw Error("unknown training precision '" + s + "' (expected fp32, amp-fp16 or amp-bf16)");
 }
 
+train::OptimizerConfig GpuTrainOptions::optimizer_config() const {
+    train::OptimizerConfig c;
+    c.kind = optimizer;
+    c.weight_decay = weight_decay;
+    c.decay_all = decay_all;
+    c.momentum = momentum;
+    c.nesterov = nesterov;
+    c.rms_decay = rms_decay;
+    c.rms_eps = rms_eps;
+    c.beta1 = beta1;
+    c.beta2 = beta2;
+    c.adam_eps = adam_eps;
+    return c;
+}
+
+void GpuTrainOptions::set_optimizer(const train::OptimizerConfig& c) {
+    optimizer = c.kind;
+    weight_decay = c.weight_decay;
+    decay_all = c.decay_all;
+    momentum = c.momentum;
+    nesterov = c.nesterov;
+    rms_decay = c.rms_decay;
+    rms_eps = c.rms_eps;
+    beta1 = c.beta1;
+    beta2 = c.beta2;
+    adam_eps = c.adam_eps;
+}
+
 #ifndef EFFNET_WITH_CUDA
 struct GpuTrainer::Impl {};
 
@@ -42,13 +70,13 @@ namespace {
     throw Error("GpuTrainer: effnet was built without CUDA support");
 }
 } // namespace
-float GpuTrainer::step(const float*, const int64_t*, float, uint64_t) {
+float GpuTrainer::step(const float*, const int64_t*, double, uint64_t) {
     no_cuda();
 }
 float GpuTrainer::compute_gradients(const float*, const int64_t*, uint64_t) {
     no_cuda();
 }
-bool GpuTrainer::apply_update(float) {
+bool GpuTrainer::apply_update(double) {
     no_cuda();
 }
 void GpuTrainer::set_loss_scale(float) {
@@ -67,6 +95,21 @@ Tensor GpuTrainer::logits() const {
     no_cuda();
 }
 void GpuTrainer::download(Model&) const {
+    no_cuda();
+}
+void GpuTrainer::upload(const Model&) {
+    no_cuda();
+}
+train::ParamMap GpuTrainer::optimizer_state() const {
+    no_cuda();
+}
+int64_t GpuTrainer::optimizer_steps() const {
+    no_cuda();
+}
+void GpuTrainer::set_optimizer_state(const train::ParamMap&, int64_t) {
+    no_cuda();
+}
+double GpuTrainer::last_grad_norm() const {
     no_cuda();
 }
 int GpuTrainer::batch() const {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, on this (GPU-less) machine, the binaries tools/gpu_check.sh runs on the GPU machine,
-# and puts them in .carry/bin (ignored by git) for the device tool's `carry`:
+# and puts them in .carry/binaries.tar.xz (bin/ and lib/, ignored by git) for the device tool's `carry`:
 #   effnet_gpu_tests, effnet_microbench, effnet-run, effnet-bench (+ effnet_tests with
 #   BUILD_CPU_TESTS=1). Release, CUDA arch 90 (override: EFFNET_CUDA_ARCH=90a), cudart static.
 # Libraries the GPU machine may lack (libbenchmark, libgomp) are copied to .carry/lib; cuDNN and
@@ -20,7 +20,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DEFFNET_ENABLE_CUDA=ON \
       -DEFFNET_BUILD_EXAMPLES=ON >"$build.configure.log" 2>&1 || {
     tail -n 30 "$build.configure.log"; echo "error: configure failed (log: $build.configure.log)"; exit 1; }
 
-targets="effnet-bench effnet-run effnet-train-bench effnet_gpu_tests effnet_microbench"
+targets="effnet-bench effnet-run effnet-train effnet-train-bench effnet_gpu_tests effnet_microbench"
 [ "${BUILD_CPU_TESTS:-0}" = 1 ] && targets="$targets effnet_tests"
 known=$(cmake --build "$build" --target help 2>/dev/null)
 built="" failed="" absent=""
@@ -76,6 +76,11 @@ for f in "$carry"/bin/*; do
     echo "-- ldd $(basename "$f"):"; ldd "$f" | sed 's/^/   /'
     echo "   needs GLIBC up to: $(objdump -T "$f" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)"
 done
+# The device tool carries at most 64 MiB with the tree: ship the binaries xz-compressed (the
+# fatbins compress ~6x); tools/gpu_check.sh unpacks them. Uncompressed copies stay in $build.
+echo "== pack $carry/binaries.tar.xz"
+rm -f "$carry/binaries.tar.xz"
+XZ_OPT=-T0 tar -cJf "$carry/binaries.tar.xz" -C "$carry" bin lib && rm -rf "${carry:?}/bin" "${carry:?}/lib"
 size=$(du -sm "$carry" | cut -f1)
 echo "size of $carry: ${size} MiB (limit for the whole tree: 64 MiB; keep it under ~40)"
 cat "$carry/BUILD_INFO"

@@ -23,6 +23,10 @@ OUT=${OUT:-/tmp/effnet-gpu-check}
 mkdir -p "$OUT"
 DRY_RUN=${DRY_RUN:-0}
 BIN=${EFFNET_BIN:-$ROOT/.carry/bin}
+# tools/build_for_gpu.sh ships bin/ and lib/ compressed (the carry limit is 64 MiB).
+if [ ! -d "$ROOT/.carry/bin" ] && [ -f "$ROOT/.carry/binaries.tar.xz" ]; then
+    tar -xJf "$ROOT/.carry/binaries.tar.xz" -C "$ROOT/.carry" || echo "warning: could not unpack .carry/binaries.tar.xz"
+fi
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 SECTIONS=${GPU_CHECK_SECTIONS:-all}
@@ -260,6 +264,21 @@ if want train && have_bin effnet-train-bench train_bench; then
     done
     run_step torch_train 150 "$LOG" "$PY" bench/pytorch_train_bench.py --spec b0:128:amp-fp16 \
         --spec b0:128:fp32 --spec b4:32:amp-fp16 --iters 10 --warmup 4 --json-out "$RESULTS"
+fi
+
+# ---- effnet-train --device cuda end to end (tests/python/test_train_cuda.py: fp32 run with --val,
+# plot, export; --max-steps + --resume with identical step losses; amp-fp16 / amp-bf16; GPU
+# checkpoint resumed on the CPU), then a B0 amp-fp16 RMSProp run stopped and resumed.
+if want train && have_bin effnet-train train_program; then
+    run_step train_program 60 "$LOG" "${EENV[@]}" EFFNET_TRAIN="$BIN/effnet-train" EFFNET_EXPECT_GPU=1 \
+        "$PY" tests/python/test_train_cuda.py
+    TD=$TMP/train_b0
+    "$PY" -c 'import sys; sys.path.insert(0, "tests/python"); from test_train_program import make_folder
+make_folder(sys.argv[1] + "/train", 16, 1); make_folder(sys.argv[1] + "/val", 4, 2)' "$TD"
+    b0=(--data "$TD/train" --val "$TD/val" --preset b0 --resolution 64 --batch 16 --epochs 2
+        --optimizer rmsprop --device cuda --precision amp-fp16 --checkpoint-dir "$TD/ck" --log "$TD/log.csv")
+    run_step train_b0_stop 30 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${b0[@]}" --max-steps 3
+    run_step train_b0_resume 30 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${b0[@]}" --resume
 fi
 
 # ---- microbenchmarks (kernels vs cuDNN, vs the measured copy bandwidth)

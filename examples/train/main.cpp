@@ -1,9 +1,11 @@
-// effnet-train: fine-tune or train an EfficientNet on a folder of images with the CPU engine.
+// effnet-train: fine-tune or train an EfficientNet on a folder of images with the CPU engine or
+// (--device cuda) the GPU trainer.
 //   effnet-train --data DIR [--val DIR] [--weights W.safetensors | --preset b0 | --width W --depth D]
 //                [--epochs E] [--batch B] [--lr LR] [--optimizer sgd|rmsprop|adamw] ...
+//                [--device cpu|cuda] [--precision fp32|amp-fp16|amp-bf16]
 //                [--checkpoint-dir DIR [--resume]] [--export OUT.safetensors] [--log CSV] [--plot PNG]
 // A run is a pure function of its options and seed: a resumed run repeats an uninterrupted one
-// bit for bit (same machine and thread count).
+// bit for bit (same machine and thread count; on the GPU, the same GPU model).
 #include <omp.h>
 #include <unistd.h>
 
@@ -17,8 +19,11 @@
 #include <nlohmann/json.hpp>
 
 #include "effnet/error.hpp"
+#include "effnet/gpu_training.hpp"
+#include "effnet/inference.hpp"
 #include "effnet/model.hpp"
 #include "effnet/train.hpp"
+#include "engine.hpp"
 #include "history.hpp"
 #include "options.hpp"
 
@@ -142,9 +147,12 @@ int run(int argc, char** argv) {
     TrainArgs a;
     std::map<std::string, std::string> given;
     if (!examples::parse_train_args(argc, argv, a, given)) return 0;
-    if (a.device == "cuda") throw Error("GPU training is not implemented yet (use --device cpu)");
-    if (a.precision != "fp32")
+    if (a.device == "cuda") {
+        if (!cuda_available())
+            throw Error("--device cuda: no usable GPU (" + cuda_device_description() + "); use --device cpu");
+    } else if (a.precision != "fp32") {
         throw Error("--precision " + a.precision + " needs --device cuda; the CPU engine trains in fp32");
+    }
     if (a.threads > 0) omp_set_num_threads(a.threads);
 
     const ImageFolder train_set = ImageFolder::scan(a.data);
@@ -223,7 +231,17 @@ int run(int argc, char** argv) {
     to.clip_grad_norm = a.clip_grad_norm;
     to.seed = a.seed;
     to.dropout = !a.no_dropout;
-    Trainer trainer(model, to);
+    std::unique_ptr<examples::TrainEngine> engine;
+    if (a.device == "cuda") {
+        // The GPU trainer's batch is fixed; a training set smaller than --batch makes one smaller batch.
+        const int gpu_batch = int(std::min<int64_t>(a.batch, int64_t(train_set.samples.size())));
+        engine = examples::make_gpu_engine(model, to, parse_train_precision(a.precision), gpu_batch, a.batch,
+                                           a.resolution);
+        std::fprintf(stderr, "training on the GPU (%s), %s, batch %d\n", cuda_device_description().c_str(),
+                     a.precision.c_str(), gpu_batch);
+    } else {
+        engine = examples::make_cpu_engine(model, to);
+    }
 
     TrainingState state;
     state.seed = a.seed;
@@ -232,8 +250,7 @@ int run(int argc, char** argv) {
     if (resumed) {
         EFFNET_CHECK(ck.optimizer_name == a.optimizer, "checkpoint optimizer '" + ck.optimizer_name +
                                                            "' differs from --optimizer " + a.optimizer);
-        trainer.optimizer().set_state(std::move(ck.optimizer_state), ck.optimizer_steps);
-        trainer.set_step(ck.state.step);
+        engine->resume(std::move(ck.optimizer_state), ck.optimizer_steps, ck.state);
         state = ck.state;
         EFFNET_CHECK(state.batch_in_epoch <= steps_per_epoch,
                      "checkpoint batch " + std::to_string(state.batch_in_epoch) + " is past the epoch's " +
@@ -260,7 +277,7 @@ int run(int argc, char** argv) {
         fs::create_directories(a.checkpoint_dir, ec);
         EFFNET_CHECK(fs::is_directory(a.checkpoint_dir),
                      "cannot create the checkpoint directory '" + a.checkpoint_dir + "'");
-        state.step = trainer.step();
+        state.step = engine->step();
         state.epoch = epoch;
         state.batch_in_epoch = batch_in_epoch;
         state.metadata["run_options"] = nlohmann::json(examples::run_options(a)).dump();
@@ -270,12 +287,17 @@ int run(int argc, char** argv) {
         state.metadata["epoch_count"] = std::to_string(epoch_stats.count);
         state.metadata["epoch_steps"] = std::to_string(epoch_stats.steps);
         state.metadata["skipped_images"] = std::to_string(skipped_images);
-        save_checkpoint(ck_path, model, trainer.optimizer(), state);
+        state.metadata["device"] = a.device;
+        state.metadata["precision"] = a.precision;
+        engine->save_scaler(state);
+        engine->sync_model();
+        save_checkpoint(ck_path, model, engine->optimizer(), state);
     };
     auto finish = [&]() {
         progress.finish();
         if (!a.plot_path.empty()) history.plot(a.plot_path);
         if (!a.export_path.empty()) {
+            engine->sync_model();
             save_weights(model, a.export_path);
             fs::path labels = a.export_path;
             labels.replace_extension(".labels.txt");
@@ -308,9 +330,9 @@ int run(int argc, char** argv) {
         int64_t epoch_images = 0, batch_index = first_batch;
         double last_lr = 0;
         while (loader.has_next()) {
-            if (a.max_steps > 0 && trainer.step() >= a.max_steps) {
+            if (a.max_steps > 0 && engine->step() >= a.max_steps) {
                 save(epoch, batch_index);
-                progress.message("stopped after " + std::to_string(trainer.step()) +
+                progress.message("stopped after " + std::to_string(engine->step()) +
                                  " steps (--max-steps); continue with --resume");
                 finish();
                 return 0;
@@ -322,7 +344,7 @@ int run(int argc, char** argv) {
                 if (reported_bad.insert(e).second)
                     progress.message("warning: skipping unreadable image: " + e);
             if (batch.labels.empty()) continue; // every image of the batch was unreadable
-            const StepResult r = trainer.train_step(batch.images, batch.labels);
+            const StepResult r = engine->train_step(batch);
             last_lr = r.lr;
             epoch_stats.loss_sum += r.loss;
             epoch_stats.correct += r.correct;
@@ -338,7 +360,7 @@ int run(int argc, char** argv) {
             LogRow row;
             row.kind = "step";
             row.epoch = epoch;
-            row.step = trainer.step();
+            row.step = engine->step();
             row.lr = r.lr;
             row.loss = r.loss;
             row.accuracy = double(r.correct) / double(r.count);
@@ -348,15 +370,15 @@ int run(int argc, char** argv) {
             progress.update(epoch, a.epochs, batch_index, steps_per_epoch,
                             epoch_stats.loss_sum / epoch_stats.steps,
                             double(epoch_stats.correct) / double(epoch_stats.count), images_per_s,
-                            step_seconds_ema * double(total_steps - trainer.step()));
-            if (a.checkpoint_every > 0 && trainer.step() % a.checkpoint_every == 0) save(epoch, batch_index);
+                            step_seconds_ema * double(total_steps - engine->step()));
+            if (a.checkpoint_every > 0 && engine->step() % a.checkpoint_every == 0) save(epoch, batch_index);
         }
         progress.finish();
 
         LogRow row;
         row.kind = "epoch";
         row.epoch = epoch;
-        row.step = trainer.step();
+        row.step = engine->step();
         row.lr = last_lr;
         row.loss = epoch_stats.steps ? epoch_stats.loss_sum / double(epoch_stats.steps) : NAN;
         row.accuracy = epoch_stats.count ? double(epoch_stats.correct) / double(epoch_stats.count) : NAN;
@@ -365,10 +387,11 @@ int run(int argc, char** argv) {
         row.skipped_images = skipped_images;
         std::string summary = "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(a.epochs) +
                               ": loss " + std::to_string(row.loss) + ", train accuracy " +
-                              std::to_string(100.0 * row.accuracy) + "%";
+                              std::to_string(100.0 * row.accuracy) + "%" + engine->epoch_note();
         if (val_loader) {
             EvalResult total;
             val_loader->start_epoch(0);
+            engine->begin_evaluation();
             while (val_loader->has_next()) {
                 Batch vb = val_loader->next();
                 skipped_images += vb.skipped;
@@ -376,12 +399,13 @@ int run(int argc, char** argv) {
                     if (reported_bad.insert(e).second)
                         progress.message("warning: skipping unreadable image: " + e);
                 if (vb.labels.empty()) continue;
-                const EvalResult e = trainer.evaluate(vb.images, vb.labels);
+                const EvalResult e = engine->evaluate(vb);
                 total.loss += e.loss * double(e.count);
                 total.top1 += e.top1;
                 total.top5 += e.top5;
                 total.count += e.count;
             }
+            engine->end_evaluation();
             if (total.count > 0) {
                 row.val_loss = total.loss / double(total.count);
                 row.val_top1 = double(total.top1) / double(total.count);

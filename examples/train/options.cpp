@@ -17,7 +17,15 @@ namespace {
 
 const char* kUsage =
     "usage: effnet-train --data DIR [options]\n"
-    "Fine-tunes or trains an EfficientNet on a folder of images (DIR/<class>/<image>) on the CPU.\n\n";
+    "Fine-tunes or trains an EfficientNet on a folder of images (DIR/<class>/<image>) on the CPU\n"
+    "engine or, with --device cuda, on the GPU.\n"
+    "Batches: on both devices an epoch's last partial batch is dropped (a training set smaller than\n"
+    "--batch gives one batch of all its images). The GPU trains on a fixed batch size, so with\n"
+    "--device cuda a batch that lost unreadable images is filled up by repeating its readable images.\n"
+    "With --device cuda validation runs in fp32 on the GPU; --precision amp-fp16 uses a dynamic loss\n"
+    "scale (steps with non-finite gradients are skipped and the scale halved; it doubles after 2000\n"
+    "good steps). A checkpoint from either device resumes on either (--device and --precision may\n"
+    "change on --resume; the run continues exactly only on the same device and precision).\n\n";
 
 std::vector<OptionSpec> option_specs() {
     return {
@@ -42,7 +50,7 @@ std::vector<OptionSpec> option_specs() {
         {"clip-grad-norm", true, "N: clip gradients to global norm N (default: off)"},
         {"no-dropout", false, "disable dropout and stochastic depth"},
         {"resolution", true, "R: training crop size (default: the model's native resolution)"},
-        {"device", true, "cpu|cuda (default cpu)"},
+        {"device", true, "cpu|cuda (default cpu; cuda needs a GPU and a CUDA build)"},
         {"precision", true, "fp32|amp-fp16|amp-bf16 (default fp32; AMP needs cuda)"},
         {"workers", true, "N: image decoding threads (default 2)"},
         {"threads", true, "N: compute threads (default: OpenMP's)"},

@@ -1,9 +1,10 @@
 #pragma once
 // GPU training step: train-mode forward (batch statistics, running-stat update, no BN folding),
-// softmax cross-entropy with label smoothing, backward of every op, and SGD with momentum on
-// fp32 master weights, all on the GPU. Precisions: fp32 (true fp32, no TF32), and AMP fp16 /
-// bf16 (fp32 master weights, BN parameters and statistics; half activations and GEMM operands
-// with fp32 accumulation; fp32 parameter gradients).
+// softmax cross-entropy with label smoothing, backward of every op, optional gradient clipping,
+// and the optimizer update (SGD with momentum, TF-style RMSProp or AdamW, with
+// train::Optimizer's definitions and arithmetic) on fp32 master weights, all on the GPU. Precisions: fp32
+// (true fp32, no TF32), and AMP fp16 / bf16 (fp32 master weights, BN parameters and statistics; half
+// activations and GEMM operands with fp32 accumulation; fp32 parameter gradients).
 //
 // The dynamic loss-scale policy lives with the caller (train::LossScaler): the trainer takes a
 // scale (set_loss_scale), multiplies the loss gradient by it, unscales the parameter gradients,
@@ -13,6 +14,10 @@
 // reference's generator from the step's seed, so both engines drop the same units for the same
 // seed. Not computed on the GPU: the input gradient. Builds without CUDA compile this header;
 // constructing a GpuTrainer there throws effnet::Error.
+//
+// The optimizer state moves in and out in train::Optimizer's representation
+// (optimizer_state / set_optimizer_state), so train::save_checkpoint writes it and a run resumes
+// from it on the GPU or on the CPU.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -20,6 +25,7 @@
 
 #include "effnet/cpu_engine.hpp"
 #include "effnet/model.hpp"
+#include "effnet/train.hpp"
 
 namespace effnet {
 
@@ -28,9 +34,19 @@ const char* train_precision_name(TrainPrecision p);         // "fp32" | "amp-fp1
 TrainPrecision parse_train_precision(const std::string& s); // throws effnet::Error on unknown names
 
 struct GpuTrainOptions {
-    float momentum = 0.9f;
-    bool nesterov = false;
-    float weight_decay = 0.0f; // conv / linear weights only: not *.bn.* nor any *.bias
+    // The optimizer, with the definitions of train::OptimizerConfig (include/effnet/train.hpp)
+    // and the same validation; optimizer_config() / set_optimizer() convert.
+    train::OptimizerKind optimizer = train::OptimizerKind::SGD;
+    double momentum = 0.9;                  // SGD and RMSProp
+    bool nesterov = false;                  // SGD
+    double weight_decay = 0.0;              // conv / linear weights only: not *.bn.* nor any *.bias ...
+    bool decay_all = false;                 // ... unless true: BN parameters and biases too
+    double rms_decay = 0.9, rms_eps = 1e-3; // RMSProp
+    double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8; // AdamW
+    // > 0: before the update, scale every gradient by max / norm when the global L2 norm exceeds
+    // it (train::clip_grad_norm). 0: off.
+    double clip_grad_norm = 0.0;
+
     float label_smoothing = 0.0f;
     float loss_scale = 1.0f;   // initial AMP loss scale (set_loss_scale changes it)
     bool deterministic = true; // bit-identical steps: the training kernels never use atomics;
@@ -38,6 +54,9 @@ struct GpuTrainOptions {
     bool dropout = false;      // apply the config's dropout and stochastic depth
     bool update_running_stats = true;
     int device = 0;
+
+    train::OptimizerConfig optimizer_config() const;
+    void set_optimizer(const train::OptimizerConfig& config);
 };
 
 class GpuTrainer {
@@ -51,16 +70,17 @@ public:
     GpuTrainer(const GpuTrainer&) = delete;
     GpuTrainer& operator=(const GpuTrainer&) = delete;
 
-    // One training step: forward, loss, backward, and (when the gradients are finite) the SGD
-    // update with learning rate lr. input: host NCHW float32 [batch, 3, height, width];
+    // One training step: forward, loss, backward, and (when the gradients are finite) the
+    // optimizer update with learning rate lr. input: host NCHW float32 [batch, 3, height, width];
     // targets: host [batch], each in [0, num_classes). Returns the mean loss (synchronises).
     // seed: the dropout / stochastic-depth masks' seed, as cpu::ForwardOptions::seed.
-    float step(const float* input_nchw_host, const int64_t* targets_host, float lr, uint64_t seed = 0);
+    float step(const float* input_nchw_host, const int64_t* targets_host, double lr, uint64_t seed = 0);
     // Forward, loss and backward only (no update); returns the mean loss.
     float compute_gradients(const float* input_nchw_host, const int64_t* targets_host, uint64_t seed = 0);
-    // Applies SGD with the gradients of the last compute_gradients; returns false (and changes
-    // nothing) when they were not all finite.
-    bool apply_update(float lr);
+    // Clips (when GpuTrainOptions::clip_grad_norm > 0) and applies the optimizer with the
+    // gradients of the last compute_gradients, and counts an optimizer step; returns false (and
+    // changes nothing) when they were not all finite. lr: finite, >= 0.
+    bool apply_update(double lr);
 
     void set_loss_scale(float scale); // > 0
     float loss_scale() const;
@@ -74,6 +94,27 @@ public:
     Tensor logits() const;
     // Writes the current parameters and running statistics into model (same config).
     void download(Model& model) const;
+    // The inverse: replaces the trainer's parameters and running statistics with model's, which
+    // must have the trainer's architecture (throws effnet::Error naming the difference).
+    void upload(const Model& model);
+
+    // The optimizer state as train::Optimizer holds it: keys "<slot>/<parameter name>", slots
+    // "momentum" (SGD with momentum > 0), "ms" and "mom" (RMSProp), "exp_avg" and "exp_avg_sq"
+    // (AdamW), one float32 tensor of the parameter's shape per trainable parameter; empty before
+    // the first update (as a fresh train::Optimizer). Downloads (synchronises).
+    train::ParamMap optimizer_state() const;
+    // Updates applied so far (train::Optimizer::step_count; AdamW's t). Steps skipped for
+    // non-finite gradients do not count.
+    int64_t optimizer_steps() const;
+    // Replaces the optimizer state (train::Optimizer::state() and step_count() of a CPU run or a
+    // checkpoint, or optimizer_state() of a GPU run). A slot missing for a parameter starts where
+    // train::Optimizer starts it (ms at 1, everything else at 0). Throws effnet::Error, changing
+    // nothing, on a key that is not a slot of this optimizer or a trainable parameter, or on a
+    // shape mismatch.
+    void set_optimizer_state(const train::ParamMap& state, int64_t optimizer_steps);
+    // The global gradient L2 norm of the last apply_update, before clipping (0 when clipping is
+    // off: it is only computed for clipping).
+    double last_grad_norm() const;
 
     int batch() const;
     int height() const;

@@ -17,6 +17,7 @@
 #include "kernels/depthwise_conv.cuh"
 #include "kernels/fused_mbconv.cuh"
 #include "kernels/pointwise_conv.cuh"
+#include "kernels/pointwise_conv_small_k.cuh"
 #include "kernels/pool_classifier.cuh"
 #include "kernels/squeeze_excite.cuh"
 #include "kernels/stem_conv.cuh"
@@ -87,6 +88,7 @@ struct InferenceSession::Impl {
     // How a 1x1 convolution runs (tune_gemms chooses).
     enum class GemmChoice {
         Handwritten,       // effnet's GEMM, everything fused
+        SmallK,            // effnet's one-row-per-thread kernel for K <= 64 (expand convs)
         CublasLt,          // [gate pass] + cuBLASLt (bias, residual) + [activation pass]
         CublasLtActInNext, // cuBLASLt, the activation applied by the depthwise conv as it loads
     };
@@ -439,6 +441,10 @@ void InferenceSession::Impl::launch_pointwise(PointwiseLayer& l, GemmChoice choi
         kernels::launch_pointwise_conv(a, precision, kernels::GemmKernel::Auto, s);
         return;
     }
+    if (choice == GemmChoice::SmallK) {
+        kernels::launch_pointwise_small_k(a, precision, s);
+        return;
+    }
     // The gate scales the depthwise output in place: its only reader is this GEMM (the squeeze
     // was taken in the depthwise epilogue, before the gate).
     if (a.gate)
@@ -475,17 +481,19 @@ void InferenceSession::Impl::tune_gemms() {
                                                     kLtWorkspaceBytes, s);
         } catch (const Error&) {
             if (options.gemm == GemmBackend::CublasLt) throw;
-            (void)cudaGetLastError();
-            continue; // Auto: this shape stays on the hand-written kernel
+            (void)cudaGetLastError(); // Auto: the hand-written kernels only
         }
         const bool has_consumer = l.consumer_step >= 0 && l.args.act != Act::None;
         if (options.gemm == GemmBackend::CublasLt) {
             l.choice = has_consumer ? GemmChoice::CublasLtActInNext : GemmChoice::CublasLt;
         } else {
+            const bool small_k = kernels::pointwise_small_k_eligible(l.args, precision);
             float best = std::numeric_limits<float>::infinity();
             GemmChoice chosen = GemmChoice::Handwritten;
-            for (GemmChoice c :
-                 {GemmChoice::Handwritten, GemmChoice::CublasLt, GemmChoice::CublasLtActInNext}) {
+            for (GemmChoice c : {GemmChoice::Handwritten, GemmChoice::SmallK, GemmChoice::CublasLt,
+                                 GemmChoice::CublasLtActInNext}) {
+                if (c == GemmChoice::SmallK && !small_k) continue;
+                if (c != GemmChoice::Handwritten && c != GemmChoice::SmallK && !l.lt) continue;
                 if (c == GemmChoice::CublasLtActInNext && !has_consumer) continue;
                 l.choice = c; // the consumer reads it
                 const float ms = cuda::time_launches(s, [&] {
@@ -499,8 +507,9 @@ void InferenceSession::Impl::tune_gemms() {
             }
             l.choice = chosen;
         }
-        if (l.choice == GemmChoice::Handwritten) {
+        if (l.choice == GemmChoice::Handwritten || l.choice == GemmChoice::SmallK) {
             l.lt.reset();
+            if (l.choice == GemmChoice::SmallK) steps[l.step].kernel = "small_k";
             continue;
         }
         steps[l.step].kernel = std::string(tf32 ? "cublaslt-tf32" : "cublaslt") +

@@ -2,8 +2,9 @@
 //
 // Layout: activations NHWC in the storage precision (fp32, or fp16/bf16 under AMP), viewed as
 // [rows = N*H*W, C]. Every parameter and running statistic lives in one flat fp32 "master"
-// buffer (offsets aligned to 32 elements); gradients and momentum use the same offsets in their
-// own flat buffers; under AMP a flat cast of the master buffer feeds the GEMMs.
+// buffer (offsets aligned to 32 elements); gradients and the optimizer state (one or two slots
+// per parameter) use the same offsets in their own flat buffers; under AMP a flat cast of the
+// master buffer feeds the GEMMs.
 //
 // What the forward keeps for the backward, per conv -> BN [-> act] unit: the conv output z
 // (BN input) and, when it feeds another op, the activated output; the BN backward recomputes
@@ -24,10 +25,12 @@
 #include "cpu/ops.hpp"
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
+#include "kernels/adamw.cuh"
 #include "kernels/batchnorm.cuh"
 #include "kernels/cross_entropy.cuh"
 #include "kernels/depthwise_conv_backward.cuh"
 #include "kernels/im2col.cuh"
+#include "kernels/rmsprop.cuh"
 #include "kernels/sgd.cuh"
 #include "kernels/small_matmul.cuh"
 #include "kernels/squeeze_excite_backward.cuh"
@@ -150,21 +153,39 @@ Precision storage_of(TrainPrecision p) {
     throw Error("GpuTrainer: unknown precision");
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Weight decay on conv / linear weights only (train::default_weight_decay's rule).
-bool decays(const std::string& name) {
-    return ends_with(name, ".weight") && name.find(".bn.") == std::string::npos;
-}
-
 struct ParamSlot {
     std::string name;
     Shape shape;
     int64_t offset = 0, count = 0;
     bool trainable = false;
 };
+
+// One slot of optimizer state per trainable parameter, as train::Optimizer names it.
+struct StateSlot {
+    const char* name;   // "momentum", "ms", "mom", "exp_avg", "exp_avg_sq"
+    bool second_moment; // held in Impl::second_moment (else in Impl::momentum)
+    float initial;      // the value train::Optimizer starts the slot at
+};
+
+// What in b differs from a in the trainer's plan (shapes, strides, padding, activation, batch
+// norm constants); empty when nothing does.
+std::string architecture_difference(const ModelConfig& a, const ModelConfig& b) {
+    if (a.in_channels != b.in_channels || a.stem_channels != b.stem_channels ||
+        a.head_channels != b.head_channels || a.num_classes != b.num_classes)
+        return "stem, head or classifier channels";
+    if (a.activation != b.activation || a.padding != b.padding) return "activation or padding";
+    if (a.bn_eps != b.bn_eps || a.bn_momentum != b.bn_momentum) return "batch-norm eps or momentum";
+    if (a.blocks.size() != b.blocks.size())
+        return std::to_string(b.blocks.size()) + " blocks instead of " + std::to_string(a.blocks.size());
+    for (size_t i = 0; i < a.blocks.size(); ++i) {
+        const BlockConfig &x = a.blocks[i], &y = b.blocks[i];
+        if (x.in_channels != y.in_channels || x.expand_channels != y.expand_channels ||
+            x.out_channels != y.out_channels || x.kernel != y.kernel || x.stride != y.stride ||
+            x.se_channels != y.se_channels)
+            return "block " + std::to_string(i);
+    }
+    return "";
+}
 
 // The per-use seed cpu::Network derives from ForwardOptions::seed (libeffnet/cpu/network.cpp):
 // the same masks on both engines for the same step seed.
@@ -219,7 +240,15 @@ struct GpuTrainer::Impl {
     std::vector<ParamSlot> slots;
     std::map<std::string, size_t> slot_index;
     int64_t param_total = 0;
-    DeviceBuffer master, grads, momentum, half_params;
+    DeviceBuffer master, grads, half_params;
+    // Optimizer state, offsets as master: momentum holds SGD's "momentum", RMSProp's "mom" and
+    // AdamW's "exp_avg"; second_moment (RMSProp and AdamW only) RMSProp's "ms" and AdamW's
+    // "exp_avg_sq".
+    DeviceBuffer momentum, second_moment;
+    int64_t optimizer_steps = 0;
+    bool has_optimizer_state = false;     // false: a fresh optimizer (exports as an empty map)
+    DeviceBuffer norm_partials, norm_sum; // gradient clipping: the global sum of squares (double)
+    double last_grad_norm = 0.0;
 
     // Stem / head / classifier and per-block state.
     int stem_h = 0, stem_w = 0, stem_ld = 0, stem_taps = 0;
@@ -257,6 +286,23 @@ struct GpuTrainer::Impl {
     DeviceBuffer alloc_act(int64_t rows, int channels, const std::string& what) {
         max_activation = std::max(max_activation, rows * channels);
         return alloc(size_t(rows) * size_t(channels) * elem, what);
+    }
+
+    std::vector<StateSlot> state_slots() const {
+        switch (options.optimizer) {
+        case train::OptimizerKind::SGD:
+            if (options.momentum == 0.0) return {}; // train::Optimizer keeps no state then
+            return {{"momentum", false, 0.0f}};
+        case train::OptimizerKind::RMSProp:
+            return {{"ms", true, 1.0f}, {"mom", false, 0.0f}};
+        case train::OptimizerKind::AdamW:
+            return {{"exp_avg", false, 0.0f}, {"exp_avg_sq", true, 0.0f}};
+        }
+        return {};
+    }
+    DeviceBuffer& state_buffer(const StateSlot& s) { return s.second_moment ? second_moment : momentum; }
+    const DeviceBuffer& state_buffer(const StateSlot& s) const {
+        return s.second_moment ? second_moment : momentum;
     }
 
     float* param(const std::string& name) { return master.as<float>() + slot(name).offset; }
@@ -297,8 +343,27 @@ struct GpuTrainer::Impl {
                              ", the config needs " + shape_str(s.shape));
             std::memcpy(host.data() + s.offset, t.ptr(), size_t(s.count) * 4);
         }
-        EFFNET_CUDA_CHECK(cudaMemcpy(master.data(), host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+        upload_flat(master, host);
     }
+    // host [param_total] -> buf, ordered after the work queued on the (non-blocking) stream.
+    void upload_flat(DeviceBuffer& buf, const std::vector<float>& host) {
+        EFFNET_CHECK(host.size() == size_t(param_total) && buf.size() >= host.size() * 4,
+                     "GpuTrainer: flat buffer size mismatch");
+        ctx.activate();
+        EFFNET_CUDA_CHECK(
+            cudaMemcpyAsync(buf.data(), host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream()));
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream()));
+    }
+    std::vector<float> download_flat(const DeviceBuffer& buf) const {
+        std::vector<float> host(static_cast<size_t>(param_total));
+        ctx.activate();
+        EFFNET_CUDA_CHECK(
+            cudaMemcpyAsync(host.data(), buf.data(), host.size() * 4, cudaMemcpyDeviceToHost, stream()));
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(stream()));
+        return host;
+    }
+    void set_optimizer_state(const train::ParamMap& state, int64_t steps);
+    void launch_update(double lr, double grad_scale);
 
     void plan();
     void forward();
@@ -323,8 +388,10 @@ void GpuTrainer::Impl::plan() {
     EFFNET_CHECK(options.label_smoothing >= 0.0f && options.label_smoothing <= 1.0f,
                  "GpuTrainer: label smoothing must be in [0, 1], got " +
                      std::to_string(options.label_smoothing));
-    EFFNET_CHECK(options.momentum >= 0.0f && options.weight_decay >= 0.0f,
-                 "GpuTrainer: momentum and weight decay must be >= 0");
+    // The optimizer: train::Optimizer's ranges and messages (its constructor throws).
+    (void)train::Optimizer(options.optimizer_config());
+    EFFNET_CHECK(std::isfinite(options.clip_grad_norm) && options.clip_grad_norm >= 0.0,
+                 "GpuTrainer: gradient clipping norm must be finite and >= 0");
     const ModelConfig& c = config;
     EFFNET_CHECK(c.in_channels >= 1 && c.in_channels * 9 <= 64,
                  "GpuTrainer: the stem supports 1..7 input channels, got " + std::to_string(c.in_channels));
@@ -344,8 +411,16 @@ void GpuTrainer::Impl::plan() {
     master = alloc(size_t(param_total) * 4, "master weights");
     grads = alloc(size_t(param_total) * 4, "gradients");
     momentum = alloc(size_t(param_total) * 4, "momentum buffers");
+    if (options.optimizer != train::OptimizerKind::SGD)
+        second_moment = alloc(size_t(param_total) * 4, "second-moment buffers");
     EFFNET_CUDA_CHECK(cudaMemset(grads.data(), 0, grads.size()));
     EFFNET_CUDA_CHECK(cudaMemset(momentum.data(), 0, momentum.size()));
+    set_optimizer_state({}, 0); // every slot at its initial value
+    if (options.clip_grad_norm > 0.0) {
+        norm_partials =
+            alloc(size_t(kernels::sum_squares_partials(param_total)) * 8, "gradient norm partials");
+        norm_sum = alloc(8, "gradient norm");
+    }
     if (storage != Precision::FP32) half_params = alloc(size_t(param_total) * elem, "half weights");
     upload_params(model_ref);
 
@@ -800,31 +875,135 @@ float GpuTrainer::compute_gradients(const float* input, const int64_t* targets, 
     return impl_->run_forward_backward(input, targets, seed);
 }
 
-bool GpuTrainer::apply_update(float lr) {
+bool GpuTrainer::apply_update(double lr) {
     Impl& m = *impl_;
     EFFNET_CHECK(m.have_gradients, "GpuTrainer::apply_update: no gradients (call compute_gradients first)");
-    EFFNET_CHECK(std::isfinite(lr), "GpuTrainer::apply_update: learning rate is not finite");
+    EFFNET_CHECK(std::isfinite(lr) && lr >= 0.0,
+                 "GpuTrainer::apply_update: learning rate must be finite and >= 0, got " +
+                     std::to_string(lr));
     if (!m.finite) return false;
     m.ctx.activate();
-    for (const ParamSlot& s : m.slots) {
-        if (!s.trainable) continue;
-        kernels::SgdArgs a;
-        a.param = m.master.as<float>() + s.offset;
-        a.grad = m.grads.as<float>() + s.offset;
-        a.momentum_buffer = m.momentum.as<float>() + s.offset;
-        a.count = s.count;
-        a.lr = lr;
-        a.momentum = m.options.momentum;
-        a.nesterov = m.options.nesterov;
-        a.weight_decay = decays(s.name) ? m.options.weight_decay : 0.0f;
-        kernels::launch_sgd_update(a, m.stream());
+    cudaStream_t st = m.stream();
+    // Clipping as train::clip_grad_norm: every gradient times max / norm when norm > max.
+    double grad_scale = 1.0;
+    if (m.options.clip_grad_norm > 0.0) {
+        kernels::launch_sum_squares(m.grads.as<float>(), m.param_total, m.norm_partials.as<double>(),
+                                    m.norm_sum.as<double>(), st);
+        double sum = 0.0;
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(&sum, m.norm_sum.data(), sizeof sum, cudaMemcpyDeviceToHost, st));
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(st));
+        m.last_grad_norm = std::sqrt(sum);
+        if (std::isfinite(m.last_grad_norm) && m.last_grad_norm > m.options.clip_grad_norm)
+            grad_scale = m.options.clip_grad_norm / m.last_grad_norm;
     }
-    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    ++m.optimizer_steps; // before the update, as train::Optimizer::step (AdamW's t starts at 1)
+    m.launch_update(lr, grad_scale);
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(st));
     m.have_gradients = false; // one update per backward
+    m.has_optimizer_state = true;
     return true;
 }
 
-float GpuTrainer::step(const float* input, const int64_t* targets, float lr, uint64_t seed) {
+// The update of every trainable parameter with train::Optimizer's per-parameter weight decay.
+void GpuTrainer::Impl::launch_update(double lr, double grad_scale) {
+    const GpuTrainOptions& o = options;
+    for (const ParamSlot& s : slots) {
+        if (!s.trainable) continue;
+        const double wd = (o.decay_all || train::default_weight_decay(s.name)) ? o.weight_decay : 0.0;
+        float* p = master.as<float>() + s.offset;
+        const float* g = grads.as<float>() + s.offset;
+        switch (o.optimizer) {
+        case train::OptimizerKind::SGD: {
+            kernels::SgdArgs a;
+            a.param = p;
+            a.grad = g;
+            a.momentum_buffer = momentum.as<float>() + s.offset;
+            a.count = s.count;
+            a.lr = lr;
+            a.momentum = o.momentum;
+            a.nesterov = o.nesterov;
+            a.weight_decay = wd;
+            a.grad_scale = grad_scale;
+            kernels::launch_sgd_update(a, stream());
+            break;
+        }
+        case train::OptimizerKind::RMSProp: {
+            kernels::RmsPropArgs a;
+            a.param = p;
+            a.grad = g;
+            a.mean_square = second_moment.as<float>() + s.offset;
+            a.momentum_buffer = momentum.as<float>() + s.offset;
+            a.count = s.count;
+            a.lr = lr;
+            a.decay = o.rms_decay;
+            a.momentum = o.momentum;
+            a.eps = o.rms_eps;
+            a.weight_decay = wd;
+            a.grad_scale = grad_scale;
+            kernels::launch_rmsprop_update(a, stream());
+            break;
+        }
+        case train::OptimizerKind::AdamW: {
+            kernels::AdamWArgs a;
+            a.param = p;
+            a.grad = g;
+            a.exp_avg = momentum.as<float>() + s.offset;
+            a.exp_avg_sq = second_moment.as<float>() + s.offset;
+            a.count = s.count;
+            a.lr = lr;
+            a.beta1 = o.beta1;
+            a.beta2 = o.beta2;
+            a.eps = o.adam_eps;
+            a.weight_decay = wd;
+            a.grad_scale = grad_scale;
+            a.step = optimizer_steps;
+            kernels::launch_adamw_update(a, stream());
+            break;
+        }
+        }
+    }
+}
+
+// Validates every key and shape before changing anything.
+void GpuTrainer::Impl::set_optimizer_state(const train::ParamMap& state, int64_t steps) {
+    EFFNET_CHECK(steps >= 0, "GpuTrainer: negative optimizer step count " + std::to_string(steps));
+    const std::vector<StateSlot> kinds = state_slots();
+    const std::string optimizer = train::optimizer_name(options.optimizer);
+    for (const auto& [key, t] : state) {
+        const size_t slash = key.find('/');
+        EFFNET_CHECK(slash != std::string::npos,
+                     "GpuTrainer: optimizer state key '" + key + "' is not '<slot>/<parameter>'");
+        const std::string slot_name = key.substr(0, slash), param_name = key.substr(slash + 1);
+        const bool known =
+            std::any_of(kinds.begin(), kinds.end(), [&](const StateSlot& k) { return slot_name == k.name; });
+        EFFNET_CHECK(known, "GpuTrainer: optimizer state '" + key + "' is not a slot of " + optimizer +
+                                (kinds.empty() ? " with momentum 0 (it keeps no state)" : ""));
+        const auto it = slot_index.find(param_name);
+        EFFNET_CHECK(it != slot_index.end() && slots[it->second].trainable,
+                     "GpuTrainer: optimizer state '" + key + "' names no trainable parameter");
+        const ParamSlot& p = slots[it->second];
+        EFFNET_CHECK(t.shape == p.shape && t.numel() == p.count && t.data.size() == size_t(p.count),
+                     "GpuTrainer: optimizer state '" + key + "' has shape " + shape_str(t.shape) +
+                         ", the parameter has " + shape_str(p.shape));
+    }
+    for (const StateSlot& k : kinds) {
+        std::vector<float> host(size_t(param_total), 0.0f);
+        for (const ParamSlot& p : slots) {
+            if (!p.trainable) continue;
+            float* dst = host.data() + p.offset;
+            const auto it = state.find(std::string(k.name) + "/" + p.name);
+            if (it != state.end())
+                std::memcpy(dst, it->second.ptr(), size_t(p.count) * 4);
+            else
+                std::fill(dst, dst + p.count, k.initial);
+        }
+        upload_flat(state_buffer(k), host);
+    }
+    optimizer_steps = steps;
+    has_optimizer_state = steps > 0 || !state.empty();
+}
+
+float GpuTrainer::step(const float* input, const int64_t* targets, double lr, uint64_t seed) {
     const float loss = compute_gradients(input, targets, seed);
     if (impl_->finite) apply_update(lr);
     return loss;
@@ -869,15 +1048,49 @@ Tensor GpuTrainer::logits() const {
 
 void GpuTrainer::download(Model& model) const {
     const Impl& m = *impl_;
-    m.ctx.activate();
-    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
-    std::vector<float> host(size_t(m.param_total));
-    EFFNET_CUDA_CHECK(cudaMemcpy(host.data(), m.master.data(), host.size() * 4, cudaMemcpyDeviceToHost));
+    const std::vector<float> host = m.download_flat(m.master);
     for (const ParamSlot& s : m.slots) {
         Tensor t(s.shape);
         std::memcpy(t.ptr(), host.data() + s.offset, size_t(s.count) * 4);
         model.params[s.name] = std::move(t);
     }
+}
+
+void GpuTrainer::upload(const Model& model) {
+    Impl& m = *impl_;
+    const std::string difference = architecture_difference(m.config, model.config);
+    EFFNET_CHECK(difference.empty(),
+                 "GpuTrainer::upload: the model's architecture differs from the trainer's (" + difference +
+                     ")");
+    m.upload_params(model); // checks every parameter's shape
+}
+
+train::ParamMap GpuTrainer::optimizer_state() const {
+    const Impl& m = *impl_;
+    train::ParamMap state;
+    if (!m.has_optimizer_state) return state;
+    for (const StateSlot& k : m.state_slots()) {
+        const std::vector<float> host = m.download_flat(m.state_buffer(k));
+        for (const ParamSlot& p : m.slots) {
+            if (!p.trainable) continue;
+            Tensor t(p.shape);
+            std::memcpy(t.ptr(), host.data() + p.offset, size_t(p.count) * 4);
+            state[std::string(k.name) + "/" + p.name] = std::move(t);
+        }
+    }
+    return state;
+}
+
+int64_t GpuTrainer::optimizer_steps() const {
+    return impl_->optimizer_steps;
+}
+
+void GpuTrainer::set_optimizer_state(const train::ParamMap& state, int64_t optimizer_steps) {
+    impl_->set_optimizer_state(state, optimizer_steps);
+}
+
+double GpuTrainer::last_grad_norm() const {
+    return impl_->last_grad_norm;
 }
 
 int GpuTrainer::batch() const {

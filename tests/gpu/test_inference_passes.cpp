@@ -15,6 +15,7 @@
 #include "gpu/gpu_test_util.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/channel_gate.cuh"
+#include "kernels/pointwise_conv_small_k.cuh"
 
 using namespace effnet;
 using namespace effnet::gpu_test;
@@ -91,6 +92,59 @@ TEST_CASE("activation forward: 16-byte path, unaligned and ragged views, in plac
                                      std::to_string(n) + " offset " + std::to_string(offset) + tag(prec),
                                  rel_error(got, want), tol) <= tol);
                 }
+}
+
+TEST_CASE("small-K pointwise kernel matches act(x W^T + b) computed here in double", "[gpu][sanitize]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    struct Shape {
+        int k, n;
+    };
+    // N = 40 and 144: a last chunk of 8 and 16 of the 32 channels a thread computes.
+    for (Shape sh : {Shape{16, 96}, Shape{24, 144}, Shape{40, 40}, Shape{64, 384}, Shape{8, 24}})
+        for (Precision prec : kAllPrecisions) {
+            const Activation* act = nullptr;
+            static const Activation silu = Activation::SiLU, relu6 = Activation::ReLU6;
+            if (sh.k == 24) act = &relu6;
+            if (sh.k == 16 || sh.k == 64) act = &silu;
+            const int64_t M = 2 * 7 * 11 + 3;
+            const Tensor x = rounded(random_tensor({M * sh.k}, 500 + sh.k, -2.0f, 2.0f), prec);
+            const Tensor w = rounded(random_tensor({int64_t(sh.n) * sh.k}, 501 + sh.k, -0.5f, 0.5f), prec);
+            const Tensor b = random_tensor({sh.n}, 502 + sh.k);
+            Tensor pre({M * sh.n});
+            for (int64_t m = 0; m < M; ++m)
+                for (int n = 0; n < sh.n; ++n) {
+                    double acc = b.data[size_t(n)];
+                    for (int k = 0; k < sh.k; ++k)
+                        acc += double(x.data[size_t(m * sh.k + k)]) * double(w.data[size_t(n * sh.k + k)]);
+                    pre.data[size_t(m * sh.n + n)] = float(acc);
+                }
+            const Tensor want = act ? cpu::activation_forward(pre, *act) : pre;
+            auto d_x = upload(x.data, prec);
+            auto d_w = upload(w.data, prec);
+            auto d_b = upload_f32(b.data);
+            auto d_y = poisoned(size_t(M * sh.n), prec);
+            kernels::PointwiseArgs a;
+            a.input = d_x.data();
+            a.weight = d_w.data();
+            a.bias = d_b.as<float>();
+            a.output = d_y.data();
+            a.rows = M;
+            a.in_channels = sh.k;
+            a.out_channels = sh.n;
+            a.rows_per_image = int(M);
+            a.act = act ? kernels::to_act(*act) : kernels::Act::None;
+            REQUIRE(kernels::pointwise_small_k_eligible(a, prec));
+            kernels::launch_pointwise_small_k(a, prec, nullptr);
+            const double tol = kernel_tolerance(prec);
+            CHECK(report("small-K pointwise K=" + std::to_string(sh.k) + " N=" + std::to_string(sh.n) +
+                             tag(prec),
+                         rel_error(download(d_y, size_t(M * sh.n), prec), want.data), tol) <= tol);
+        }
+    kernels::PointwiseArgs bad;
+    bad.in_channels = 72; // > 64
+    bad.out_channels = 8;
+    CHECK_FALSE(kernels::pointwise_small_k_eligible(bad, Precision::FP16));
+    CHECK_THROWS_AS(kernels::launch_pointwise_small_k(bad, Precision::FP16, nullptr), Error);
 }
 
 TEST_CASE("session: every GEMM backend (and TF32) matches the CPU engine on B0 at 64x64", "[gpu]") {

@@ -51,8 +51,10 @@ std::string tag(Precision p) {
 
 TEST_CASE("stem conv matches CPU conv+BN+act", "[gpu][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
+    // 24 and 13: the generic kernel; 32, 40, 48, 56, 64 (the EfficientNet stems): the specialised
+    // one, which is also forced onto the generic kernel once as a check of the dispatch.
     for (Padding pad : {Padding::Symmetric, Padding::TfSame})
-        for (int cout : {24, 13})
+        for (int cout : {24, 13, 32, 40, 48, 56, 64})
             for (Precision prec : kAllPrecisions) {
                 const int N = 2, Cin = 3, H = 17, W = 34, k = 3, s = 2;
                 const Activation act = pad == Padding::Symmetric ? Activation::SiLU : Activation::ReLU6;
@@ -85,13 +87,19 @@ TEST_CASE("stem conv matches CPU conv+BN+act", "[gpu][sanitize]") {
                 a.pad_top = cp.pad_top;
                 a.pad_left = cp.pad_left;
                 a.act = kernels::to_act(act);
-                kernels::launch_stem_conv(a, prec, nullptr);
-                const Tensor got =
-                    nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cout, prec), N, Ho, Wo, cout);
-                const double err = report("stem " + std::string(padding_name(pad)) +
-                                              " Cout=" + std::to_string(cout) + tag(prec),
-                                          rel_error(got.data, ref.data), kernel_tolerance(prec));
-                CHECK(err <= kernel_tolerance(prec));
+                for (bool generic : {false, true}) {
+                    if (generic && cout != 32) continue;
+                    a.force_generic = generic;
+                    EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, d_y.size())); // poison again
+                    kernels::launch_stem_conv(a, prec, nullptr);
+                    const Tensor got =
+                        nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * cout, prec), N, Ho, Wo, cout);
+                    const double err =
+                        report("stem " + std::string(padding_name(pad)) + " Cout=" + std::to_string(cout) +
+                                   (generic ? " generic" : "") + tag(prec),
+                               rel_error(got.data, ref.data), kernel_tolerance(prec));
+                    CHECK(err <= kernel_tolerance(prec));
+                }
             }
 }
 
@@ -100,8 +108,8 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
     for (int k : {3, 5})
         for (int s : {1, 2})
             for (Padding pad : {Padding::Symmetric, Padding::TfSame})
-                // 96 and 168 split into channel slabs of 6 and 7 vectors (fp16: 12 and 21 groups).
-                for (int C : {24, 40, 13, 96, 168})
+                // fp16: 96 and 80 channels split into slabs of 6 and 5 vectors (12 and 10 groups).
+                for (int C : {24, 40, 13, 96, 80})
                     for (Precision prec : kAllPrecisions) {
                         const int N = 2, H = 17, W = 34;
                         const Activation act = C == 40 ? Activation::ReLU6 : Activation::SiLU;

@@ -96,8 +96,7 @@ def main():
                   "--warmup-epochs", "0.5", "--seed", "7", "--threads", "1", "--workers", "2"]
 
         # Errors.
-        expect_error(["--data", data, "--width", "0.1", "--depth", "0.1", "--device", "cuda"],
-                     "GPU training is not implemented yet")
+        # --device cuda: tests/python/test_train_cuda.py (with and without a GPU).
         expect_error(["--data", data, "--width", "0.1", "--depth", "0.1", "--precision", "amp-fp16"], "needs --device cuda")
         expect_error(["--width", "0.1", "--depth", "0.1"], "missing required option '--data'")
         expect_error(["--data", os.path.join(tmp, "nope"), "--preset", "b0"], "is not a directory")
