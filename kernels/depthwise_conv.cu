@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/common.cuh"
+#include "kernels/depthwise_conv_tile.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -26,25 +27,12 @@ struct Tile {
     int tiles_w = 1;       // tiles along W (blockIdx.x % tiles_w)
 };
 
-// fp32 keeps the accurate activation (checked to 1e-5 against the CPU); fp16/bf16 outputs
-// carry 8-11 bits, so SiLU uses the fast exp/divide (relative error ~1e-6).
-template <typename T>
-__device__ __forceinline__ float activate(float v, Act a) {
-    if constexpr (std::is_same_v<T, float>) {
-        return apply_act(v, a);
-    } else {
-        if (a == Act::SiLU) return __fdividef(v, 1.0f + __expf(-v));
-        if (a == Act::ReLU6) return fminf(fmaxf(v, 0.0f), 6.0f);
-        return v;
-    }
-}
-
 // K: kernel size. V: channels per thread. TW: output pixels per thread along W. S: the stride
 // when TW > 1 (it fixes which loaded columns feed which output); TW == 1 takes any stride.
 template <typename T, int K, int V, int TW, int S>
 __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseArgs a, Tile t) {
     constexpr int kSpan = (TW - 1) * S + K; // input columns one strip reads per kernel row
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     const int cg_count = blockDim.x;
     const int slab_channels = cg_count * V;
     float* w_s = smem;                           // [K*K][slab_channels]
@@ -56,9 +44,19 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
     const int c_slab = slab * slab_channels;
     const int tid = threadIdx.y * cg_count + threadIdx.x;
     const int nthreads = cg_count * blockDim.y;
-    for (int i = tid; i < K * K * slab_channels; i += nthreads) {
-        const int tap = i / slab_channels, c = c_slab + i % slab_channels;
-        w_s[i] = c < C ? a.weight[tap * C + c] : 0.0f;
+    if constexpr (V % 4 == 0) { // slab and C multiples of 4: 16-byte async copies, all in flight
+        for (int i = tid; i < K * K * slab_channels / 4; i += nthreads) {
+            const int tap = (i * 4) / slab_channels, c = c_slab + (i * 4) % slab_channels;
+            const bool ok = c < C;
+            cp_async16(w_s + size_t(i) * 4, ok ? a.weight + tap * C + c : a.weight, ok);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+    } else {
+        for (int i = tid; i < K * K * slab_channels; i += nthreads) {
+            const int tap = i / slab_channels, c = c_slab + i % slab_channels;
+            w_s[i] = c < C ? a.weight[tap * C + c] : 0.0f;
+        }
     }
     __syncthreads();
 
@@ -103,7 +101,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                     load_vec<T, V>(row + int64_t(iw) * C, in[c]);
                     if (a.input_act != Act::None) {
 #pragma unroll
-                        for (int v = 0; v < V; ++v) in[c][v] = activate<T>(in[c][v], a.input_act);
+                        for (int v = 0; v < V; ++v) in[c][v] = activate_for<T>(in[c][v], a.input_act);
                     }
                 } else {
 #pragma unroll
@@ -139,7 +137,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
             if (ow0 + j >= a.out_width) break;
 #pragma unroll
             for (int v = 0; v < V; ++v) {
-                acc[j][v] = activate<T>(acc[j][v], a.act);
+                acc[j][v] = activate_for<T>(acc[j][v], a.act);
                 sum[v] += acc[j][v];
             }
             store_vec<T, V>(y + int64_t(ow0 + j) * C, acc[j]);
@@ -162,20 +160,6 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
 
 int ceil_div(int a, int b) {
     return (a + b - 1) / b;
-}
-
-// Threads across channels in a block (threadIdx.x): `widest` (8 x 16 B: one 128-byte line per
-// pixel), unless that leaves more than a fifth of the last slab's lanes idle and a divisor of
-// `groups` at least half as wide exists. Measured on an H200 (B0, batch 32): 144 fp16 channels
-// (18 groups: 8 + 8 + 2) run 10-14% faster as 3 slabs of 6; 240, 480 and 672 channels (a few
-// percent idle at 8) ran 25-70% slower as slabs of 6 or 7, so they stay at 8.
-int channel_groups_per_block(int groups, int widest) {
-    if (groups <= widest) return groups;
-    const int slabs = ceil_div(groups, widest);
-    if (5 * (slabs * widest - groups) <= slabs * widest) return widest;
-    for (int cg = widest - 1; cg * 2 >= widest; --cg)
-        if (groups % cg == 0) return cg;
-    return widest;
 }
 
 template <typename T, int K, int V, int TW, int S>
@@ -239,6 +223,10 @@ bool aligned16(const void* p) {
 
 } // namespace
 
+bool depthwise_schedule_supported(const DepthwiseArgs& a, Precision precision, DepthwiseSchedule schedule) {
+    return schedule == DepthwiseSchedule::RegisterStrips || depthwise_shared_tile_eligible(a, precision);
+}
+
 void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStream_t stream) {
     EFFNET_CHECK(a.input && a.weight && a.bias && a.output, "depthwise_conv: null pointer argument");
     EFFNET_CHECK(a.kernel == 3 || a.kernel == 5,
@@ -258,7 +246,12 @@ void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStre
                      (a.pixels_per_thread == 4 && a.stride == 1),
                  "depthwise_conv: pixels_per_thread " + std::to_string(a.pixels_per_thread) +
                      " unsupported at stride " + std::to_string(a.stride) + " (0, 1, 2, or 4 at stride 1)");
-    const bool vec_ok = aligned16(a.input) && aligned16(a.output);
+    if (a.schedule == DepthwiseSchedule::SharedTile || a.schedule == DepthwiseSchedule::SharedTileSmall) {
+        launch_depthwise_shared_tile(a, precision,
+                                     a.schedule == DepthwiseSchedule::SharedTileSmall ? 128 : 256, stream);
+        return;
+    }
+    const bool vec_ok = aligned16(a.input) && aligned16(a.output) && aligned16(a.weight);
     switch (precision) {
     case Precision::FP32:
         launch_typed<float>(a, vec_ok, stream);

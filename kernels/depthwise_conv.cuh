@@ -8,6 +8,15 @@
 
 namespace effnet::kernels {
 
+// How the work is laid out (both schedules compute the same thing; the session times them per
+// layer and keeps the faster).
+enum class DepthwiseSchedule {
+    RegisterStrips,  // each thread loads its kernel rows from global memory as it goes (any C)
+    SharedTile,      // each block stages its input tile in shared memory first (C % vector == 0)
+    SharedTileSmall, // the same with blocks of at most 128 threads: more blocks per SM, whose load
+                     // and compute phases overlap
+};
+
 struct DepthwiseArgs {
     const void* input = nullptr;   // [N, H, W, C] storage precision
     const float* weight = nullptr; // [k*k, C] float32, BN folded (tap-major so channels are contiguous)
@@ -25,7 +34,11 @@ struct DepthwiseArgs {
     // Output pixels each thread computes along W: 0 lets the launcher choose (by how many threads
     // the layer needs to fill the GPU); 1, 2 or 4 (4 only at stride 1) force it, for benchmarks.
     int pixels_per_thread = 0;
+    DepthwiseSchedule schedule = DepthwiseSchedule::RegisterStrips;
 };
+
+// Whether `schedule` can run these arguments (RegisterStrips: always).
+bool depthwise_schedule_supported(const DepthwiseArgs& args, Precision precision, DepthwiseSchedule schedule);
 
 void launch_depthwise_conv(const DepthwiseArgs& args, Precision precision, cudaStream_t stream);
 

@@ -7,7 +7,8 @@
 namespace effnet::kernels {
 
 struct ExciteArgs {
-    const float* pooled_sum = nullptr; // [N, C] sum over H*W
+    float* pooled_sum = nullptr;       // [N, C] sum over H*W; zeroed once read, ready for the
+                                       // next forward's squeeze to add into
     float inv_count = 1.0f;            // 1 / (H*W)
     const float* w_reduce = nullptr;   // [S, C]
     const float* b_reduce = nullptr;   // [S]

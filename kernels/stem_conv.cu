@@ -60,8 +60,13 @@ __global__ void __launch_bounds__(kStemThreads) stem_conv3x3_kernel(StemConvArgs
     constexpr int kTaps = 3 * 3 * 3;                  // (kh, kw, ci)
     __shared__ __align__(16) float w_s[kTaps * COUT]; // [kh][kw][ci][COUT]
     __shared__ float b_s[COUT];
-    for (int i = threadIdx.x; i < kTaps * COUT; i += blockDim.x) w_s[i] = a.weight[i];
+    // 16-byte async copies, all in flight at once (a load-store loop waits on memory once per
+    // iteration, and every block pays it).
+    for (int i = threadIdx.x; i < kTaps * COUT / 4; i += blockDim.x)
+        cp_async16(w_s + 4 * i, a.weight + 4 * i, true);
+    cp_async_commit();
     for (int i = threadIdx.x; i < COUT; i += blockDim.x) b_s[i] = a.bias[i];
+    cp_async_wait<0>();
     __syncthreads();
 
     const int64_t pixels = int64_t(a.batch) * a.out_height * a.out_width;

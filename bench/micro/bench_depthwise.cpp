@@ -1,9 +1,11 @@
 // Depthwise KxK over the real layer shapes: our kernel (BN folded, activation and, where the
 // block has squeeze-excite, the squeeze fused) against cuDNN's grouped convolution (group count
 // = C, NHWC, fastest algorithm by cudnnFindConvolutionForwardAlgorithm; convolution only, so
-// the comparison favours cuDNN). Before the timings, a check per shape runs every strip length
-// of our kernel (the tests only reach the one the launcher picks for their small shapes) on
-// random data at batch 2, both paddings, against a float64 CPU reference.
+// the comparison favours cuDNN). Our kernel runs in each of its schedules (register strips,
+// shared-memory tiles of 256 and 128 threads; the session keeps the fastest per layer). Before
+// the timings, a check per shape runs every strip length and schedule of our kernel (the tests
+// only reach small shapes) on random data at batch 2, both paddings, against a float64 CPU
+// reference.
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -31,8 +33,10 @@ double depthwise_flops(const DepthwiseShape& d, int batch) {
     return 2.0 * batch * d.ho * d.wo * double(d.c) * d.k * d.k;
 }
 
-// pixels_per_thread: 0 = the launcher's choice; 1, 2, 4 force the strip length (tuning runs).
-void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pixels_per_thread) {
+// schedule: register strips (the launcher's strip length) or the shared-memory tile (256- or
+// 128-thread blocks); the session times them per layer and keeps the fastest.
+void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d,
+                kernels::DepthwiseSchedule schedule) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -59,7 +63,11 @@ void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d, int pi
         a.out_height = d.ho;
         a.out_width = d.wo;
         a.act = kernels::Act::SiLU;
-        a.pixels_per_thread = pixels_per_thread;
+        a.schedule = schedule;
+        if (!kernels::depthwise_schedule_supported(a, p, schedule)) {
+            state.SkipWithError("schedule not supported for this shape");
+            return;
+        }
         const double total =
             env.time_launches(state, [&](cudaStream_t s) { kernels::launch_depthwise_conv(a, p, s); });
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
@@ -205,7 +213,9 @@ void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
                             ref[((size_t(n) * d.ho + oh) * d.wo + ow) * d.c + c] = y;
                             ref_pool[size_t(n) * d.c + c] += y;
                         }
-            for (int ppt : {0, 1, 2, 4}) {
+            // Every strip length (ppt 1, 2, 4, and the launcher's 0), then the two tile schedules
+            // (ppt 10: 256-thread tiles, 11: 128-thread tiles).
+            for (int ppt : {0, 1, 2, 4, 10, 11}) {
                 if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
                 EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, out_count * es)); // NaN: unwritten fails
                 EFFNET_CUDA_CHECK(cudaMemset(d_pool.data(), 0, size_t(N) * d.c * 4));
@@ -226,7 +236,11 @@ void check_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
                 a.out_height = d.ho;
                 a.out_width = d.wo;
                 a.act = kernels::Act::SiLU;
-                a.pixels_per_thread = ppt;
+                a.pixels_per_thread = ppt < 10 ? ppt : 0;
+                a.schedule = ppt == 10   ? kernels::DepthwiseSchedule::SharedTile
+                             : ppt == 11 ? kernels::DepthwiseSchedule::SharedTileSmall
+                                         : kernels::DepthwiseSchedule::RegisterStrips;
+                if (!kernels::depthwise_schedule_supported(a, p, a.schedule)) continue;
                 kernels::launch_depthwise_conv(a, p, nullptr);
                 EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
                 std::vector<uint8_t> y_bytes(out_count * es);
@@ -269,21 +283,17 @@ void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
                                      [&env, d](benchmark::State& st) { check_ours(st, env, d); })
             ->Iterations(1)
             ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark((base + "/ours_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { bench_ours(st, env, d, 0); })
-            ->UseManualTime()
-            ->Iterations(env.options().iterations)
-            ->Unit(benchmark::kMicrosecond);
-        // Each forced strip length, so one run shows whether the launcher's choice is the best.
-        for (int ppt : {1, 2, 4}) {
-            if ((ppt == 2 && d.s > 2) || (ppt == 4 && d.s != 1)) continue;
+        const std::pair<const char*, kernels::DepthwiseSchedule> schedules[] = {
+            {"strips", kernels::DepthwiseSchedule::RegisterStrips},
+            {"tile", kernels::DepthwiseSchedule::SharedTile},
+            {"tile128", kernels::DepthwiseSchedule::SharedTileSmall}};
+        for (const auto& [label, schedule] : schedules)
             benchmark::RegisterBenchmark(
-                (base + "/ours_ppt" + std::to_string(ppt) + "_" + prec).c_str(),
-                [&env, d, ppt](benchmark::State& st) { bench_ours(st, env, d, ppt); })
+                (base + "/ours_" + label + "_" + prec).c_str(),
+                [&env, d, schedule = schedule](benchmark::State& st) { bench_ours(st, env, d, schedule); })
                 ->UseManualTime()
                 ->Iterations(env.options().iterations)
                 ->Unit(benchmark::kMicrosecond);
-        }
         benchmark::RegisterBenchmark((base + "/cudnn_" + prec).c_str(),
                                      [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); })
             ->UseManualTime()

@@ -2,7 +2,7 @@
 //
 //   effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp16] [--iters N]
 //                [--warmup N] [--seed S] [--fused|--unfused] [--no-graph] [--tf32] [--json]
-//                [--gemm auto|handwritten|cublaslt] [--profile FILE]
+//                [--gemm auto|handwritten|cublaslt] [--no-autotune] [--profile FILE]
 //
 // Protocol (the same as bench/pytorch_bench.py, so that the two can be compared):
 //   random NCHW float32 input already on the device (never zeros), `warmup` untimed runs, then
@@ -49,17 +49,20 @@ struct Args {
     bool tf32 = false;
     bool json = false;
     std::string gemm = "auto";
+    bool autotune = true;
     std::string profile; // CSV of per-step times, written after the timed runs
 };
 
 const char* kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
     "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
-    "                    [--tf32] [--json] [--gemm auto|handwritten|cublaslt] [--profile FILE]\n"
+    "                    [--tf32] [--json] [--gemm auto|handwritten|cublaslt] [--no-autotune]\n"
+    "                    [--profile FILE]\n"
     "Times InferenceSession::run on random device input: median images/s, latency p50/p90/p99,\n"
     "device memory. --json prints one JSON object per line. --gemm picks the 1x1 convolutions'\n"
-    "GEMM (auto: the faster per layer, timed when the session is built). --profile FILE writes\n"
-    "each step's mean time (eager, an event between steps) as CSV: step,kernel,ms.\n";
+    "GEMM (auto: the fastest per layer, timed when the session is built). --no-autotune: no\n"
+    "timing at build, fixed defaults (hand-written GEMMs, register-strip depthwise). --profile\n"
+    "FILE writes each step's mean time (eager, an event between steps) as CSV: step,kernel,ms.\n";
 
 // Returns false when --help was asked for.
 bool parse_args(int argc, char** argv, Args& a) {
@@ -95,6 +98,8 @@ bool parse_args(int argc, char** argv, Args& a) {
             a.tf32 = true;
         else if (opt == "--json")
             a.json = true;
+        else if (opt == "--no-autotune")
+            a.autotune = false;
         else if (opt == "--gemm")
             a.gemm = value();
         else if (opt == "--profile")
@@ -183,6 +188,7 @@ int run_benchmark(const Args& a) {
     options.use_cuda_graph = a.graph;
     options.allow_tf32 = a.tf32;
     options.gemm = effnet::parse_gemm_backend(a.gemm);
+    options.autotune = a.autotune;
 
     auto t_setup = std::chrono::steady_clock::now();
     effnet::Model model = effnet::random_model(config, a.seed);
@@ -262,7 +268,8 @@ int run_benchmark(const Args& a) {
 
     if (a.json) {
         std::printf("{\"tool\":\"effnet-bench\",\"variant\":\"%s\",\"resolution\":%d,\"batch\":%d,"
-                    "\"precision\":\"%s\",\"gemm\":\"%s\",\"fused\":%s,\"graph\":%s,\"tf32\":%s,\"iters\":%d,"
+                    "\"precision\":\"%s\",\"gemm\":\"%s\",\"autotune\":%s,\"fused\":%s,\"graph\":%s,\"tf32\":"
+                    "%s,\"iters\":%d,"
                     "\"warmup\":%d,"
                     "\"ms_p50\":%.6f,\"ms_p90\":%.6f,\"ms_p99\":%.6f,\"ms_mean\":%.6f,\"ms_min\":%.6f,"
                     "\"images_per_s\":%.3f,\"images_per_s_pipelined\":%.3f,"
@@ -270,9 +277,9 @@ int run_benchmark(const Args& a) {
                     "\"device_memory_delta_bytes\":%lld,\"output_ok\":%s,\"non_finite_logits\":%zu,"
                     "\"setup_s\":%.3f,\"device\":\"%s\"}\n",
                     config.name.c_str(), res, a.batch, effnet::precision_name(precision), a.gemm.c_str(),
-                    a.fused ? "true" : "false", a.graph ? "true" : "false", a.tf32 ? "true" : "false",
-                    a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips, ips_pipelined, peak, arena,
-                    mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
+                    a.autotune ? "true" : "false", a.fused ? "true" : "false", a.graph ? "true" : "false",
+                    a.tf32 ? "true" : "false", a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips,
+                    ips_pipelined, peak, arena, mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
                     json_escape(effnet::cuda_device_description()).c_str());
     }
     std::printf("effnet-bench %s %dx%d batch %d %s%s%s%s: %.1f img/s (pipelined %.1f), "

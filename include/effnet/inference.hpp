@@ -36,6 +36,14 @@ struct SessionOptions {
     bool use_cuda_graph = true;
     bool allow_tf32 = false; // fp32 only: TF32 tensor cores for the cuBLASLt 1x1 convolutions
     GemmBackend gemm = GemmBackend::Auto;
+    // Time the candidate kernels of each layer while building (the GEMM choice above, and the
+    // depthwise schedule: register strips or a shared-memory tile) and keep the fastest. false:
+    // the fixed defaults (hand-written GEMMs, register strips); construction is faster.
+    bool autotune = true;
+    // Activation memory: a block whose expand output is k times its depthwise output (stride 2:
+    // k = 4) runs expand + depthwise in k chunks of the batch when each chunk keeps at least
+    // this many images (large batches: less memory, the same speed). 0 or a huge value: never.
+    int min_chunk_images = 16;
     int device = 0;
 };
 

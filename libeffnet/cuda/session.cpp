@@ -99,11 +99,27 @@ struct InferenceSession::Impl {
         size_t w_off = 0, b_off = 0; // weight (storage), bias (fp32)
         size_t lt_b_off = 0;         // bias in storage precision (cuBLASLt's epilogue)
         int in_id = -1, gate_id = -1, residual_id = -1, out_id = -1;
+        size_t in_offset = 0;               // bytes into the input tensor (a chunk of the batch)
         int consumer_step = -1;             // the depthwise step reading the output (expand convs)
         std::unique_ptr<cuda::LtMatmul> lt; // built by tune_gemms unless Handwritten
         GemmChoice choice = GemmChoice::Handwritten;
     };
     std::vector<std::unique_ptr<PointwiseLayer>> pointwise;
+    // A depthwise convolution and the schedule chosen for it (tune_depthwise).
+    struct DepthwiseLayer {
+        size_t step = 0;
+        kernels::DepthwiseArgs args; // as last launched
+        kernels::DepthwiseSchedule schedule = kernels::DepthwiseSchedule::RegisterStrips;
+    };
+    std::vector<std::unique_ptr<DepthwiseLayer>> depthwise;
+    // The classifier (fp32 in every precision): effnet's linear kernel or a cuBLASLt fp32 GEMM.
+    struct Classifier {
+        size_t step = 0;
+        int in = 0, out = 0;
+        size_t w_off = 0, b_off = 0;
+        int in_id = -1, out_id = -1;
+        std::unique_ptr<cuda::LtMatmul> lt; // set when it is the faster
+    } classifier;
     int input_id = -1, logits_id = -1;
     size_t input_bytes = 0, logits_bytes = 0;
     cudaGraph_t graph = nullptr;
@@ -117,12 +133,37 @@ struct InferenceSession::Impl {
     }
 
     char* tensor(int id) const { return static_cast<char*>(arena.data()) + plan.offset(id); }
+    // The squeeze sums: one region per squeeze-excite block in `squeeze` (not in the arena, so
+    // they keep their zeros between forwards). add_squeeze returns a region's offset.
+    cuda::DeviceBuffer squeeze;
+    size_t squeeze_bytes = 0;
+    int64_t add_squeeze(size_t bytes) {
+        const size_t offset = (squeeze_bytes + 255) / 256 * 256;
+        squeeze_bytes = offset + bytes;
+        return int64_t(offset);
+    }
+    float* squeeze_sum(int64_t offset) const {
+        return offset < 0 ? nullptr : reinterpret_cast<float*>(static_cast<char*>(squeeze.data()) + offset);
+    }
+    void zero_squeeze(cudaStream_t s) const {
+        if (squeeze.size() > 0) EFFNET_CUDA_CHECK(cudaMemsetAsync(squeeze.data(), 0, squeeze.size(), s));
+    }
     const char* weight(size_t offset) const { return static_cast<const char*>(weights.data()) + offset; }
     const float* weight_f32(size_t offset) const { return reinterpret_cast<const float*>(weight(offset)); }
 
     void build(const Model& model);
     void launch_pointwise(PointwiseLayer& l, GemmChoice choice, cudaStream_t stream);
     void tune_gemms();
+    void tune_depthwise();
+    void launch_classifier(bool use_lt, cudaStream_t stream);
+    cuda::LtMatmulBuffers classifier_buffers() const {
+        cuda::LtMatmulBuffers b;
+        b.x = tensor(classifier.in_id);
+        b.w = weight(classifier.w_off);
+        b.bias = weight(classifier.b_off);
+        b.y = tensor(classifier.out_id);
+        return b;
+    }
     void run_steps(cudaStream_t stream) {
         for (const Step& s : steps) {
             s.launch(stream);
@@ -188,19 +229,35 @@ void InferenceSession::Impl::build(const Model& model) {
     }
 
     const Act act = kernels::to_act(cfg.activation);
-    auto add_pointwise = [&](const std::string& name, const cuda::FoldedConv& conv, int in_id, int64_t rows,
-                             int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id) {
+    // A 1x1 convolution's weights, packed once (a chunked expand conv runs them several times).
+    struct PackedConv {
+        int out = 0, in = 0;
+        size_t w_off = 0, b_off = 0, lt_b_off = 0;
+    };
+    auto pack_conv = [&](const cuda::FoldedConv& conv) {
+        PackedConv pc;
+        pc.out = int(conv.shape[0]);
+        pc.in = int(conv.shape[1]);
+        pc.w_off = pack.add(cuda::to_storage(conv.weight, precision));
+        pc.b_off = pack.add_f32(conv.bias);
+        pc.lt_b_off = pack.add(cuda::to_storage(conv.bias, precision));
+        return pc;
+    };
+    auto add_pointwise = [&](const std::string& name, const PackedConv& conv, int in_id, int64_t rows,
+                             int rows_per_image, int gate_id, int residual_id, Act epilogue_act, int out_id,
+                             size_t in_offset = 0) {
         auto l = std::make_unique<PointwiseLayer>();
         l->step = steps.size();
         l->args.rows = rows;
-        l->args.out_channels = int(conv.shape[0]);
-        l->args.in_channels = int(conv.shape[1]);
+        l->args.out_channels = conv.out;
+        l->args.in_channels = conv.in;
         l->args.rows_per_image = rows_per_image;
         l->args.act = epilogue_act;
-        l->w_off = pack.add(cuda::to_storage(conv.weight, precision));
-        l->b_off = pack.add_f32(conv.bias);
-        l->lt_b_off = pack.add(cuda::to_storage(conv.bias, precision));
+        l->w_off = conv.w_off;
+        l->b_off = conv.b_off;
+        l->lt_b_off = conv.lt_b_off;
         l->in_id = in_id;
+        l->in_offset = in_offset;
         l->gate_id = gate_id;
         l->residual_id = residual_id;
         l->out_id = out_id;
@@ -223,7 +280,6 @@ void InferenceSession::Impl::build(const Model& model) {
                          " input channels, the previous layer gives " + std::to_string(c));
         const int block_in = cur;
         const int ce = b.expand_channels;
-        const int64_t in_rows = N * h * w;
 
         int dwp_t, dwp_b, dwp_l, dwp_r;
         conv_padding(h, b.kernel, b.stride, cfg.padding, dwp_t, dwp_b);
@@ -271,62 +327,87 @@ void InferenceSession::Impl::build(const Model& model) {
         const bool fuse =
             b.has_expand() && options.fused_mbconv && kernels::fused_expand_depthwise_supported(fa);
 
-        const int pooled_id =
-            b.has_se() ? plan.add(p + ".se.pooled", size_t(N) * ce * sizeof(float), step, step) : -1;
+        // The squeeze's sums live outside the arena, zero between forwards: the depthwise conv
+        // adds into them, the excite reads and re-zeroes them (no memset launches).
+        const int64_t pooled_off = b.has_se() ? add_squeeze(size_t(N) * ce * sizeof(float)) : -1;
         const int dw_out = plan.add(p + ".dw", size_t(N) * ho * wo * ce * es, step, step);
         if (fuse) {
             const size_t e_w = pack.add(cuda::to_storage(expand.weight, precision)),
                          e_b = pack.add_f32(expand.bias);
             plan.touch(block_in, step);
             plan.touch(dw_out, step);
-            if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back({p + ".fused_expand_dw", "fused_expand_depthwise",
-                             [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out, pooled_id, N,
-                              ce](cudaStream_t s) mutable {
-                                 fa.input = tensor(block_in);
-                                 fa.expand_weight = weight(e_w);
-                                 fa.expand_bias = weight_f32(e_b);
-                                 fa.dw_weight = weight_f32(dw_w);
-                                 fa.dw_bias = weight_f32(dw_b);
-                                 fa.output = tensor(dw_out);
-                                 fa.pooled_sum =
-                                     pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
-                                 if (fa.pooled_sum)
-                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(fa.pooled_sum, 0,
-                                                                       size_t(N) * ce * sizeof(float), s));
-                                 kernels::launch_fused_expand_depthwise(fa, precision, s);
-                             }});
+            steps.push_back(
+                {p + ".fused_expand_dw", "fused_expand_depthwise",
+                 [this, fa, e_w, e_b, dw_w, dw_b, block_in, dw_out, pooled_off](cudaStream_t s) mutable {
+                     fa.input = tensor(block_in);
+                     fa.expand_weight = weight(e_w);
+                     fa.expand_bias = weight_f32(e_b);
+                     fa.dw_weight = weight_f32(dw_w);
+                     fa.dw_bias = weight_f32(dw_b);
+                     fa.output = tensor(dw_out);
+                     fa.pooled_sum = squeeze_sum(pooled_off);
+                     kernels::launch_fused_expand_depthwise(fa, precision, s);
+                 }});
             ++step;
         } else {
-            int dw_in = block_in;
-            PointwiseLayer* producer = nullptr; // the expand conv, whose activation may move here
+            // Memory: a stride-2 block's expand output is 4x its depthwise output. Such blocks
+            // run expand + depthwise in chunks of the batch through a chunk-sized expand buffer
+            // (as many chunks as the ratio, each of at least min_chunk_images images), so the
+            // largest tensor of the network is never whole.
+            int chunks = 1;
             if (b.has_expand()) {
-                dw_in = plan.add(p + ".expand", size_t(in_rows) * ce * es, step, step);
-                add_pointwise(p + ".expand", expand, block_in, in_rows, h * w, -1, -1, act, dw_in);
-                producer = pointwise.back().get();
-                producer->consumer_step = int(steps.size());
+                const int ratio = int((int64_t(h) * w + int64_t(ho) * wo - 1) / (int64_t(ho) * wo));
+                for (int c = ratio; c >= 2; --c)
+                    if (options.min_chunk_images > 0 && N % c == 0 && N / c >= options.min_chunk_images) {
+                        chunks = c;
+                        break;
+                    }
             }
-            plan.touch(dw_in, step);
-            plan.touch(dw_out, step);
-            if (pooled_id >= 0) plan.touch(pooled_id, step);
-            steps.push_back({p + ".dw", "depthwise",
-                             [this, dwa, dw_w, dw_b, dw_in, dw_out, pooled_id, N, ce, producer,
-                              act](cudaStream_t s) mutable {
-                                 dwa.input = tensor(dw_in);
-                                 dwa.input_act = producer && producer->choice == GemmChoice::CublasLtActInNext
-                                                     ? act
-                                                     : Act::None;
-                                 dwa.weight = weight_f32(dw_w);
-                                 dwa.bias = weight_f32(dw_b);
-                                 dwa.output = tensor(dw_out);
-                                 dwa.pooled_sum =
-                                     pooled_id >= 0 ? reinterpret_cast<float*>(tensor(pooled_id)) : nullptr;
-                                 if (dwa.pooled_sum)
-                                     EFFNET_CUDA_CHECK(cudaMemsetAsync(dwa.pooled_sum, 0,
-                                                                       size_t(N) * ce * sizeof(float), s));
-                                 kernels::launch_depthwise_conv(dwa, precision, s);
-                             }});
-            ++step;
+            const int64_t chunk_n = N / chunks;
+            int dw_in = block_in;
+            PackedConv expand_conv;
+            if (b.has_expand()) {
+                expand_conv = pack_conv(expand);
+                dw_in = plan.add(p + ".expand", size_t(chunk_n) * h * w * ce * es, step, step);
+            }
+            for (int k = 0; k < chunks; ++k) {
+                const std::string suffix = chunks > 1 ? "[" + std::to_string(k) + "]" : "";
+                PointwiseLayer* producer = nullptr; // the expand conv, whose activation may move here
+                if (b.has_expand()) {
+                    add_pointwise(p + ".expand" + suffix, expand_conv, block_in, chunk_n * h * w, h * w, -1,
+                                  -1, act, dw_in, size_t(k) * chunk_n * h * w * b.in_channels * es);
+                    producer = pointwise.back().get();
+                    producer->consumer_step = int(steps.size());
+                }
+                plan.touch(dw_in, step);
+                plan.touch(dw_out, step);
+                auto dl = std::make_unique<DepthwiseLayer>();
+                dl->step = steps.size();
+                DepthwiseLayer* dlp = dl.get();
+                depthwise.push_back(std::move(dl));
+                kernels::DepthwiseArgs dwk = dwa;
+                dwk.batch = int(chunk_n);
+                const size_t out_offset = size_t(k) * chunk_n * ho * wo * ce * es;
+                const int64_t pool_off =
+                    pooled_off < 0 ? -1 : pooled_off + k * chunk_n * ce * int64_t(sizeof(float));
+                steps.push_back({p + ".dw" + suffix, "depthwise",
+                                 [this, dwk, dw_w, dw_b, dw_in, dw_out, out_offset, pool_off, producer, act,
+                                  dlp](cudaStream_t s) mutable {
+                                     dwk.input = tensor(dw_in);
+                                     dwk.input_act =
+                                         producer && producer->choice == GemmChoice::CublasLtActInNext
+                                             ? act
+                                             : Act::None;
+                                     dwk.weight = weight_f32(dw_w);
+                                     dwk.bias = weight_f32(dw_b);
+                                     dwk.output = tensor(dw_out) + out_offset;
+                                     dwk.pooled_sum = squeeze_sum(pool_off);
+                                     dwk.schedule = dlp->schedule;
+                                     dlp->args = dwk;
+                                     kernels::launch_depthwise_conv(dwk, precision, s);
+                                 }});
+                ++step;
+            }
         }
 
         int gate_id = -1;
@@ -344,7 +425,6 @@ void InferenceSession::Impl::build(const Model& model) {
             const size_t w2_off = pack.add_f32(cuda::transpose(w2.data, ce, S)),
                          b2_off = pack.add_f32(b2.data);
             gate_id = plan.add(p + ".se.gate", size_t(N) * ce * sizeof(float), step, step);
-            plan.touch(pooled_id, step);
             kernels::ExciteArgs ea;
             ea.inv_count = 1.0f / float(ho * wo);
             ea.batch = batch;
@@ -353,8 +433,8 @@ void InferenceSession::Impl::build(const Model& model) {
             ea.act = act;
             steps.push_back(
                 {p + ".se.excite", "excite",
-                 [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_id, gate_id](cudaStream_t s) mutable {
-                     ea.pooled_sum = reinterpret_cast<const float*>(tensor(pooled_id));
+                 [this, ea, w1_off, b1_off, w2_off, b2_off, pooled_off, gate_id](cudaStream_t s) mutable {
+                     ea.pooled_sum = squeeze_sum(pooled_off);
                      ea.w_reduce = weight_f32(w1_off);
                      ea.b_reduce = weight_f32(b1_off);
                      ea.w_expand_t = weight_f32(w2_off);
@@ -369,7 +449,7 @@ void InferenceSession::Impl::build(const Model& model) {
         check_shape(model.param(p + ".project.conv.weight"), {b.out_channels, ce, 1, 1},
                     p + ".project.conv.weight");
         const int out_id = plan.add(p + ".out", size_t(N) * ho * wo * b.out_channels * es, step, step);
-        add_pointwise(p + ".project", project, dw_out, N * ho * wo, ho * wo, gate_id,
+        add_pointwise(p + ".project", pack_conv(project), dw_out, N * ho * wo, ho * wo, gate_id,
                       b.has_residual() ? block_in : -1, Act::None, out_id);
         cur = out_id;
         h = ho;
@@ -381,7 +461,7 @@ void InferenceSession::Impl::build(const Model& model) {
     const cuda::FoldedConv head = cuda::fold_batchnorm(model, "head");
     check_shape(model.param("head.conv.weight"), {cfg.head_channels, c, 1, 1}, "head.conv.weight");
     const int head_id = plan.add("head", size_t(N) * h * w * cfg.head_channels * es, step, step);
-    add_pointwise("head", head, cur, N * h * w, h * w, -1, -1, act, head_id);
+    add_pointwise("head", pack_conv(head), cur, N * h * w, h * w, -1, -1, act, head_id);
 
     const int pooled_id = plan.add("pool", size_t(N) * cfg.head_channels * sizeof(float), step, step);
     plan.touch(head_id, step);
@@ -403,16 +483,16 @@ void InferenceSession::Impl::build(const Model& model) {
     logits_bytes = size_t(N) * cfg.num_classes * sizeof(float);
     logits_id = plan.add("logits", logits_bytes, step, step);
     plan.touch(pooled_id, step);
-    {
-        const int K = cfg.head_channels, M = cfg.num_classes, lid = logits_id;
-        steps.push_back(
-            {"classifier", "linear", [this, pooled_id, lid, cw_off, cb_off, K, M](cudaStream_t s) {
-                 kernels::launch_linear(reinterpret_cast<const float*>(tensor(pooled_id)), weight_f32(cw_off),
-                                        weight_f32(cb_off), reinterpret_cast<float*>(tensor(lid)), batch, K,
-                                        M, s);
-             }});
-        ++step;
-    }
+    classifier.step = steps.size();
+    classifier.in = cfg.head_channels;
+    classifier.out = cfg.num_classes;
+    classifier.w_off = cw_off;
+    classifier.b_off = cb_off;
+    classifier.in_id = pooled_id;
+    classifier.out_id = logits_id;
+    steps.push_back(
+        {"classifier", "linear", [this](cudaStream_t s) { launch_classifier(classifier.lt != nullptr, s); }});
+    ++step;
 
     // --- memory ----------------------------------------------------------------------------
     weights = cuda::DeviceBuffer(pack.bytes().size(), "weights");
@@ -420,18 +500,23 @@ void InferenceSession::Impl::build(const Model& model) {
                                       cudaMemcpyHostToDevice, ctx->stream()));
     const size_t arena_bytes = plan.plan();
     arena = cuda::DeviceBuffer(arena_bytes, "activation arena");
+    squeeze = cuda::DeviceBuffer(squeeze_bytes, "squeeze sums");
+    zero_squeeze(ctx->stream());
     // Defined contents for the warm-up run (the input buffer is not yet written).
     EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+    if (options.autotune) tune_depthwise(); // first: expand GEMMs are timed with their depthwise conv
     tune_gemms();
-    // Tuning ran layers on whatever the arena held: start the warm-up from zeros again.
+    // Tuning ran layers on whatever the arena held, and depthwise convs without their excite:
+    // start the warm-up from zeros again.
     EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
+    zero_squeeze(ctx->stream());
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
 }
 
 void InferenceSession::Impl::launch_pointwise(PointwiseLayer& l, GemmChoice choice, cudaStream_t s) {
     kernels::PointwiseArgs& a = l.args;
-    a.input = tensor(l.in_id);
+    a.input = tensor(l.in_id) + l.in_offset;
     a.weight = weight(l.w_off);
     a.bias = weight_f32(l.b_off);
     a.gate = l.gate_id >= 0 ? reinterpret_cast<const float*>(tensor(l.gate_id)) : nullptr;
@@ -462,7 +547,8 @@ void InferenceSession::Impl::launch_pointwise(PointwiseLayer& l, GemmChoice choi
 // Timed on the arena's own buffers, in place: values do not change the time, and the arena is
 // reset afterwards.
 void InferenceSession::Impl::tune_gemms() {
-    if (options.gemm == GemmBackend::Handwritten) return;
+    if (options.gemm == GemmBackend::Handwritten || (options.gemm == GemmBackend::Auto && !options.autotune))
+        return;
     const bool tf32 = options.allow_tf32 && precision == Precision::FP32;
     void* workspace = ctx->workspace(kLtWorkspaceBytes);
     cudaStream_t s = ctx->stream();
@@ -514,6 +600,66 @@ void InferenceSession::Impl::tune_gemms() {
         }
         steps[l.step].kernel = std::string(tf32 ? "cublaslt-tf32" : "cublaslt") +
                                (l.choice == GemmChoice::CublasLtActInNext ? "+act-in-dw" : "");
+    }
+    // The classifier: true fp32 whatever the session's precision (logits), no TF32.
+    cuda::LtMatmulShape shape;
+    shape.rows = batch;
+    shape.out = classifier.out;
+    shape.in = classifier.in;
+    std::unique_ptr<cuda::LtMatmul> lt;
+    try {
+        lt = std::make_unique<cuda::LtMatmul>(ctx->cublaslt(), Precision::FP32, shape, classifier_buffers(),
+                                              workspace, kLtWorkspaceBytes, s);
+    } catch (const Error&) {
+        if (options.gemm == GemmBackend::CublasLt) throw;
+        (void)cudaGetLastError();
+        return;
+    }
+    const bool forced = options.gemm == GemmBackend::CublasLt;
+    const float linear_ms = forced ? 0.0f : cuda::time_launches(s, [&] { launch_classifier(false, s); });
+    if (forced || lt->measured_ms() < linear_ms) {
+        classifier.lt = std::move(lt);
+        steps[classifier.step].kernel = "cublaslt";
+    }
+}
+
+void InferenceSession::Impl::launch_classifier(bool use_lt, cudaStream_t s) {
+    if (use_lt) {
+        classifier.lt->run(classifier_buffers(), s);
+        return;
+    }
+    kernels::launch_linear(reinterpret_cast<const float*>(tensor(classifier.in_id)),
+                           weight_f32(classifier.w_off), weight_f32(classifier.b_off),
+                           reinterpret_cast<float*>(tensor(classifier.out_id)), batch, classifier.in,
+                           classifier.out, s);
+}
+
+// Per depthwise layer: register strips or a shared-memory tile (256- or 128-thread blocks),
+// whichever is fastest here.
+void InferenceSession::Impl::tune_depthwise() {
+    using kernels::DepthwiseSchedule;
+    cudaStream_t s = ctx->stream();
+    for (auto& dp : depthwise) {
+        DepthwiseLayer& d = *dp;
+        const Step& step = steps[d.step];
+        d.schedule = DepthwiseSchedule::RegisterStrips;
+        step.launch(s); // records the arguments
+        float best = std::numeric_limits<float>::infinity();
+        DepthwiseSchedule chosen = DepthwiseSchedule::RegisterStrips;
+        for (DepthwiseSchedule c : {DepthwiseSchedule::RegisterStrips, DepthwiseSchedule::SharedTile,
+                                    DepthwiseSchedule::SharedTileSmall}) {
+            if (!kernels::depthwise_schedule_supported(d.args, precision, c)) continue;
+            d.schedule = c;
+            const float ms = cuda::time_launches(s, [&] { step.launch(s); });
+            if (ms < best) {
+                best = ms;
+                chosen = c;
+            }
+        }
+        d.schedule = chosen;
+        steps[d.step].kernel = chosen == DepthwiseSchedule::SharedTile        ? "depthwise-tile"
+                               : chosen == DepthwiseSchedule::SharedTileSmall ? "depthwise-tile128"
+                                                                              : "depthwise-strips";
     }
 }
 
@@ -621,7 +767,8 @@ Precision InferenceSession::precision() const {
     return impl_->precision;
 }
 size_t InferenceSession::peak_device_memory() const {
-    return impl_->weights.size() + impl_->arena.size() + impl_->ctx->workspace_bytes();
+    return impl_->weights.size() + impl_->arena.size() + impl_->squeeze.size() +
+           impl_->ctx->workspace_bytes();
 }
 size_t InferenceSession::activation_arena_bytes() const {
     return impl_->arena.size();

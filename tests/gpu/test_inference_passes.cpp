@@ -157,22 +157,25 @@ TEST_CASE("session: every GEMM backend (and TF32) matches the CPU engine on B0 a
         Precision prec;
         GemmBackend gemm;
         bool tf32;
+        bool autotune;
     };
     std::vector<Case> cases;
     for (Precision prec : kAllPrecisions)
         for (GemmBackend g : {GemmBackend::Handwritten, GemmBackend::CublasLt, GemmBackend::Auto})
-            cases.push_back({prec, g, false});
-    cases.push_back({Precision::FP32, GemmBackend::CublasLt, true});
+            cases.push_back({prec, g, false, true});
+    cases.push_back({Precision::FP32, GemmBackend::CublasLt, true, true});
+    cases.push_back({Precision::FP16, GemmBackend::Auto, false, false}); // no timing: fixed defaults
     for (const Case& c : cases) {
         SessionOptions opt;
         opt.gemm = c.gemm;
         opt.allow_tf32 = c.tf32;
+        opt.autotune = c.autotune;
         InferenceSession session(model, 2, 64, 64, c.prec, opt);
         std::vector<float> logits(2 * 1000, std::nanf(""));
         session.run(input.ptr(), logits.data());
         const double tol = network_tolerance(c.prec, c.tf32);
         const std::string name = std::string("network b0 64x64 gemm ") + gemm_backend_name(c.gemm) +
-                                 (c.tf32 ? " tf32" : "") + tag(c.prec);
+                                 (c.tf32 ? " tf32" : "") + (c.autotune ? "" : " no-autotune") + tag(c.prec);
         CHECK(report(name, rel_error(logits, ref.data), tol) <= tol);
 
         // The profile names every step once, with the backend the session chose for each GEMM.
@@ -180,9 +183,11 @@ TEST_CASE("session: every GEMM backend (and TF32) matches the CPU engine on B0 a
         int gemms = 0;
         for (const StepProfile& p : prof) {
             CHECK(p.ms >= 0.0);
+            if (p.name == "classifier" && c.gemm == GemmBackend::CublasLt) CHECK(p.kernel == "cublaslt");
+            if (p.name == "classifier" && !c.autotune) CHECK(p.kernel == "linear");
             if (!is_gemm_step(p.name)) continue;
             ++gemms;
-            if (c.gemm == GemmBackend::Handwritten) CHECK(p.kernel == "handwritten");
+            if (c.gemm == GemmBackend::Handwritten || !c.autotune) CHECK(p.kernel == "handwritten");
             if (c.gemm == GemmBackend::CublasLt) {
                 // Forced cuBLASLt moves each expand conv's activation into the depthwise loads.
                 const std::string lt = c.tf32 ? "cublaslt-tf32" : "cublaslt";
@@ -195,5 +200,36 @@ TEST_CASE("session: every GEMM backend (and TF32) matches the CPU engine on B0 a
         std::vector<float> again(2 * 1000, std::nanf(""));
         session.run(input.ptr(), again.data());
         CHECK(report(name + " after profile_steps", rel_error(again, ref.data), tol) <= tol);
+    }
+}
+
+TEST_CASE("session: expand + depthwise in chunks of the batch matches the CPU engine and saves memory",
+          "[gpu]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    Model model = random_model(preset("b0", 1000), 27);
+    const Tensor input = random_tensor({4, 3, 64, 64}, 28);
+    cpu::Network net(model);
+    const Tensor ref = net.forward(input).logits;
+    for (Precision prec : {Precision::FP32, Precision::FP16}) {
+        SessionOptions whole, chunked;
+        whole.min_chunk_images = 0;   // never
+        chunked.min_chunk_images = 1; // B0's stride-2 blocks: 4 chunks of 1 image
+        InferenceSession a(model, 4, 64, 64, prec, whole);
+        InferenceSession b(model, 4, 64, 64, prec, chunked);
+        std::vector<float> la(4 * 1000, std::nanf("")), lb(4 * 1000, std::nanf(""));
+        a.run(input.ptr(), la.data());
+        b.run(input.ptr(), lb.data());
+        const double tol = network_tolerance(prec, false);
+        CHECK(report(std::string("network b0 64x64 batch 4 whole") + tag(prec), rel_error(la, ref.data),
+                     tol) <= tol);
+        CHECK(report(std::string("network b0 64x64 batch 4 chunked") + tag(prec), rel_error(lb, ref.data),
+                     tol) <= tol);
+        std::printf("[gpu] b0 64x64 batch 4%s: arena %zu bytes whole, %zu chunked\n", tag(prec).c_str(),
+                    a.activation_arena_bytes(), b.activation_arena_bytes());
+        CHECK(b.activation_arena_bytes() < a.activation_arena_bytes());
+        int chunk_steps = 0;
+        for (const StepProfile& p : b.profile_steps(1))
+            if (p.name == "blocks.1.expand[3]" || p.name == "blocks.1.dw[3]") ++chunk_steps;
+        CHECK(chunk_steps == 2);
     }
 }

@@ -2,6 +2,7 @@
 // inputs with odd shapes, for fp32 / fp16 / bf16. Outputs are NaN-poisoned before each launch.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,12 @@ Tensor cpu_conv_bn_act(const Tensor& x, const Tensor& w, const BatchNormParams& 
 
 kernels::Act act_of(const Activation* a) {
     return a ? kernels::to_act(*a) : kernels::Act::None;
+}
+
+const char* schedule_label(kernels::DepthwiseSchedule s) {
+    return s == kernels::DepthwiseSchedule::SharedTile        ? " tile"
+           : s == kernels::DepthwiseSchedule::SharedTileSmall ? " tile128"
+                                                              : " strips";
 }
 
 std::string tag(Precision p) {
@@ -146,19 +153,30 @@ TEST_CASE("depthwise conv (+ fused squeeze) matches CPU", "[gpu][sanitize]") {
                         a.out_height = Ho;
                         a.out_width = Wo;
                         a.act = kernels::to_act(act);
-                        kernels::launch_depthwise_conv(a, prec, nullptr);
-                        const Tensor got =
-                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
-                        std::vector<float> pool = download(d_pool, size_t(N) * C, Precision::FP32);
-                        for (float& v : pool) v /= float(Ho * Wo);
-                        const std::string name = "depthwise k" + std::to_string(k) + " s" +
-                                                 std::to_string(s) + " " + padding_name(pad) +
-                                                 " C=" + std::to_string(C) + tag(prec);
-                        const double tol = kernel_tolerance(prec);
-                        CHECK(report(name, rel_error(got.data, ref.data), tol) <= tol);
-                        // The squeeze sums the fp32 activations before rounding: fp32 tolerance there too,
-                        // except that the reference sums rounded-input convolutions the same way.
-                        CHECK(report(name + " squeeze", rel_error(pool, ref_pool.data), tol) <= tol);
+                        for (kernels::DepthwiseSchedule sched :
+                             {kernels::DepthwiseSchedule::RegisterStrips,
+                              kernels::DepthwiseSchedule::SharedTile,
+                              kernels::DepthwiseSchedule::SharedTileSmall}) {
+                            a.schedule = sched;
+                            if (!kernels::depthwise_schedule_supported(a, prec, sched)) continue;
+                            EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, d_y.size())); // poison
+                            EFFNET_CUDA_CHECK(cudaMemset(d_pool.data(), 0, d_pool.size()));
+                            kernels::launch_depthwise_conv(a, prec, nullptr);
+                            const Tensor got =
+                                nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                            std::vector<float> pool = download(d_pool, size_t(N) * C, Precision::FP32);
+                            for (float& v : pool) v /= float(Ho * Wo);
+                            const std::string name = "depthwise k" + std::to_string(k) + " s" +
+                                                     std::to_string(s) + " " + padding_name(pad) +
+                                                     " C=" + std::to_string(C) + schedule_label(sched) +
+                                                     tag(prec);
+                            const double tol = kernel_tolerance(prec);
+                            CHECK(report(name, rel_error(got.data, ref.data), tol) <= tol);
+                            // The squeeze sums the fp32 activations before rounding: fp32 tolerance
+                            // there too, except that the reference sums rounded-input convolutions
+                            // the same way.
+                            CHECK(report(name + " squeeze", rel_error(pool, ref_pool.data), tol) <= tol);
+                        }
                     }
 }
 
@@ -203,14 +221,21 @@ TEST_CASE("depthwise conv with the activation applied to its input matches CPU a
                     a.out_width = Wo;
                     a.act = kernels::to_act(act);
                     a.input_act = kernels::to_act(in_act);
-                    kernels::launch_depthwise_conv(a, prec, nullptr);
-                    const Tensor got =
-                        nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
-                    const double tol = kernel_tolerance(prec);
-                    CHECK(report(std::string("depthwise input ") + activation_name(in_act) + " k" +
-                                     std::to_string(k) + " s" + std::to_string(s) +
-                                     " C=" + std::to_string(C) + tag(prec),
-                                 rel_error(got.data, ref.data), tol) <= tol);
+                    for (kernels::DepthwiseSchedule sched :
+                         {kernels::DepthwiseSchedule::RegisterStrips, kernels::DepthwiseSchedule::SharedTile,
+                          kernels::DepthwiseSchedule::SharedTileSmall}) {
+                        a.schedule = sched;
+                        if (!kernels::depthwise_schedule_supported(a, prec, sched)) continue;
+                        EFFNET_CUDA_CHECK(cudaMemset(d_y.data(), 0xFF, d_y.size())); // poison
+                        kernels::launch_depthwise_conv(a, prec, nullptr);
+                        const Tensor got =
+                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                        const double tol = kernel_tolerance(prec);
+                        CHECK(report(std::string("depthwise input ") + activation_name(in_act) + " k" +
+                                         std::to_string(k) + " s" + std::to_string(s) +
+                                         " C=" + std::to_string(C) + schedule_label(sched) + tag(prec),
+                                     rel_error(got.data, ref.data), tol) <= tol);
+                    }
                 }
 }
 
@@ -333,6 +358,9 @@ TEST_CASE("excite kernel matches CPU squeeze-excite gate", "[gpu][sanitize]") {
             const std::vector<float> got = download(d_gate, size_t(N) * C, Precision::FP32);
             CHECK(report("excite C=" + std::to_string(C) + " " + activation_name(act),
                          rel_error(got, saved.gate.data), 1e-5) <= 1e-5);
+            // The excite leaves the sums at zero for the next forward's squeeze to add into.
+            const std::vector<float> sums_after = download(d_sum, size_t(N) * C, Precision::FP32);
+            CHECK(std::all_of(sums_after.begin(), sums_after.end(), [](float v) { return v == 0.0f; }));
         }
 }
 

@@ -1,0 +1,248 @@
+#include "kernels/depthwise_conv_tile.cuh"
+
+#include <string>
+
+#include "kernels/common.cuh"
+#include "libeffnet/cuda/cuda_check.hpp"
+
+namespace effnet::kernels {
+namespace {
+
+constexpr int kMaxThreads = 256;
+constexpr int kMaxStripsAcross = 8; // strips of TW outputs side by side in a tile (SW)
+
+// Geometry of one launch, the same for every block.
+struct TileShape {
+    int cg = 1;      // channel groups (16-byte vectors) per block: threadIdx.x
+    int sw = 1;      // strips across the tile; threadIdx.y = row * sw + strip
+    int th = 1;      // output rows per tile
+    int tiles_w = 1; // tiles along W (blockIdx.x % tiles_w)
+    int in_h = 1;    // staged input rows:    (th - 1) * S + K
+    int in_w = 1;    // staged input columns: (sw * TW - 1) * S + K
+};
+
+// Shared memory: [in_h][in_w][cg * V] input elements (T), then [K*K][cg * V] float weights.
+// After the convolution the input region is reused for the squeeze's partial sums.
+template <typename T, int K, int V, int TW, int S>
+__global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseArgs a, TileShape t) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int slab_channels = t.cg * V;
+    T* in_s = reinterpret_cast<T*>(smem);
+    const size_t in_bytes = size_t(t.in_h) * t.in_w * slab_channels * sizeof(T);
+    float* w_s = reinterpret_cast<float*>(smem + (in_bytes + 15) / 16 * 16);
+
+    const int C = a.channels;
+    const int tile_x = blockIdx.x % t.tiles_w, slab = blockIdx.x / t.tiles_w;
+    const int c_slab = slab * slab_channels;
+    const int n = blockIdx.z;
+    const int oh0 = blockIdx.y * t.th, ow0 = tile_x * t.sw * TW;
+    const int ih0 = oh0 * S - a.pad_top, iw0 = ow0 * S - a.pad_left;
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int nthreads = blockDim.x * blockDim.y;
+
+    // 1. Stage the input tile: one 16-byte cp.async per (row, column, channel group), all in
+    //    flight together; outside the image (padding) or past C they write zeros.
+    const T* x = static_cast<const T*>(a.input) + int64_t(n) * a.height * a.width * C;
+    const int vectors = t.in_h * t.in_w * t.cg;
+    for (int i = tid; i < vectors; i += nthreads) {
+        const int g = i % t.cg, pix = i / t.cg;
+        const int r = pix / t.in_w, col = pix % t.in_w;
+        const int ih = ih0 + r, iw = iw0 + col, c = c_slab + g * V;
+        const bool ok = ih >= 0 && ih < a.height && iw >= 0 && iw < a.width && c < C;
+        const T* src = ok ? x + (int64_t(ih) * a.width + iw) * C + c : x;
+        cp_async16(in_s + size_t(pix) * slab_channels + g * V, src, ok);
+    }
+    // The weights too, four floats per copy (C and the slab are multiples of 4): a plain load
+    // loop here waited on memory once per iteration, several microseconds per block.
+    const int w_vectors = K * K * slab_channels / 4;
+    for (int i = tid; i < w_vectors; i += nthreads) {
+        const int tap = (i * 4) / slab_channels, c = c_slab + (i * 4) % slab_channels;
+        const bool ok = c < C;
+        cp_async16(w_s + size_t(i) * 4, ok ? a.weight + tap * C + c : a.weight, ok);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    // The producer's activation, once per staged element (act(0) == 0 keeps the padding).
+    if (a.input_act != Act::None) {
+        for (int i = tid; i < vectors; i += nthreads) {
+            T* p = in_s + size_t(i) * V;
+            float v[V];
+            load_vec<T, V>(p, v);
+#pragma unroll
+            for (int j = 0; j < V; ++j) v[j] = activate_for<T>(v[j], a.input_act);
+            store_vec<T, V>(p, v);
+        }
+        __syncthreads();
+    }
+
+    // 2. Each thread: V channels x a strip of TW outputs along W, from shared memory.
+    const int row = threadIdx.y / t.sw, strip = threadIdx.y % t.sw;
+    const int oh = oh0 + row, ow = ow0 + strip * TW;
+    const int c0 = c_slab + threadIdx.x * V;
+    const bool active = row < t.th && oh < a.out_height && ow < a.out_width && c0 < C;
+    float sum[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) sum[v] = 0.0f;
+    if (active) {
+        float acc[TW][V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            const float b = a.bias[c0 + v];
+#pragma unroll
+            for (int j = 0; j < TW; ++j) acc[j][v] = b;
+        }
+        constexpr int kSpan = (TW - 1) * S + K; // staged columns one strip reads per kernel row
+        const T* base = in_s + (size_t(row * S) * t.in_w + strip * TW * S) * slab_channels + threadIdx.x * V;
+        const float* w_thread = w_s + threadIdx.x * V;
+#pragma unroll
+        for (int kh = 0; kh < K; ++kh) {
+            float w[K][V]; // this kernel row's weights for the thread's channels
+#pragma unroll
+            for (int kw = 0; kw < K; ++kw) {
+                const float* wp = w_thread + (kh * K + kw) * slab_channels;
+#pragma unroll
+                for (int v = 0; v < V; v += 4) {
+                    const float4 w4 = *reinterpret_cast<const float4*>(wp + v);
+                    w[kw][v] = w4.x;
+                    w[kw][v + 1] = w4.y;
+                    w[kw][v + 2] = w4.z;
+                    w[kw][v + 3] = w4.w;
+                }
+            }
+            const T* in_row = base + size_t(kh) * t.in_w * slab_channels;
+            // Column by column: each staged vector is converted once and feeds every output
+            // of the strip whose window covers it.
+#pragma unroll
+            for (int col = 0; col < kSpan; ++col) {
+                float in[V];
+                load_vec<T, V>(in_row + col * slab_channels, in);
+#pragma unroll
+                for (int j = 0; j < TW; ++j) {
+                    const int kw = col - j * S;
+                    if (kw < 0 || kw >= K) continue; // resolved at compile time
+#pragma unroll
+                    for (int v = 0; v < V; ++v) acc[j][v] = fmaf(in[v], w[kw][v], acc[j][v]);
+                }
+            }
+        }
+        T* y = static_cast<T*>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+#pragma unroll
+        for (int j = 0; j < TW; ++j) {
+            if (ow + j >= a.out_width) break;
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                acc[j][v] = activate_for<T>(acc[j][v], a.act);
+                sum[v] += acc[j][v];
+            }
+            store_vec<T, V>(y + int64_t(ow + j) * C, acc[j]);
+        }
+    }
+    if (a.pooled_sum == nullptr) return; // uniform across the grid
+
+    // 3. Squeeze: per-channel sums over threadIdx.y in the (now free) input region, then one
+    //    atomicAdd per channel and block.
+    __syncthreads();
+    float* red_s = reinterpret_cast<float*>(smem); // [blockDim.y][slab_channels]
+#pragma unroll
+    for (int v = 0; v < V; ++v) red_s[threadIdx.y * slab_channels + threadIdx.x * V + v] = sum[v];
+    __syncthreads();
+    for (int i = tid; i < slab_channels; i += nthreads) {
+        const int c = c_slab + i;
+        if (c >= C) continue;
+        float total = 0.0f;
+        for (int q = 0; q < int(blockDim.y); ++q) total += red_s[q * slab_channels + i];
+        atomicAdd(a.pooled_sum + int64_t(n) * C + c, total);
+    }
+}
+
+int ceil_div(int a, int b) {
+    return (a + b - 1) / b;
+}
+
+template <typename T, int K, int V, int TW, int S>
+void launch_shape(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) {
+    const int groups = a.channels / V;
+    TileShape t;
+    t.cg = channel_groups_per_block(groups, 8);
+    const int slabs = ceil_div(groups, t.cg);
+    const int strips_w = ceil_div(a.out_width, TW);
+    t.tiles_w = ceil_div(strips_w, kMaxStripsAcross);
+    t.sw = ceil_div(strips_w, t.tiles_w);
+    const int max_rows = std::max(1, max_threads / (t.cg * t.sw));
+    const int tiles_h = ceil_div(a.out_height, max_rows);
+    t.th = ceil_div(a.out_height, tiles_h);
+    t.in_h = (t.th - 1) * S + K;
+    t.in_w = (t.sw * TW - 1) * S + K;
+    const size_t in_bytes = size_t(t.in_h) * t.in_w * t.cg * V * sizeof(T);
+    const size_t w_bytes = size_t(K) * K * t.cg * V * sizeof(float);
+    const size_t red_bytes = size_t(t.th) * t.sw * t.cg * V * sizeof(float);
+    const size_t smem = std::max((in_bytes + 15) / 16 * 16 + w_bytes, red_bytes);
+    EFFNET_CHECK(smem <= 200 * 1024, "depthwise_conv: shared-memory tile of " + std::to_string(smem) +
+                                         " bytes exceeds the 200 KiB budget");
+    auto kernel = depthwise_tile_kernel<T, K, V, TW, S>;
+    if (smem > 48 * 1024)
+        EFFNET_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    const dim3 block(unsigned(t.cg), unsigned(t.th * t.sw));
+    const dim3 grid(unsigned(slabs * t.tiles_w), unsigned(tiles_h), unsigned(a.batch));
+    kernel<<<grid, block, smem, stream>>>(a, t);
+    EFFNET_LAUNCH_CHECK("depthwise_tile_kernel");
+}
+
+// Outputs per thread along W: 4 at stride 1, 2 at stride 2 (as the register-strip schedule,
+// whose measurements chose them); 2 at stride 1 on maps narrower than 8.
+template <typename T, int K>
+void launch_kernel_size(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) {
+    constexpr int V = int(16 / sizeof(T));
+    if (a.stride == 2)
+        launch_shape<T, K, V, 2, 2>(a, max_threads, stream);
+    else if (a.out_width >= 8)
+        launch_shape<T, K, V, 4, 1>(a, max_threads, stream);
+    else
+        launch_shape<T, K, V, 2, 1>(a, max_threads, stream);
+}
+
+template <typename T>
+void launch_typed(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) {
+    if (a.kernel == 3)
+        launch_kernel_size<T, 3>(a, max_threads, stream);
+    else
+        launch_kernel_size<T, 5>(a, max_threads, stream);
+}
+
+bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+} // namespace
+
+bool depthwise_shared_tile_eligible(const DepthwiseArgs& a, Precision precision) {
+    const int vec = precision == Precision::FP32 ? 4 : 8;
+    return (a.kernel == 3 || a.kernel == 5) && (a.stride == 1 || a.stride == 2) && a.channels % vec == 0 &&
+           aligned16(a.input) && aligned16(a.output) && aligned16(a.weight);
+}
+
+void launch_depthwise_shared_tile(const DepthwiseArgs& a, Precision precision, int max_threads,
+                                  cudaStream_t stream) {
+    EFFNET_CHECK(max_threads == 128 || max_threads == 256,
+                 "depthwise_conv: tile block budget " + std::to_string(max_threads) + " (128 or 256)");
+    EFFNET_CHECK(
+        depthwise_shared_tile_eligible(a, precision),
+        "depthwise_conv: the shared-tile schedule needs k 3 or 5, stride 1 or 2, channels a multiple "
+        "of the 16-byte vector and 16-byte aligned tensors (C=" +
+            std::to_string(a.channels) + " stride=" + std::to_string(a.stride) + ")");
+    switch (precision) {
+    case Precision::FP32:
+        launch_typed<float>(a, max_threads, stream);
+        break;
+    case Precision::FP16:
+        launch_typed<__half>(a, max_threads, stream);
+        break;
+    case Precision::BF16:
+        launch_typed<__nv_bfloat16>(a, max_threads, stream);
+        break;
+    }
+}
+
+} // namespace effnet::kernels
