@@ -15,7 +15,8 @@
 # Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
 # here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
 # sanitizer,compile,bench,torch,train,micro,extras; default all), EFFNET_BIN (default .carry/bin),
-# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32).
+# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32),
+# GPU_CHECK_STOP_ON_TEST_FAILURE=1 (stop after failing GPU tests, before any timing).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -166,6 +167,15 @@ fi
 # ---- GPU tests (not timed: may overlap the compile)
 if want tests && have_bin effnet_gpu_tests gpu_tests; then
     TAIL_LINES=4 run_step gpu_tests 100 "$TESTLOG" "${EENV[@]}" "$BIN/effnet_gpu_tests" --order decl
+    tests_rc=$?
+    # GPU_CHECK_STOP_ON_TEST_FAILURE=1: a failing test makes every timing suspect; stop here
+    # (report only) and keep the device time for a rerun after the fix.
+    if [ "${GPU_CHECK_STOP_ON_TEST_FAILURE:-0}" = 1 ] && [ "$tests_rc" != 0 ] && [ "$DRY_RUN" != 1 ]; then
+        say "GPU tests failed (rc $tests_rc): stopping before the timed steps"
+        grep -E "FAIL|failed" "$TESTLOG" | head -n 20 | cut -c1-200 | sed 's/^/    /'
+        [ -n "${COMPILE_PID:-}" ] && kill "$COMPILE_PID" 2>/dev/null
+        SECTIONS=header
+    fi
 fi
 
 # ---- parity with PyTorch, B0..B7
