@@ -184,6 +184,7 @@ def microbench_rows(benchmarks, copy_bps, default_batch=None):
     out = []
     for run, b in chosen.items():
         name = re.sub(r"/(manual_time|real_time|process_time)$", "", run)
+        name = re.sub(r"/(iterations|repeats):\d+$", "", name)  # Google Benchmark's suffixes
         low = name.lower()
         shape, _, impl_token = name.rpartition("/")
         if not shape:
