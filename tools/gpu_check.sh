@@ -184,6 +184,12 @@ if want parity && have_bin effnet-run parity; then
         --lib-path "$EFFLD" --budget-s 90 --json-out "$RESULTS"
 fi
 
+# ---- one training step against PyTorch (B0, batch 4, every gradient; fp32 and AMP)
+if want parity && have_bin effnet-run train_parity; then
+    TAIL_LINES=12 run_step train_parity 90 "$LOG" "$PY" tools/torch_train_parity.py --effnet-run "$BIN/effnet-run" \
+        --lib-path "$EFFLD" --variants b0 --batch 4 --precisions fp32,fp16,bf16 --json-out "$RESULTS"
+fi
+
 # ---- compute-sanitizer on a few GPU tests: tests tagged [sanitize], else the first three
 run_sanitizer() { # cap per tool
     local cap=$1 cs spec

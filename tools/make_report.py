@@ -545,6 +545,26 @@ def main():
         md.append("Not run.")
     md.append("")
 
+    md += ["## One training step against PyTorch (tools/torch_train_parity.py)", ""]
+    tparity = [r for r in rows if r.get("tool") == "train_parity"]
+    if tparity:
+        md.append(table(["model", "batch", "precision", "loss", "logits", "worst gradient", "median gradient",
+                         "PyTorch fp32 (worst / median)", "PyTorch autocast (worst / median)", "result"],
+                        [[r.get("variant"), r.get("batch"), r.get("precision"),
+                          f"{r['loss']:.1e}" if "loss" in r else "-", f"{r['logits']:.1e}" if "logits" in r else "-",
+                          f"{r['worst_grad']:.1e} ({r.get('worst_grad_name', '')})" if "worst_grad" in r else "-",
+                          f"{r['median_grad']:.1e}" if "median_grad" in r else "-",
+                          (f"{r['torch_fp32']['worst_grad']:.1e} / {r['torch_fp32']['median_grad']:.1e}"
+                           if r.get("torch_fp32") else "-"),
+                          (f"{r['torch_autocast']['worst_grad']:.1e} / {r['torch_autocast']['median_grad']:.1e}"
+                           if r.get("torch_autocast") else "-"),
+                          "pass" if r.get("passed") else r.get("status", "FAILED")] for r in tparity]))
+        md.append("\nRelative norm errors against PyTorch in float64 (train-mode BN, no dropout); the PyTorch "
+                  "columns are PyTorch's own fp32 / autocast step in the same measure.")
+    else:
+        md.append("Not run.")
+    md.append("")
+
     md += ["## Training step (images/s, peak memory)", ""]
     trows = []
     for key in sorted({(r.get("variant"), r.get("batch"), r.get("precision")) for r in train_rows if r.get("variant")}):
@@ -626,6 +646,11 @@ def main():
     w = max(len(t[0]) for t in targets)
     for t in targets:
         print(f"{t[3]:13} {t[0]:{w}}  {t[1]}")
+    tparity = [r for r in rows if r.get("tool") == "train_parity"]
+    if tparity:
+        print("train parity: " + "; ".join(f"{r.get('variant')} {r.get('precision')} {r.get('status')}"
+                                          + (f" worst grad {r['worst_grad']:.1e}" if "worst_grad" in r else "")
+                                          for r in tparity))
     if parity:
         ok = sum(1 for r in parity if r.get("passed"))
         fails = [f"{r.get('variant')} {r.get('precision')}: {r.get('status')}" +

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <sys/stat.h>
 
@@ -12,6 +13,7 @@
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
+#include "effnet/gpu_training.hpp"
 #include "effnet/inference.hpp"
 #include "effnet/model.hpp"
 #include "effnet/safetensors.hpp"
@@ -28,7 +30,9 @@ const char* kUsage =
     "Runs the network on tensor 'input' (NCHW, F32 or F64) of IN and writes 'logits' [N, classes]\n"
     "to OUT. With --train: one train-mode forward (batch statistics, no dropout) and backward of\n"
     "mean cross-entropy against int64 tensor 'target' [N] of T; writes 'loss' [1], 'grad.input'\n"
-    "and 'grad.<name>' for every parameter, named as in the weights file.\n"
+    "(CPU only) and 'grad.<name>' for every parameter, named as in the weights file. On the GPU,\n"
+    "--train runs the GPU trainer's step (fp32; fp16 / bf16: AMP with fp32 master weights, loss\n"
+    "scale 1024 for fp16) without updating the parameters.\n"
     "\n"
     "options:\n";
 
@@ -37,7 +41,7 @@ std::vector<examples::OptionSpec> option_specs() {
         {"weights", true, "weights file (torchvision, timm, lukemelas or effnet names)"},
         {"input", true, "safetensors file holding tensor 'input' [N, 3, H, W]"},
         {"output", true, "safetensors file to write"},
-        {"device", true, "cpu (default) or cuda (eval only)"},
+        {"device", true, "cpu (default) or cuda"},
         {"precision", true, "fp32 (default); fp16 / bf16 with --device cuda"},
         {"train", false, "train-mode forward + backward of cross-entropy"},
         {"target", true, "safetensors file holding int64 tensor 'target' [N] (with --train)"},
@@ -96,6 +100,35 @@ std::vector<int64_t> read_target(const std::string& path, int64_t batch, int cla
     return target;
 }
 
+// One GPU training step's loss, logits and parameter gradients (canonical names); no update.
+struct GpuTrainResult {
+    float loss = 0;
+    Tensor logits;
+    std::map<std::string, Tensor> grads;
+};
+
+GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vector<int64_t>& target,
+                               const std::string& precision_text) {
+    const Precision p = parse_precision(precision_text);
+    EFFNET_CHECK(cuda_available(),
+                 "--device cuda: CUDA is not available (" + cuda_device_description() + ")");
+    const TrainPrecision tp = p == Precision::FP32   ? TrainPrecision::FP32
+                              : p == Precision::FP16 ? TrainPrecision::AmpFP16
+                                                     : TrainPrecision::AmpBF16;
+    GpuTrainOptions o;
+    o.dropout = false;
+    o.deterministic = true;
+    o.loss_scale = tp == TrainPrecision::AmpFP16 ? 1024.0f : 1.0f;
+    GpuTrainer trainer(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)), tp, o);
+    GpuTrainResult r;
+    r.loss = trainer.compute_gradients(input.ptr(), target.data());
+    EFFNET_CHECK(trainer.last_step_finite(), std::string("--train --device cuda: non-finite gradients (") +
+                                                 train_precision_name(tp) + ")");
+    r.logits = trainer.logits();
+    r.grads = trainer.gradients().params;
+    return r;
+}
+
 Tensor run_cuda(const Model& model, const Tensor& input, const std::string& precision_text) {
     const Precision precision = parse_precision(precision_text);
     EFFNET_CHECK(cuda_available(),
@@ -132,8 +165,6 @@ int run(int argc, char** argv) {
         throw Error(std::string("--precision: ") + e.what());
     }
     const bool train = args.has("train");
-    EFFNET_CHECK(device == "cpu" || !train,
-                 "--train with --device cuda is not supported yet (use --device cpu)");
     EFFNET_CHECK(device == "cuda" || parse_precision(precision) == Precision::FP32,
                  "--precision " + precision + " needs --device cuda (the CPU engine computes in fp32)");
     EFFNET_CHECK(train || !args.has("target"), "--target is only used with --train");
@@ -160,7 +191,12 @@ int run(int argc, char** argv) {
 
     const auto t0 = std::chrono::steady_clock::now();
     SafetensorsWriter out;
-    if (device == "cuda") {
+    if (device == "cuda" && train) {
+        const GpuTrainResult r = train_step_cuda(model, input, target, precision);
+        out.add("logits", r.logits);
+        out.add("loss", Tensor({1}, r.loss));
+        for (const auto& [name, grad] : r.grads) out.add("grad." + model.source_names.at(name), grad);
+    } else if (device == "cuda") {
         out.add("logits", run_cuda(model, input, precision));
     } else {
         cpu::Network net(model);

@@ -15,6 +15,7 @@ Prints "N passed, M failed" last.
 """
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -59,6 +60,22 @@ def write_safetensors(path, tensors):
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def cuda_build():
+    try:
+        with open(os.path.join(BINARY, "CMakeCache.txt")) as f:
+            return re.search(r"^EFFNET_ENABLE_CUDA:BOOL=(ON|TRUE|1)$", f.read(), re.M) is not None
+    except OSError:
+        return False
+
+
+def gpu_present():
+    try:
+        p = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0 and "GPU" in p.stdout
 
 
 def run(*args):
@@ -117,6 +134,22 @@ def main():
                 worst = max(worst, (e, k))
                 check(e <= 1e-4, f"{k} rel err {e:.2e} > 1e-4")
             print(f"{len(grads)} parameter gradients, worst {worst[0]:.2e} ({worst[1]})")
+
+        # --train --device cuda: the GPU trainer's step. With a GPU, its loss and logits against
+        # the golden (1e-4, as the CPU engine); without one, one clear error and exit 1.
+        out = os.path.join(tmp, "train_cuda.safetensors")
+        r = run("--weights", weights, "--input", inp, "--output", out, "--train", "--target", tgt, "--device", "cuda")
+        if gpu_present() and cuda_build():
+            check(r.returncode == 0, f"cuda train run failed: {r.stderr}")
+            if r.returncode == 0:
+                o, _ = read_safetensors(out)
+                for name, ref in (("logits", "train.logits"), ("loss", "train.loss")):
+                    e = rel(as_array(o[name]).reshape(-1), g[ref].reshape(-1))
+                    print(f"cuda train {name} rel err {e:.2e}")
+                    check(e <= 1e-4, f"cuda train {name} rel err {e:.2e} > 1e-4")
+        else:
+            lines = [l for l in r.stderr.splitlines() if l.startswith("error: --device cuda")]
+            check(r.returncode == 1 and len(lines) == 1, f"cuda train without a GPU: rc={r.returncode} stderr={r.stderr!r}")
 
         # Error paths: exit status 1 and one clear "error:" line, never a crash.
         bad_input = os.path.join(tmp, "bad_in.safetensors")
