@@ -46,8 +46,7 @@ void launch_activation_forward(const void* x, void* y, int64_t n, Act act, Preci
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         constexpr int kVec = int(16 / sizeof(T));
-        const bool vec = n % kVec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                         reinterpret_cast<uintptr_t>(y) % 16 == 0;
+        const bool vec = n % kVec == 0 && aligned16(x) && aligned16(y);
         if (vec)
             activation_forward_vec_kernel<T, kVec>
                 <<<grid_for(n / kVec, kThreads, 1 << 20), kThreads, 0, stream>>>(

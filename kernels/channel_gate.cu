@@ -31,10 +31,6 @@ __global__ void channel_gate_kernel(T* x, const float* gate, int64_t rows, int c
     }
 }
 
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 } // namespace
 
 void launch_channel_gate(void* x, const float* gate, int64_t rows, int channels, int rows_per_image,

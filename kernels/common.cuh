@@ -41,6 +41,12 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
 
+// Whether a pointer allows 16-byte vector access (host side: the launchers choose the vector
+// path or check a precondition with it).
+inline bool aligned16(const void* p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 // Accurate expf (not __expf): the fp32 path is checked to 1e-5 against the CPU reference.
 __device__ __forceinline__ float apply_act(float v, Act a) {
     if (a == Act::SiLU) return v / (1.0f + expf(-v));

@@ -45,11 +45,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
     const int tid = threadIdx.y * cg_count + threadIdx.x;
     const int nthreads = cg_count * blockDim.y;
     if constexpr (V % 4 == 0) { // slab and C multiples of 4: 16-byte async copies, all in flight
-        for (int i = tid; i < K * K * slab_channels / 4; i += nthreads) {
-            const int tap = (i * 4) / slab_channels, c = c_slab + (i * 4) % slab_channels;
-            const bool ok = c < C;
-            cp_async16(w_s + size_t(i) * 4, ok ? a.weight + tap * C + c : a.weight, ok);
-        }
+        stage_depthwise_weights(w_s, a.weight, K * K, C, c_slab, slab_channels, tid, nthreads);
         cp_async_commit();
         cp_async_wait<0>();
     } else {
@@ -145,38 +141,20 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid
 
-        // Squeeze: reduce the per-thread sums over threadIdx.y, then one atomicAdd per channel.
-#pragma unroll
-    for (int v = 0; v < V; ++v) red_s[threadIdx.y * slab_channels + threadIdx.x * V + v] = sum[v];
-    __syncthreads();
-    for (int i = tid; i < slab_channels; i += nthreads) {
-        const int c = c_slab + i;
-        if (c >= C) continue;
-        float total = 0.0f;
-        for (int q = 0; q < int(blockDim.y); ++q) total += red_s[q * slab_channels + i];
-        atomicAdd(a.pooled_sum + int64_t(n) * C + c, total);
-    }
-}
-
-int ceil_div(int a, int b) {
-    return (a + b - 1) / b;
+    add_squeeze_sums<V>(sum, red_s, a.pooled_sum + int64_t(n) * C, C, c_slab, slab_channels, tid, nthreads);
 }
 
 template <typename T, int K, int V, int TW, int S>
 void launch_tiled(const DepthwiseArgs& a, cudaStream_t stream) {
-    const int groups = a.channels / V;
-    const int cg = channel_groups_per_block(groups, V == 1 ? 32 : 8);
-    const int slabs = ceil_div(groups, cg);
-    const int strips_w = ceil_div(a.out_width, TW);
-    // Balanced tiles: as large as the thread cap allows, split evenly so none is mostly empty.
+    const DepthwiseTiling p = plan_depthwise_tiling(a.channels / V, V == 1 ? 32 : 8, a.out_height,
+                                                    a.out_width, TW, kMaxStripsAcross, kMaxThreads);
     Tile t;
-    t.tiles_w = ceil_div(strips_w, kMaxStripsAcross);
-    t.strips_across = ceil_div(strips_w, t.tiles_w);
-    const int max_rows = std::max(1, kMaxThreads / cg / t.strips_across);
-    const int tiles_h = ceil_div(a.out_height, max_rows);
-    t.rows = ceil_div(a.out_height, tiles_h);
+    t.strips_across = p.strips_across;
+    t.rows = p.rows;
+    t.tiles_w = p.tiles_w;
+    const int cg = p.cg;
     const dim3 block(unsigned(cg), unsigned(t.strips_across * t.rows));
-    const dim3 grid(unsigned(slabs * t.tiles_w), unsigned(tiles_h), unsigned(a.batch));
+    const dim3 grid(unsigned(p.slabs * t.tiles_w), unsigned(p.tiles_h), unsigned(a.batch));
     const size_t smem = (size_t(K) * K + block.y) * size_t(cg) * V * sizeof(float);
     depthwise_conv_kernel<T, K, V, TW, S><<<grid, block, smem, stream>>>(a, t);
     EFFNET_LAUNCH_CHECK("depthwise_conv_kernel");
@@ -215,10 +193,6 @@ void launch_typed(const DepthwiseArgs& a, bool vec_ok, cudaStream_t stream) {
         else
             launch_tiled<T, 5, 1, 1, 1>(a, stream);
     }
-}
-
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 } // namespace

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -52,14 +53,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
         const T* src = ok ? x + (int64_t(ih) * a.width + iw) * C + c : x;
         cp_async16(in_s + size_t(pix) * slab_channels + g * V, src, ok);
     }
-    // The weights too, four floats per copy (C and the slab are multiples of 4): a plain load
-    // loop here waited on memory once per iteration, several microseconds per block.
-    const int w_vectors = K * K * slab_channels / 4;
-    for (int i = tid; i < w_vectors; i += nthreads) {
-        const int tap = (i * 4) / slab_channels, c = c_slab + (i * 4) % slab_channels;
-        const bool ok = c < C;
-        cp_async16(w_s + size_t(i) * 4, ok ? a.weight + tap * C + c : a.weight, ok);
-    }
+    stage_depthwise_weights(w_s, a.weight, K * K, C, c_slab, slab_channels, tid, nthreads); // same group
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -140,38 +134,21 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid
 
-    // 3. Squeeze: per-channel sums over threadIdx.y in the (now free) input region, then one
-    //    atomicAdd per channel and block.
+    // 3. Squeeze, through the (now free) input region.
     __syncthreads();
-    float* red_s = reinterpret_cast<float*>(smem); // [blockDim.y][slab_channels]
-#pragma unroll
-    for (int v = 0; v < V; ++v) red_s[threadIdx.y * slab_channels + threadIdx.x * V + v] = sum[v];
-    __syncthreads();
-    for (int i = tid; i < slab_channels; i += nthreads) {
-        const int c = c_slab + i;
-        if (c >= C) continue;
-        float total = 0.0f;
-        for (int q = 0; q < int(blockDim.y); ++q) total += red_s[q * slab_channels + i];
-        atomicAdd(a.pooled_sum + int64_t(n) * C + c, total);
-    }
-}
-
-int ceil_div(int a, int b) {
-    return (a + b - 1) / b;
+    add_squeeze_sums<V>(sum, reinterpret_cast<float*>(smem), a.pooled_sum + int64_t(n) * C, C, c_slab,
+                        slab_channels, tid, nthreads);
 }
 
 template <typename T, int K, int V, int TW, int S>
 void launch_shape(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) {
-    const int groups = a.channels / V;
+    const DepthwiseTiling p = plan_depthwise_tiling(a.channels / V, 8, a.out_height, a.out_width, TW,
+                                                    kMaxStripsAcross, max_threads);
     TileShape t;
-    t.cg = channel_groups_per_block(groups, 8);
-    const int slabs = ceil_div(groups, t.cg);
-    const int strips_w = ceil_div(a.out_width, TW);
-    t.tiles_w = ceil_div(strips_w, kMaxStripsAcross);
-    t.sw = ceil_div(strips_w, t.tiles_w);
-    const int max_rows = std::max(1, max_threads / (t.cg * t.sw));
-    const int tiles_h = ceil_div(a.out_height, max_rows);
-    t.th = ceil_div(a.out_height, tiles_h);
+    t.cg = p.cg;
+    t.sw = p.strips_across;
+    t.th = p.rows;
+    t.tiles_w = p.tiles_w;
     t.in_h = (t.th - 1) * S + K;
     t.in_w = (t.sw * TW - 1) * S + K;
     const size_t in_bytes = size_t(t.in_h) * t.in_w * t.cg * V * sizeof(T);
@@ -185,7 +162,7 @@ void launch_shape(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) 
         EFFNET_CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const dim3 block(unsigned(t.cg), unsigned(t.th * t.sw));
-    const dim3 grid(unsigned(slabs * t.tiles_w), unsigned(tiles_h), unsigned(a.batch));
+    const dim3 grid(unsigned(p.slabs * t.tiles_w), unsigned(p.tiles_h), unsigned(a.batch));
     kernel<<<grid, block, smem, stream>>>(a, t);
     EFFNET_LAUNCH_CHECK("depthwise_tile_kernel");
 }
@@ -211,10 +188,6 @@ void launch_typed(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) 
         launch_kernel_size<T, 5>(a, max_threads, stream);
 }
 
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 } // namespace
 
 bool depthwise_shared_tile_eligible(const DepthwiseArgs& a, Precision precision) {
@@ -232,17 +205,8 @@ void launch_depthwise_shared_tile(const DepthwiseArgs& a, Precision precision, i
         "depthwise_conv: the shared-tile schedule needs k 3 or 5, stride 1 or 2, channels a multiple "
         "of the 16-byte vector and 16-byte aligned tensors (C=" +
             std::to_string(a.channels) + " stride=" + std::to_string(a.stride) + ")");
-    switch (precision) {
-    case Precision::FP32:
-        launch_typed<float>(a, max_threads, stream);
-        break;
-    case Precision::FP16:
-        launch_typed<__half>(a, max_threads, stream);
-        break;
-    case Precision::BF16:
-        launch_typed<__nv_bfloat16>(a, max_threads, stream);
-        break;
-    }
+    dispatch_storage(precision,
+                     [&](auto tag) { launch_typed<typename decltype(tag)::type>(a, max_threads, stream); });
 }
 
 } // namespace effnet::kernels

@@ -5,7 +5,8 @@
 // thread computes a strip of outputs along W from shared memory. The register-strip schedule
 // (depthwise_conv.cu) instead loads each kernel row from global memory as it goes, so a thread
 // waits on memory K times; here a block waits once. Internal to kernels/:
-// launch_depthwise_conv() validates the arguments and calls this.
+// launch_depthwise_conv() validates the arguments and calls this. Also the pieces the two
+// schedules share: the tiling of a launch, the weight staging and the squeeze.
 #include <algorithm>
 
 #include "kernels/depthwise_conv.cuh"
@@ -33,5 +34,74 @@ inline int channel_groups_per_block(int groups, int widest) {
         if (groups % cg == 0) return cg;
     return widest;
 }
+
+inline int ceil_div(int a, int b) {
+    return (a + b - 1) / b;
+}
+
+// How a launch of either schedule covers the output: channel slabs of `cg` 16-byte groups
+// (threadIdx.x), and tiles of `rows` x `strips_across` strips of TW outputs along W (threadIdx.y),
+// balanced: as large as the thread budget allows, split evenly so that none is mostly empty.
+struct DepthwiseTiling {
+    int cg = 1, slabs = 1;
+    int strips_across = 1, tiles_w = 1; // strips side by side in a tile; tiles along W
+    int rows = 1, tiles_h = 1;          // output rows in a tile; tiles along H
+};
+
+inline DepthwiseTiling plan_depthwise_tiling(int groups, int widest_cg, int out_height, int out_width, int tw,
+                                             int max_strips_across, int max_threads) {
+    DepthwiseTiling t;
+    t.cg = channel_groups_per_block(groups, widest_cg);
+    t.slabs = ceil_div(groups, t.cg);
+    const int strips_w = ceil_div(out_width, tw);
+    t.tiles_w = ceil_div(strips_w, max_strips_across);
+    t.strips_across = ceil_div(strips_w, t.tiles_w);
+    const int max_rows = std::max(1, max_threads / (t.cg * t.strips_across));
+    t.tiles_h = ceil_div(out_height, max_rows);
+    t.rows = ceil_div(out_height, t.tiles_h);
+    return t;
+}
+
+#ifdef __CUDACC__
+} // namespace effnet::kernels
+
+#include "kernels/common.cuh"
+
+namespace effnet::kernels {
+
+// Device pieces both schedules share.
+
+// Issues the 16-byte cp.async copies of a slab's weights, [taps][slab_channels] floats from
+// weight [taps][C], zeros past C (C and slab_channels multiples of 4). The caller commits and
+// waits: a plain load loop here waited on memory once per iteration, microseconds per block.
+__device__ __forceinline__ void stage_depthwise_weights(float* w_s, const float* weight, int taps, int C,
+                                                        int c_slab, int slab_channels, int tid,
+                                                        int nthreads) {
+    for (int i = tid; i < taps * slab_channels / 4; i += nthreads) {
+        const int tap = (i * 4) / slab_channels, c = c_slab + (i * 4) % slab_channels;
+        const bool ok = c < C;
+        cp_async16(w_s + size_t(i) * 4, ok ? weight + tap * C + c : weight, ok);
+    }
+}
+
+// The squeeze: reduces each thread's V per-channel sums over threadIdx.y through red_s
+// ([blockDim.y][slab_channels] floats, free for the caller to give), then one atomicAdd per
+// channel into pooled_image ([C], the block's image).
+template <int V>
+__device__ __forceinline__ void add_squeeze_sums(const float (&sum)[V], float* red_s, float* pooled_image,
+                                                 int C, int c_slab, int slab_channels, int tid,
+                                                 int nthreads) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) red_s[threadIdx.y * slab_channels + threadIdx.x * V + v] = sum[v];
+    __syncthreads();
+    for (int i = tid; i < slab_channels; i += nthreads) {
+        const int c = c_slab + i;
+        if (c >= C) continue;
+        float total = 0.0f;
+        for (int q = 0; q < int(blockDim.y); ++q) total += red_s[q * slab_channels + i];
+        atomicAdd(pooled_image + c, total);
+    }
+}
+#endif
 
 } // namespace effnet::kernels

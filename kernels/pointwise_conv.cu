@@ -87,10 +87,6 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
 }
 } // namespace simt
 
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 template <typename T>
 void launch_simt(const PointwiseArgs& a, cudaStream_t stream) {
     const dim3 grid(unsigned((a.rows + simt::BM - 1) / simt::BM),

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -94,10 +95,6 @@ void launch_typed(const PointwiseArgs& a, cudaStream_t stream) {
     }
 }
 
-bool aligned16(const void* p) {
-    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 } // namespace
 
 bool pointwise_small_k_eligible(const PointwiseArgs& a, Precision) {
@@ -117,17 +114,7 @@ void launch_pointwise_small_k(const PointwiseArgs& a, Precision precision, cudaS
         "pointwise_small_k: needs K in {8, 16, ..., 64}, N % 8 == 0, no gate or residual and 16-byte "
         "aligned pointers (K=" +
             std::to_string(a.in_channels) + " N=" + std::to_string(a.out_channels) + ")");
-    switch (precision) {
-    case Precision::FP32:
-        launch_typed<float>(a, stream);
-        break;
-    case Precision::FP16:
-        launch_typed<__half>(a, stream);
-        break;
-    case Precision::BF16:
-        launch_typed<__nv_bfloat16>(a, stream);
-        break;
-    }
+    dispatch_storage(precision, [&](auto tag) { launch_typed<typename decltype(tag)::type>(a, stream); });
 }
 
 } // namespace effnet::kernels

@@ -127,9 +127,7 @@ void launch_stem3x3(const StemConvArgs& a, cudaStream_t stream) {
 // specialisation matches.
 template <typename T>
 bool launch_stem3x3_if_supported(const StemConvArgs& a, cudaStream_t stream) {
-    if (a.kernel != 3 || a.in_channels != 3 || reinterpret_cast<uintptr_t>(a.output) % 16 != 0 ||
-        reinterpret_cast<uintptr_t>(a.weight) % 16 != 0)
-        return false;
+    if (a.kernel != 3 || a.in_channels != 3 || !aligned16(a.output) || !aligned16(a.weight)) return false;
     switch (a.out_channels) {
     case 32:
         launch_stem3x3<T, 32>(a, stream);

@@ -1,6 +1,6 @@
 #pragma once
-// Device-side helpers for the training kernels (included by .cu files only): dispatch from a
-// runtime storage precision to the element type, and launch geometry helpers.
+// Launch helpers for the kernels (included by .cu files only; first written for the training
+// kernels): dispatch from a runtime storage precision to the element type, launch geometry.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -30,7 +30,7 @@ void dispatch_storage(Precision p, F&& f) {
         f(TypeTag<__nv_bfloat16>{});
         return;
     }
-    throw Error("training kernel: unknown storage precision");
+    throw Error("kernel launch: unknown storage precision");
 }
 
 // Blocks for a grid-stride loop over `count` items: enough to fill the GPU, capped.
