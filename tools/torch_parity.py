@@ -140,6 +140,25 @@ def top5_check(ours, ref):
 # ---------------------------------------------------------------------------------------------
 
 
+def convert_checkpoint(convert, pth, st, timeout):
+    """weights/convert.py pth -> st, then removes pth. Returns None, or why it failed (one line)."""
+    conv = subprocess.run([sys.executable, convert, pth, st], capture_output=True, text=True, timeout=timeout)
+    os.remove(pth)
+    if conv.returncode == 0:
+        return None
+    msg = (conv.stderr or conv.stdout).strip().splitlines()[-1:] or ["(no output)"]
+    return f"convert failed: {msg[0][:300]}"
+
+
+def effnet_env(lib_path):
+    """The environment for effnet-run: lib_path prepended to LD_LIBRARY_PATH (effnet-run only, so
+    that torch keeps its own library resolution)."""
+    env = dict(os.environ)
+    if lib_path:
+        env["LD_LIBRARY_PATH"] = lib_path + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return env
+
+
 def randomise_bn(torch, model, x, seed):
     """Random BN weight and bias first, then running statistics from one train-mode pass over x,
     so that every layer's eval-mode output is normalised for the inputs it really gets and
@@ -220,18 +239,13 @@ def run_variant(torch, torchvision, args, variant, index, work):
     base = {"tool": "parity", "variant": variant, "resolution": res, "batch": batch,
             "reference": ref_how, "torch_fp32_rel_err": rel_err(y32, ref)}
     t1 = time.time()
-    conv = subprocess.run([sys.executable, args.convert, pth, st], capture_output=True, text=True,
-                          timeout=args.step_timeout)
-    os.remove(pth)
+    failed = convert_checkpoint(args.convert, pth, st, args.step_timeout)
     t_convert = time.time() - t1
-    if conv.returncode != 0:
-        msg = (conv.stderr or conv.stdout).strip().splitlines()[-1:] or ["(no output)"]
+    if failed:
         for prec in args.precisions:
-            rows.append(dict(base, precision=prec, passed=False, status=f"convert failed: {msg[0][:300]}"))
+            rows.append(dict(base, precision=prec, passed=False, status=failed))
         return rows
-    env = dict(os.environ)
-    if args.lib_path:
-        env["LD_LIBRARY_PATH"] = args.lib_path + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    env = effnet_env(args.lib_path)
     for prec in args.precisions:
         out = os.path.join(work, f"{variant}_{prec}_out.safetensors")
         cmd = [args.effnet_run, "--weights", st, "--input", inp, "--output", out, "--device", args.device,

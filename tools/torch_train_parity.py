@@ -34,7 +34,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_parity import RESOLUTION, randomise_bn, read_safetensors, rel_err, save_input, write_safetensors  # noqa: E402
+from torch_parity import (RESOLUTION, convert_checkpoint, effnet_env, randomise_bn, read_safetensors,  # noqa: E402
+                          rel_err, save_input, write_safetensors)
 
 FP32_BOUNDS = {"loss": 1e-4, "logits": 1e-4, "worst_grad": 1e-3, "median_grad": 1e-4}
 AMP_FACTOR = 10.0  # AMP: at most this many times PyTorch autocast's own error, per measure
@@ -120,15 +121,10 @@ def run_variant(torch, torchvision, args, variant, index, work):
             "reference": f"PyTorch fp64 on {dev}", "torch_s": round(torch_s, 2),
             "torch_fp32": dict(loss=rel_err([f32[0]], [ref_loss]), logits=rel_err(f32[1], ref_logits),
                                **summarise(f32_errs))}
-    conv = subprocess.run([sys.executable, args.convert, pth, st], capture_output=True, text=True,
-                          timeout=args.step_timeout)
-    os.remove(pth)
-    if conv.returncode != 0:
-        msg = (conv.stderr or conv.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        return [dict(base, precision=p, passed=False, status=f"convert failed: {msg[0][:300]}") for p in args.precisions]
-    env = dict(os.environ)
-    if args.lib_path:
-        env["LD_LIBRARY_PATH"] = args.lib_path + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    failed = convert_checkpoint(args.convert, pth, st, args.step_timeout)
+    if failed:
+        return [dict(base, precision=p, passed=False, status=failed) for p in args.precisions]
+    env = effnet_env(args.lib_path)
     rows = []
     for prec in args.precisions:
         out = os.path.join(work, f"{variant}_{prec}_train.safetensors")

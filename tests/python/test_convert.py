@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import traceback
-import zipfile
 
 import numpy as np
 

@@ -15,13 +15,15 @@ Prints "N passed, M failed" last.
 """
 import json
 import os
-import re
 import struct
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_env import cuda_build, gpu_present  # noqa: E402
 
 SOURCE = os.environ.get("EFFNET_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BINARY = os.environ.get("EFFNET_BINARY_DIR", os.path.join(SOURCE, "build"))
@@ -60,22 +62,6 @@ def write_safetensors(path, tensors):
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
-
-
-def cuda_build():
-    try:
-        with open(os.path.join(BINARY, "CMakeCache.txt")) as f:
-            return re.search(r"^EFFNET_ENABLE_CUDA:BOOL=(ON|TRUE|1)$", f.read(), re.M) is not None
-    except OSError:
-        return False
-
-
-def gpu_present():
-    try:
-        p = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return p.returncode == 0 and "GPU" in p.stdout
 
 
 def run(*args):
@@ -139,7 +125,7 @@ def main():
         # the golden (1e-4, as the CPU engine); without one, one clear error and exit 1.
         out = os.path.join(tmp, "train_cuda.safetensors")
         r = run("--weights", weights, "--input", inp, "--output", out, "--train", "--target", tgt, "--device", "cuda")
-        if gpu_present() and cuda_build():
+        if gpu_present() and cuda_build(BINARY):
             check(r.returncode == 0, f"cuda train run failed: {r.stderr}")
             if r.returncode == 0:
                 o, _ = read_safetensors(out)

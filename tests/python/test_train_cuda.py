@@ -21,54 +21,18 @@ machine: test the GPU path whatever the build directory says, and fail rather th
 the error path).
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train_program import make_folder, read_log  # noqa: E402
+from gpu_env import cuda_build, gpu_present  # noqa: E402
+from test_train_program import compare_logs, make_folder, read_log  # noqa: E402
 
 BIN = os.environ.get("EFFNET_BINARY_DIR", "build")
 TRAIN = os.environ.get("EFFNET_TRAIN", os.path.join(BIN, "examples", "effnet-train"))
 EXPECT_GPU = os.environ.get("EFFNET_EXPECT_GPU") == "1"
-
-
-def cuda_build():
-    try:
-        with open(os.path.join(BIN, "CMakeCache.txt")) as f:
-            return re.search(r"^EFFNET_ENABLE_CUDA:BOOL=(ON|TRUE|1)$", f.read(), re.M) is not None
-    except OSError:
-        return False
-
-
-def gpu_present():
-    try:
-        p = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return p.returncode == 0 and "GPU" in p.stdout
-
-
-def compare_gpu_logs(name, got, want):
-    gs, ge = read_log(got)
-    ws, we = read_log(want)
-    if gs != ws:
-        for a, b in zip(gs, ws):
-            if a != b:
-                sys.exit(f"FAIL: {name}: first differing step row {a} vs uninterrupted {b}")
-        sys.exit(f"FAIL: {name}: {len(gs)} step rows vs {len(ws)} uninterrupted")
-    if len(ge) != len(we):
-        sys.exit(f"FAIL: {name}: {len(ge)} epoch rows vs {len(we)} uninterrupted")
-    for a, b in zip(ge, we):
-        # (epoch, step, loss, accuracy, val_loss, val_top1, val_top5, skipped_images)
-        if a[:4] != b[:4] or a[7] != b[7]:
-            sys.exit(f"FAIL: {name}: epoch row {a} vs uninterrupted {b}")
-        for x, y in zip(a[4:7], b[4:7]):
-            if abs(float(x) - float(y)) > 1e-5 * max(1.0, abs(float(y))):
-                sys.exit(f"FAIL: {name}: validation {a[4:7]} vs uninterrupted {b[4:7]}")
-    print(f"ok: {name}: {len(gs)} step rows identical, {len(ge)} epoch rows match the uninterrupted run")
 
 
 def run(args, expect_ok=True):
@@ -131,7 +95,7 @@ def check_with_gpu(tmp):
     ck, log = os.path.join(tmp, "ck_stop"), os.path.join(tmp, "stop.csv")
     run(common + ["--epochs", "3", "--log", log, "--checkpoint-dir", ck, "--max-steps", "4"])
     run(["--data", data, "--val", val, "--device", "cuda", "--log", log, "--checkpoint-dir", ck, "--resume"])
-    compare_gpu_logs("GPU stop at step 4 + resume", log, full_log)
+    compare_logs("GPU stop at step 4 + resume", log, full_log, val_rtol=1e-5)
 
     for precision in ["amp-fp16", "amp-bf16"]:
         log = os.path.join(tmp, f"{precision}.csv")
@@ -157,10 +121,10 @@ def main():
         sys.exit(f"FAIL: {TRAIN} not built")
     tmp = tempfile.mkdtemp(prefix="effnet_train_cuda_test_")
     try:
-        if EXPECT_GPU or (cuda_build() and gpu_present()):
+        if EXPECT_GPU or (cuda_build(BIN) and gpu_present()):
             check_with_gpu(tmp)
         else:
-            why = "no GPU" if cuda_build() else "a build without CUDA"
+            why = "no GPU" if cuda_build(BIN) else "a build without CUDA"
             print(f"note: {why}: checking the error path of --device cuda")
             check_without_gpu(tmp)
     finally:
