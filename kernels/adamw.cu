@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/optimizer_common.cuh"
 #include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
@@ -13,11 +14,12 @@ constexpr int kThreads = 256;
 
 // Per-launch constants, computed on the host exactly as the CPU optimizer computes them.
 struct AdamWConstants {
-    double decay_factor; // 1 - lr * wd
-    double one_minus_b1; // 1 - b1
-    double one_minus_b2; // 1 - b2
-    double correction1;  // 1 - b1^t
-    double correction2;  // 1 - b2^t
+    double decay_factor;    // 1 - lr * wd
+    double no_decay_factor; // 1 - lr * 0 (chunks without weight decay)
+    double one_minus_b1;    // 1 - b1
+    double one_minus_b2;    // 1 - b2
+    double correction1;     // 1 - b1^t
+    double correction2;     // 1 - b2^t
 };
 
 // The arithmetic of train::Optimizer (libeffnet/train/optimizer.cpp), operation by operation:
@@ -25,8 +27,11 @@ struct AdamWConstants {
 __global__ void adamw_kernel(AdamWArgs a, AdamWConstants k) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
          i += int64_t(gridDim.x) * blockDim.x) {
+        double wd;
+        if (!element_decay(a.chunk_class, i, a.weight_decay, wd)) continue;
         const double g = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
-        const double decayed = __dmul_rn(double(a.param[i]), k.decay_factor);
+        const double decayed =
+            __dmul_rn(double(a.param[i]), wd == a.weight_decay ? k.decay_factor : k.no_decay_factor);
         const float m =
             float(__dadd_rn(__dmul_rn(a.beta1, double(a.exp_avg[i])), __dmul_rn(k.one_minus_b1, g)));
         // v = b2 * v + ((1 - b2) * g) * g
@@ -58,6 +63,7 @@ void launch_adamw_update(const AdamWArgs& a, cudaStream_t stream) {
     if (a.count == 0) return;
     AdamWConstants k;
     k.decay_factor = 1.0 - a.lr * a.weight_decay;
+    k.no_decay_factor = 1.0 - a.lr * 0.0;
     k.one_minus_b1 = 1.0 - a.beta1;
     k.one_minus_b2 = 1.0 - a.beta2;
     k.correction1 = 1.0 - std::pow(a.beta1, double(a.step));

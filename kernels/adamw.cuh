@@ -23,6 +23,9 @@ struct AdamWArgs {
     int64_t count = 0;
     double lr = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0, grad_scale = 1.0;
     int64_t step = 1; // t >= 1
+    // Or null: every element with weight_decay. Else [ceil(count / kParamChunk)] ParamClass per
+    // chunk from param[0] (types.cuh): one launch updates every tensor of a flat buffer.
+    const unsigned char* chunk_class = nullptr;
 };
 // Throws effnet::Error on a null pointer or a hyperparameter outside train::Optimizer's ranges.
 void launch_adamw_update(const AdamWArgs& args, cudaStream_t stream);

@@ -1,14 +1,20 @@
 #pragma once
 // Training-mode batch norm on NHWC activations viewed as [rows = N*H*W, C].
-//   forward:  per-channel batch mean and biased variance (two passes: sum, then squared
-//             deviations), invstd = 1/sqrt(var + eps); running stats updated with momentum and
-//             the unbiased variance (PyTorch); y = act((x - mean) * invstd * gamma + beta) [+ residual]
+//   forward:  per-channel batch mean and biased variance in one pass over x (Welford per thread,
+//             merged with Chan's formula; the chunks combined in double about a shift, so an offset
+//             mean does not cancel), invstd = 1/sqrt(var + eps); running stats updated with momentum
+//             and the unbiased variance (PyTorch); y = act((x - mean) * invstd * gamma + beta)
+//             [* sample_scale] [+ residual]
 //   backward: g = dy * act'(bn(x)) (the activation is recomputed from x), then
-//             dbeta = sum g, dgamma = sum g * xhat, dx = gamma * invstd * (g - mean(g) - xhat * mean(g *
-//             xhat)).
-// Reductions are deterministic: a fixed grid of row chunks writes per-chunk partial sums
-// (each summed in a fixed order inside its block), and one thread per channel adds the
-// partials in chunk order, in double. No atomics.
+//             dbeta = sum g, dgamma = sum g * xhat (one pass), dx = gamma * invstd * (g - mean(g) -
+//             xhat * mean(g * xhat)) (a second pass).
+// Reductions are deterministic: the rows are cut into chunks fixed by the shape (rows, C) alone;
+// each block sums its chunk in a fixed order (fp32 per thread, a fixed tree over threads) and
+// writes per-chunk partials; a finalize kernel adds the partials of each channel in double with
+// 64 threads in a fixed order (strided subsets, then a fixed tree). No atomics: the same inputs
+// give the same bits on every run.
+// Elementwise work reads 16-byte vectors (8 fp16/bf16 or 4 fp32 channels per thread) when C is a
+// multiple of the vector and the tensors are 16-byte aligned; other shapes take a scalar path.
 #include <cstddef>
 #include <cstdint>
 
@@ -29,7 +35,14 @@ struct BatchNormStatsArgs {
     float* running_var = nullptr;  // [C], updated when non-null (unbiased batch variance)
     float* save_mean = nullptr;    // [C] out: batch mean
     float* save_invstd = nullptr;  // [C] out: 1 / sqrt(biased batch var + eps)
-    float* workspace = nullptr;    // batchnorm_workspace_floats(rows, C)
+    // Optional folded affine form, written when non-null (then gamma and beta are required):
+    // save_scale = gamma * invstd, save_shift = beta - mean * save_scale (computed in double), so
+    // that a consumer can apply the batch norm as x * scale + shift.
+    const float* gamma = nullptr; // [C]
+    const float* beta = nullptr;  // [C]
+    float* save_scale = nullptr;  // [C] out
+    float* save_shift = nullptr;  // [C] out
+    float* workspace = nullptr;   // batchnorm_workspace_floats(rows, C)
 };
 void launch_batchnorm_stats(const BatchNormStatsArgs& args, Precision storage, cudaStream_t stream);
 

@@ -29,7 +29,9 @@ struct Tile {
 
 // K: kernel size. V: channels per thread. TW: output pixels per thread along W. S: the stride
 // when TW > 1 (it fixes which loaded columns feed which output); TW == 1 takes any stride.
-template <typename T, int K, int V, int TW, int S>
+// Train: the training step's extras may be set (no bias, input affine, residual); a template
+// parameter so that inference, which sets none of them, keeps its code and registers.
+template <typename T, int K, int V, int TW, int S, bool Train>
 __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseArgs a, Tile t) {
     constexpr int kSpan = (TW - 1) * S + K; // input columns one strip reads per kernel row
     extern __shared__ __align__(16) float smem[];
@@ -74,11 +76,21 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
         {
             float bias[V];
 #pragma unroll
-            for (int v = 0; v < V; ++v) bias[v] = a.bias[c0 + v];
+            for (int v = 0; v < V; ++v) bias[v] = !Train || a.bias != nullptr ? a.bias[c0 + v] : 0.0f;
 #pragma unroll
             for (int j = 0; j < TW; ++j)
 #pragma unroll
                 for (int v = 0; v < V; ++v) acc[j][v] = bias[v];
+        }
+        // Train: the input affine, x * 1 + 0 (exact) when not given.
+        float in_scale[V], in_shift[V];
+        if constexpr (Train) {
+            const bool affine = a.input_scale != nullptr;
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                in_scale[v] = affine ? a.input_scale[c0 + v] : 1.0f;
+                in_shift[v] = affine ? a.input_shift[c0 + v] : 0.0f;
+            }
         }
         const int ih0 = oh * a.stride - a.pad_top;
         const int iw0 = ow0 * a.stride - a.pad_left;
@@ -95,6 +107,10 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                 const int iw = iw0 + c;
                 if (iw >= 0 && iw < a.width) {
                     load_vec<T, V>(row + int64_t(iw) * C, in[c]);
+                    if constexpr (Train) {
+#pragma unroll
+                        for (int v = 0; v < V; ++v) in[c][v] = fmaf(in[c][v], in_scale[v], in_shift[v]);
+                    }
                     if (a.input_act != Act::None) {
 #pragma unroll
                         for (int v = 0; v < V; ++v) in[c][v] = activate_for<T>(in[c][v], a.input_act);
@@ -127,14 +143,29 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                     for (int v = 0; v < V; ++v) acc[j][v] = fmaf(in[j * S + kw][v], w[v], acc[j][v]);
             }
         }
-        T* y = static_cast<T*>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+        const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+        T* y = static_cast<T*>(a.output) + y_offset;
 #pragma unroll
         for (int j = 0; j < TW; ++j) {
             if (ow0 + j >= a.out_width) break;
+            if constexpr (Train) {
+                if (a.residual != nullptr) { // read before the store below: it may alias the output
+                    float r[V];
+                    load_vec<T, V>(static_cast<const T*>(a.residual) + y_offset + int64_t(ow0 + j) * C, r);
 #pragma unroll
-            for (int v = 0; v < V; ++v) {
-                acc[j][v] = activate_for<T>(acc[j][v], a.act);
-                sum[v] += acc[j][v];
+                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act) + r[v];
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act);
+                }
+#pragma unroll
+                for (int v = 0; v < V; ++v) sum[v] += acc[j][v];
+            } else {
+#pragma unroll
+                for (int v = 0; v < V; ++v) {
+                    acc[j][v] = activate_for<T>(acc[j][v], a.act);
+                    sum[v] += acc[j][v];
+                }
             }
             store_vec<T, V>(y + int64_t(ow0 + j) * C, acc[j]);
         }
@@ -156,7 +187,10 @@ void launch_tiled(const DepthwiseArgs& a, cudaStream_t stream) {
     const dim3 block(unsigned(cg), unsigned(t.strips_across * t.rows));
     const dim3 grid(unsigned(p.slabs * t.tiles_w), unsigned(p.tiles_h), unsigned(a.batch));
     const size_t smem = (size_t(K) * K + block.y) * size_t(cg) * V * sizeof(float);
-    depthwise_conv_kernel<T, K, V, TW, S><<<grid, block, smem, stream>>>(a, t);
+    if (depthwise_train_extras(a))
+        depthwise_conv_kernel<T, K, V, TW, S, true><<<grid, block, smem, stream>>>(a, t);
+    else
+        depthwise_conv_kernel<T, K, V, TW, S, false><<<grid, block, smem, stream>>>(a, t);
     EFFNET_LAUNCH_CHECK("depthwise_conv_kernel");
 }
 
@@ -202,7 +236,9 @@ bool depthwise_schedule_supported(const DepthwiseArgs& a, Precision precision, D
 }
 
 void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStream_t stream) {
-    EFFNET_CHECK(a.input && a.weight && a.bias && a.output, "depthwise_conv: null pointer argument");
+    EFFNET_CHECK(a.input && a.weight && a.output, "depthwise_conv: null pointer argument");
+    EFFNET_CHECK((a.input_scale == nullptr) == (a.input_shift == nullptr),
+                 "depthwise_conv: input_scale and input_shift must be both set or both null");
     EFFNET_CHECK(a.kernel == 3 || a.kernel == 5,
                  "depthwise_conv: kernel " + std::to_string(a.kernel) + " unsupported (3 or 5)");
     EFFNET_CHECK(a.batch >= 1 && a.batch <= 65535 && a.height >= 1 && a.width >= 1 && a.channels >= 1 &&
@@ -225,7 +261,8 @@ void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStre
                                      a.schedule == DepthwiseSchedule::SharedTileSmall ? 128 : 256, stream);
         return;
     }
-    const bool vec_ok = aligned16(a.input) && aligned16(a.output) && aligned16(a.weight);
+    const bool vec_ok = aligned16(a.input) && aligned16(a.output) && aligned16(a.weight) &&
+                        (a.residual == nullptr || aligned16(a.residual));
     switch (precision) {
     case Precision::FP32:
         launch_typed<float>(a, vec_ok, stream);

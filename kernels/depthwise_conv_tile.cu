@@ -24,7 +24,8 @@ struct TileShape {
 
 // Shared memory: [in_h][in_w][cg * V] input elements (T), then [K*K][cg * V] float weights.
 // After the convolution the input region is reused for the squeeze's partial sums.
-template <typename T, int K, int V, int TW, int S>
+// Train: the training step's extras may be set (see depthwise_train_extras).
+template <typename T, int K, int V, int TW, int S, bool Train>
 __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseArgs a, TileShape t) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int slab_channels = t.cg * V;
@@ -57,8 +58,33 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    // The producer's activation, once per staged element (act(0) == 0 keeps the padding).
-    if (a.input_act != Act::None) {
+    if (Train && a.input_scale != nullptr) {
+        // The input affine (+ activation), once per staged element inside the image: the padding
+        // must stay zero. nthreads is a multiple of cg, so a thread's channel group is fixed.
+        const int g = tid % t.cg, c = c_slab + g * V;
+        if (c < C) {
+            float sc[V], sh[V];
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                sc[v] = a.input_scale[c + v];
+                sh[v] = a.input_shift[c + v];
+            }
+            for (int i = tid; i < vectors; i += nthreads) {
+                const int pix = i / t.cg;
+                const int r = pix / t.in_w, col = pix % t.in_w;
+                const int ih = ih0 + r, iw = iw0 + col;
+                if (ih < 0 || ih >= a.height || iw < 0 || iw >= a.width) continue;
+                T* p = in_s + size_t(i) * V;
+                float v[V];
+                load_vec<T, V>(p, v);
+#pragma unroll
+                for (int j = 0; j < V; ++j) v[j] = activate_for<T>(fmaf(v[j], sc[j], sh[j]), a.input_act);
+                store_vec<T, V>(p, v);
+            }
+        }
+        __syncthreads();
+    } else if (a.input_act != Act::None) {
+        // The producer's activation, once per staged element (act(0) == 0 keeps the padding).
         for (int i = tid; i < vectors; i += nthreads) {
             T* p = in_s + size_t(i) * V;
             float v[V];
@@ -82,7 +108,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
         float acc[TW][V];
 #pragma unroll
         for (int v = 0; v < V; ++v) {
-            const float b = a.bias[c0 + v];
+            const float b = !Train || a.bias != nullptr ? a.bias[c0 + v] : 0.0f;
 #pragma unroll
             for (int j = 0; j < TW; ++j) acc[j][v] = b;
         }
@@ -120,14 +146,29 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
                 }
             }
         }
-        T* y = static_cast<T*>(a.output) + (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+        const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
+        T* y = static_cast<T*>(a.output) + y_offset;
 #pragma unroll
         for (int j = 0; j < TW; ++j) {
             if (ow + j >= a.out_width) break;
+            if constexpr (Train) {
+                if (a.residual != nullptr) { // read before the store below: it may alias the output
+                    float r[V];
+                    load_vec<T, V>(static_cast<const T*>(a.residual) + y_offset + int64_t(ow + j) * C, r);
 #pragma unroll
-            for (int v = 0; v < V; ++v) {
-                acc[j][v] = activate_for<T>(acc[j][v], a.act);
-                sum[v] += acc[j][v];
+                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act) + r[v];
+                } else {
+#pragma unroll
+                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act);
+                }
+#pragma unroll
+                for (int v = 0; v < V; ++v) sum[v] += acc[j][v];
+            } else {
+#pragma unroll
+                for (int v = 0; v < V; ++v) {
+                    acc[j][v] = activate_for<T>(acc[j][v], a.act);
+                    sum[v] += acc[j][v];
+                }
             }
             store_vec<T, V>(y + int64_t(ow + j) * C, acc[j]);
         }
@@ -157,7 +198,8 @@ void launch_shape(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) 
     const size_t smem = std::max((in_bytes + 15) / 16 * 16 + w_bytes, red_bytes);
     EFFNET_CHECK(smem <= 200 * 1024, "depthwise_conv: shared-memory tile of " + std::to_string(smem) +
                                          " bytes exceeds the 200 KiB budget");
-    auto kernel = depthwise_tile_kernel<T, K, V, TW, S>;
+    auto kernel = depthwise_train_extras(a) ? depthwise_tile_kernel<T, K, V, TW, S, true>
+                                            : depthwise_tile_kernel<T, K, V, TW, S, false>;
     if (smem > 48 * 1024)
         EFFNET_CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -193,7 +235,8 @@ void launch_typed(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) 
 bool depthwise_shared_tile_eligible(const DepthwiseArgs& a, Precision precision) {
     const int vec = precision == Precision::FP32 ? 4 : 8;
     return (a.kernel == 3 || a.kernel == 5) && (a.stride == 1 || a.stride == 2) && a.channels % vec == 0 &&
-           aligned16(a.input) && aligned16(a.output) && aligned16(a.weight);
+           aligned16(a.input) && aligned16(a.output) && aligned16(a.weight) &&
+           (a.residual == nullptr || aligned16(a.residual));
 }
 
 void launch_depthwise_shared_tile(const DepthwiseArgs& a, Precision precision, int max_threads,

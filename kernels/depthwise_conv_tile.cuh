@@ -14,7 +14,7 @@
 namespace effnet::kernels {
 
 // Whether the tile schedule can run these arguments: K 3 or 5, stride 1 or 2, C a multiple of
-// the 16-byte vector, 16-byte aligned input, output and weights.
+// the 16-byte vector, 16-byte aligned input, output, weights and residual.
 bool depthwise_shared_tile_eligible(const DepthwiseArgs& args, Precision precision);
 
 // max_threads: the block size budget, 256 or 128.
@@ -33,6 +33,12 @@ inline int channel_groups_per_block(int groups, int widest) {
     for (int cg = widest - 1; cg * 2 >= widest; --cg)
         if (groups % cg == 0) return cg;
     return widest;
+}
+
+// Whether any of the training step's extras is set (no bias, an input affine, a residual): both
+// schedules then run a kernel variant that handles them; inference keeps the plain one.
+inline bool depthwise_train_extras(const DepthwiseArgs& a) {
+    return a.bias == nullptr || a.input_scale != nullptr || a.residual != nullptr;
 }
 
 inline int ceil_div(int a, int b) {

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/optimizer_common.cuh"
 #include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
@@ -15,9 +16,11 @@ constexpr int kThreads = 256;
 __global__ void rmsprop_kernel(RmsPropArgs a, double one_minus_decay) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
          i += int64_t(gridDim.x) * blockDim.x) {
+        double wd;
+        if (!element_decay(a.chunk_class, i, a.weight_decay, wd)) continue;
         const double p = a.param[i];
         const double grad = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
-        const double g = __dadd_rn(grad, __dmul_rn(a.weight_decay, p));        // grad + wd * p
+        const double g = __dadd_rn(grad, __dmul_rn(wd, p));                    // grad + wd * p
         // ms = rho * ms + ((1 - rho) * g) * g
         const float ms = float(__dadd_rn(__dmul_rn(a.decay, double(a.mean_square[i])),
                                          __dmul_rn(__dmul_rn(one_minus_decay, g), g)));

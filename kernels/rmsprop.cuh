@@ -20,6 +20,9 @@ struct RmsPropArgs {
     float* momentum_buffer = nullptr; // [n] "mom"
     int64_t count = 0;
     double lr = 0.0, decay = 0.9, momentum = 0.9, eps = 1e-3, weight_decay = 0.0, grad_scale = 1.0;
+    // Or null: every element with weight_decay. Else [ceil(count / kParamChunk)] ParamClass per
+    // chunk from param[0] (types.cuh): one launch updates every tensor of a flat buffer.
+    const unsigned char* chunk_class = nullptr;
 };
 // Throws effnet::Error on a null pointer or a hyperparameter outside train::Optimizer's ranges.
 void launch_rmsprop_update(const RmsPropArgs& args, cudaStream_t stream);

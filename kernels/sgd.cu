@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/optimizer_common.cuh"
 #include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
@@ -18,9 +19,11 @@ constexpr int64_t kSumBlocksCap = 1024; // partial sums of the sum of squares
 __global__ void sgd_kernel(SgdArgs a) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
          i += int64_t(gridDim.x) * blockDim.x) {
+        double wd;
+        if (!element_decay(a.chunk_class, i, a.weight_decay, wd)) continue;
         const double p = a.param[i];
         const double grad = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
-        const double g = __dadd_rn(grad, __dmul_rn(a.weight_decay, p));        // g = grad + wd * p
+        const double g = __dadd_rn(grad, __dmul_rn(wd, p));                    // g = grad + wd * p
         if (a.momentum == 0.0) {
             a.param[i] = float(__dsub_rn(p, __dmul_rn(a.lr, g))); // p - lr * g
             continue;

@@ -22,6 +22,9 @@ struct SgdArgs {
     int64_t count = 0;
     double lr = 0.0, momentum = 0.0, weight_decay = 0.0, grad_scale = 1.0;
     bool nesterov = false;
+    // Or null: every element with weight_decay. Else [ceil(count / kParamChunk)] ParamClass per
+    // chunk from param[0] (types.cuh): one launch updates every tensor of a flat buffer.
+    const unsigned char* chunk_class = nullptr;
 };
 void launch_sgd_update(const SgdArgs& args, cudaStream_t stream);
 

@@ -1,17 +1,22 @@
 #pragma once
 // Small fp32 matrix products for the training step: the squeeze-excite FC layers and the
-// classifier (forward, data and weight gradients, bias sums). One thread per output element,
-// summing over k in a fixed order: deterministic and exact enough for 1e-5 checks. Operands
-// are addressed through strides, so transposes cost nothing:
+// classifier (forward, data and weight gradients, bias sums). Operands are addressed through
+// strides, so transposes cost nothing:
 //   out[i, j] = post( sum_k A[i*a_row + k*a_col] * B[k*b_row + j*b_col] + bias[j] )
-// with B == null meaning B = 1 (a row/column sum) and post one of SmallMatmulPost.
+// with B == null meaning B = 1 (a row sum) and post one of SmallMatmulPost. Each output is one
+// fmaf chain over k = 0..K-1 in order (acc = fmaf(a_k, b_k, acc), from 0; bias added after):
+// deterministic, exact enough for 1e-5 checks, and the same bits whatever the tiling. The kernel
+// stages 32x32 tiles of A and B in shared memory, each loaded along whichever of the operand's
+// two strides is smaller (coalesced for both row-major and transposed operands).
 #include <cstdint>
 
 #include "kernels/types.cuh"
 
 namespace effnet::kernels {
 
-enum class SmallMatmulPost { None, Activation, Sigmoid };
+// ActivationGrad: out = act'(act_x[i, j]) * (the sum + bias), act' taken at the pre-activation
+// (the pointwise gradient of launch_pointwise_grad_f32 fused in).
+enum class SmallMatmulPost { None, Activation, Sigmoid, ActivationGrad };
 
 struct SmallMatmulArgs {
     const float* a = nullptr;
@@ -23,8 +28,14 @@ struct SmallMatmulArgs {
     float* out = nullptr;              // [I, J] after it
     int rows = 0, cols = 0, inner = 0; // I, J, K
     SmallMatmulPost post = SmallMatmulPost::None;
-    Act act = Act::None; // for SmallMatmulPost::Activation
+    Act act = Act::None;          // for SmallMatmulPost::Activation / ActivationGrad
+    const float* act_x = nullptr; // [I, J] pre-activation, for SmallMatmulPost::ActivationGrad
+    // [I] or null: row_sum[i] = sum_k A[i, k] in the same fmaf order as the B == null mode (no
+    // bias, no post op), from the A tiles already staged: e.g. the bias gradient next to a
+    // weight gradient, one launch instead of two.
+    float* row_sum = nullptr;
 };
+// Outputs (out, out_pre, row_sum) must not alias the inputs.
 void launch_small_matmul(const SmallMatmulArgs& args, cudaStream_t stream);
 
 // d[i] = d[i] * f'(pre[i]) in place, for n elements: f = act, or sigmoid given its output

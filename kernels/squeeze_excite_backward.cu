@@ -1,6 +1,9 @@
 #include "kernels/squeeze_excite_backward.cuh"
 
+#include <algorithm>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 #include "kernels/small_matmul.cuh"
@@ -10,58 +13,196 @@
 namespace effnet::kernels {
 namespace {
 
-constexpr int kChannelsPerBlock = 32;
-constexpr int kRowThreads = 8;
 constexpr int kThreads = 256;
+constexpr int kMaxVecsPerBlock = 32; // channel vectors across threadIdx.x
+constexpr int kPixelsPerThread = 4;  // elementwise kernels: pixels each thread visits (about)
 
-// Block (32 channels, 8 row threads) per (channel tile, image): each thread sums every 8th
-// position, then thread row 0 adds the 8 in order.
+// The channel-vector kernels: a thread owns one vector of V channels (V = 8 halfs / 4 floats,
+// one 16-byte access, when C % V == 0 and the pointers are aligned; else V = 1) for its whole
+// life and strides over the pixels of one image, so no per-element division. threadIdx.x is the
+// vector (the C / V vectors split evenly over `tiles` blocks in x, at most 32 per block: a warp
+// reads whole pixel rows when they fit), threadIdx.y the first pixel.
+struct VecPlan {
+    int vx, py, tiles;
+};
+VecPlan vec_plan(int vectors) {
+    const int tiles = (vectors + kMaxVecsPerBlock - 1) / kMaxVecsPerBlock;
+    const int vx = (vectors + tiles - 1) / tiles;
+    return {vx, kThreads / vx, tiles};
+}
+
+// Calls f(std::integral_constant<int, V>{}) with V = 16 / sizeof(T) when `vec`, else V = 1.
+template <typename T, typename F>
+void with_vec(bool vec, F&& f) {
+    if (vec)
+        f(std::integral_constant<int, int(16 / sizeof(T))>{});
+    else
+        f(std::integral_constant<int, 1>{});
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    spatial_sum_kernel(const T* x, const T* y, float* out, int64_t hw, int C, float scale) {
-    __shared__ float smem[kRowThreads][kChannelsPerBlock];
-    const int c = blockIdx.x * kChannelsPerBlock + threadIdx.x;
+bool vec_ok(int C, std::initializer_list<const void*> ptrs) {
+    if (C % int(16 / sizeof(T)) != 0) return false;
+    for (const void* p : ptrs)
+        if (p && !aligned16(p)) return false;
+    return true;
+}
+
+// Block (vx vectors, py pixel rows) per (channel tile, image): thread (tx, ty) sums pixels ty,
+// ty + py, ... of its vector (4 loads in flight, added in pixel order), then a fixed tree over
+// the py rows; no atomics, so the result is the same every run. out = scale * sum, times
+// gate * (1 - gate) when gate is given (the sigmoid's gradient, fused for the SE backward).
+// (256, 4): allows 64 registers, enough for the 4 (x, y) vector loads in flight without a spill
+// (ptxas otherwise picks 40 and spills in the loop).
+template <typename T, int V, bool HasY>
+__global__ void __launch_bounds__(kThreads, 4)
+    spatial_sum_kernel(const T* x, const T* y, const float* gate, float* out, int64_t hw, int C,
+                       float scale) {
+    __shared__ float red[V][kThreads];
+    const int vx = blockDim.x, py = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+    const int tid = ty * vx + tx;
+    const int c = (blockIdx.x * vx + tx) * V; // first channel of the vector
     const int64_t n = blockIdx.y;
-    float acc = 0.0f;
+    float acc[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[v] = 0.0f;
+    // Pixels p .. p + (U - 1) * py at element offset off: all loads first, then added in order.
+    auto accumulate = [&](auto unroll, int64_t off, int64_t step) {
+        constexpr int U = decltype(unroll)::value;
+        float xv[U][V];
+        [[maybe_unused]] float yv[U][HasY ? V : 1];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            load_vec<T, V>(x + off + u * step, xv[u]);
+            if constexpr (HasY) load_vec<T, V>(y + off + u * step, yv[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int v = 0; v < V; ++v) {
+                if constexpr (HasY)
+                    acc[v] += xv[u][v] * yv[u][v];
+                else
+                    acc[v] += xv[u][v];
+            }
+    };
     if (c < C) {
-        const int64_t base = n * hw * C + c;
-        for (int64_t p = threadIdx.y; p < hw; p += kRowThreads) {
-            const float v = to_float(x[base + p * C]);
-            acc += y ? v * to_float(y[base + p * C]) : v;
+        const int64_t step = int64_t(py) * C;
+        int64_t p = ty, off = (n * hw + ty) * C + c;
+        for (; p + 3 * py < hw; p += 4 * py, off += 4 * step)
+            accumulate(std::integral_constant<int, 4>{}, off, step);
+        for (; p < hw; p += py, off += step) accumulate(std::integral_constant<int, 1>{}, off, step);
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) red[v][tid] = acc[v];
+    __syncthreads();
+    // Rows [half, len) onto [0, len - half): the fixed pairing makes the sum deterministic.
+    for (int len = py; len > 1;) {
+        const int half = (len + 1) / 2;
+        if (ty < len - half) {
+#pragma unroll
+            for (int v = 0; v < V; ++v) red[v][tid] += red[v][tid + half * vx];
+        }
+        len = half;
+        __syncthreads();
+    }
+    if (ty == 0 && c < C) {
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            float s = red[v][tx] * scale;
+            if (gate) {
+                const float g = gate[n * C + c + v];
+                s = s * g * (1.0f - g);
+            }
+            out[n * C + c + v] = s;
         }
     }
-    smem[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        float s = 0.0f;
-        for (int j = 0; j < kRowThreads; ++j) s += smem[j][threadIdx.x];
-        out[n * C + c] = s * scale;
+}
+
+// Grid (tiles, N, pixel splits) for the elementwise kernels: about kPixelsPerThread pixels per
+// thread.
+dim3 elementwise_grid(const VecPlan& p, int batch, int64_t hw) {
+    const int64_t per_block = int64_t(p.py) * kPixelsPerThread;
+    const int64_t splits = std::min<int64_t>(std::max<int64_t>((hw + per_block - 1) / per_block, 1), 65535);
+    return dim3(unsigned(p.tiles), unsigned(batch), unsigned(splits));
+}
+
+// y = x * gate[n, c]; grid (tiles, N, splits), block (vx, py).
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    gate_apply_kernel(const T* x, const float* gate, T* y, int64_t hw, int C) {
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= C) return;
+    const int64_t n = blockIdx.y;
+    float g[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) g[v] = gate[n * C + c + v];
+    const int64_t pstep = int64_t(gridDim.z) * blockDim.y, step = pstep * C;
+    int64_t p = int64_t(blockIdx.z) * blockDim.y + threadIdx.y, off = (n * hw + p) * C + c;
+    // Two pixels per iteration, both loaded before either is stored: without restrict the
+    // compiler would not move the second load above the first store.
+    for (; p + pstep < hw; p += 2 * pstep, off += 2 * step) {
+        float u[V], w[V];
+        load_vec<T, V>(x + off, u);
+        load_vec<T, V>(x + off + step, w);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            u[v] *= g[v];
+            w[v] *= g[v];
+        }
+        store_vec<T, V>(y + off, u);
+        store_vec<T, V>(y + off + step, w);
+    }
+    if (p < hw) {
+        float u[V];
+        load_vec<T, V>(x + off, u);
+#pragma unroll
+        for (int v = 0; v < V; ++v) u[v] *= g[v];
+        store_vec<T, V>(y + off, u);
     }
 }
 
-// y = x * gate[n, c]
-template <typename T>
-__global__ void gate_apply_kernel(const T* x, const float* gate, T* y, int64_t hw, int C, int64_t total) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t c = i % C, n = i / (hw * C);
-        y[i] = from_float<T>(to_float(x[i]) * gate[n * C + c]);
+// dx = dy * gate[n, c] + dsqueezed[n, c] * inv_hw; grid (tiles, N, splits), block (vx, py).
+// In place (dx == dy) is fine: every element is read, then written, by the one thread that
+// owns it, and no other kernel of the backward reads dy after this one.
+template <typename T, int V>
+__global__ void __launch_bounds__(kThreads)
+    se_dx_kernel(const T* dy, const float* gate, const float* dsq, float inv_hw, T* dx, int64_t hw, int C) {
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    if (c >= C) return;
+    const int64_t n = blockIdx.y;
+    float g[V], d[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        g[v] = gate[n * C + c + v];
+        d[v] = dsq[n * C + c + v] * inv_hw;
     }
-}
-
-// dx = dy * gate[n, c] + dsqueezed[n, c] * inv_hw
-template <typename T>
-__global__ void se_dx_kernel(const T* dy, const float* gate, const float* dsq, float inv_hw, T* dx,
-                             int64_t hw, int C, int64_t total) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t c = i % C, n = i / (hw * C);
-        dx[i] = from_float<T>(to_float(dy[i]) * gate[n * C + c] + dsq[n * C + c] * inv_hw);
+    const int64_t pstep = int64_t(gridDim.z) * blockDim.y, step = pstep * C;
+    int64_t p = int64_t(blockIdx.z) * blockDim.y + threadIdx.y, off = (n * hw + p) * C + c;
+    // Two pixels per iteration, both loaded before either is stored.
+    for (; p + pstep < hw; p += 2 * pstep, off += 2 * step) {
+        float u[V], w[V];
+        load_vec<T, V>(dy + off, u);
+        load_vec<T, V>(dy + off + step, w);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            u[v] = u[v] * g[v] + d[v];
+            w[v] = w[v] * g[v] + d[v];
+        }
+        store_vec<T, V>(dx + off, u);
+        store_vec<T, V>(dx + off + step, w);
+    }
+    if (p < hw) {
+        float u[V];
+        load_vec<T, V>(dy + off, u);
+#pragma unroll
+        for (int v = 0; v < V; ++v) u[v] = u[v] * g[v] + d[v];
+        store_vec<T, V>(dx + off, u);
     }
 }
 
 void check_args(const char* op, const SqueezeExciteTrainArgs& a) {
-    EFFNET_CHECK(a.batch >= 1 && a.hw >= 1 && a.channels >= 1 && a.reduced >= 1,
+    EFFNET_CHECK(a.batch >= 1 && a.batch <= 65535 && a.hw >= 1 && a.channels >= 1 && a.reduced >= 1,
                  std::string(op) + ": bad shape N=" + std::to_string(a.batch) +
                      " HW=" + std::to_string(a.hw) + " C=" + std::to_string(a.channels) +
                      " S=" + std::to_string(a.reduced));
@@ -86,6 +227,28 @@ SmallMatmulArgs linear(const float* x, int64_t I, int64_t K, const float* w, int
     return m;
 }
 
+// out [N, C] = scale * sum_hw x (* y), times gate * (1 - gate) when gate is non-null.
+void spatial_sum(const void* x, const void* y, const float* gate, float* out, int batch, int64_t hw,
+                 int channels, float scale, Precision storage, cudaStream_t stream) {
+    dispatch_storage(storage, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        const T* xt = static_cast<const T*>(x);
+        const T* yt = static_cast<const T*>(y);
+        with_vec<T>(vec_ok<T>(channels, {x, y}), [&](auto vec) {
+            constexpr int V = decltype(vec)::value;
+            const VecPlan p = vec_plan(channels / V);
+            const dim3 block(unsigned(p.vx), unsigned(p.py)), grid(unsigned(p.tiles), unsigned(batch));
+            if (y)
+                spatial_sum_kernel<T, V, true>
+                    <<<grid, block, 0, stream>>>(xt, yt, gate, out, hw, channels, scale);
+            else
+                spatial_sum_kernel<T, V, false>
+                    <<<grid, block, 0, stream>>>(xt, nullptr, gate, out, hw, channels, scale);
+        });
+    });
+    EFFNET_LAUNCH_CHECK("spatial_sum_kernel");
+}
+
 } // namespace
 
 void launch_spatial_sum(const void* x, const void* y, float* out, int batch, int64_t hw, int channels,
@@ -93,14 +256,7 @@ void launch_spatial_sum(const void* x, const void* y, float* out, int batch, int
     EFFNET_CHECK(x && out && batch >= 1 && batch <= 65535 && hw >= 1 && channels >= 1,
                  "spatial_sum: null pointer or bad shape N=" + std::to_string(batch) +
                      " HW=" + std::to_string(hw) + " C=" + std::to_string(channels));
-    const dim3 block(kChannelsPerBlock, kRowThreads);
-    const dim3 grid(unsigned((channels + kChannelsPerBlock - 1) / kChannelsPerBlock), unsigned(batch));
-    dispatch_storage(storage, [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        spatial_sum_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(y),
-                                                          out, hw, channels, scale);
-    });
-    EFFNET_LAUNCH_CHECK("spatial_sum_kernel");
+    spatial_sum(x, y, nullptr, out, batch, hw, channels, scale, storage, stream);
 }
 
 void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& a, void* y, Precision storage,
@@ -108,7 +264,7 @@ void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& a, void* 
     check_args("squeeze_excite_train_forward", a);
     EFFNET_CHECK(y && y != a.x, "squeeze_excite_train_forward: null or aliased output");
     const int N = a.batch, C = a.channels, S = a.reduced;
-    launch_spatial_sum(a.x, nullptr, a.squeezed, N, a.hw, C, float(1.0 / double(a.hw)), storage, stream);
+    spatial_sum(a.x, nullptr, nullptr, a.squeezed, N, a.hw, C, float(1.0 / double(a.hw)), storage, stream);
     SmallMatmulArgs r = linear(a.squeezed, N, C, a.w1, S, a.b1);
     r.out_pre = a.reduced_pre;
     r.out = a.reduced_out;
@@ -119,11 +275,23 @@ void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& a, void* 
     g.out = a.gate;
     g.post = SmallMatmulPost::Sigmoid;
     launch_small_matmul(g, stream);
-    const int64_t total = int64_t(N) * a.hw * C;
+    launch_squeeze_excite_gate(a.x, a.gate, y, N, a.hw, C, storage, stream);
+}
+
+void launch_squeeze_excite_gate(const void* x, const float* gate, void* y, int batch, int64_t hw,
+                                int channels, Precision storage, cudaStream_t stream) {
+    EFFNET_CHECK(x && gate && y && x != y && batch >= 1 && batch <= 65535 && hw >= 1 && channels >= 1,
+                 "squeeze_excite_gate: null or aliased pointer, or bad shape N=" + std::to_string(batch) +
+                     " HW=" + std::to_string(hw) + " C=" + std::to_string(channels));
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        gate_apply_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T*>(a.x), a.gate, static_cast<T*>(y), a.hw, C, total);
+        with_vec<T>(vec_ok<T>(channels, {x, y}), [&](auto vec) {
+            constexpr int V = decltype(vec)::value;
+            const VecPlan p = vec_plan(channels / V);
+            gate_apply_kernel<T, V>
+                <<<elementwise_grid(p, batch, hw), dim3(unsigned(p.vx), unsigned(p.py)), 0, stream>>>(
+                    static_cast<const T*>(x), gate, static_cast<T*>(y), hw, channels);
+        });
     });
     EFFNET_LAUNCH_CHECK("gate_apply_kernel");
 }
@@ -132,31 +300,30 @@ size_t squeeze_excite_workspace_floats(int batch, int channels, int reduced) {
     return size_t(batch) * (2 * size_t(channels) + size_t(reduced));
 }
 
+// 6 launches: the sigmoid's gradient is fused into the spatial sum, the activation's into the
+// dreduced matmul, and the bias gradients ride on the weight-gradient matmuls (row sums).
 void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void* dy, void* dx, float* dw1,
                                     float* db1, float* dw2, float* db2, float* workspace, Precision storage,
                                     cudaStream_t stream) {
     check_args("squeeze_excite_backward", a);
-    EFFNET_CHECK(dy && dx && dx != dy && dw1 && db1 && dw2 && db2 && workspace,
-                 "squeeze_excite_backward: null or aliased pointer argument");
+    EFFNET_CHECK(dy && dx && dw1 && db1 && dw2 && db2 && workspace,
+                 "squeeze_excite_backward: null pointer argument");
     const int N = a.batch, C = a.channels, S = a.reduced;
-    float* dgate = workspace;             // [N, C], becomes dgate_pre
-    float* dred = dgate + int64_t(N) * C; // [N, S], becomes dreduced_pre
+    // dx == dy is allowed (se_dx_kernel reads each element before writing it, and is the last
+    // reader of dy); a partial overlap is not.
+    const size_t bytes = size_t(N) * size_t(a.hw) * size_t(C) * storage_size(storage);
+    const char* dy_b = static_cast<const char*>(dy);
+    const char* dx_b = static_cast<const char*>(dx);
+    EFFNET_CHECK(dx_b == dy_b || dx_b + bytes <= dy_b || dy_b + bytes <= dx_b,
+                 "squeeze_excite_backward: dx overlaps dy without being dy");
+    float* dgate = workspace;             // [N, C] dgate_pre
+    float* dred = dgate + int64_t(N) * C; // [N, S] dreduced_pre
     float* dsq = dred + int64_t(N) * S;   // [N, C]
 
-    launch_spatial_sum(a.x, dy, dgate, N, a.hw, C, 1.0f, storage, stream);
-    launch_pointwise_grad_f32(dgate, nullptr, a.gate, int64_t(N) * C, Act::None, stream);
-    // db2[c] = sum_n dgate_pre[n, c]
+    // dgate_pre[n, c] = (sum_hw dy * x) * gate * (1 - gate)
+    spatial_sum(a.x, dy, a.gate, dgate, N, a.hw, C, 1.0f, storage, stream);
+    // dW2[c, s] = sum_n dgate_pre[n, c] reduced[n, s]; db2[c] = sum_n dgate_pre[n, c]
     SmallMatmulArgs m;
-    m.a = dgate;
-    m.a_row = 1;
-    m.a_col = C;
-    m.rows = C;
-    m.cols = 1;
-    m.inner = N;
-    m.out = db2;
-    launch_small_matmul(m, stream);
-    // dW2[c, s] = sum_n dgate_pre[n, c] reduced[n, s]
-    m = SmallMatmulArgs{};
     m.a = dgate;
     m.a_row = 1;
     m.a_col = C;
@@ -167,8 +334,9 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void*
     m.cols = S;
     m.inner = N;
     m.out = dw2;
+    m.row_sum = db2;
     launch_small_matmul(m, stream);
-    // dreduced[n, s] = sum_c dgate_pre[n, c] W2[c, s]
+    // dreduced_pre[n, s] = act'(reduced_pre[n, s]) * sum_c dgate_pre[n, c] W2[c, s]
     m = SmallMatmulArgs{};
     m.a = dgate;
     m.a_row = C;
@@ -180,19 +348,11 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void*
     m.cols = S;
     m.inner = C;
     m.out = dred;
+    m.post = SmallMatmulPost::ActivationGrad;
+    m.act = a.act;
+    m.act_x = a.reduced_pre;
     launch_small_matmul(m, stream);
-    launch_pointwise_grad_f32(dred, a.reduced_pre, nullptr, int64_t(N) * S, a.act, stream);
-    // db1[s] = sum_n dred_pre[n, s]
-    m = SmallMatmulArgs{};
-    m.a = dred;
-    m.a_row = 1;
-    m.a_col = S;
-    m.rows = S;
-    m.cols = 1;
-    m.inner = N;
-    m.out = db1;
-    launch_small_matmul(m, stream);
-    // dW1[s, c] = sum_n dred_pre[n, s] squeezed[n, c]
+    // dW1[s, c] = sum_n dred_pre[n, s] squeezed[n, c]; db1[s] = sum_n dred_pre[n, s]
     m = SmallMatmulArgs{};
     m.a = dred;
     m.a_row = 1;
@@ -204,6 +364,7 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void*
     m.cols = C;
     m.inner = N;
     m.out = dw1;
+    m.row_sum = db1;
     launch_small_matmul(m, stream);
     // dsqueezed[n, c] = sum_s dred_pre[n, s] W1[s, c]
     m = SmallMatmulArgs{};
@@ -219,12 +380,16 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void*
     m.out = dsq;
     launch_small_matmul(m, stream);
 
-    const int64_t total = int64_t(N) * a.hw * C;
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        se_dx_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T*>(dy), a.gate, dsq, float(1.0 / double(a.hw)), static_cast<T*>(dx), a.hw, C,
-            total);
+        with_vec<T>(vec_ok<T>(C, {dy, dx}), [&](auto vec) {
+            constexpr int V = decltype(vec)::value;
+            const VecPlan p = vec_plan(C / V);
+            se_dx_kernel<T, V>
+                <<<elementwise_grid(p, N, a.hw), dim3(unsigned(p.vx), unsigned(p.py)), 0, stream>>>(
+                    static_cast<const T*>(dy), a.gate, dsq, float(1.0 / double(a.hw)), static_cast<T*>(dx),
+                    a.hw, C);
+        });
     });
     EFFNET_LAUNCH_CHECK("se_dx_kernel");
 }

@@ -7,7 +7,8 @@
 //   dgate = sum_hw dy * x; dgate_pre = dgate * gate * (1 - gate); dW2, db2, dreduced;
 //   dreduced_pre = act'(reduced_pre) dreduced; dW1, db1, dsqueezed; dx = dy * gate + dsqueezed / HW.
 // Every reduction runs in a fixed order (no atomics). Also the spatial mean, reused for the
-// global average pool before the classifier.
+// global average pool before the classifier. The NHWC kernels use 16-byte accesses when C is a
+// multiple of 8 halfs / 4 floats and the tensors are 16-byte aligned (scalar otherwise).
 #include <cstddef>
 #include <cstdint>
 
@@ -40,9 +41,15 @@ struct SqueezeExciteTrainArgs {
 void launch_squeeze_excite_train_forward(const SqueezeExciteTrainArgs& args, void* y, Precision storage,
                                          cudaStream_t stream);
 
+// y [N, HW, C] = x * gate [N, C] (the forward's output; the trainer recomputes it in the backward).
+void launch_squeeze_excite_gate(const void* x, const float* gate, void* y, int batch, int64_t hw,
+                                int channels, Precision storage, cudaStream_t stream);
+
 size_t squeeze_excite_workspace_floats(int batch, int channels, int reduced);
 
-// dx [N, HW, C] (may not alias dy) and fp32 parameter gradients (overwritten).
+// dx [N, HW, C] and fp32 parameter gradients (overwritten). dx may be dy itself (in place: the
+// gradient overwrites dy, saving a buffer) or must not overlap it at all; checked. Workspace:
+// squeeze_excite_workspace_floats.
 void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& args, const void* dy, void* dx, float* dw1,
                                     float* db1, float* dw2, float* db2, float* workspace, Precision storage,
                                     cudaStream_t stream);

@@ -112,6 +112,9 @@ void GpuTrainer::set_optimizer_state(const train::ParamMap&, int64_t) {
 double GpuTrainer::last_grad_norm() const {
     no_cuda();
 }
+float* GpuTrainer::input_staging() {
+    no_cuda();
+}
 int GpuTrainer::batch() const {
     return 0;
 }

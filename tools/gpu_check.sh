@@ -14,8 +14,9 @@
 #
 # Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
 # here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
-# sanitizer,compile,bench,torch,train,micro,extras; default all), EFFNET_BIN (default .carry/bin),
-# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32),
+# sanitizer,compile,bench,torch,train,trainprof,micro,extras; default all), EFFNET_BIN (default .carry/bin),
+# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32), SANITIZER_SPEC
+# (Catch2 test spec for compute-sanitizer, default '[sanitize]'), SANITIZER_CAP_S (45),
 # GPU_CHECK_STOP_ON_TEST_FAILURE=1 (stop after failing GPU tests, before any timing).
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -198,8 +199,8 @@ run_sanitizer() { # cap per tool
         say "SKIP sanitizer: no compute-sanitizer"; record sanitizer missing 0 0 0 "no compute-sanitizer"
         SANITIZER_DONE=1; return
     fi
-    spec='[sanitize]'
-    if [ "$DRY_RUN" != 1 ] && ! "${EENV[@]}" "$BIN/effnet_gpu_tests" --list-tags 2>/dev/null | grep -qF '[sanitize]'; then
+    spec=${SANITIZER_SPEC:-'[sanitize]'}
+    if [ "$DRY_RUN" != 1 ] && [ -z "${SANITIZER_SPEC:-}" ] && ! "${EENV[@]}" "$BIN/effnet_gpu_tests" --list-tags 2>/dev/null | grep -qF '[sanitize]'; then
         spec=$("${EENV[@]}" "$BIN/effnet_gpu_tests" --list-test-names-only 2>/dev/null | sed 's/^ *//; s/ *$//' |
             grep -v '^$' | grep -v '[],[~*"]' | grep -viE 'b[0-7]|model|session|network|e2e|end.to.end' |
             head -n 3 | paste -sd, -)
@@ -210,7 +211,7 @@ run_sanitizer() { # cap per tool
     echo "sanitizer test selection: $spec" >>"$TESTLOG"
     for tool in memcheck racecheck; do
         # racecheck is ~10x slower than memcheck: it skips the tests tagged [slow].
-        local s=$spec; [ "$tool" = racecheck ] && [ "$spec" = '[sanitize]' ] && s='[sanitize]~[slow]'
+        local s=$spec; [ "$tool" = racecheck ] && [[ "$spec" == *'[sanitize]'* ]] && s="$spec~[slow]"
         TAIL_LINES=3 run_step "sanitizer_$tool" "$cap" "$TESTLOG" "${EENV[@]}" ${cs:-compute-sanitizer} \
             --tool "$tool" --error-exitcode 3 "$BIN/effnet_gpu_tests" "$s"
     done
@@ -278,8 +279,27 @@ if want train && have_bin effnet-train-bench train_bench; then
             --precision "$2" --batch "$3" --iters 10
         grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
     done
+    # The same B0 step with the batch uploaded from pageable memory: what the staging buffer saves.
+    run_step "effnet-train b0 amp-fp16 b128 pageable" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train-bench" \
+        --variant b0 --precision amp-fp16 --batch 128 --iters 10 --pageable
+    grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
     run_step torch_train 150 "$LOG" "$PY" bench/pytorch_train_bench.py --spec b0:128:amp-fp16 \
         --spec b0:128:fp32 --spec b4:32:amp-fp16 --iters 10 --warmup 4 --json-out "$RESULTS"
+fi
+
+# ---- where the training step's time goes: every kernel of two B0 amp-fp16 b128 steps under
+# Nsight Compute (one metric, gpu__time_duration; clocks left alone), summed by name.
+if want trainprof && have_bin effnet-train-bench trainprof; then
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    if [ -n "$NCU" ] || [ "$DRY_RUN" = 1 ]; then
+        run_step trainprof 90 "$TMP/ncu-train.csv" "${EENV[@]}" "${NCU:-ncu}" --clock-control none \
+            --metrics gpu__time_duration.sum --csv --print-units base "$BIN/effnet-train-bench" \
+            --variant b0 --precision amp-fp16 --batch 128 --iters 1 --warmup 1
+        [ "$DRY_RUN" = 1 ] || "$PY" tools/ncu_summary.py "$TMP/ncu-train.csv" --steps 2 >"$OUT/ncu-train-b0-amp-fp16-b128.txt" 2>&1
+        head -n 25 "$OUT/ncu-train-b0-amp-fp16-b128.txt" 2>/dev/null | tee -a "$LOG"
+    else
+        say "SKIP trainprof: no ncu"; record trainprof skipped 0 0 0 "no ncu"
+    fi
 fi
 
 # ---- effnet-train --device cuda end to end (tests/python/test_train_cuda.py: fp32 run with --val,
@@ -319,7 +339,8 @@ if want extras && have_bin effnet-bench extras; then
     done
 fi
 if want sanitizer && [ "$SANITIZER_DONE" = 0 ] && (($(left) > 40)) && { [ -x "$BIN/effnet_gpu_tests" ] || [ "$DRY_RUN" = 1 ]; }; then
-    run_sanitizer $(($(left) / 2 < 45 ? $(left) / 2 : 45))
+    cap=${SANITIZER_CAP_S:-45}
+    run_sanitizer $(($(left) / 2 < cap ? $(left) / 2 : cap))
 fi
 
 # ---- report (the summary table is the last output)

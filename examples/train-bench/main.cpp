@@ -6,7 +6,9 @@
 //
 // Random weights, random input (uniform in [-2, 2], never zeros) and random labels; `warmup`
 // untimed steps, then `iters` steps each timed on the host (step() waits for the GPU, since it
-// returns the loss); images/s = batch / median step time. Prints one JSON line.
+// returns the loss); images/s = batch / median step time. The batch is uploaded in every step,
+// from the trainer's page-locked staging buffer (GpuTrainer::input_staging), as a data loader
+// would hand it over; --pageable uploads it from ordinary memory instead. Prints one JSON line.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -34,11 +36,12 @@ struct Args {
     int iters = 20;
     int warmup = 3;
     uint64_t seed = 1;
+    bool pageable = false;
 };
 
 const char* kUsage =
     "usage: effnet-train-bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
-    "                          [--resolution R] [--iters N] [--warmup N] [--seed S]\n"
+    "                          [--resolution R] [--iters N] [--warmup N] [--seed S] [--pageable]\n"
     "Times GpuTrainer::step (forward, loss, backward, SGD) on random data; prints one JSON line\n"
     "with images/s and peak device memory.\n";
 
@@ -49,6 +52,10 @@ Args parse_args(int argc, char** argv) {
         if (o == "-h" || o == "--help") {
             std::fputs(kUsage, stdout);
             std::exit(0);
+        }
+        if (o == "--pageable") {
+            a.pageable = true;
+            continue;
         }
         if (i + 1 >= argc) throw effnet::Error("option " + o + " needs a value (or is unknown)\n" + kUsage);
         const std::string v = argv[++i];
@@ -92,14 +99,20 @@ int run(const Args& a) {
     std::vector<int64_t> labels(size_t(a.batch));
     for (int64_t& l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
 
+    const float* batch_input = input.data();
+    if (!a.pageable) {
+        std::copy(input.begin(), input.end(), trainer.input_staging());
+        batch_input = trainer.input_staging();
+    }
+
     const float lr = 0.01f;
     float first_loss = 0.0f, last_loss = 0.0f;
     int skipped = 0;
-    for (int i = 0; i < a.warmup; ++i) first_loss = trainer.step(input.data(), labels.data(), lr);
+    for (int i = 0; i < a.warmup; ++i) first_loss = trainer.step(batch_input, labels.data(), lr);
     std::vector<double> ms;
     for (int i = 0; i < a.iters; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
-        last_loss = trainer.step(input.data(), labels.data(), lr);
+        last_loss = trainer.step(batch_input, labels.data(), lr);
         const auto t1 = std::chrono::steady_clock::now();
         ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
         if (!trainer.last_step_finite()) ++skipped;
@@ -112,10 +125,10 @@ int run(const Args& a) {
         "{\"variant\": \"%s\", \"batch\": %d, \"resolution\": %d, \"precision\": \"%s\", \"iters\": %d, "
         "\"step_ms_median\": %.3f, \"step_ms_min\": %.3f, \"images_per_s\": %.1f, "
         "\"peak_device_memory_bytes\": %zu, \"loss_first\": %.5f, \"loss_last\": %.5f, "
-        "\"skipped_steps\": %d}\n",
+        "\"skipped_steps\": %d, \"input\": \"%s\"}\n",
         config.name.c_str(), a.batch, res, effnet::train_precision_name(precision), a.iters, median,
         sorted.front(), double(a.batch) * 1000.0 / median, trainer.peak_device_memory(), double(first_loss),
-        double(last_loss), skipped);
+        double(last_loss), skipped, a.pageable ? "pageable" : "pinned");
     return 0;
 }
 

@@ -75,6 +75,10 @@ public:
     // targets: host [batch], each in [0, num_classes). Returns the mean loss (synchronises).
     // seed: the dropout / stochastic-depth masks' seed, as cpu::ForwardOptions::seed.
     float step(const float* input_nchw_host, const int64_t* targets_host, double lr, uint64_t seed = 0);
+    // A page-locked host buffer of [batch, channels, height, width] floats owned by the trainer:
+    // a batch written there and passed as step()'s input uploads by DMA, several times faster
+    // than from pageable memory (a data loader can decode straight into it).
+    float* input_staging();
     // Forward, loss and backward only (no update); returns the mean loss.
     float compute_gradients(const float* input_nchw_host, const int64_t* targets_host, uint64_t seed = 0);
     // Clips (when GpuTrainOptions::clip_grad_norm > 0) and applies the optimizer with the

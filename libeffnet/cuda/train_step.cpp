@@ -6,11 +6,16 @@
 // per parameter) use the same offsets in their own flat buffers; under AMP a flat cast of the
 // master buffer feeds the GEMMs.
 //
-// What the forward keeps for the backward, per conv -> BN [-> act] unit: the conv output z
-// (BN input) and, when it feeds another op, the activated output; the BN backward recomputes
-// the activation from z and the saved batch statistics. Squeeze-excite keeps its small fp32
-// tensors and its gated output (the project GEMM's input). The backward runs through three
-// rotating scratch buffers of the largest activation size.
+// What the forward keeps for the backward: every conv's output z (the BN input) and the
+// batch statistics; of the BN outputs only the stem's and each block's (the next block's input
+// and residual). The rest is recomputed from z, which costs less than storing it:
+//   - the expand BN + activation is applied by the depthwise kernels as they load their input
+//     (the per-channel scale and shift the BN statistics pass writes), in the forward and in the
+//     weight gradient, so the largest tensor of each block is never written at all;
+//   - the depthwise BN output and the squeeze-excite output (the project GEMM's input) live in
+//     scratch buffers in the forward and are recomputed from z in the backward.
+// Squeeze-excite keeps its small fp32 tensors. The backward runs through three rotating scratch
+// buffers of the largest activation size and one of the largest gated (SE) output.
 #include "libeffnet/cuda/train_step.hpp"
 
 #include <algorithm>
@@ -36,6 +41,7 @@
 #include "kernels/squeeze_excite_backward.cuh"
 #include "kernels/stochastic_depth.cuh"
 #include "libeffnet/cuda/context.hpp"
+#include "libeffnet/cuda/pinned_buffer.hpp"
 
 namespace effnet::cuda {
 
@@ -139,7 +145,7 @@ using kernels::Act;
 
 namespace {
 
-constexpr int64_t kParamAlign = 32; // elements: 128 B in fp32, 64 B in half
+constexpr int64_t kParamAlign = kernels::kParamChunk; // elements: 128 B in fp32, 64 B in half
 
 Precision storage_of(TrainPrecision p) {
     switch (p) {
@@ -204,12 +210,13 @@ struct BnUnit {
     DeviceBuffer z;            // [rows, C] conv output = BN input
     DeviceBuffer y;            // [rows, C] BN (+act) output, when kept
     DeviceBuffer mean, invstd; // [C] fp32
+    DeviceBuffer scale, shift; // [C] fp32 gamma * invstd, beta - mean * scale (when a consumer
+                               // applies the BN as it loads)
 };
 
 struct SeState {
     int reduced = 0;
     DeviceBuffer squeezed, reduced_pre, reduced_out, gate; // fp32
-    DeviceBuffer out;                                      // [rows, C] x * gate
 };
 
 struct BlockState {
@@ -219,7 +226,8 @@ struct BlockState {
     std::vector<float> host_mask;
     int in_h = 0, in_w = 0, out_h = 0, out_w = 0;
     kernels::DepthwiseShape dw_shape;
-    BnUnit expand, dw, project; // project.y is the block output
+    DeviceBuffer taps, flipped_taps; // [k*k, E] the depthwise weights, tap-major, as the kernels read them
+    BnUnit expand, dw, project;      // project.y is the block output
     SeState se;
 };
 
@@ -245,6 +253,7 @@ struct GpuTrainer::Impl {
     // AdamW's "exp_avg"; second_moment (RMSProp and AdamW only) RMSProp's "ms" and AdamW's
     // "exp_avg_sq".
     DeviceBuffer momentum, second_moment;
+    DeviceBuffer chunk_class; // [param_total / kParamAlign] kernels::ParamClass: one update launch
     int64_t optimizer_steps = 0;
     bool has_optimizer_state = false;     // false: a fresh optimizer (exports as an empty map)
     DeviceBuffer norm_partials, norm_sum; // gradient clipping: the global sum of squares (double)
@@ -253,8 +262,9 @@ struct GpuTrainer::Impl {
     // Stem / head / classifier and per-block state.
     int stem_h = 0, stem_w = 0, stem_ld = 0, stem_taps = 0;
     int stem_pad_top = 0, stem_pad_left = 0;
-    DeviceBuffer input;   // [N, 3, H, W] fp32
-    DeviceBuffer columns; // [N*Ho*Wo, stem_ld]
+    DeviceBuffer input;         // [N, 3, H, W] fp32
+    cuda::PinnedBuffer staging; // [N, 3, H, W] fp32, page-locked (input_staging())
+    DeviceBuffer columns;       // [N*Ho*Wo, stem_ld]
     BnUnit stem, head;
     std::vector<BlockState> blocks;
     int head_h = 0, head_w = 0;
@@ -263,8 +273,9 @@ struct GpuTrainer::Impl {
     DeviceBuffer dropout_mask, pooled_dropped; // [N, Ch]: the classifier's input after dropout
     std::vector<float> host_dropout_mask;
     DeviceBuffer scratch[3];
+    DeviceBuffer gated;     // [rows, E] the largest squeeze-excite output (the backward's recompute)
     DeviceBuffer workspace; // fp32
-    int64_t max_activation = 0;
+    int64_t max_activation = 0, max_gated = 0;
     size_t workspace_floats = 0;
 
     std::unique_ptr<cuda::TrainBlas> blas;
@@ -284,8 +295,12 @@ struct GpuTrainer::Impl {
         return b;
     }
     DeviceBuffer alloc_act(int64_t rows, int channels, const std::string& what) {
-        max_activation = std::max(max_activation, rows * channels);
+        note_activation(rows, channels);
         return alloc(size_t(rows) * size_t(channels) * elem, what);
+    }
+    // An activation that lives only in the scratch buffers.
+    void note_activation(int64_t rows, int channels) {
+        max_activation = std::max(max_activation, rows * channels);
     }
 
     std::vector<StateSlot> state_slots() const {
@@ -319,7 +334,8 @@ struct GpuTrainer::Impl {
         return slots[it->second];
     }
 
-    void plan_bn(BnUnit& u, const std::string& prefix, int64_t rows, int channels, bool keep_output) {
+    void plan_bn(BnUnit& u, const std::string& prefix, int64_t rows, int channels, bool keep_output,
+                 bool load_transform = false) {
         EFFNET_CHECK(rows > 1, "GpuTrainer: train-mode batch norm '" + prefix +
                                    ".bn' needs more than one value per "
                                    "channel, got " +
@@ -328,9 +344,16 @@ struct GpuTrainer::Impl {
         u.rows = rows;
         u.channels = channels;
         u.z = alloc_act(rows, channels, prefix + ".z");
-        if (keep_output) u.y = alloc_act(rows, channels, prefix + ".y");
+        if (keep_output)
+            u.y = alloc_act(rows, channels, prefix + ".y");
+        else
+            note_activation(rows, channels);
         u.mean = alloc(size_t(channels) * 4, prefix + ".mean");
         u.invstd = alloc(size_t(channels) * 4, prefix + ".invstd");
+        if (load_transform) {
+            u.scale = alloc(size_t(channels) * 4, prefix + ".scale");
+            u.shift = alloc(size_t(channels) * 4, prefix + ".shift");
+        }
         workspace_floats = std::max(workspace_floats, kernels::batchnorm_workspace_floats(rows, channels));
     }
 
@@ -368,8 +391,15 @@ struct GpuTrainer::Impl {
     void plan();
     void forward();
     void backward();
+    void bn_stats(BnUnit& u);
+    void bn_apply(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale = nullptr,
+                  int64_t rows_per_image = 1);
     void bn_forward(BnUnit& u, Act act, const void* residual, void* out, const float* sample_scale = nullptr,
-                    int64_t rows_per_image = 1);
+                    int64_t rows_per_image = 1) {
+        bn_stats(u);
+        bn_apply(u, act, residual, out, sample_scale, rows_per_image);
+    }
+    void se_args(const BlockState& b, size_t i, const void* x, kernels::SqueezeExciteTrainArgs& se);
     // Writes dz (may alias dy). dy_pooled / dy_sample_scale: see BatchNormBackwardArgs.
     void bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled, int64_t rows_per_image,
                      void* dz, const float* dy_sample_scale = nullptr);
@@ -409,6 +439,20 @@ void GpuTrainer::Impl::plan() {
         slots.push_back(std::move(s));
     }
     master = alloc(size_t(param_total) * 4, "master weights");
+    {
+        // train::Optimizer's rule for which tensors decay, per chunk (tensors start at chunk boundaries).
+        std::vector<unsigned char> classes(size_t(param_total / kParamAlign), kernels::kParamFrozen);
+        for (const ParamSlot& s : slots) {
+            if (!s.trainable) continue;
+            const bool decay = options.decay_all || train::default_weight_decay(s.name);
+            const size_t first = size_t(s.offset / kParamAlign),
+                         n = size_t((s.count + kParamAlign - 1) / kParamAlign);
+            std::fill_n(classes.begin() + first, n, decay ? kernels::kParamDecay : kernels::kParamNoDecay);
+        }
+        chunk_class = alloc(classes.size(), "parameter classes");
+        EFFNET_CUDA_CHECK(
+            cudaMemcpy(chunk_class.data(), classes.data(), classes.size(), cudaMemcpyHostToDevice));
+    }
     grads = alloc(size_t(param_total) * 4, "gradients");
     momentum = alloc(size_t(param_total) * 4, "momentum buffers");
     if (options.optimizer != train::OptimizerKind::SGD)
@@ -426,6 +470,7 @@ void GpuTrainer::Impl::plan() {
 
     const int64_t N = batch;
     input = alloc(size_t(N) * c.in_channels * height * width * 4, "input");
+    staging = cuda::PinnedBuffer(input.size(), "the input staging buffer");
     // Stem: conv 3x3 stride 2 as im2col + GEMM.
     const cpu::Conv2dParams sp = cpu::conv_params(height, width, 3, 2, 1, c.padding);
     stem_h = conv_output_size(height, 3, 2, c.padding);
@@ -447,7 +492,9 @@ void GpuTrainer::Impl::plan() {
         b.in_h = h;
         b.in_w = w;
         const int64_t in_rows = N * h * w;
-        if (b.cfg.has_expand()) plan_bn(b.expand, p + "expand", in_rows, b.cfg.expand_channels, true);
+        if (b.cfg.has_expand())
+            plan_bn(b.expand, p + "expand", in_rows, b.cfg.expand_channels, false, /*load_transform=*/true);
+        note_activation(in_rows, b.cfg.expand_channels); // the depthwise input's gradient
         const cpu::Conv2dParams dp =
             cpu::conv_params(h, w, b.cfg.kernel, b.cfg.stride, b.cfg.expand_channels, c.padding);
         b.out_h = conv_output_size(h, b.cfg.kernel, b.cfg.stride, c.padding);
@@ -467,8 +514,11 @@ void GpuTrainer::Impl::plan() {
                                                            " has depthwise kernel " +
                                                            std::to_string(ds.kernel) + " (supported: 3, 5)");
         workspace_floats = std::max(workspace_floats, kernels::depthwise_weight_grad_workspace_floats(ds));
+        const size_t tap_bytes = size_t(ds.kernel) * ds.kernel * size_t(ds.channels) * 4;
+        b.taps = alloc(tap_bytes, p + "dw taps");
+        b.flipped_taps = alloc(tap_bytes, p + "dw flipped taps");
         const int64_t out_rows = N * b.out_h * b.out_w;
-        plan_bn(b.dw, p + "dw", out_rows, b.cfg.expand_channels, true);
+        plan_bn(b.dw, p + "dw", out_rows, b.cfg.expand_channels, false);
         if (b.cfg.has_se()) {
             SeState& se = b.se;
             se.reduced = b.cfg.se_channels;
@@ -477,7 +527,7 @@ void GpuTrainer::Impl::plan() {
             se.gate = alloc(nc, p + "se.gate");
             se.reduced_pre = alloc(ns, p + "se.reduced_pre");
             se.reduced_out = alloc(ns, p + "se.reduced_out");
-            se.out = alloc_act(out_rows, b.cfg.expand_channels, p + "se.out");
+            max_gated = std::max(max_gated, out_rows * b.cfg.expand_channels);
             workspace_floats =
                 std::max(workspace_floats,
                          kernels::squeeze_excite_workspace_floats(batch, b.cfg.expand_channels, se.reduced));
@@ -503,7 +553,8 @@ void GpuTrainer::Impl::plan() {
     sample_loss = alloc(size_t(N) * 4, "sample loss");
     targets = alloc(size_t(N) * 4, "targets");
     finite_flag = alloc(sizeof(int), "finite flag");
-    for (int i = 0; i < 3; ++i) scratch[i] = alloc(size_t(max_activation) * elem, "backward scratch");
+    for (int i = 0; i < 3; ++i) scratch[i] = alloc(size_t(max_activation) * elem, "scratch");
+    if (max_gated > 0) gated = alloc(size_t(max_gated) * elem, "squeeze-excite output scratch");
     workspace = alloc(std::max<size_t>(workspace_floats, 1) * 4, "reduction workspace");
     blas = std::make_unique<cuda::TrainBlas>(stream(), storage, options.deterministic);
     allocated += blas->workspace_bytes();
@@ -512,8 +563,7 @@ void GpuTrainer::Impl::plan() {
     EFFNET_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void* out,
-                                  const float* sample_scale, int64_t rows_per_image) {
+void GpuTrainer::Impl::bn_stats(BnUnit& u) {
     kernels::BatchNormStatsArgs s;
     s.x = u.z.data();
     s.rows = u.rows;
@@ -526,8 +576,18 @@ void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void
     }
     s.save_mean = u.mean.as<float>();
     s.save_invstd = u.invstd.as<float>();
+    if (u.scale.data()) {
+        s.gamma = param(u.prefix + ".bn.weight");
+        s.beta = param(u.prefix + ".bn.bias");
+        s.save_scale = u.scale.as<float>();
+        s.save_shift = u.shift.as<float>();
+    }
     s.workspace = workspace.as<float>();
     kernels::launch_batchnorm_stats(s, storage, stream());
+}
+
+void GpuTrainer::Impl::bn_apply(BnUnit& u, Act act, const void* residual, void* out,
+                                const float* sample_scale, int64_t rows_per_image) {
     kernels::BatchNormApplyArgs a;
     a.x = u.z.data();
     a.mean = u.mean.as<float>();
@@ -542,6 +602,25 @@ void GpuTrainer::Impl::bn_forward(BnUnit& u, Act act, const void* residual, void
     a.channels = u.channels;
     a.act = act;
     kernels::launch_batchnorm_apply(a, storage, stream());
+}
+
+void GpuTrainer::Impl::se_args(const BlockState& b, size_t i, const void* x,
+                               kernels::SqueezeExciteTrainArgs& se) {
+    const std::string p = "blocks." + std::to_string(i) + ".";
+    se.batch = batch;
+    se.hw = int64_t(b.out_h) * b.out_w;
+    se.channels = b.cfg.expand_channels;
+    se.reduced = b.se.reduced;
+    se.act = kernels::to_act(config.activation);
+    se.x = x;
+    se.w1 = param(p + "se.reduce.weight");
+    se.b1 = param(p + "se.reduce.bias");
+    se.w2 = param(p + "se.expand.weight");
+    se.b2 = param(p + "se.expand.bias");
+    se.squeezed = b.se.squeezed.as<float>();
+    se.reduced_pre = b.se.reduced_pre.as<float>();
+    se.reduced_out = b.se.reduced_out.as<float>();
+    se.gate = b.se.gate.as<float>();
 }
 
 void GpuTrainer::Impl::bn_backward(BnUnit& u, Act act, const void* dy, const float* dy_pooled,
@@ -598,39 +677,32 @@ void GpuTrainer::Impl::forward() {
     for (size_t i = 0; i < blocks.size(); ++i) {
         BlockState& b = blocks[i];
         const std::string p = "blocks." + std::to_string(i) + ".";
+        const int E = b.cfg.expand_channels;
+        // The depthwise input: the block input, or the expand conv's z with its BN + act applied on load.
         const void* dw_in = x;
+        kernels::DepthwiseInputTransform dw_in_transform;
         if (b.cfg.has_expand()) {
             blas->forward(x, b.cfg.in_channels, gemm_weight(p + "expand.conv.weight"), b.cfg.in_channels,
-                          b.expand.z.data(), b.expand.rows, b.cfg.in_channels, b.cfg.expand_channels);
-            bn_forward(b.expand, act, nullptr, b.expand.y.data());
-            dw_in = b.expand.y.data();
+                          b.expand.z.data(), b.expand.rows, b.cfg.in_channels, E);
+            bn_stats(b.expand);
+            dw_in = b.expand.z.data();
+            dw_in_transform = {b.expand.scale.as<float>(), b.expand.shift.as<float>(), act};
         }
-        kernels::launch_depthwise_train_forward(dw_in, param(p + "dw.conv.weight"), b.dw.z.data(), b.dw_shape,
-                                                storage, st);
-        bn_forward(b.dw, act, nullptr, b.dw.y.data());
-        const void* project_in = b.dw.y.data();
+        kernels::launch_depthwise_weight_taps(param(p + "dw.conv.weight"), b.taps.as<float>(),
+                                              b.flipped_taps.as<float>(), E, b.cfg.kernel, st);
+        kernels::launch_depthwise_train_forward(dw_in, dw_in_transform, b.taps.as<float>(), b.dw.z.data(),
+                                                b.dw_shape, storage, st);
+        // BN + act and squeeze-excite into scratch: the backward recomputes them from dw.z.
+        bn_forward(b.dw, act, nullptr, scratch[0].data());
+        const void* project_in = scratch[0].data();
         if (b.cfg.has_se()) {
             kernels::SqueezeExciteTrainArgs se;
-            se.batch = batch;
-            se.hw = int64_t(b.out_h) * b.out_w;
-            se.channels = b.cfg.expand_channels;
-            se.reduced = b.se.reduced;
-            se.act = act;
-            se.x = b.dw.y.data();
-            se.w1 = param(p + "se.reduce.weight");
-            se.b1 = param(p + "se.reduce.bias");
-            se.w2 = param(p + "se.expand.weight");
-            se.b2 = param(p + "se.expand.bias");
-            se.squeezed = b.se.squeezed.as<float>();
-            se.reduced_pre = b.se.reduced_pre.as<float>();
-            se.reduced_out = b.se.reduced_out.as<float>();
-            se.gate = b.se.gate.as<float>();
-            kernels::launch_squeeze_excite_train_forward(se, b.se.out.data(), storage, st);
-            project_in = b.se.out.data();
+            se_args(b, i, scratch[0].data(), se);
+            kernels::launch_squeeze_excite_train_forward(se, scratch[1].data(), storage, st);
+            project_in = scratch[1].data();
         }
-        blas->forward(project_in, b.cfg.expand_channels, gemm_weight(p + "project.conv.weight"),
-                      b.cfg.expand_channels, b.project.z.data(), b.project.rows, b.cfg.expand_channels,
-                      b.cfg.out_channels);
+        blas->forward(project_in, E, gemm_weight(p + "project.conv.weight"), E, b.project.z.data(),
+                      b.project.rows, E, b.cfg.out_channels);
         bn_forward(b.project, Act::None, b.cfg.has_residual() ? x : nullptr, b.project.y.data(),
                    b.drop_path ? b.drop_mask.as<float>() : nullptr, int64_t(b.out_h) * b.out_w);
         x = b.project.y.data();
@@ -682,7 +754,7 @@ void GpuTrainer::Impl::backward() {
     cudaStream_t st = stream();
     const int K = c.num_classes, Ch = head.channels;
 
-    // Classifier: dW [K, Ch] = dlogits^T pooled; db [K] = sum_n dlogits; dpooled [N, Ch] = dlogits W.
+    // Classifier: dW [K, Ch] = dlogits^T pooled and db [K] = sum_n dlogits; dpooled [N, Ch] = dlogits W.
     kernels::SmallMatmulArgs m;
     m.a = dlogits.as<float>();
     m.a_row = 1;
@@ -694,15 +766,7 @@ void GpuTrainer::Impl::backward() {
     m.cols = Ch;
     m.inner = batch;
     m.out = grad("classifier.weight");
-    kernels::launch_small_matmul(m, st);
-    m = kernels::SmallMatmulArgs{};
-    m.a = dlogits.as<float>();
-    m.a_row = 1;
-    m.a_col = K;
-    m.rows = K;
-    m.cols = 1;
-    m.inner = batch;
-    m.out = grad("classifier.bias");
+    m.row_sum = grad("classifier.bias"); // db [K] = sum_n dlogits, in the same launch
     kernels::launch_small_matmul(m, st);
     m = kernels::SmallMatmulArgs{};
     m.a = dlogits.as<float>();
@@ -729,71 +793,69 @@ void GpuTrainer::Impl::backward() {
     blas->backward_data(scratch[0].data(), gemm_weight("head.conv.weight"), scratch[1].data(), head.rows,
                         in_ch, Ch, false);
 
-    int o = 1; // scratch index holding the gradient of the current block's output
+    // o: the scratch buffer holding the gradient of the current block's output; each block
+    // leaves the gradient of its input there (the residual gradient is accumulated in place).
+    const int o = 1;
+    const int f1 = 2, f2 = 0;
     for (int i = int(blocks.size()) - 1; i >= 0; --i) {
         BlockState& b = blocks[size_t(i)];
         const std::string p = "blocks." + std::to_string(i) + ".";
-        const int f1 = (o + 1) % 3, f2 = (o + 2) % 3;
         void* d_out = scratch[o].data();
+        void* s1 = scratch[f1].data();
+        void* s2 = scratch[f2].data();
         const void* x = i == 0 ? stem.y.data() : blocks[size_t(i - 1)].project.y.data();
         const int E = b.cfg.expand_channels, Cin = b.cfg.in_channels, Cout = b.cfg.out_channels;
+        const bool residual = b.cfg.has_residual();
 
-        // Project: BN backward (no activation), then the GEMM gradients.
-        bn_backward(b.project, Act::None, d_out, nullptr, int64_t(b.out_h) * b.out_w, scratch[f1].data(),
+        // Project: BN backward (no activation) -> s1 = dz_project.
+        bn_backward(b.project, Act::None, d_out, nullptr, int64_t(b.out_h) * b.out_w, s1,
                     b.drop_path ? b.drop_mask.as<float>() : nullptr);
-        const void* project_in = b.cfg.has_se() ? b.se.out.data() : b.dw.y.data();
-        blas->backward_weight(project_in, E, scratch[f1].data(), grad(p + "project.conv.weight"),
-                              b.project.rows, E, Cout);
-        blas->backward_data(scratch[f1].data(), gemm_weight(p + "project.conv.weight"), scratch[f2].data(),
-                            b.project.rows, E, Cout, false);
-        int d = f2, e = f1; // d: gradient of the depthwise unit's output; e: free
+        // The project GEMM's input, recomputed: s2 = act(bn(dw.z)) [* gate -> gated].
+        bn_apply(b.dw, act, nullptr, s2);
+        void* d_dw = s2; // will hold the gradient of the depthwise unit's (activated) output
         if (b.cfg.has_se()) {
             kernels::SqueezeExciteTrainArgs se;
-            se.batch = batch;
-            se.hw = int64_t(b.out_h) * b.out_w;
-            se.channels = E;
-            se.reduced = b.se.reduced;
-            se.act = act;
-            se.x = b.dw.y.data();
-            se.w1 = param(p + "se.reduce.weight");
-            se.b1 = param(p + "se.reduce.bias");
-            se.w2 = param(p + "se.expand.weight");
-            se.b2 = param(p + "se.expand.bias");
-            se.squeezed = b.se.squeezed.as<float>();
-            se.reduced_pre = b.se.reduced_pre.as<float>();
-            se.reduced_out = b.se.reduced_out.as<float>();
-            se.gate = b.se.gate.as<float>();
-            kernels::launch_squeeze_excite_backward(se, scratch[f2].data(), scratch[f1].data(),
-                                                    grad(p + "se.reduce.weight"), grad(p + "se.reduce.bias"),
-                                                    grad(p + "se.expand.weight"), grad(p + "se.expand.bias"),
-                                                    workspace.as<float>(), storage, st);
-            d = f1;
-            e = f2;
+            se_args(b, size_t(i), s2, se);
+            kernels::launch_squeeze_excite_gate(s2, b.se.gate.as<float>(), gated.data(), batch, se.hw, E,
+                                                storage, st);
+            blas->backward_weight(gated.data(), E, s1, grad(p + "project.conv.weight"), b.project.rows, E,
+                                  Cout);
+            blas->backward_data(s1, gemm_weight(p + "project.conv.weight"), gated.data(), b.project.rows, E,
+                                Cout, false);
+            // SE backward: x = s2 (the depthwise output), dy = gated -> s1.
+            kernels::launch_squeeze_excite_backward(
+                se, gated.data(), s1, grad(p + "se.reduce.weight"), grad(p + "se.reduce.bias"),
+                grad(p + "se.expand.weight"), grad(p + "se.expand.bias"), workspace.as<float>(), storage, st);
+            d_dw = s1;
+        } else {
+            blas->backward_weight(s2, E, s1, grad(p + "project.conv.weight"), b.project.rows, E, Cout);
+            blas->backward_data(s1, gemm_weight(p + "project.conv.weight"), s2, b.project.rows, E, Cout,
+                                false);
         }
+        void* d_free = d_dw == s1 ? s2 : s1;
         // Depthwise: BN (+act) backward in place, then weight and data gradients.
-        bn_backward(b.dw, act, scratch[d].data(), nullptr, 1, scratch[d].data());
-        const void* dw_in = b.cfg.has_expand() ? b.expand.y.data() : x;
-        kernels::launch_depthwise_backward_weight(dw_in, scratch[d].data(), grad(p + "dw.conv.weight"),
+        bn_backward(b.dw, act, d_dw, nullptr, 1, d_dw);
+        const void* dw_in = x;
+        kernels::DepthwiseInputTransform dw_in_transform;
+        if (b.cfg.has_expand()) {
+            dw_in = b.expand.z.data();
+            dw_in_transform = {b.expand.scale.as<float>(), b.expand.shift.as<float>(), act};
+        }
+        kernels::launch_depthwise_backward_weight(dw_in, dw_in_transform, d_dw, grad(p + "dw.conv.weight"),
                                                   workspace.as<float>(), b.dw_shape, storage, st);
-        const bool residual = b.cfg.has_residual();
         if (!b.cfg.has_expand()) {
-            kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"),
-                                                    residual ? d_out : nullptr, scratch[e].data(), b.dw_shape,
-                                                    storage, st);
-            o = e;
+            // The block input's gradient straight into o (+ the residual gradient already there).
+            kernels::launch_depthwise_backward_data(
+                d_dw, b.flipped_taps.as<float>(), residual ? d_out : nullptr, d_out, b.dw_shape, storage, st);
             continue;
         }
-        kernels::launch_depthwise_backward_data(scratch[d].data(), param(p + "dw.conv.weight"), nullptr,
-                                                scratch[e].data(), b.dw_shape, storage, st);
-        bn_backward(b.expand, act, scratch[e].data(), nullptr, 1, scratch[e].data());
-        blas->backward_weight(x, Cin, scratch[e].data(), grad(p + "expand.conv.weight"), b.expand.rows, Cin,
-                              E);
-        if (residual)
-            EFFNET_CUDA_CHECK(cudaMemcpyAsync(scratch[d].data(), d_out, size_t(b.expand.rows) * Cin * elem,
-                                              cudaMemcpyDeviceToDevice, st));
-        blas->backward_data(scratch[e].data(), gemm_weight(p + "expand.conv.weight"), scratch[d].data(),
-                            b.expand.rows, Cin, E, residual);
-        o = d;
+        kernels::launch_depthwise_backward_data(d_dw, b.flipped_taps.as<float>(), nullptr, d_free, b.dw_shape,
+                                                storage, st);
+        bn_backward(b.expand, act, d_free, nullptr, 1, d_free);
+        blas->backward_weight(x, Cin, d_free, grad(p + "expand.conv.weight"), b.expand.rows, Cin, E);
+        // The block input's gradient into o: added to the residual gradient there, or over it.
+        blas->backward_data(d_free, gemm_weight(p + "expand.conv.weight"), d_out, b.expand.rows, Cin, E,
+                            residual);
     }
 
     // Stem: BN (+act) backward in place, weight gradient from the im2col columns.
@@ -837,6 +899,8 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
     }
     ctx.activate();
     cudaStream_t st = stream();
+    // From the page-locked staging buffer the copy is one DMA; from pageable memory the driver
+    // stages it through its own pinned buffers first.
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(input.data(), input_host, input.size(), cudaMemcpyHostToDevice, st));
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(targets.data(), t.data(), t.size() * 4, cudaMemcpyHostToDevice, st));
     have_gradients = false;
@@ -898,69 +962,71 @@ bool GpuTrainer::apply_update(double lr) {
     }
     ++m.optimizer_steps; // before the update, as train::Optimizer::step (AdamW's t starts at 1)
     m.launch_update(lr, grad_scale);
-    EFFNET_CUDA_CHECK(cudaStreamSynchronize(st));
+    // Not waited for: everything that reads the parameters runs after it on the stream, and
+    // every download synchronises (execution errors surface there, or at the next step).
     m.have_gradients = false; // one update per backward
     m.has_optimizer_state = true;
     return true;
 }
 
-// The update of every trainable parameter with train::Optimizer's per-parameter weight decay.
+// One launch updates every trainable parameter, with train::Optimizer's per-parameter weight
+// decay from chunk_class (frozen chunks, the running statistics, are left alone).
 void GpuTrainer::Impl::launch_update(double lr, double grad_scale) {
     const GpuTrainOptions& o = options;
-    for (const ParamSlot& s : slots) {
-        if (!s.trainable) continue;
-        const double wd = (o.decay_all || train::default_weight_decay(s.name)) ? o.weight_decay : 0.0;
-        float* p = master.as<float>() + s.offset;
-        const float* g = grads.as<float>() + s.offset;
-        switch (o.optimizer) {
-        case train::OptimizerKind::SGD: {
-            kernels::SgdArgs a;
-            a.param = p;
-            a.grad = g;
-            a.momentum_buffer = momentum.as<float>() + s.offset;
-            a.count = s.count;
-            a.lr = lr;
-            a.momentum = o.momentum;
-            a.nesterov = o.nesterov;
-            a.weight_decay = wd;
-            a.grad_scale = grad_scale;
-            kernels::launch_sgd_update(a, stream());
-            break;
-        }
-        case train::OptimizerKind::RMSProp: {
-            kernels::RmsPropArgs a;
-            a.param = p;
-            a.grad = g;
-            a.mean_square = second_moment.as<float>() + s.offset;
-            a.momentum_buffer = momentum.as<float>() + s.offset;
-            a.count = s.count;
-            a.lr = lr;
-            a.decay = o.rms_decay;
-            a.momentum = o.momentum;
-            a.eps = o.rms_eps;
-            a.weight_decay = wd;
-            a.grad_scale = grad_scale;
-            kernels::launch_rmsprop_update(a, stream());
-            break;
-        }
-        case train::OptimizerKind::AdamW: {
-            kernels::AdamWArgs a;
-            a.param = p;
-            a.grad = g;
-            a.exp_avg = momentum.as<float>() + s.offset;
-            a.exp_avg_sq = second_moment.as<float>() + s.offset;
-            a.count = s.count;
-            a.lr = lr;
-            a.beta1 = o.beta1;
-            a.beta2 = o.beta2;
-            a.eps = o.adam_eps;
-            a.weight_decay = wd;
-            a.grad_scale = grad_scale;
-            a.step = optimizer_steps;
-            kernels::launch_adamw_update(a, stream());
-            break;
-        }
-        }
+    float* p = master.as<float>();
+    const float* g = grads.as<float>();
+    const auto* classes = chunk_class.as<unsigned char>();
+    switch (o.optimizer) {
+    case train::OptimizerKind::SGD: {
+        kernels::SgdArgs a;
+        a.param = p;
+        a.grad = g;
+        a.momentum_buffer = momentum.as<float>();
+        a.count = param_total;
+        a.lr = lr;
+        a.momentum = o.momentum;
+        a.nesterov = o.nesterov;
+        a.weight_decay = o.weight_decay;
+        a.grad_scale = grad_scale;
+        a.chunk_class = classes;
+        kernels::launch_sgd_update(a, stream());
+        return;
+    }
+    case train::OptimizerKind::RMSProp: {
+        kernels::RmsPropArgs a;
+        a.param = p;
+        a.grad = g;
+        a.mean_square = second_moment.as<float>();
+        a.momentum_buffer = momentum.as<float>();
+        a.count = param_total;
+        a.lr = lr;
+        a.decay = o.rms_decay;
+        a.momentum = o.momentum;
+        a.eps = o.rms_eps;
+        a.weight_decay = o.weight_decay;
+        a.grad_scale = grad_scale;
+        a.chunk_class = classes;
+        kernels::launch_rmsprop_update(a, stream());
+        return;
+    }
+    case train::OptimizerKind::AdamW: {
+        kernels::AdamWArgs a;
+        a.param = p;
+        a.grad = g;
+        a.exp_avg = momentum.as<float>();
+        a.exp_avg_sq = second_moment.as<float>();
+        a.count = param_total;
+        a.lr = lr;
+        a.beta1 = o.beta1;
+        a.beta2 = o.beta2;
+        a.eps = o.adam_eps;
+        a.weight_decay = o.weight_decay;
+        a.grad_scale = grad_scale;
+        a.step = optimizer_steps;
+        a.chunk_class = classes;
+        kernels::launch_adamw_update(a, stream());
+        return;
+    }
     }
 }
 
@@ -1091,6 +1157,10 @@ void GpuTrainer::set_optimizer_state(const train::ParamMap& state, int64_t optim
 
 double GpuTrainer::last_grad_norm() const {
     return impl_->last_grad_norm;
+}
+
+float* GpuTrainer::input_staging() {
+    return impl_->staging.as<float>();
 }
 
 int GpuTrainer::batch() const {

@@ -34,6 +34,7 @@
 #include "kernels/cross_entropy.cuh"
 #include "kernels/depthwise_conv_backward.cuh"
 #include "kernels/sgd.cuh"
+#include "kernels/small_matmul.cuh"
 #include "kernels/squeeze_excite_backward.cuh"
 #include "libeffnet/cuda/train_step.hpp"
 
@@ -98,10 +99,15 @@ TEST_CASE("training activation forward/backward matches CPU", "[gpu][train][sani
 TEST_CASE("training batch norm (batch statistics, running stats, fused activation) matches CPU",
           "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
-    for (int C : {13, 40})
+    // C = 13: the scalar path. C = 40: 16-byte vectors (5 fp16 / 10 fp32 per row). C = 264 with
+    // more rows: vectors split over 2-3 channel blocks (an idle column in fp16) and 51 row chunks,
+    // the last one short; with it the per-sample paths as the trainer runs them: stochastic-depth
+    // scales (no activation), the pooled dy (SiLU, also at C = 13) and dx written over dy (ReLU6).
+    for (int C : {13, 40, 264})
         for (int act : {0, 1, 2})
             for (Precision prec : kAllPrecisions) {
-                const int N = 2, H = 17, W = 34;
+                const bool big = C == 264;
+                const int N = big ? 3 : 2, H = big ? 37 : 17, W = big ? 29 : 34;
                 const int64_t rows = int64_t(N) * H * W;
                 const float eps = 1e-3f, momentum = 0.1f;
                 const uint64_t seed = 300 + C * 3 + act;
@@ -113,36 +119,56 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                        rv = random_tensor({C}, seed + 4, 0.5f, 2.0f);
                 const Tensor rm0 = rm, rv0 = rv;
                 const bool residual = act == 0;
-                const bool pooled = act == 1 && C == 13; // the fused global-average-pool backward
+                const bool pooled = act == 1 && (C == 13 || big); // the fused global-average-pool backward
+                const bool sample = act == 0 && big;              // per-sample scales on y and on dy
+                const bool in_place = act == 2 && big;            // dx over dy
                 const Tensor res = rounded(random_tensor({N, C, H, W}, seed + 5), prec);
                 const Tensor dpool = random_tensor({N, C}, seed + 6);
                 const Tensor dy = pooled ? cpu::global_avg_pool_backward(x.shape, dpool)
                                          : rounded(random_tensor({N, C, H, W}, seed + 7), prec);
+                const Tensor y_scale = random_tensor({N}, seed + 8, 0.5f, 1.5f);
+                const Tensor dy_scale = random_tensor({N}, seed + 9, 0.5f, 1.5f);
+                auto per_sample = [](Tensor t, const Tensor& s) { // t[n, ...] *= s[n]
+                    const int64_t per = t.numel() / t.dim(0);
+                    for (int64_t i = 0; i < t.numel(); ++i) t.data[size_t(i)] *= s.data[size_t(i / per)];
+                    return t;
+                };
 
                 cpu::BatchNormSaved saved;
                 const Tensor ybn =
                     cpu::batchnorm_train_forward(x, gamma, beta, eps, &saved, &rm, &rv, momentum);
                 Tensor y = act_ptr(act) ? cpu::activation_forward(ybn, *act_ptr(act)) : ybn;
+                if (sample) y = per_sample(y, y_scale);
                 if (residual) y = cpu::add(y, res);
-                const Tensor g = act_ptr(act) ? cpu::activation_backward(ybn, dy, *act_ptr(act)) : dy;
+                const Tensor dy_s = sample ? per_sample(dy, dy_scale) : dy;
+                const Tensor g = act_ptr(act) ? cpu::activation_backward(ybn, dy_s, *act_ptr(act)) : dy_s;
                 Tensor dx, dgamma, dbeta;
                 cpu::batchnorm_train_backward(x, gamma, saved, g, &dx, &dgamma, &dbeta);
-                std::vector<float> mean_ref(static_cast<size_t>(C)), invstd_ref(static_cast<size_t>(C));
+                std::vector<float> mean_ref(static_cast<size_t>(C)), invstd_ref(static_cast<size_t>(C)),
+                    scale_ref(static_cast<size_t>(C)), shift_ref(static_cast<size_t>(C));
                 for (int c = 0; c < C; ++c) {
-                    mean_ref[size_t(c)] = float(saved.mean[size_t(c)]);
-                    invstd_ref[size_t(c)] = float(saved.invstd[size_t(c)]);
+                    const size_t i = size_t(c);
+                    mean_ref[i] = float(saved.mean[i]);
+                    invstd_ref[i] = float(saved.invstd[i]);
+                    const double scale = double(gamma.data[i]) * saved.invstd[i];
+                    scale_ref[i] = float(scale);
+                    shift_ref[i] = float(double(beta.data[i]) - saved.mean[i] * scale);
                 }
 
                 auto d_x = upload(nchw_to_nhwc(x), prec);
                 auto d_res = upload(nchw_to_nhwc(res), prec);
                 auto d_dy = upload(nchw_to_nhwc(dy), prec);
                 auto d_dpool = upload_f32(dpool.data);
+                auto d_y_scale = upload_f32(y_scale.data);
+                auto d_dy_scale = upload_f32(dy_scale.data);
                 auto d_gamma = upload_f32(gamma.data);
                 auto d_beta = upload_f32(beta.data);
                 auto d_rm = upload_f32(rm0.data);
                 auto d_rv = upload_f32(rv0.data);
                 auto d_mean = poisoned(size_t(C), Precision::FP32);
                 auto d_invstd = poisoned(size_t(C), Precision::FP32);
+                auto d_scale = poisoned(size_t(C), Precision::FP32);
+                auto d_shift = poisoned(size_t(C), Precision::FP32);
                 auto d_y = poisoned(size_t(rows) * C, prec);
                 auto d_dx = poisoned(size_t(rows) * C, prec);
                 auto d_dgamma = poisoned(size_t(C), Precision::FP32);
@@ -159,6 +185,10 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 s.running_var = d_rv.as<float>();
                 s.save_mean = d_mean.as<float>();
                 s.save_invstd = d_invstd.as<float>();
+                s.gamma = d_gamma.as<float>();
+                s.beta = d_beta.as<float>();
+                s.save_scale = d_scale.as<float>();
+                s.save_shift = d_shift.as<float>();
                 s.workspace = d_ws.as<float>();
                 kernels::launch_batchnorm_stats(s, prec, nullptr);
                 kernels::BatchNormApplyArgs a;
@@ -168,6 +198,8 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 a.gamma = d_gamma.as<float>();
                 a.beta = d_beta.as<float>();
                 a.residual = residual ? d_res.data() : nullptr;
+                a.sample_scale = sample ? d_y_scale.as<float>() : nullptr;
+                a.rows_per_image = int64_t(H) * W;
                 a.y = d_y.data();
                 a.rows = rows;
                 a.channels = C;
@@ -179,6 +211,7 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 b.dy_pooled = pooled ? d_dpool.as<float>() : nullptr;
                 b.rows_per_image = int64_t(H) * W;
                 b.pooled_scale = float(1.0 / double(H * W));
+                b.dy_sample_scale = sample ? d_dy_scale.as<float>() : nullptr;
                 b.mean = d_mean.as<float>();
                 b.invstd = d_invstd.as<float>();
                 b.gamma = d_gamma.as<float>();
@@ -186,7 +219,7 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
                 b.act = a.act;
                 b.dgamma = d_dgamma.as<float>();
                 b.dbeta = d_dbeta.as<float>();
-                b.dx = d_dx.data();
+                b.dx = in_place ? d_dy.data() : d_dx.data();
                 b.rows = rows;
                 b.channels = C;
                 b.workspace = d_ws.as<float>();
@@ -194,96 +227,165 @@ TEST_CASE("training batch norm (batch statistics, running stats, fused activatio
 
                 const std::string name = "batchnorm C=" + std::to_string(C) + " " + act_label(act) +
                                          (residual ? " +residual" : "") + (pooled ? " pooled-dy" : "") +
+                                         (sample ? " per-sample" : "") + (in_place ? " in-place" : "") +
                                          tag(prec);
                 const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
+                const std::vector<float> mean_got = download(d_mean, size_t(C), Precision::FP32);
+                const std::vector<float> dgamma_got = download(d_dgamma, size_t(C), Precision::FP32);
+                const std::vector<float> dx_flat = download(in_place ? d_dy : d_dx, size_t(rows) * C, prec);
                 const Tensor y_got = nhwc_to_nchw(download(d_y, size_t(rows) * C, prec), N, H, W, C);
-                const Tensor dx_got = nhwc_to_nchw(download(d_dx, size_t(rows) * C, prec), N, H, W, C);
+                const Tensor dx_got = nhwc_to_nchw(dx_flat, N, H, W, C);
                 CHECK(report(name + " y", rel_error(y_got.data, y.data), tol) <= tol);
-                CHECK(report(name + " mean",
-                             rel_error(download(d_mean, size_t(C), Precision::FP32), mean_ref),
-                             rtol) <= rtol);
+                CHECK(report(name + " mean", rel_error(mean_got, mean_ref), rtol) <= rtol);
                 CHECK(report(name + " invstd",
                              rel_error(download(d_invstd, size_t(C), Precision::FP32), invstd_ref),
+                             rtol) <= rtol);
+                CHECK(report(name + " save_scale",
+                             rel_error(download(d_scale, size_t(C), Precision::FP32), scale_ref),
+                             rtol) <= rtol);
+                CHECK(report(name + " save_shift",
+                             rel_error(download(d_shift, size_t(C), Precision::FP32), shift_ref),
                              rtol) <= rtol);
                 CHECK(report(name + " running_mean",
                              rel_error(download(d_rm, size_t(C), Precision::FP32), rm.data), rtol) <= rtol);
                 CHECK(report(name + " running_var",
                              rel_error(download(d_rv, size_t(C), Precision::FP32), rv.data), rtol) <= rtol);
-                CHECK(report(name + " dgamma",
-                             rel_error(download(d_dgamma, size_t(C), Precision::FP32), dgamma.data),
-                             rtol) <= rtol);
+                CHECK(report(name + " dgamma", rel_error(dgamma_got, dgamma.data), rtol) <= rtol);
                 CHECK(report(name + " dbeta",
                              rel_error(download(d_dbeta, size_t(C), Precision::FP32), dbeta.data),
                              rtol) <= rtol);
                 CHECK(report(name + " dx", rel_error(dx_got.data, dx.data), tol) <= tol);
+
+                // Deterministic: the statistics and the backward again (into fresh outputs) give
+                // the same bits.
+                if (big && !in_place) {
+                    auto d_mean2 = poisoned(size_t(C), Precision::FP32);
+                    auto d_invstd2 = poisoned(size_t(C), Precision::FP32);
+                    auto d_dgamma2 = poisoned(size_t(C), Precision::FP32);
+                    auto d_dx2 = poisoned(size_t(rows) * C, prec);
+                    s.running_mean = s.running_var = nullptr;
+                    s.save_mean = d_mean2.as<float>();
+                    s.save_invstd = d_invstd2.as<float>();
+                    s.save_scale = s.save_shift = nullptr;
+                    kernels::launch_batchnorm_stats(s, prec, nullptr);
+                    b.dgamma = d_dgamma2.as<float>();
+                    b.dbeta = nullptr;
+                    b.dx = d_dx2.data();
+                    kernels::launch_batchnorm_backward(b, prec, nullptr);
+                    const bool same_mean = download(d_mean2, size_t(C), Precision::FP32) == mean_got;
+                    const bool same_dgamma = download(d_dgamma2, size_t(C), Precision::FP32) == dgamma_got;
+                    const bool same_dx = download(d_dx2, size_t(rows) * C, prec) == dx_flat;
+                    CHECK(same_mean);
+                    CHECK(same_dgamma);
+                    CHECK(same_dx);
+                }
             }
 }
 
 TEST_CASE("training depthwise conv forward, data and weight gradients match CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
+    // C: 13 runs every scalar fallback; 24 and 72 the vector paths (72 fp16: a partial channel
+    // slab in the forward and stride-1 data-gradient tiles). transform: the input batch norm +
+    // SiLU applied on load (then dx aliases add); without it, add is separate (Symmetric) or
+    // absent (TfSame).
     for (int k : {3, 5})
         for (int s : {1, 2})
             for (Padding pad : {Padding::Symmetric, Padding::TfSame})
-                for (int C : {13, 24})
-                    for (Precision prec : kAllPrecisions) {
-                        const int N = 2, H = 17, W = 34;
-                        const uint64_t seed = 700 + 10 * k + s + C + (pad == Padding::TfSame ? 5 : 0);
-                        const Tensor x = rounded(random_tensor({N, C, H, W}, seed, -2.0f, 2.0f), prec);
-                        const Tensor w = random_tensor({C, 1, k, k}, seed + 1, -0.5f, 0.5f);
-                        const cpu::Conv2dParams cp = cpu::conv_params(H, W, k, s, C, pad);
-                        const Tensor y = cpu::conv2d_forward(x, w, nullptr, cp);
-                        const int Ho = int(y.dim(2)), Wo = int(y.dim(3));
-                        const Tensor dy = rounded(random_tensor({N, C, Ho, Wo}, seed + 2), prec);
-                        const Tensor add = rounded(random_tensor({N, C, H, W}, seed + 3), prec);
-                        Tensor dx, dw;
-                        cpu::conv2d_backward(x, w, dy, cp, &dx, &dw, nullptr);
-                        const Tensor dx_ref = cpu::add(dx, add);
+                for (int C : {13, 24, 72})
+                    for (bool transform : {false, true})
+                        for (Precision prec : kAllPrecisions) {
+                            const int N = 2, H = 17, W = 34;
+                            const uint64_t seed = 700 + 10 * k + s + C + (pad == Padding::TfSame ? 5 : 0) +
+                                                  (transform ? 1000 : 0);
+                            const Tensor x = rounded(random_tensor({N, C, H, W}, seed, -2.0f, 2.0f), prec);
+                            const Tensor scale = random_tensor({C}, seed + 4, 0.5f, 1.5f);
+                            const Tensor shift = random_tensor({C}, seed + 5, -0.5f, 0.5f);
+                            // x' = SiLU(x * scale[c] + shift[c]) or x: what the convolution sees.
+                            Tensor xt = x;
+                            if (transform) {
+                                for (size_t i = 0; i < xt.data.size(); ++i) {
+                                    const size_t c = (i / size_t(H * W)) % size_t(C);
+                                    xt.data[i] = x.data[i] * scale.data[c] + shift.data[c];
+                                }
+                                xt = cpu::activation_forward(xt, Activation::SiLU);
+                            }
+                            const Tensor w = random_tensor({C, 1, k, k}, seed + 1, -0.5f, 0.5f);
+                            const cpu::Conv2dParams cp = cpu::conv_params(H, W, k, s, C, pad);
+                            const Tensor y = cpu::conv2d_forward(xt, w, nullptr, cp);
+                            const int Ho = int(y.dim(2)), Wo = int(y.dim(3));
+                            const Tensor dy = rounded(random_tensor({N, C, Ho, Wo}, seed + 2), prec);
+                            const bool with_add = transform || pad == Padding::Symmetric;
+                            const Tensor add = rounded(random_tensor({N, C, H, W}, seed + 3), prec);
+                            Tensor dx, dw;
+                            cpu::conv2d_backward(xt, w, dy, cp, &dx, &dw, nullptr);
+                            const Tensor dx_ref = with_add ? cpu::add(dx, add) : dx;
 
-                        kernels::DepthwiseShape sh;
-                        sh.batch = N;
-                        sh.height = H;
-                        sh.width = W;
-                        sh.channels = C;
-                        sh.kernel = k;
-                        sh.stride = s;
-                        sh.pad_top = cp.pad_top;
-                        sh.pad_left = cp.pad_left;
-                        sh.out_height = Ho;
-                        sh.out_width = Wo;
-                        auto d_x = upload(nchw_to_nhwc(x), prec);
-                        auto d_w = upload_f32(w.data);
-                        auto d_dy = upload(nchw_to_nhwc(dy), prec);
-                        auto d_add = upload(nchw_to_nhwc(add), prec);
-                        auto d_y = poisoned(size_t(N) * Ho * Wo * C, prec);
-                        auto d_dx = poisoned(size_t(N) * H * W * C, prec);
-                        auto d_dw = poisoned(size_t(C) * k * k, Precision::FP32);
-                        auto d_ws =
-                            poisoned(kernels::depthwise_weight_grad_workspace_floats(sh), Precision::FP32);
-                        kernels::launch_depthwise_train_forward(d_x.data(), d_w.as<float>(), d_y.data(), sh,
-                                                                prec, nullptr);
-                        kernels::launch_depthwise_backward_data(d_dy.data(), d_w.as<float>(), d_add.data(),
-                                                                d_dx.data(), sh, prec, nullptr);
-                        kernels::launch_depthwise_backward_weight(d_x.data(), d_dy.data(), d_dw.as<float>(),
-                                                                  d_ws.as<float>(), sh, prec, nullptr);
-                        const std::string name = "depthwise-train k" + std::to_string(k) + " s" +
-                                                 std::to_string(s) + " " + padding_name(pad) +
-                                                 " C=" + std::to_string(C) + tag(prec);
-                        const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
-                        const Tensor y_got =
-                            nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
-                        const Tensor dx_got =
-                            nhwc_to_nchw(download(d_dx, size_t(N) * H * W * C, prec), N, H, W, C);
-                        CHECK(report(name + " forward", rel_error(y_got.data, y.data), tol) <= tol);
-                        CHECK(report(name + " dx (+add)", rel_error(dx_got.data, dx_ref.data), tol) <= tol);
-                        CHECK(report(name + " dw",
-                                     rel_error(download(d_dw, size_t(C) * k * k, Precision::FP32), dw.data),
-                                     rtol) <= rtol);
-                    }
+                            kernels::DepthwiseShape sh;
+                            sh.batch = N;
+                            sh.height = H;
+                            sh.width = W;
+                            sh.channels = C;
+                            sh.kernel = k;
+                            sh.stride = s;
+                            sh.pad_top = cp.pad_top;
+                            sh.pad_left = cp.pad_left;
+                            sh.out_height = Ho;
+                            sh.out_width = Wo;
+                            auto d_x = upload(nchw_to_nhwc(x), prec);
+                            auto d_w = upload_f32(w.data);
+                            auto d_scale = upload_f32(scale.data);
+                            auto d_shift = upload_f32(shift.data);
+                            auto d_dy = upload(nchw_to_nhwc(dy), prec);
+                            auto d_add = upload(nchw_to_nhwc(add), prec);
+                            auto d_taps = poisoned(size_t(C) * k * k, Precision::FP32);
+                            auto d_flipped = poisoned(size_t(C) * k * k, Precision::FP32);
+                            auto d_y = poisoned(size_t(N) * Ho * Wo * C, prec);
+                            // With the transform, dx aliases add (the launcher allows it).
+                            auto d_dx = transform ? upload(nchw_to_nhwc(add), prec)
+                                                  : poisoned(size_t(N) * H * W * C, prec);
+                            auto d_dw = poisoned(size_t(C) * k * k, Precision::FP32);
+                            auto d_ws = poisoned(kernels::depthwise_weight_grad_workspace_floats(sh),
+                                                 Precision::FP32);
+                            kernels::DepthwiseInputTransform tr;
+                            if (transform) {
+                                tr.scale = d_scale.as<float>();
+                                tr.shift = d_shift.as<float>();
+                                tr.act = kernels::Act::SiLU;
+                            }
+                            const void* add_ptr = transform ? d_dx.data() : with_add ? d_add.data() : nullptr;
+                            kernels::launch_depthwise_weight_taps(d_w.as<float>(), d_taps.as<float>(),
+                                                                  d_flipped.as<float>(), C, k, nullptr);
+                            kernels::launch_depthwise_train_forward(d_x.data(), tr, d_taps.as<float>(),
+                                                                    d_y.data(), sh, prec, nullptr);
+                            kernels::launch_depthwise_backward_data(d_dy.data(), d_flipped.as<float>(),
+                                                                    add_ptr, d_dx.data(), sh, prec, nullptr);
+                            kernels::launch_depthwise_backward_weight(d_x.data(), tr, d_dy.data(),
+                                                                      d_dw.as<float>(), d_ws.as<float>(), sh,
+                                                                      prec, nullptr);
+                            const std::string name = "depthwise-train k" + std::to_string(k) + " s" +
+                                                     std::to_string(s) + " " + padding_name(pad) +
+                                                     " C=" + std::to_string(C) +
+                                                     (transform ? " bn+silu-in" : "") + tag(prec);
+                            const double tol = kernel_tolerance(prec), rtol = reduction_tolerance(prec);
+                            const Tensor y_got =
+                                nhwc_to_nchw(download(d_y, size_t(N) * Ho * Wo * C, prec), N, Ho, Wo, C);
+                            const Tensor dx_got =
+                                nhwc_to_nchw(download(d_dx, size_t(N) * H * W * C, prec), N, H, W, C);
+                            CHECK(report(name + " forward", rel_error(y_got.data, y.data), tol) <= tol);
+                            CHECK(report(name + (transform  ? " dx (+add, aliased)"
+                                                 : with_add ? " dx (+add)"
+                                                            : " dx"),
+                                         rel_error(dx_got.data, dx_ref.data), tol) <= tol);
+                            CHECK(
+                                report(name + " dw",
+                                       rel_error(download(d_dw, size_t(C) * k * k, Precision::FP32), dw.data),
+                                       rtol) <= rtol);
+                        }
 }
 
 TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train][sanitize]") {
     EFFNET_SKIP_WITHOUT_GPU();
-    for (int C : {13, 96})
+    for (int C : {13, 64, 96, 272})
         for (Activation act : {Activation::SiLU, Activation::ReLU6})
             for (Precision prec : kAllPrecisions) {
                 const int N = 3, H = 17, W = 34, S = std::max(1, C / 4);
@@ -355,6 +457,39 @@ TEST_CASE("training squeeze-excite forward/backward matches CPU", "[gpu][train][
                              rtol) <= rtol);
                 CHECK(report(name + " db2", rel_error(download(d_db2, size_t(C), Precision::FP32), db2.data),
                              rtol) <= rtol);
+
+                // In place: dx overwrites dy. Same kernels, same order: bit-identical results.
+                const size_t numel = size_t(N) * H * W * C;
+                auto d_io = upload(nchw_to_nhwc(dy), prec);
+                auto d_dw1_ip = poisoned(size_t(S) * C, Precision::FP32);
+                auto d_db1_ip = poisoned(size_t(S), Precision::FP32);
+                auto d_dw2_ip = poisoned(size_t(C) * S, Precision::FP32);
+                auto d_db2_ip = poisoned(size_t(C), Precision::FP32);
+                kernels::launch_squeeze_excite_backward(
+                    a, d_io.data(), d_io.data(), d_dw1_ip.as<float>(), d_db1_ip.as<float>(),
+                    d_dw2_ip.as<float>(), d_db2_ip.as<float>(), d_ws.as<float>(), prec, nullptr);
+                const std::vector<float> dx_ip = download(d_io, numel, prec);
+                CHECK(report(name + " dx in place", rel_error(nhwc_to_nchw(dx_ip, N, H, W, C).data, dx.data),
+                             tol) <= tol);
+                const auto same_bits = [](const std::vector<float>& u, const std::vector<float>& v) {
+                    return u.size() == v.size() &&
+                           std::memcmp(u.data(), v.data(), u.size() * sizeof(float)) == 0;
+                };
+                CHECK(same_bits(dx_ip, download(d_dx, numel, prec)));
+                CHECK(same_bits(download(d_dw1_ip, size_t(S) * C, Precision::FP32),
+                                download(d_dw1, size_t(S) * C, Precision::FP32)));
+                CHECK(same_bits(download(d_db1_ip, size_t(S), Precision::FP32),
+                                download(d_db1, size_t(S), Precision::FP32)));
+                CHECK(same_bits(download(d_dw2_ip, size_t(C) * S, Precision::FP32),
+                                download(d_dw2, size_t(C) * S, Precision::FP32)));
+                CHECK(same_bits(download(d_db2_ip, size_t(C), Precision::FP32),
+                                download(d_db2, size_t(C), Precision::FP32)));
+                // dx overlapping dy without being dy is refused before anything runs.
+                CHECK_THROWS_AS(kernels::launch_squeeze_excite_backward(
+                                    a, d_io.data(), static_cast<char*>(d_io.data()) + 16,
+                                    d_dw1_ip.as<float>(), d_db1_ip.as<float>(), d_dw2_ip.as<float>(),
+                                    d_db2_ip.as<float>(), d_ws.as<float>(), prec, nullptr),
+                                Error);
             }
 }
 
@@ -855,4 +990,162 @@ TEST_CASE("GPU trainer validates its inputs", "[gpu][train]") {
     CHECK_THROWS_AS(t.step(input.ptr(), bad_targets.data(), 0.1f), Error);
     CHECK_THROWS_AS(t.apply_update(0.1f), Error); // no gradients yet
     CHECK_THROWS_AS(t.set_loss_scale(0.0f), Error);
+}
+
+// kernels::launch_small_matmul (the SE FC layers and the classifier) on the classifier's three
+// B0 shapes at batch 128 (forward with bias; weight gradient with the bias gradient as row sums;
+// data gradient), the bias gradient alone (B = null), and odd shapes with transposed and padded
+// strides and every post op. Two references:
+//   - the host replaying the kernel's promised order (acc = fmaf(a_k, b_k, acc) for k = 0..K-1
+//     from 0, or acc + a_k without B, then + bias, in float): the values before the post op and
+//     the row sums must match bit for bit (tiling may only change where operands come from);
+//   - a double-precision sum: relative norm error 1e-5, the fp32 bound at the top of the file.
+//     A serial fp32 chain of K terms errs by about sqrt(K) * 2^-24 relative (~2e-6 at K = 1280)
+//     on these zero-mean inputs; expf in the post ops adds a few ulp.
+TEST_CASE("training small matmul (tiled) matches the serial fmaf order and a double reference",
+          "[gpu][train][sanitize]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    using kernels::Act;
+    using kernels::SmallMatmulPost;
+    struct Case {
+        const char* name;
+        int rows, cols, inner;
+        int64_t a_row, a_col, b_row, b_col; // b_row = b_col = 0: B = null
+        bool bias, pre, row_sum;
+        SmallMatmulPost post;
+        Act act;
+    };
+    const Case cases[] = {
+        {"classifier forward [128,1280] W^T", 128, 1000, 1280, 1280, 1, 1, 1280, true, false, false,
+         SmallMatmulPost::None, Act::None},
+        {"classifier dW = dlogits^T pooled, db row sums", 1000, 1280, 128, 1, 1000, 1280, 1, false, false,
+         true, SmallMatmulPost::None, Act::None},
+        {"classifier dpooled = dlogits W", 128, 1280, 1000, 1000, 1, 1280, 1, false, false, false,
+         SmallMatmulPost::None, Act::None},
+        {"classifier db (B = null)", 1000, 1, 128, 1, 1000, 0, 0, false, false, false, SmallMatmulPost::None,
+         Act::None},
+        // Both operands transposed with padded leading dimensions, tails in every dimension.
+        {"transposed padded A^T B^T silu", 45, 37, 70, 1, 48, 1, 75, true, true, false,
+         SmallMatmulPost::Activation, Act::SiLU},
+        // Row sums in their own block column (cols = 64), one k past a slice.
+        {"padded row-major sigmoid + row sums", 33, 64, 33, 40, 1, 70, 1, true, true, true,
+         SmallMatmulPost::Sigmoid, Act::None},
+        // The SE backward's dreduced shape with the activation gradient fused.
+        {"dreduced relu6 grad", 3, 68, 272, 272, 1, 68, 1, false, true, false,
+         SmallMatmulPost::ActivationGrad, Act::ReLU6},
+        {"dreduced silu grad, B = W^T", 7, 20, 96, 96, 1, 1, 96, true, false, false,
+         SmallMatmulPost::ActivationGrad, Act::SiLU},
+    };
+    uint64_t seed = 4000;
+    for (const Case& c : cases) {
+        const bool has_b = c.b_row != 0 || c.b_col != 0;
+        const size_t a_size = size_t((c.rows - 1) * c.a_row + (c.inner - 1) * c.a_col + 1);
+        const size_t b_size = has_b ? size_t((c.inner - 1) * c.b_row + (c.cols - 1) * c.b_col + 1) : 0;
+        const size_t out_size = size_t(c.rows) * c.cols;
+        const std::vector<float> A = random_tensor({int64_t(a_size)}, ++seed).data;
+        const std::vector<float> B =
+            has_b ? random_tensor({int64_t(b_size)}, ++seed).data : std::vector<float>{};
+        const std::vector<float> bias = random_tensor({c.cols}, ++seed, -0.5f, 0.5f).data;
+        const std::vector<float> act_x = random_tensor({int64_t(out_size)}, ++seed, -2.0f, 8.0f).data;
+
+        // Host references: exact replay (float) and double.
+        std::vector<float> pre_exact(out_size), rs_exact(size_t(c.rows));
+        std::vector<double> pre_double(out_size), rs_double(size_t(c.rows));
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < c.rows; ++i) {
+            float rs = 0.0f;
+            double rsd = 0.0;
+            for (int k = 0; k < c.inner; ++k) {
+                const float a = A[size_t(i * c.a_row + k * c.a_col)];
+                rs = rs + a;
+                rsd += a;
+            }
+            rs_exact[size_t(i)] = rs;
+            rs_double[size_t(i)] = rsd;
+            for (int j = 0; j < c.cols; ++j) {
+                float acc = 0.0f;
+                double accd = 0.0;
+                for (int k = 0; k < c.inner; ++k) {
+                    const float a = A[size_t(i * c.a_row + k * c.a_col)];
+                    const float b = has_b ? B[size_t(k * c.b_row + j * c.b_col)] : 1.0f;
+                    acc = has_b ? std::fma(a, b, acc) : acc + a;
+                    accd += double(a) * double(b);
+                }
+                if (c.bias) {
+                    acc = acc + bias[size_t(j)];
+                    accd += bias[size_t(j)];
+                }
+                pre_exact[size_t(i) * c.cols + j] = acc;
+                pre_double[size_t(i) * c.cols + j] = accd;
+            }
+        }
+        std::vector<float> want(out_size), want_rs(rs_double.begin(), rs_double.end());
+        for (size_t t = 0; t < out_size; ++t) {
+            const double v = pre_double[t], x = act_x[t];
+            double r = v;
+            if (c.post == SmallMatmulPost::Sigmoid) {
+                r = 1.0 / (1.0 + std::exp(-v));
+            } else if (c.post == SmallMatmulPost::Activation) {
+                r = c.act == Act::SiLU ? v / (1.0 + std::exp(-v)) : std::min(std::max(v, 0.0), 6.0);
+            } else if (c.post == SmallMatmulPost::ActivationGrad) {
+                const double s = 1.0 / (1.0 + std::exp(-x));
+                r = c.act == Act::SiLU ? v * s * (1.0 + x * (1.0 - s)) : (x > 0.0 && x < 6.0 ? v : 0.0);
+            }
+            want[t] = float(r);
+        }
+
+        auto d_a = upload_f32(A);
+        auto d_b = upload_f32(has_b ? B : std::vector<float>{0.0f});
+        auto d_bias = upload_f32(bias);
+        auto d_x = upload_f32(act_x);
+        auto d_out = poisoned(out_size, Precision::FP32);
+        auto d_pre = poisoned(out_size, Precision::FP32);
+        auto d_rs = poisoned(size_t(c.rows), Precision::FP32);
+        kernels::SmallMatmulArgs m;
+        m.a = d_a.as<float>();
+        m.a_row = c.a_row;
+        m.a_col = c.a_col;
+        m.b = has_b ? d_b.as<float>() : nullptr;
+        m.b_row = c.b_row;
+        m.b_col = c.b_col;
+        m.bias = c.bias ? d_bias.as<float>() : nullptr;
+        m.out_pre = c.pre ? d_pre.as<float>() : nullptr;
+        m.out = d_out.as<float>();
+        m.rows = c.rows;
+        m.cols = c.cols;
+        m.inner = c.inner;
+        m.post = c.post;
+        m.act = c.act;
+        m.act_x = c.post == SmallMatmulPost::ActivationGrad ? d_x.as<float>() : nullptr;
+        m.row_sum = c.row_sum ? d_rs.as<float>() : nullptr;
+        kernels::launch_small_matmul(m, nullptr);
+
+        const std::string name = std::string("small matmul ") + c.name + " " + std::to_string(c.rows) + "x" +
+                                 std::to_string(c.cols) + "x" + std::to_string(c.inner);
+        const auto bit_mismatches = [](const std::vector<float>& got, const std::vector<float>& ref) {
+            size_t bad = got.size() == ref.size() ? 0 : 1;
+            for (size_t t = 0; t < std::min(got.size(), ref.size()); ++t)
+                bad += std::memcmp(&got[t], &ref[t], sizeof(float)) != 0;
+            return bad;
+        };
+        const std::vector<float> out = download(d_out, out_size, Precision::FP32);
+        CHECK(report(name, rel_error(out, want), 1e-5) <= 1e-5);
+        if (c.post == SmallMatmulPost::None) {
+            INFO(name << ": outputs differing from the serial fmaf order");
+            CHECK(bit_mismatches(out, pre_exact) == 0);
+        }
+        if (c.pre) {
+            const std::vector<float> pre = download(d_pre, out_size, Precision::FP32);
+            std::vector<float> want_pre(pre_double.begin(), pre_double.end());
+            CHECK(report(name + " pre", rel_error(pre, want_pre), 1e-5) <= 1e-5);
+            INFO(name << ": pre-activation outputs differing from the serial fmaf order");
+            CHECK(bit_mismatches(pre, pre_exact) == 0);
+        }
+        if (c.row_sum) {
+            const std::vector<float> rs = download(d_rs, size_t(c.rows), Precision::FP32);
+            CHECK(report(name + " row sums", rel_error(rs, want_rs), 1e-5) <= 1e-5);
+            INFO(name << ": row sums differing from the serial order");
+            CHECK(bit_mismatches(rs, rs_exact) == 0);
+        }
+    }
 }
