@@ -112,7 +112,10 @@ void GpuTrainer::set_optimizer_state(const train::ParamMap&, int64_t) {
 double GpuTrainer::last_grad_norm() const {
     no_cuda();
 }
-float* GpuTrainer::input_staging() {
+float* GpuTrainer::input_staging(int) {
+    no_cuda();
+}
+void GpuTrainer::prefetch(const float*) {
     no_cuda();
 }
 int GpuTrainer::batch() const {

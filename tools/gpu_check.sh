@@ -279,10 +279,15 @@ if want train && have_bin effnet-train-bench train_bench; then
             --precision "$2" --batch "$3" --iters 10
         grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
     done
-    # The same B0 step with the batch uploaded from pageable memory: what the staging buffer saves.
-    run_step "effnet-train b0 amp-fp16 b128 pageable" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train-bench" \
-        --variant b0 --precision amp-fp16 --batch 128 --iters 10 --pageable
-    grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
+    # B0 fp32 with TF32 GEMMs (as PyTorch's cuDNN convolutions by default), and the B0 amp step
+    # with its batch uploaded inside the step, from a staging buffer and from pageable memory:
+    # what the prefetch and the staging buffers save.
+    for extra in "fp32 --tf32" "amp-fp16 --input pinned" "amp-fp16 --input pageable"; do
+        set -- $extra
+        run_step "effnet-train b0 $* b128" 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train-bench" \
+            --variant b0 --precision "$1" --batch 128 --iters 10 "${@:2}"
+        grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
+    done
     run_step torch_train 150 "$LOG" "$PY" bench/pytorch_train_bench.py --spec b0:128:amp-fp16 \
         --spec b0:128:fp32 --spec b4:32:amp-fp16 --iters 10 --warmup 4 --json-out "$RESULTS"
 fi

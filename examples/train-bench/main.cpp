@@ -3,12 +3,15 @@
 //
 //   effnet-train-bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]
 //                      [--resolution R] [--iters N] [--warmup N] [--seed S]
+//                      [--input prefetch|pinned|pageable] [--tf32]
 //
 // Random weights, random input (uniform in [-2, 2], never zeros) and random labels; `warmup`
 // untimed steps, then `iters` steps each timed on the host (step() waits for the GPU, since it
-// returns the loss); images/s = batch / median step time. The batch is uploaded in every step,
-// from the trainer's page-locked staging buffer (GpuTrainer::input_staging), as a data loader
-// would hand it over; --pageable uploads it from ordinary memory instead. Prints one JSON line.
+// returns the loss); images/s = batch / median step time. Every step uploads its batch, as a
+// training loop does. --input says how: `prefetch` (default) alternates the trainer's two
+// page-locked staging buffers and prefetches the next batch before each step, so its upload
+// overlaps the step (GpuTrainer::prefetch); `pinned` uploads from a staging buffer inside the
+// step; `pageable` from ordinary memory. --tf32: fp32 GEMMs on TF32. Prints one JSON line.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -36,12 +39,14 @@ struct Args {
     int iters = 20;
     int warmup = 3;
     uint64_t seed = 1;
-    bool pageable = false;
+    std::string input = "prefetch"; // prefetch | pinned | pageable
+    bool tf32 = false;
 };
 
 const char* kUsage =
     "usage: effnet-train-bench --variant b0 --batch 128 [--precision fp32|amp-fp16|amp-bf16]\n"
-    "                          [--resolution R] [--iters N] [--warmup N] [--seed S] [--pageable]\n"
+    "                          [--resolution R] [--iters N] [--warmup N] [--seed S]\n"
+    "                          [--input prefetch|pinned|pageable] [--tf32]\n"
     "Times GpuTrainer::step (forward, loss, backward, SGD) on random data; prints one JSON line\n"
     "with images/s and peak device memory.\n";
 
@@ -53,8 +58,8 @@ Args parse_args(int argc, char** argv) {
             std::fputs(kUsage, stdout);
             std::exit(0);
         }
-        if (o == "--pageable") {
-            a.pageable = true;
+        if (o == "--tf32") {
+            a.tf32 = true;
             continue;
         }
         if (i + 1 >= argc) throw effnet::Error("option " + o + " needs a value (or is unknown)\n" + kUsage);
@@ -67,7 +72,11 @@ Args parse_args(int argc, char** argv) {
             a.resolution = int(effnet::examples::parse_int_option(o.substr(2), v, 8, 4096));
         else if (o == "--precision")
             a.precision = v;
-        else if (o == "--iters")
+        else if (o == "--input") {
+            if (v != "prefetch" && v != "pinned" && v != "pageable")
+                throw effnet::Error("--input must be prefetch, pinned or pageable, got '" + v + "'");
+            a.input = v;
+        } else if (o == "--iters")
             a.iters = int(effnet::examples::parse_int_option(o.substr(2), v, 1, 100000));
         else if (o == "--warmup")
             a.warmup = int(effnet::examples::parse_int_option(o.substr(2), v, 0, 100000));
@@ -90,6 +99,7 @@ int run(const Args& a) {
     opt.weight_decay = 1e-5f;
     opt.label_smoothing = 0.1f;
     opt.loss_scale = precision == effnet::TrainPrecision::AmpFP16 ? 1024.0f : 1.0f;
+    opt.allow_tf32 = a.tf32;
     effnet::GpuTrainer trainer(model, a.batch, res, res, precision, opt);
 
     std::mt19937_64 rng(a.seed + 1);
@@ -99,20 +109,28 @@ int run(const Args& a) {
     std::vector<int64_t> labels(size_t(a.batch));
     for (int64_t& l : labels) l = int64_t(rng() % uint64_t(config.num_classes));
 
-    const float* batch_input = input.data();
-    if (!a.pageable) {
-        std::copy(input.begin(), input.end(), trainer.input_staging());
-        batch_input = trainer.input_staging();
-    }
-
+    // The batch of step i: staging buffer i % 2 (the same images in both), or the vector.
+    const bool staged = a.input != "pageable", prefetch = a.input == "prefetch";
+    if (staged)
+        for (int b = 0; b < 2; ++b) std::copy(input.begin(), input.end(), trainer.input_staging(b));
+    const auto batch_of = [&](int i) -> const float* {
+        return staged ? trainer.input_staging(i % 2) : input.data();
+    };
     const float lr = 0.01f;
+    int step_index = 0;
+    const auto one_step = [&]() {
+        if (prefetch) trainer.prefetch(batch_of(step_index + 1)); // overlaps this step
+        return trainer.step(batch_of(step_index++), labels.data(), lr);
+    };
+
     float first_loss = 0.0f, last_loss = 0.0f;
     int skipped = 0;
-    for (int i = 0; i < a.warmup; ++i) first_loss = trainer.step(batch_input, labels.data(), lr);
+    if (prefetch) trainer.prefetch(batch_of(0));
+    for (int i = 0; i < a.warmup; ++i) first_loss = one_step();
     std::vector<double> ms;
     for (int i = 0; i < a.iters; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
-        last_loss = trainer.step(batch_input, labels.data(), lr);
+        last_loss = one_step();
         const auto t1 = std::chrono::steady_clock::now();
         ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
         if (!trainer.last_step_finite()) ++skipped;
@@ -125,10 +143,10 @@ int run(const Args& a) {
         "{\"variant\": \"%s\", \"batch\": %d, \"resolution\": %d, \"precision\": \"%s\", \"iters\": %d, "
         "\"step_ms_median\": %.3f, \"step_ms_min\": %.3f, \"images_per_s\": %.1f, "
         "\"peak_device_memory_bytes\": %zu, \"loss_first\": %.5f, \"loss_last\": %.5f, "
-        "\"skipped_steps\": %d, \"input\": \"%s\"}\n",
+        "\"skipped_steps\": %d, \"input\": \"%s\", \"tf32\": %s}\n",
         config.name.c_str(), a.batch, res, effnet::train_precision_name(precision), a.iters, median,
         sorted.front(), double(a.batch) * 1000.0 / median, trainer.peak_device_memory(), double(first_loss),
-        double(last_loss), skipped, a.pageable ? "pageable" : "pinned");
+        double(last_loss), skipped, a.input.c_str(), a.tf32 ? "true" : "false");
     return 0;
 }
 

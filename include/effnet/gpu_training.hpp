@@ -53,6 +53,10 @@ struct GpuTrainOptions {
                                // this also forbids atomics inside cuBLAS
     bool dropout = false;      // apply the config's dropout and stochastic depth
     bool update_running_stats = true;
+    // fp32 only: the 1x1 and stem convolutions on TF32 tensor cores (operands rounded to 10
+    // mantissa bits, fp32 accumulation), as PyTorch runs cuDNN convolutions by default. Off:
+    // true fp32 everywhere. No effect under AMP.
+    bool allow_tf32 = false;
     int device = 0;
 
     train::OptimizerConfig optimizer_config() const;
@@ -75,10 +79,17 @@ public:
     // targets: host [batch], each in [0, num_classes). Returns the mean loss (synchronises).
     // seed: the dropout / stochastic-depth masks' seed, as cpu::ForwardOptions::seed.
     float step(const float* input_nchw_host, const int64_t* targets_host, double lr, uint64_t seed = 0);
-    // A page-locked host buffer of [batch, channels, height, width] floats owned by the trainer:
-    // a batch written there and passed as step()'s input uploads by DMA, several times faster
-    // than from pageable memory (a data loader can decode straight into it).
-    float* input_staging();
+    // Two page-locked host buffers (which: 0 or 1) of [batch, channels, height, width] floats
+    // owned by the trainer: a batch written there uploads by DMA, several times faster than from
+    // pageable memory (a data loader can decode straight into them).
+    float* input_staging(int which = 0);
+    // Starts uploading a batch (best from input_staging) on a copy stream, so that it overlaps
+    // the steps before the one that uses it: a later step()/compute_gradients() given the same
+    // pointer takes it from the device. The usual loop alternates the two staging buffers:
+    //   prefetch(next); step(current);   // next's copy runs during current's step
+    // Keep the host batch unchanged until the step that uses it returns. At most two batches
+    // are pending; a third prefetch drops the older (a step given it uploads it again).
+    void prefetch(const float* input_nchw_host);
     // Forward, loss and backward only (no update); returns the mean loss.
     float compute_gradients(const float* input_nchw_host, const int64_t* targets_host, uint64_t seed = 0);
     // Clips (when GpuTrainOptions::clip_grad_norm > 0) and applies the optimizer with the

@@ -41,7 +41,7 @@
 #include "kernels/squeeze_excite_backward.cuh"
 #include "kernels/stochastic_depth.cuh"
 #include "libeffnet/cuda/context.hpp"
-#include "libeffnet/cuda/pinned_buffer.hpp"
+#include "libeffnet/cuda/batch_upload.hpp"
 
 namespace effnet::cuda {
 
@@ -72,13 +72,16 @@ constexpr size_t kBlasWorkspaceBytes = size_t(32) << 20;
 
 } // namespace
 
-TrainBlas::TrainBlas(cudaStream_t stream, Precision storage, bool deterministic)
-    : storage_(storage), workspace_(kBlasWorkspaceBytes, "cuBLAS workspace") {
+TrainBlas::TrainBlas(cudaStream_t stream, Precision storage, bool deterministic, bool allow_tf32)
+    : storage_(storage),
+      compute_(storage == Precision::FP32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F),
+      workspace_(kBlasWorkspaceBytes, "cuBLAS workspace") {
     EFFNET_CUBLAS_CHECK(cublasCreate(&handle_));
     try {
         EFFNET_CUBLAS_CHECK(cublasSetStream(handle_, stream));
         EFFNET_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(), workspace_.size()));
-        EFFNET_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH)); // no TF32
+        // No TF32 unless asked for (then through the compute type of each GEMM).
+        EFFNET_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
         EFFNET_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
         EFFNET_CUBLAS_CHECK(cublasSetAtomicsMode(handle_, deterministic ? CUBLAS_ATOMICS_NOT_ALLOWED
                                                                         : CUBLAS_ATOMICS_ALLOWED));
@@ -104,7 +107,7 @@ void TrainBlas::forward(const void* x, int64_t x_ld, const void* w, int64_t w_ld
     // z^T [out, rows] = w [out, in] * x^T [in, rows]
     EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, checked_int(rows, "rows"), in,
                                      &alpha, w, t, checked_int(w_ld, "w_ld"), x, t, checked_int(x_ld, "x_ld"),
-                                     &beta, z, t, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                     &beta, z, t, out, compute_, CUBLAS_GEMM_DEFAULT));
 }
 
 void TrainBlas::backward_data(const void* dz, const void* w, void* dx, int64_t rows, int in, int out,
@@ -116,7 +119,7 @@ void TrainBlas::backward_data(const void* dz, const void* w, void* dx, int64_t r
     const cudaDataType_t t = cuda_type(storage_);
     // dx^T [in, rows] = w^T [in, out] * dz^T [out, rows]
     EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_N, in, checked_int(rows, "rows"), out,
-                                     &alpha, w, t, in, dz, t, out, &beta, dx, t, in, CUBLAS_COMPUTE_32F,
+                                     &alpha, w, t, in, dz, t, out, &beta, dx, t, in, compute_,
                                      CUBLAS_GEMM_DEFAULT));
 }
 
@@ -130,7 +133,7 @@ void TrainBlas::backward_weight(const void* x, int64_t x_ld, const void* dz, flo
     // dw^T [in, out] = x^T [in, rows] * dz [rows, out]
     EFFNET_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_N, CUBLAS_OP_T, in, out, checked_int(rows, "rows"),
                                      &alpha, x, t, checked_int(x_ld, "x_ld"), dz, t, out, &beta, dw,
-                                     CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                     CUDA_R_32F, in, compute_, CUBLAS_GEMM_DEFAULT));
 }
 
 } // namespace effnet::cuda
@@ -262,9 +265,9 @@ struct GpuTrainer::Impl {
     // Stem / head / classifier and per-block state.
     int stem_h = 0, stem_w = 0, stem_ld = 0, stem_taps = 0;
     int stem_pad_top = 0, stem_pad_left = 0;
-    DeviceBuffer input;         // [N, 3, H, W] fp32
-    cuda::PinnedBuffer staging; // [N, 3, H, W] fp32, page-locked (input_staging())
-    DeviceBuffer columns;       // [N*Ho*Wo, stem_ld]
+    std::unique_ptr<cuda::BatchUpload> upload; // the input batch [N, 3, H, W] fp32, double-buffered
+    const float* input = nullptr;              // the device copy the current step reads
+    DeviceBuffer columns;                      // [N*Ho*Wo, stem_ld]
     BnUnit stem, head;
     std::vector<BlockState> blocks;
     int head_h = 0, head_w = 0;
@@ -469,8 +472,8 @@ void GpuTrainer::Impl::plan() {
     upload_params(model_ref);
 
     const int64_t N = batch;
-    input = alloc(size_t(N) * c.in_channels * height * width * 4, "input");
-    staging = cuda::PinnedBuffer(input.size(), "the input staging buffer");
+    upload = std::make_unique<cuda::BatchUpload>(size_t(N) * c.in_channels * height * width * 4, stream());
+    allocated += upload->device_bytes();
     // Stem: conv 3x3 stride 2 as im2col + GEMM.
     const cpu::Conv2dParams sp = cpu::conv_params(height, width, 3, 2, 1, c.padding);
     stem_h = conv_output_size(height, 3, 2, c.padding);
@@ -556,7 +559,7 @@ void GpuTrainer::Impl::plan() {
     for (int i = 0; i < 3; ++i) scratch[i] = alloc(size_t(max_activation) * elem, "scratch");
     if (max_gated > 0) gated = alloc(size_t(max_gated) * elem, "squeeze-excite output scratch");
     workspace = alloc(std::max<size_t>(workspace_floats, 1) * 4, "reduction workspace");
-    blas = std::make_unique<cuda::TrainBlas>(stream(), storage, options.deterministic);
+    blas = std::make_unique<cuda::TrainBlas>(stream(), storage, options.deterministic, options.allow_tf32);
     allocated += blas->workspace_bytes();
     // The memsets and copies above ran on the legacy default stream, which the trainer's
     // non-blocking stream does not wait for.
@@ -655,7 +658,7 @@ void GpuTrainer::Impl::forward() {
 
     // Stem.
     kernels::Im2colArgs ic;
-    ic.input = input.as<float>();
+    ic.input = input;
     ic.columns = columns.data();
     ic.batch = batch;
     ic.channels = c.in_channels;
@@ -899,13 +902,14 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
     }
     ctx.activate();
     cudaStream_t st = stream();
-    // From the page-locked staging buffer the copy is one DMA; from pageable memory the driver
-    // stages it through its own pinned buffers first.
-    EFFNET_CUDA_CHECK(cudaMemcpyAsync(input.data(), input_host, input.size(), cudaMemcpyHostToDevice, st));
+    // A prefetched batch is on the device already (or on its way); else it is copied now, as one
+    // DMA from the page-locked staging buffers, through the driver's staging from pageable memory.
+    input = upload->acquire(input_host);
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(targets.data(), t.data(), t.size() * 4, cudaMemcpyHostToDevice, st));
     have_gradients = false;
     upload_masks(seed);
     forward();
+    upload->release(); // the stem's im2col was the input's only reader
     backward();
     // Unscale (AMP) and check the gradients.
     if (scale != 1.0f) kernels::launch_scale_f32(grads.as<float>(), param_total, 1.0f / scale, st);
@@ -1159,8 +1163,13 @@ double GpuTrainer::last_grad_norm() const {
     return impl_->last_grad_norm;
 }
 
-float* GpuTrainer::input_staging() {
-    return impl_->staging.as<float>();
+float* GpuTrainer::input_staging(int which) {
+    return impl_->upload->staging(which);
+}
+
+void GpuTrainer::prefetch(const float* input) {
+    impl_->ctx.activate();
+    impl_->upload->prefetch(input);
 }
 
 int GpuTrainer::batch() const {

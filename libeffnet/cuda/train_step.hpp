@@ -13,10 +13,11 @@ namespace effnet::cuda {
 
 // One cuBLAS handle bound to a stream, with its own workspace (fixed, so results are
 // reproducible). Activations in the storage precision, fp32 accumulation; weight gradients
-// written in fp32. fp32 storage runs true fp32 GEMMs (no TF32).
+// written in fp32. fp32 storage runs true fp32 GEMMs unless allow_tf32 (TF32 tensor cores: the
+// operands rounded to 10 mantissa bits, fp32 accumulation, as PyTorch's cuDNN convolutions by default).
 class TrainBlas {
 public:
-    TrainBlas(cudaStream_t stream, Precision storage, bool deterministic);
+    TrainBlas(cudaStream_t stream, Precision storage, bool deterministic, bool allow_tf32 = false);
     ~TrainBlas();
     TrainBlas(const TrainBlas&) = delete;
     TrainBlas& operator=(const TrainBlas&) = delete;
@@ -36,6 +37,7 @@ public:
 private:
     cublasHandle_t handle_ = nullptr;
     Precision storage_;
+    cublasComputeType_t compute_;
     DeviceBuffer workspace_;
 };
 

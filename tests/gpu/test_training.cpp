@@ -738,6 +738,7 @@ struct StepCheck {
     bool nesterov = false;
     float label_smoothing = 0.0f;
     bool dropout = false; // dropout and stochastic depth, masks seeded per step
+    bool allow_tf32 = false;
 };
 
 // Runs `steps` GPU steps and the same on the CPU reference (cpu::Network + SGD written out
@@ -758,6 +759,7 @@ void check_training_steps(const ModelConfig& config, int N, int H, int W, const 
     opt.label_smoothing = sc.label_smoothing;
     opt.loss_scale = scale;
     opt.dropout = sc.dropout;
+    opt.allow_tf32 = sc.allow_tf32;
     GpuTrainer trainer(gpu_model, N, H, W, sc.precision, opt);
     CHECK(trainer.peak_device_memory() > 0);
 
@@ -926,6 +928,19 @@ TEST_CASE("GPU training step of a tiny model matches the CPU reference (amp)", "
     check_training_steps(tiny_config(), 2, 64, 72, sc);
 }
 
+// TF32 rounds only the GEMM operands, to fp16's 10-bit mantissa, and keeps every stored
+// activation in fp32: its error is bounded by the amp-fp16 case's, which rounds both, so the
+// amp-fp16 bounds apply (a TF32 step that missed them would have lost more than rounding).
+TEST_CASE("GPU training step of a tiny model with TF32 GEMMs matches the CPU reference", "[gpu][train]") {
+    EFFNET_SKIP_WITHOUT_GPU();
+    StepCheck sc;
+    sc.label = "tiny fp32 tf32";
+    sc.allow_tf32 = true;
+    sc.tol = 2e-2;
+    sc.first = {3e-1, 8e-2};
+    check_training_steps(tiny_config(), 2, 64, 72, sc);
+}
+
 TEST_CASE("GPU training step of B0 (64x64, batch 2) matches the CPU reference", "[gpu][train]") {
     EFFNET_SKIP_WITHOUT_GPU();
     StepCheck sc;
@@ -951,27 +966,43 @@ TEST_CASE("GPU training steps are bit-identical from the same state", "[gpu][tra
         opt.weight_decay = 1e-3f;
         opt.deterministic = true;
         opt.loss_scale = prec == TrainPrecision::FP32 ? 1.0f : 256.0f;
-        std::vector<float> losses[2];
-        Model result[2] = {start, start};
-        cpu::Gradients grads[2];
-        for (int run = 0; run < 2; ++run) {
+        // Runs 0 and 1 upload from pageable memory inside each step; run 2 alternates the two
+        // staging buffers and prefetches each batch during the step before (a different path
+        // to the same bytes: the results must not change).
+        std::vector<float> losses[3];
+        Model result[3] = {start, start, start};
+        cpu::Gradients grads[3];
+        for (int run = 0; run < 3; ++run) {
             Model m = start;
             GpuTrainer trainer(m, N, H, W, prec, opt);
-            for (int step = 0; step < 2; ++step)
-                losses[run].push_back(trainer.step(input.ptr(), targets.data(), 0.05f));
+            const bool staged = run == 2;
+            if (staged) {
+                for (int b = 0; b < 2; ++b)
+                    std::memcpy(trainer.input_staging(b), input.ptr(), size_t(input.numel()) * 4);
+                trainer.prefetch(trainer.input_staging(0));
+            }
+            for (int step = 0; step < 3; ++step) {
+                if (staged) trainer.prefetch(trainer.input_staging((step + 1) % 2));
+                const float* batch = staged ? trainer.input_staging(step % 2) : input.ptr();
+                losses[run].push_back(trainer.step(batch, targets.data(), 0.05f));
+            }
             grads[run] = trainer.gradients();
             trainer.download(result[run]);
         }
         INFO(train_precision_name(prec));
-        CHECK(losses[0] == losses[1]);
-        bool identical = true;
-        for (const auto& [name, t] : result[0].params)
-            identical &= std::memcmp(t.ptr(), result[1].param(name).ptr(), size_t(t.numel()) * 4) == 0;
-        for (const auto& [name, t] : grads[0].params)
-            identical &= std::memcmp(t.ptr(), grads[1].params.at(name).ptr(), size_t(t.numel()) * 4) == 0;
-        std::printf("[gpu] determinism %s: two runs of two steps %s\n", train_precision_name(prec),
-                    identical ? "bit-identical" : "DIFFER");
-        CHECK(identical);
+        for (int run = 1; run < 3; ++run) {
+            CHECK(losses[0] == losses[run]);
+            bool identical = true;
+            for (const auto& [name, t] : result[0].params)
+                identical &= std::memcmp(t.ptr(), result[run].param(name).ptr(), size_t(t.numel()) * 4) == 0;
+            for (const auto& [name, t] : grads[0].params)
+                identical &=
+                    std::memcmp(t.ptr(), grads[run].params.at(name).ptr(), size_t(t.numel()) * 4) == 0;
+            std::printf("[gpu] determinism %s: run %d (%s) of three steps %s run 0\n",
+                        train_precision_name(prec), run, run == 2 ? "prefetched from staging" : "pageable",
+                        identical ? "bit-identical to" : "DIFFERS from");
+            CHECK(identical);
+        }
     }
 }
 
