@@ -575,8 +575,10 @@ def main():
     for r in train_rows:
         if r.get("tool") == "effnet-train" and r.get("variant"):
             ours_by_key[(r.get("variant"), r.get("batch"), r.get("precision"), train_mode(r))] = r
+    measured = {k[:3] for k in ours_by_key}  # PyTorch rows without any effnet row still get a line
     keys = set(ours_by_key) | {(r.get("variant"), r.get("batch"), r.get("precision"), "") for r in train_rows
-                               if r.get("tool") == "pytorch-train" and r.get("variant")}
+                               if r.get("tool") == "pytorch-train" and r.get("variant")
+                               and (r.get("variant"), r.get("batch"), r.get("precision")) not in measured}
     for key in sorted(keys):
         ours = ours_by_key.get(key)
         theirs = next((r for r in reversed(train_rows) if r.get("tool") == "pytorch-train"
