@@ -549,11 +549,12 @@ def main():
     tparity = [r for r in rows if r.get("tool") == "train_parity"]
     if tparity:
         md.append(table(["model", "batch", "precision", "loss", "logits", "worst gradient", "median gradient",
-                         "PyTorch fp32 (worst / median)", "PyTorch autocast (worst / median)", "result"],
+                         "worst running stat", "PyTorch fp32 (worst / median)", "PyTorch autocast (worst / median)", "result"],
                         [[r.get("variant"), r.get("batch"), r.get("precision"),
                           f"{r['loss']:.1e}" if "loss" in r else "-", f"{r['logits']:.1e}" if "logits" in r else "-",
                           f"{r['worst_grad']:.1e} ({r.get('worst_grad_name', '')})" if "worst_grad" in r else "-",
                           f"{r['median_grad']:.1e}" if "median_grad" in r else "-",
+                          f"{r['worst_running']:.1e}" if "worst_running" in r else "-",
                           (f"{r['torch_fp32']['worst_grad']:.1e} / {r['torch_fp32']['median_grad']:.1e}"
                            if r.get("torch_fp32") else "-"),
                           (f"{r['torch_autocast']['worst_grad']:.1e} / {r['torch_autocast']['median_grad']:.1e}"

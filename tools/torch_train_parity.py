@@ -7,14 +7,18 @@ forward (batch statistics, no dropout, no stochastic depth) and backward of the 
 cross-entropy on the same input and targets, by PyTorch in float64 (the reference) and in
 float32 (for scale), and by `effnet-run --train --device D --precision P` (on the GPU: the GPU
 trainer's step; on the CPU: the reference engine). Compared: loss, logits and the gradient of
-every parameter, by relative norm error ||ours - ref|| / ||ref|| per tensor.
+every parameter, and every BN running mean and variance after the train-mode forward moved
+them (momentum update with the batch statistics), by relative norm error ||ours - ref|| / ||ref||
+per tensor.
 
 Biases of the batch norms that feed a train-mode batch norm through a 1x1 convolution (every
 project BN) have an exactly zero gradient (the next BN removes per-channel constants), so their
 reference is rounding noise: a bias whose reference gradient is below 1e-3 of its module's
 weight gradient is measured against that weight gradient's norm instead.
 
-Bounds (fp32): loss and logits 1e-4; every gradient 1e-3 and the median gradient 1e-4. The GPU
+Bounds (fp32): loss and logits 1e-4; every gradient 1e-3 and the median gradient 1e-4; every
+running statistic 1e-4 (they are 0.9 x the old value + 0.1 x a batch mean or variance, which
+fp32 gets to ~1e-6). The GPU
 tests measured the B0 fp32 step against the CPU engine at worst 6.1e-5 (median 2.9e-5) at batch
 2; train-mode BN divides by batch statistics, so the bound leaves 16x. AMP (fp16/bf16) is
 reported against the float64 reference with PyTorch autocast's own error next to it, and
@@ -37,12 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_parity import (RESOLUTION, convert_checkpoint, effnet_env, randomise_bn, read_safetensors,  # noqa: E402
                           rel_err, save_input, write_safetensors)
 
-FP32_BOUNDS = {"loss": 1e-4, "logits": 1e-4, "worst_grad": 1e-3, "median_grad": 1e-4}
+FP32_BOUNDS = {"loss": 1e-4, "logits": 1e-4, "worst_grad": 1e-3, "median_grad": 1e-4, "worst_running": 1e-4}
 AMP_FACTOR = 10.0  # AMP: at most this many times PyTorch autocast's own error, per measure
 
 
 def train_step(torch, model, x, target, dtype, device, autocast=None):
-    """Loss, logits and {name: grad} of one train-mode step of `model` (not updated)."""
+    """Loss, logits, {name: grad} and {name: running statistic after the forward} of one
+    train-mode step of `model` (parameters not updated)."""
     m = model.to(device=device, dtype=dtype)
     m.train()
     for mod in m.modules():  # no dropout, no stochastic depth: deterministic as effnet-run
@@ -58,8 +63,23 @@ def train_step(torch, model, x, target, dtype, device, autocast=None):
         logits = m(xx)
     loss = torch.nn.functional.cross_entropy(logits, target.to(device))
     loss.backward()
-    grads = {n: p.grad.detach().double().cpu().numpy() for n, p in m.named_parameters() if p.grad is not None}
-    return float(loss.detach().double().cpu()), logits.detach().double().cpu().numpy(), grads
+    # Copies: in float64 on the CPU .numpy() would share the buffers, which the caller's next
+    # load_state_dict overwrites.
+    grads = {n: p.grad.detach().double().cpu().numpy().copy() for n, p in m.named_parameters()
+             if p.grad is not None}
+    running = {n: b.detach().double().cpu().numpy().copy() for n, b in m.named_buffers()
+               if n.endswith(("running_mean", "running_var"))}
+    return float(loss.detach().double().cpu()), logits.detach().double().cpu().numpy(), grads, running
+
+
+def running_errors(ours, ref):
+    """(worst relative error, its tensor) over the running statistics; a missing one is inf."""
+    errs = {}
+    for name, r in ref.items():
+        o = ours.get(name)
+        errs[name] = float("inf") if o is None or o.size != r.size else rel_err(o.reshape(r.shape), r)
+    worst = max(errs, key=errs.get)
+    return errs[worst], worst
 
 
 def grad_errors(ours, ref):
@@ -112,7 +132,7 @@ def run_variant(torch, torchvision, args, variant, index, work):
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     t0 = time.time()
-    ref_loss, ref_logits, ref_grads = train_step(torch, model, x, target, torch.float64, dev)
+    ref_loss, ref_logits, ref_grads, ref_running = train_step(torch, model, x, target, torch.float64, dev)
     model.load_state_dict(state)  # the train-mode pass moved the running statistics
     f32 = train_step(torch, model, x, target, torch.float32, dev)
     torch_s = time.time() - t0
@@ -120,7 +140,7 @@ def run_variant(torch, torchvision, args, variant, index, work):
     base = {"tool": "train_parity", "variant": variant, "resolution": res, "batch": args.batch,
             "reference": f"PyTorch fp64 on {dev}", "torch_s": round(torch_s, 2),
             "torch_fp32": dict(loss=rel_err([f32[0]], [ref_loss]), logits=rel_err(f32[1], ref_logits),
-                               **summarise(f32_errs))}
+                               **summarise(f32_errs), worst_running=running_errors(f32[3], ref_running)[0])}
     failed = convert_checkpoint(args.convert, pth, st, args.step_timeout)
     if failed:
         return [dict(base, precision=p, passed=False, status=failed) for p in args.precisions]
@@ -145,8 +165,11 @@ def run_variant(torch, torchvision, args, variant, index, work):
         os.remove(out)
         ours = {k[len("grad."):]: v for k, v in t.items() if k.startswith("grad.") and k != "grad.input"}
         errs = grad_errors(ours, ref_grads)
+        worst_running, worst_running_name = running_errors(
+            {k[len("running."):]: v for k, v in t.items() if k.startswith("running.")}, ref_running)
         meas = dict(loss=rel_err(t["loss"].reshape(-1)[:1], [ref_loss]), logits=rel_err(t["logits"], ref_logits),
-                    **summarise(errs))
+                    **summarise(errs), worst_running=worst_running)
+        row["worst_running_name"] = worst_running_name
         if prec == "fp32":
             bounds = FP32_BOUNDS
         else:  # PyTorch autocast's own error in the same measures, times AMP_FACTOR
@@ -154,7 +177,8 @@ def run_variant(torch, torchvision, args, variant, index, work):
             ac = train_step(torch, model, x, target, torch.float32, dev,
                             autocast=torch.float16 if prec == "fp16" else torch.bfloat16)
             ac_errs = grad_errors(ac[2], ref_grads)
-            ac_meas = dict(loss=rel_err([ac[0]], [ref_loss]), logits=rel_err(ac[1], ref_logits), **summarise(ac_errs))
+            ac_meas = dict(loss=rel_err([ac[0]], [ref_loss]), logits=rel_err(ac[1], ref_logits), **summarise(ac_errs),
+                           worst_running=running_errors(ac[3], ref_running)[0])
             row["torch_autocast"] = ac_meas
             bounds = {k: max(AMP_FACTOR * ac_meas[k], FP32_BOUNDS[k]) for k in FP32_BOUNDS}
         ok = all(meas[k] <= bounds[k] for k in bounds) and meas["grads"] == len(ref_grads)
@@ -194,17 +218,18 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         for i, v in enumerate(args.variants.split(",")):
             rows += run_variant(torch, torchvision, args, v, i, work)
-    print(f"{'model':6} {'prec':5} {'loss':>9} {'logits':>9} {'worst grad':>11} {'median':>9}  {'worst tensor':40} result")
+    print(f"{'model':6} {'prec':5} {'loss':>9} {'logits':>9} {'worst grad':>11} {'median':>9}  {'worst tensor':40} "
+          f"{'running':>9} result")
     for r in rows:
         if "worst_grad" in r:
             print(f"{r['variant']:6} {r['precision']:5} {r['loss']:9.2e} {r['logits']:9.2e} {r['worst_grad']:11.2e} "
-                  f"{r['median_grad']:9.2e}  {r['worst_grad_name'][:40]:40} {r['status']}")
+                  f"{r['median_grad']:9.2e}  {r['worst_grad_name'][:40]:40} {r['worst_running']:9.2e} {r['status']}")
         else:
             print(f"{r['variant']:6} {r['precision']:5} {r['status']}")
         t = r.get("torch_fp32")
         if t:
             print(f"{'':6} {'(PyTorch fp32)':14} loss {t['loss']:.1e}, logits {t['logits']:.1e}, "
-                  f"worst grad {t['worst_grad']:.1e}, median {t['median_grad']:.1e}")
+                  f"worst grad {t['worst_grad']:.1e}, median {t['median_grad']:.1e}, running {t['worst_running']:.1e}")
     if args.json_out:
         with open(args.json_out, "a") as f:
             for r in rows:

@@ -30,7 +30,8 @@ const char* kUsage =
     "Runs the network on tensor 'input' (NCHW, F32 or F64) of IN and writes 'logits' [N, classes]\n"
     "to OUT. With --train: one train-mode forward (batch statistics, no dropout) and backward of\n"
     "mean cross-entropy against int64 tensor 'target' [N] of T; writes 'loss' [1], 'grad.input'\n"
-    "(CPU only) and 'grad.<name>' for every parameter, named as in the weights file. On the GPU,\n"
+    "(CPU only), 'grad.<name>' for every parameter and 'running.<name>' for every running mean\n"
+    "and variance after the forward moved them, named as in the weights file. On the GPU,\n"
     "--train runs the GPU trainer's step (fp32; fp16 / bf16: AMP with fp32 master weights, loss\n"
     "scale 1024 for fp16) without updating the parameters.\n"
     "\n"
@@ -51,6 +52,14 @@ std::vector<examples::OptionSpec> option_specs() {
         {"activation", true, "silu or relu6: overrides the weights' metadata"},
         {"help", false, "print this help"},
     };
+}
+
+bool is_running_stat(const std::string& name) {
+    for (const std::string suffix : {".running_mean", ".running_var"})
+        if (name.size() > suffix.size() &&
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+            return true;
+    return false;
 }
 
 bool file_exists(const std::string& path) {
@@ -101,6 +110,7 @@ std::vector<int64_t> read_target(const std::string& path, int64_t batch, int cla
 }
 
 // One GPU training step's loss, logits and parameter gradients (canonical names); no update.
+// The model gets the running statistics the step's forward moved.
 struct GpuTrainResult {
     float loss = 0;
     Tensor logits;
@@ -126,6 +136,7 @@ GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vec
                                                  train_precision_name(tp) + ")");
     r.logits = trainer.logits();
     r.grads = trainer.gradients().params;
+    trainer.download(model); // the running statistics the train-mode forward moved
     return r;
 }
 
@@ -214,6 +225,9 @@ int run(int argc, char** argv) {
             for (const auto& [name, grad] : g.params) out.add("grad." + model.source_names.at(name), grad);
         }
     }
+    if (train) // the running statistics after the train-mode forward (momentum update with batch stats)
+        for (const auto& [name, t] : model.params)
+            if (is_running_stat(name)) out.add("running." + model.source_names.at(name), t);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out.set_metadata("device", device);
     out.set_metadata("precision", device == "cuda" ? precision : "fp32");
