@@ -36,7 +36,7 @@
 #include "kernels/sgd.cuh"
 #include "kernels/small_matmul.cuh"
 #include "kernels/squeeze_excite_backward.cuh"
-#include "libeffnet/cuda/train_step.hpp"
+#include "libeffnet/cuda/train_blas.hpp"
 
 using namespace effnet;
 using namespace effnet::gpu_test;

@@ -1,5 +1,5 @@
 #pragma once
-// Launch side of the GPU training step (internal): the cuBLAS GEMMs of the 1x1 convolutions
+// The GPU training step's GEMMs (internal): cuBLAS for the 1x1 convolutions
 // (and the im2col'd stem) on NHWC activations, forward, data and weight gradients.
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
