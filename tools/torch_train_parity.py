@@ -7,9 +7,13 @@ forward (batch statistics, no dropout, no stochastic depth) and backward of the 
 cross-entropy on the same input and targets, by PyTorch in float64 (the reference) and in
 float32 (for scale), and by `effnet-run --train --device D --precision P` (on the GPU: the GPU
 trainer's step; on the CPU: the reference engine). Compared: loss, logits and the gradient of
-every parameter, and every BN running mean and variance after the train-mode forward moved
-them (momentum update with the batch statistics), by relative norm error ||ours - ref|| / ||ref||
-per tensor.
+every parameter, every BN running mean and variance after the train-mode forward moved them
+(momentum update with the batch statistics), and every parameter after one SGD step
+(`effnet-run --lr`: momentum 0.9, weight decay 1e-4 on conv and linear weights only, as
+torch.optim.SGD with two parameter groups), by relative norm error ||ours - ref|| / ||ref|| per
+tensor. An update is compared as the step it took, (p_before - p_after) / lr, so the unchanged
+bulk of p does not hide it; a tensor whose step is below float32's resolution of p is allowed 4x
+the error of rounding the exact result to float32.
 
 Biases of the batch norms that feed a train-mode batch norm through a 1x1 convolution (every
 project BN) have an exactly zero gradient (the next BN removes per-channel constants), so their
@@ -41,7 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_parity import (RESOLUTION, convert_checkpoint, effnet_env, randomise_bn, read_safetensors,  # noqa: E402
                           rel_err, save_input, write_safetensors)
 
-FP32_BOUNDS = {"loss": 1e-4, "logits": 1e-4, "worst_grad": 1e-3, "median_grad": 1e-4, "worst_running": 1e-4}
+FP32_BOUNDS = {"loss": 1e-4, "logits": 1e-4, "worst_grad": 1e-3, "median_grad": 1e-4, "worst_running": 1e-4,
+               "worst_update": 1e-3}
+LR, MOMENTUM, WEIGHT_DECAY = 0.5, 0.9, 1e-4  # effnet-run --lr's optimizer (examples/run/main.cpp)
 AMP_FACTOR = 10.0  # AMP: at most this many times PyTorch autocast's own error, per measure
 
 
@@ -70,6 +76,43 @@ def train_step(torch, model, x, target, dtype, device, autocast=None):
     running = {n: b.detach().double().cpu().numpy().copy() for n, b in m.named_buffers()
                if n.endswith(("running_mean", "running_var"))}
     return float(loss.detach().double().cpu()), logits.detach().double().cpu().numpy(), grads, running
+
+
+def sgd_reference(torch, grads, params):
+    """{name: parameter after one float64 SGD step}: PyTorch's SGD, decay on tensors of rank > 1
+    (conv and linear weights; not BN parameters nor biases, effnet's default rule)."""
+    ps = {n: torch.tensor(p, dtype=torch.float64, requires_grad=True) for n, p in params.items() if n in grads}
+    for n, p in ps.items():
+        p.grad = torch.tensor(grads[n], dtype=torch.float64)
+    opt = torch.optim.SGD([{"params": [p for p in ps.values() if p.dim() > 1], "weight_decay": WEIGHT_DECAY},
+                           {"params": [p for p in ps.values() if p.dim() <= 1], "weight_decay": 0.0}],
+                          lr=LR, momentum=MOMENTUM)
+    opt.step()
+    return {n: p.detach().numpy().copy() for n, p in ps.items()}
+
+
+def update_errors(ours, ref, before):
+    """(worst, median, worst tensor) of the steps taken, (before - after) / LR, with the float32
+    floor described in the module docstring and grad_errors' denominators for the zero-gradient
+    BN biases."""
+    step_ref = {n: (before[n] - r) / LR for n, r in ref.items()}
+    errs = {}
+    for name, r in ref.items():
+        o = ours.get(name)
+        if o is None or o.size != r.size:
+            errs[name] = float("inf")
+            continue
+        o = np.asarray(o, np.float64).reshape(r.shape)
+        err = np.linalg.norm((before[name] - o) / LR - step_ref[name])
+        floor = np.linalg.norm((before[name] - r.astype(np.float32).astype(np.float64)) / LR - step_ref[name])
+        denom = np.linalg.norm(step_ref[name])
+        if name.endswith("bias"):
+            w = step_ref.get(name[: -len("bias")] + "weight")
+            if w is not None and denom < 1e-3 * np.linalg.norm(w):
+                denom = np.linalg.norm(w)
+        errs[name] = 0.0 if err <= 4 * floor else (float(err / denom) if denom > 0 else float("inf"))
+    worst = max(errs, key=errs.get)
+    return errs[worst], float(np.median(list(errs.values()))), worst
 
 
 def running_errors(ours, ref):
@@ -132,7 +175,9 @@ def run_variant(torch, torchvision, args, variant, index, work):
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     t0 = time.time()
+    before = {n: p.detach().double().cpu().numpy().copy() for n, p in model.named_parameters()}
     ref_loss, ref_logits, ref_grads, ref_running = train_step(torch, model, x, target, torch.float64, dev)
+    ref_after = sgd_reference(torch, ref_grads, before)
     model.load_state_dict(state)  # the train-mode pass moved the running statistics
     f32 = train_step(torch, model, x, target, torch.float32, dev)
     torch_s = time.time() - t0
@@ -149,7 +194,7 @@ def run_variant(torch, torchvision, args, variant, index, work):
     for prec in args.precisions:
         out = os.path.join(work, f"{variant}_{prec}_train.safetensors")
         cmd = [args.effnet_run, "--weights", st, "--input", inp, "--output", out, "--train", "--target", tgt,
-               "--device", args.effnet_device, "--precision", prec]
+               "--device", args.effnet_device, "--precision", prec, "--lr", str(LR)]
         t1 = time.time()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.step_timeout, env=env)
@@ -167,9 +212,12 @@ def run_variant(torch, torchvision, args, variant, index, work):
         errs = grad_errors(ours, ref_grads)
         worst_running, worst_running_name = running_errors(
             {k[len("running."):]: v for k, v in t.items() if k.startswith("running.")}, ref_running)
+        worst_update, median_update, worst_update_name = update_errors(
+            {k[len("param."):]: v for k, v in t.items() if k.startswith("param.")}, ref_after, before)
         meas = dict(loss=rel_err(t["loss"].reshape(-1)[:1], [ref_loss]), logits=rel_err(t["logits"], ref_logits),
-                    **summarise(errs), worst_running=worst_running)
-        row["worst_running_name"] = worst_running_name
+                    **summarise(errs), worst_running=worst_running, worst_update=worst_update)
+        row.update(worst_running_name=worst_running_name, median_update=median_update,
+                   worst_update_name=worst_update_name)
         if prec == "fp32":
             bounds = FP32_BOUNDS
         else:  # PyTorch autocast's own error in the same measures, times AMP_FACTOR
@@ -178,7 +226,8 @@ def run_variant(torch, torchvision, args, variant, index, work):
                             autocast=torch.float16 if prec == "fp16" else torch.bfloat16)
             ac_errs = grad_errors(ac[2], ref_grads)
             ac_meas = dict(loss=rel_err([ac[0]], [ref_loss]), logits=rel_err(ac[1], ref_logits), **summarise(ac_errs),
-                           worst_running=running_errors(ac[3], ref_running)[0])
+                           worst_running=running_errors(ac[3], ref_running)[0],
+                           worst_update=update_errors(sgd_reference(torch, ac[2], before), ref_after, before)[0])
             row["torch_autocast"] = ac_meas
             bounds = {k: max(AMP_FACTOR * ac_meas[k], FP32_BOUNDS[k]) for k in FP32_BOUNDS}
         ok = all(meas[k] <= bounds[k] for k in bounds) and meas["grads"] == len(ref_grads)
@@ -219,11 +268,12 @@ def main():
         for i, v in enumerate(args.variants.split(",")):
             rows += run_variant(torch, torchvision, args, v, i, work)
     print(f"{'model':6} {'prec':5} {'loss':>9} {'logits':>9} {'worst grad':>11} {'median':>9}  {'worst tensor':40} "
-          f"{'running':>9} result")
+          f"{'running':>9} {'update':>9} result")
     for r in rows:
         if "worst_grad" in r:
             print(f"{r['variant']:6} {r['precision']:5} {r['loss']:9.2e} {r['logits']:9.2e} {r['worst_grad']:11.2e} "
-                  f"{r['median_grad']:9.2e}  {r['worst_grad_name'][:40]:40} {r['worst_running']:9.2e} {r['status']}")
+                  f"{r['median_grad']:9.2e}  {r['worst_grad_name'][:40]:40} {r['worst_running']:9.2e} "
+                  f"{r['worst_update']:9.2e} {r['status']}")
         else:
             print(f"{r['variant']:6} {r['precision']:5} {r['status']}")
         t = r.get("torch_fp32")

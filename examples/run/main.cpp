@@ -33,7 +33,9 @@ const char* kUsage =
     "(CPU only), 'grad.<name>' for every parameter and 'running.<name>' for every running mean\n"
     "and variance after the forward moved them, named as in the weights file. On the GPU,\n"
     "--train runs the GPU trainer's step (fp32; fp16 / bf16: AMP with fp32 master weights, loss\n"
-    "scale 1024 for fp16) without updating the parameters.\n"
+    "scale 1024 for fp16). With --lr: then one optimizer step, SGD with momentum 0.9 and weight\n"
+    "decay 1e-4 (not on batch-norm parameters nor biases), and 'param.<name>' for every trained\n"
+    "parameter after it; without, the parameters are not updated.\n"
     "\n"
     "options:\n";
 
@@ -46,6 +48,7 @@ std::vector<examples::OptionSpec> option_specs() {
         {"precision", true, "fp32 (default); fp16 / bf16 with --device cuda"},
         {"train", false, "train-mode forward + backward of cross-entropy"},
         {"target", true, "safetensors file holding int64 tensor 'target' [N] (with --train)"},
+        {"lr", true, "with --train: then one SGD step at this learning rate (see above)"},
         {"preset", true, "check the weights against a preset (b0..b7, lite0..lite4)"},
         {"padding", true, "symmetric or tf_same: overrides the weights' metadata"},
         {"bn-eps", true, "batch-norm epsilon: overrides the weights' metadata"},
@@ -59,6 +62,12 @@ bool is_running_stat(const std::string& name) {
         if (name.size() > suffix.size() &&
             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
             return true;
+    return false;
+}
+
+bool is_trained(const ModelConfig& config, const std::string& name) {
+    for (const ParamSpec& s : parameter_specs(config))
+        if (s.name == name) return s.trainable;
     return false;
 }
 
@@ -109,8 +118,18 @@ std::vector<int64_t> read_target(const std::string& path, int64_t batch, int cla
     return target;
 }
 
-// One GPU training step's loss, logits and parameter gradients (canonical names); no update.
-// The model gets the running statistics the step's forward moved.
+// The optimizer of --lr: SGD, momentum 0.9, weight decay 1e-4 by train::Optimizer's default rule.
+train::OptimizerConfig update_config() {
+    train::OptimizerConfig c;
+    c.kind = train::OptimizerKind::SGD;
+    c.momentum = 0.9;
+    c.weight_decay = 1e-4;
+    return c;
+}
+
+// One GPU training step's loss, logits and parameter gradients (canonical names), then with
+// lr > 0 the update_config() step. The model gets the running statistics the step's forward
+// moved (and the updated parameters).
 struct GpuTrainResult {
     float loss = 0;
     Tensor logits;
@@ -118,7 +137,7 @@ struct GpuTrainResult {
 };
 
 GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vector<int64_t>& target,
-                               const std::string& precision_text) {
+                               const std::string& precision_text, double lr) {
     const Precision p = parse_precision(precision_text);
     EFFNET_CHECK(cuda_available(),
                  "--device cuda: CUDA is not available (" + cuda_device_description() + ")");
@@ -129,6 +148,7 @@ GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vec
     o.dropout = false;
     o.deterministic = true;
     o.loss_scale = tp == TrainPrecision::AmpFP16 ? 1024.0f : 1.0f;
+    o.set_optimizer(update_config());
     GpuTrainer trainer(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)), tp, o);
     GpuTrainResult r;
     r.loss = trainer.compute_gradients(input.ptr(), target.data());
@@ -136,6 +156,7 @@ GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vec
                                                  train_precision_name(tp) + ")");
     r.logits = trainer.logits();
     r.grads = trainer.gradients().params;
+    if (lr > 0) trainer.apply_update(lr);
     trainer.download(model); // the running statistics the train-mode forward moved
     return r;
 }
@@ -180,6 +201,10 @@ int run(int argc, char** argv) {
                  "--precision " + precision + " needs --device cuda (the CPU engine computes in fp32)");
     EFFNET_CHECK(train || !args.has("target"), "--target is only used with --train");
     const std::string target_path = train ? require_file(args, "target") : "";
+    EFFNET_CHECK(train || !args.has("lr"), "--lr is only used with --train");
+    const double lr = args.get_double("lr", 0);
+    EFFNET_CHECK(!args.has("lr") || (std::isfinite(lr) && lr > 0),
+                 "--lr must be a finite number > 0, got " + args.get("lr"));
 
     LoadOptions options;
     options.preset = args.get("preset");
@@ -203,7 +228,7 @@ int run(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     SafetensorsWriter out;
     if (device == "cuda" && train) {
-        const GpuTrainResult r = train_step_cuda(model, input, target, precision);
+        const GpuTrainResult r = train_step_cuda(model, input, target, precision, lr);
         out.add("logits", r.logits);
         out.add("loss", Tensor({1}, r.loss));
         for (const auto& [name, grad] : r.grads) out.add("grad." + model.source_names.at(name), grad);
@@ -223,11 +248,18 @@ int run(int argc, char** argv) {
             out.add("loss", Tensor({1}, float(loss)));
             out.add("grad.input", g.input);
             for (const auto& [name, grad] : g.params) out.add("grad." + model.source_names.at(name), grad);
+            if (lr > 0) {
+                train::Optimizer optimizer(update_config());
+                optimizer.step(model.params, g.params, lr);
+            }
         }
     }
     if (train) // the running statistics after the train-mode forward (momentum update with batch stats)
         for (const auto& [name, t] : model.params)
-            if (is_running_stat(name)) out.add("running." + model.source_names.at(name), t);
+            if (is_running_stat(name))
+                out.add("running." + model.source_names.at(name), t);
+            else if (lr > 0 && is_trained(model.config, name))
+                out.add("param." + model.source_names.at(name), t);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out.set_metadata("device", device);
     out.set_metadata("precision", device == "cuda" ? precision : "fp32");
