@@ -102,6 +102,18 @@ def main():
                 e = rel(o[name].reshape(-1), g[ref].reshape(-1))
                 print(f"{name} rel err {e:.2e}")
                 check(e <= bound, f"{name} rel err {e:.2e} > {bound}")
+            # The running statistics after the train-mode forward, against PyTorch's (momentum 0.1,
+            # unbiased variance): fp32 sums of a few thousand values, 1e-5 leaves ~100x.
+            stats = sorted(k for k in g if k.startswith("after_train.") and k.endswith(("running_mean", "running_var")))
+            check(len(stats) > 20, "golden has running statistics after the train-mode forward")
+            worst = (0.0, "")
+            for k in stats:
+                name = "running." + k[len("after_train."):]
+                check(name in o, f"effnet-run did not write {name}")
+                if name in o:
+                    worst = max(worst, (rel(o[name].reshape(-1), g[k].reshape(-1)), name))
+            print(f"{len(stats)} running statistics, worst {worst[0]:.2e} ({worst[1]})")
+            check(worst[0] <= 1e-5, f"running statistic {worst[1]} rel err {worst[0]:.2e} > 1e-5")
             grads = sorted(k for k in g if k.startswith("grad.") and k != "grad.input")
             check(len(grads) > 50, "golden has parameter gradients")
             worst = (0.0, "")
@@ -152,6 +164,11 @@ def main():
             "train without target": ["--weights", weights, "--input", inp, "--output", out, "--train"],
             "bad precision": ["--weights", weights, "--input", inp, "--output", out, "--precision", "fp8"],
             "preset mismatch": ["--weights", weights, "--input", inp, "--output", out, "--preset", "b0"],
+            "lr without train": ["--weights", weights, "--input", inp, "--output", out, "--lr", "0.1"],
+            "lr not positive": ["--weights", weights, "--input", inp, "--output", out, "--train", "--target", tgt,
+                                "--lr", "-1"],
+            "lr not a number": ["--weights", weights, "--input", inp, "--output", out, "--train", "--target", tgt,
+                                "--lr", "fast"],
         }
         for what, args in cases.items():
             r = run(*args)
