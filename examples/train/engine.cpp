@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "cpu/ops.hpp"
@@ -44,6 +45,24 @@ private:
     train::Trainer trainer_;
 };
 
+// dst [full images] = src's n images, repeated in order (i -> i % n), image_floats each; the
+// copy split over a few threads (one thread moves ~10 GB/s: a B0 batch of 128 is 77 MB).
+void copy_images_repeated(float* dst, const float* src, int64_t n, int64_t full, size_t image_floats) {
+    const auto copy_range = [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+            std::memcpy(dst + size_t(i) * image_floats, src + size_t(i % n) * image_floats,
+                        image_floats * sizeof(float));
+    };
+    const int64_t bytes = full * int64_t(image_floats * sizeof(float));
+    const int64_t threads = std::min<int64_t>({8, full, std::max(1u, std::thread::hardware_concurrency()),
+                                               std::max<int64_t>(1, bytes >> 22)}); // >= 4 MiB each
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < threads; ++t)
+        pool.emplace_back(copy_range, full * t / threads, full * (t + 1) / threads);
+    copy_range(0, full / threads);
+    for (std::thread& th : pool) th.join();
+}
+
 GpuTrainOptions gpu_options(const train::TrainOptions& o, TrainPrecision precision,
                             const train::LossScalerConfig& scaler) {
     GpuTrainOptions g;
@@ -72,19 +91,15 @@ public:
         const int full = trainer_.batch();
         const int64_t n = int64_t(batch.labels.size());
         check_images(batch, full);
-        const float* images = batch.images.ptr();
+        // Into the trainer's page-locked staging buffer, whose upload is one DMA (from pageable
+        // memory the driver stages it: B0 b128 measured 31.8 instead of 20.3 ms per step). The
+        // GPU trainer's batch is fixed: a short batch repeats its own images.
+        float* images = trainer_.input_staging(0);
+        copy_images_repeated(images, batch.images.ptr(), n, full, size_t(batch.images.numel() / n));
         const int64_t* labels = batch.labels.data();
-        if (n < full) { // the GPU trainer's batch is fixed: repeat the batch's own images
-            const size_t image_floats = size_t(batch.images.numel() / n);
-            padded_images_.resize(size_t(full) * image_floats);
+        if (n < full) {
             padded_labels_.resize(size_t(full));
-            for (int64_t i = 0; i < full; ++i) {
-                const int64_t from = i % n;
-                std::memcpy(padded_images_.data() + size_t(i) * image_floats,
-                            batch.images.ptr() + size_t(from) * image_floats, image_floats * sizeof(float));
-                padded_labels_[size_t(i)] = batch.labels[size_t(from)];
-            }
-            images = padded_images_.data();
+            for (int64_t i = 0; i < full; ++i) padded_labels_[size_t(i)] = batch.labels[size_t(i % n)];
             labels = padded_labels_.data();
         }
 
