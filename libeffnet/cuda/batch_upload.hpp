@@ -16,7 +16,6 @@
 #include <cstdint>
 
 #include "libeffnet/cuda/device_buffer.hpp"
-#include "libeffnet/cuda/pinned_buffer.hpp"
 
 namespace effnet::cuda {
 

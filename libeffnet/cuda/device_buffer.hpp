@@ -1,5 +1,7 @@
 #pragma once
-// RAII device memory: one cudaMalloc, freed on destruction. Move-only.
+// RAII CUDA memory, move-only, one allocation freed on destruction: DeviceBuffer (cudaMalloc)
+// and PinnedBuffer (cudaMallocHost: page-locked host memory, which copies to the device by DMA
+// at the bus's speed, without the driver's pageable staging).
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -10,24 +12,37 @@
 
 namespace effnet::cuda {
 
-class DeviceBuffer {
+struct DeviceMemory {
+    static constexpr const char* kAllocator = "cudaMalloc";
+    static cudaError_t allocate(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+    static void release(void* p) { cudaFree(p); } // errors here cannot be reported from a destructor
+};
+
+struct PinnedMemory {
+    static constexpr const char* kAllocator = "cudaMallocHost";
+    static cudaError_t allocate(void** p, size_t bytes) { return cudaMallocHost(p, bytes); }
+    static void release(void* p) { cudaFreeHost(p); }
+};
+
+template <typename Memory>
+class CudaBuffer {
 public:
-    DeviceBuffer() = default;
+    CudaBuffer() = default;
     // `what` names the buffer in the out-of-memory message.
-    explicit DeviceBuffer(size_t bytes, const std::string& what = "buffer") : bytes_(bytes) {
+    explicit CudaBuffer(size_t bytes, const std::string& what = "buffer") : bytes_(bytes) {
         if (bytes == 0) return;
-        const cudaError_t err = cudaMalloc(&ptr_, bytes);
+        const cudaError_t err = Memory::allocate(&ptr_, bytes);
         if (err != cudaSuccess) {
             ptr_ = nullptr;
             (void)cudaGetLastError();
-            throw Error("cudaMalloc of " + std::to_string(bytes) + " bytes for " + what +
-                        " failed: " + cudaGetErrorString(err));
+            throw Error(std::string(Memory::kAllocator) + " of " + std::to_string(bytes) + " bytes for " +
+                        what + " failed: " + cudaGetErrorString(err));
         }
     }
-    ~DeviceBuffer() { release(); }
-    DeviceBuffer(DeviceBuffer&& o) noexcept
+    ~CudaBuffer() { release(); }
+    CudaBuffer(CudaBuffer&& o) noexcept
         : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    CudaBuffer& operator=(CudaBuffer&& o) noexcept {
         if (this != &o) {
             release();
             ptr_ = std::exchange(o.ptr_, nullptr);
@@ -35,8 +50,8 @@ public:
         }
         return *this;
     }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    CudaBuffer(const CudaBuffer&) = delete;
+    CudaBuffer& operator=(const CudaBuffer&) = delete;
 
     void* data() const { return ptr_; }
     template <typename T>
@@ -47,12 +62,15 @@ public:
 
 private:
     void release() noexcept {
-        if (ptr_) cudaFree(ptr_); // errors here cannot be reported from a destructor
+        if (ptr_) Memory::release(ptr_);
         ptr_ = nullptr;
         bytes_ = 0;
     }
     void* ptr_ = nullptr;
     size_t bytes_ = 0;
 };
+
+using DeviceBuffer = CudaBuffer<DeviceMemory>;
+using PinnedBuffer = CudaBuffer<PinnedMemory>;
 
 } // namespace effnet::cuda
