@@ -144,30 +144,10 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
             }
         }
         const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
-        T* y = static_cast<T*>(a.output) + y_offset;
 #pragma unroll
         for (int j = 0; j < TW; ++j) {
             if (ow0 + j >= a.out_width) break;
-            if constexpr (Train) {
-                if (a.residual != nullptr) { // read before the store below: it may alias the output
-                    float r[V];
-                    load_vec<T, V>(static_cast<const T*>(a.residual) + y_offset + int64_t(ow0 + j) * C, r);
-#pragma unroll
-                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act) + r[v];
-                } else {
-#pragma unroll
-                    for (int v = 0; v < V; ++v) acc[j][v] = activate_for<T>(acc[j][v], a.act);
-                }
-#pragma unroll
-                for (int v = 0; v < V; ++v) sum[v] += acc[j][v];
-            } else {
-#pragma unroll
-                for (int v = 0; v < V; ++v) {
-                    acc[j][v] = activate_for<T>(acc[j][v], a.act);
-                    sum[v] += acc[j][v];
-                }
-            }
-            store_vec<T, V>(y + int64_t(ow0 + j) * C, acc[j]);
+            finish_depthwise_pixel<T, V, Train>(a, y_offset + int64_t(ow0 + j) * C, acc[j], sum);
         }
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid

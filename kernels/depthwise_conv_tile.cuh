@@ -90,6 +90,24 @@ __device__ __forceinline__ void stage_depthwise_weights(float* w_s, const float*
     }
 }
 
+// The epilogue of one output pixel, `offset` elements into the output: the activation, the
+// residual (Train only; read before the store, since it may alias the output), the pixel's
+// share of the squeeze sums, the store.
+template <typename T, int V, bool Train>
+__device__ __forceinline__ void finish_depthwise_pixel(const DepthwiseArgs& a, int64_t offset,
+                                                       float (&acc)[V], float (&sum)[V]) {
+    const bool residual = Train && a.residual != nullptr;
+    float r[V];
+    if (residual) load_vec<T, V>(static_cast<const T*>(a.residual) + offset, r);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+        acc[v] = activate_for<T>(acc[v], a.act);
+        if (residual) acc[v] += r[v];
+        sum[v] += acc[v];
+    }
+    store_vec<T, V>(static_cast<T*>(a.output) + offset, acc);
+}
+
 // The squeeze: reduces each thread's V per-channel sums over threadIdx.y through red_s
 // ([blockDim.y][slab_channels] floats, free for the caller to give), then one atomicAdd per
 // channel into pooled_image ([C], the block's image).
