@@ -116,18 +116,6 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-__global__ void pointwise_grad_kernel(float* d, const float* pre, const float* sig, int64_t n, Act act) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        if (sig) {
-            const float s = sig[i];
-            d[i] = d[i] * s * (1.0f - s);
-        } else {
-            d[i] = act_backward(pre[i], d[i], act);
-        }
-    }
-}
-
 } // namespace
 
 void launch_small_matmul(const SmallMatmulArgs& a, cudaStream_t stream) {
@@ -149,13 +137,6 @@ void launch_small_matmul(const SmallMatmulArgs& a, cudaStream_t stream) {
     const dim3 grid(unsigned((cols_ext + kTile - 1) / kTile), unsigned((a.rows + kTile - 1) / kTile));
     small_matmul_kernel<<<grid, kThreads, 0, stream>>>(a, a_k_fast, b_k_fast);
     EFFNET_LAUNCH_CHECK("small_matmul_kernel");
-}
-
-void launch_pointwise_grad_f32(float* d, const float* pre, const float* sigmoid_out, int64_t n, Act act,
-                               cudaStream_t stream) {
-    EFFNET_CHECK(d && (pre || sigmoid_out) && n >= 1, "pointwise_grad_f32: null pointer or empty");
-    pointwise_grad_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(d, pre, sigmoid_out, n, act);
-    EFFNET_LAUNCH_CHECK("pointwise_grad_kernel");
 }
 
 } // namespace effnet::kernels

@@ -15,7 +15,7 @@
 namespace effnet::kernels {
 
 // ActivationGrad: out = act'(act_x[i, j]) * (the sum + bias), act' taken at the pre-activation
-// (the pointwise gradient of launch_pointwise_grad_f32 fused in).
+// (an activation's backward fused into the product that feeds it).
 enum class SmallMatmulPost { None, Activation, Sigmoid, ActivationGrad };
 
 struct SmallMatmulArgs {
@@ -37,10 +37,5 @@ struct SmallMatmulArgs {
 };
 // Outputs (out, out_pre, row_sum) must not alias the inputs.
 void launch_small_matmul(const SmallMatmulArgs& args, cudaStream_t stream);
-
-// d[i] = d[i] * f'(pre[i]) in place, for n elements: f = act, or sigmoid given its output
-// (gate_out: f' = s * (1 - s)) when sigmoid_out is non-null.
-void launch_pointwise_grad_f32(float* d, const float* pre, const float* sigmoid_out, int64_t n, Act act,
-                               cudaStream_t stream);
 
 } // namespace effnet::kernels

@@ -57,20 +57,6 @@ std::vector<examples::OptionSpec> option_specs() {
     };
 }
 
-bool is_running_stat(const std::string& name) {
-    for (const std::string suffix : {".running_mean", ".running_var"})
-        if (name.size() > suffix.size() &&
-            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-            return true;
-    return false;
-}
-
-bool is_trained(const ModelConfig& config, const std::string& name) {
-    for (const ParamSpec& s : parameter_specs(config))
-        if (s.name == name) return s.trainable;
-    return false;
-}
-
 bool file_exists(const std::string& path) {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -254,12 +240,13 @@ int run(int argc, char** argv) {
             }
         }
     }
-    if (train) // the running statistics after the train-mode forward (momentum update with batch stats)
-        for (const auto& [name, t] : model.params)
-            if (is_running_stat(name))
-                out.add("running." + model.source_names.at(name), t);
-            else if (lr > 0 && is_trained(model.config, name))
-                out.add("param." + model.source_names.at(name), t);
+    // The running statistics (the non-trainable parameters) after the train-mode forward moved
+    // them, and with --lr the trainable parameters after the update.
+    if (train)
+        for (const ParamSpec& spec : parameter_specs(model.config))
+            if (!spec.trainable || lr > 0)
+                out.add((spec.trainable ? "param." : "running.") + model.source_names.at(spec.name),
+                        model.param(spec.name));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     out.set_metadata("device", device);
     out.set_metadata("precision", device == "cuda" ? precision : "fp32");
