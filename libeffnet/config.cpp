@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "effnet/error.hpp"
+#include "effnet/model.hpp"
 
 namespace effnet {
 
@@ -216,19 +217,9 @@ void ModelConfig::validate() const {
 }
 
 int64_t parameter_count(const ModelConfig& c) {
-    auto bn = [](int64_t ch) { return 2 * ch; };
-    int64_t n = int64_t(c.stem_channels) * c.in_channels * 9 + bn(c.stem_channels);
-    for (const BlockConfig& b : c.blocks) {
-        if (b.has_expand()) n += int64_t(b.expand_channels) * b.in_channels + bn(b.expand_channels);
-        n += int64_t(b.expand_channels) * b.kernel * b.kernel + bn(b.expand_channels);
-        if (b.has_se())
-            n += int64_t(b.se_channels) * b.expand_channels + b.se_channels +
-                 int64_t(b.expand_channels) * b.se_channels + b.expand_channels;
-        n += int64_t(b.out_channels) * b.expand_channels + bn(b.out_channels);
-    }
-    const int last = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
-    n += int64_t(c.head_channels) * last + bn(c.head_channels);
-    n += int64_t(c.num_classes) * c.head_channels + c.num_classes;
+    int64_t n = 0;
+    for (const ParamSpec& spec : parameter_specs(c))
+        if (spec.trainable) n += shape_numel(spec.shape);
     return n;
 }
 

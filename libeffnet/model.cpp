@@ -5,30 +5,18 @@
 #include <cstdio>
 
 #include "effnet/error.hpp"
+#include "effnet/network_plan.hpp"
 #include "effnet/safetensors.hpp"
+#include "splitmix64.hpp"
 
 namespace effnet {
 
 namespace {
 
-void add_conv_bn(std::vector<ParamSpec>& specs, const std::string& prefix, Shape conv_shape) {
-    const int64_t channels = conv_shape[0];
-    specs.push_back({prefix + ".conv.weight", std::move(conv_shape), true});
-    specs.push_back({prefix + ".bn.weight", {channels}, true});
-    specs.push_back({prefix + ".bn.bias", {channels}, true});
-    specs.push_back({prefix + ".bn.running_mean", {channels}, false});
-    specs.push_back({prefix + ".bn.running_var", {channels}, false});
-}
-
 // splitmix64: a small, portable generator, so that a seed gives the same model everywhere.
 struct Rng {
     uint64_t state;
-    uint64_t next() {
-        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
+    uint64_t next() { return splitmix64_next(state); }
     double uniform() { return double((next() >> 11) + 1) / 9007199254740993.0; } // (0, 1]
     bool has_spare = false;
     double spare = 0;
@@ -63,26 +51,8 @@ std::string join_ints(const std::vector<int>& v) {
 } // namespace
 
 std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
-    std::vector<ParamSpec> specs;
-    add_conv_bn(specs, "stem", {c.stem_channels, c.in_channels, 3, 3});
-    for (size_t i = 0; i < c.blocks.size(); ++i) {
-        const BlockConfig& b = c.blocks[i];
-        const std::string p = "blocks." + std::to_string(i) + ".";
-        if (b.has_expand()) add_conv_bn(specs, p + "expand", {b.expand_channels, b.in_channels, 1, 1});
-        add_conv_bn(specs, p + "dw", {b.expand_channels, 1, b.kernel, b.kernel});
-        if (b.has_se()) {
-            specs.push_back({p + "se.reduce.weight", {b.se_channels, b.expand_channels, 1, 1}, true});
-            specs.push_back({p + "se.reduce.bias", {b.se_channels}, true});
-            specs.push_back({p + "se.expand.weight", {b.expand_channels, b.se_channels, 1, 1}, true});
-            specs.push_back({p + "se.expand.bias", {b.expand_channels}, true});
-        }
-        add_conv_bn(specs, p + "project", {b.out_channels, b.expand_channels, 1, 1});
-    }
-    const int last = c.blocks.empty() ? c.stem_channels : c.blocks.back().out_channels;
-    add_conv_bn(specs, "head", {c.head_channels, last, 1, 1});
-    specs.push_back({"classifier.weight", {c.num_classes, c.head_channels}, true});
-    specs.push_back({"classifier.bias", {c.num_classes}, true});
-    return specs;
+    // Parameters do not depend on the input size: any size gives them, the smallest is cheapest.
+    return make_network_plan(c, 1, 1, 1).parameters();
 }
 
 const Tensor& Model::param(const std::string& name) const {
@@ -107,23 +77,24 @@ Model random_model(const ModelConfig& config, uint64_t seed) {
     // the squeeze-excite gate (~0.5); residual branches are damped so that B7's 48 residual
     // sums do not grow without bound. Measured over B0..B7 / Lite and seeds: logits RMS ~0.02-2.
     const double act_gain = config.activation == Activation::SiLU ? 1.558 : 1.413;
-    std::map<std::string, double> gain;
-    gain["stem.conv.weight"] = act_gain;
-    gain["head.conv.weight"] = act_gain;
-    for (size_t i = 0; i < config.blocks.size(); ++i) {
-        const BlockConfig& b = config.blocks[i];
-        const std::string p = "blocks." + std::to_string(i) + ".";
-        gain[p + "expand.conv.weight"] = act_gain;
-        gain[p + "dw.conv.weight"] = act_gain;
-        gain[p + "se.reduce.weight"] = act_gain;
-        gain[p + "se.expand.weight"] = 1.0;
-        gain[p + "project.conv.weight"] = (b.has_se() ? 2.0 : 1.0) * (b.has_residual() ? 0.2 : 1.2);
+    std::map<std::string, double> gain; // conv weight name -> gain
+    const NetworkPlan plan = make_network_plan(config, 1, 1, 1);
+    for (const Layer& l : plan.layers) {
+        if (l.kind == LayerKind::SqueezeExcite) {
+            gain[l.param("reduce.weight")] = act_gain;
+            gain[l.param("expand.weight")] = 1.0;
+        } else if (l.kind == LayerKind::Project) {
+            const bool gated = plan.layers[size_t(l.input)].kind == LayerKind::SqueezeExcite;
+            gain[l.param("conv.weight")] = (gated ? 2.0 : 1.0) * (l.residual >= 0 ? 0.2 : 1.2);
+        } else if (l.batch_norm) {
+            gain[l.param("conv.weight")] = act_gain;
+        }
     }
     Model model;
     model.config = config;
     model.family = "effnet";
     Rng rng{seed};
-    for (const ParamSpec& spec : parameter_specs(config)) {
+    for (const ParamSpec& spec : plan.parameters()) {
         Tensor t(spec.shape);
         if (spec.shape.size() == 4) { // conv weight [O, I/groups, kh, kw]
             const double fan_in = double(spec.shape[1] * spec.shape[2] * spec.shape[3]);

@@ -1,51 +1,48 @@
 // The CPU reference network: EfficientNet forward (eval and train) and backward, composed from
-// the reference ops of ops.hpp. Activations are NCHW float32.
-//
-//   stem:  conv 3x3 s2 -> BN -> act
-//   block: [expand 1x1 -> BN -> act] -> depthwise kxk -> BN -> act -> [squeeze-excite]
-//          -> project 1x1 -> BN -> [stochastic depth -> + input]   (residual: stride 1, in == out)
-//   head:  conv 1x1 -> BN -> act -> global average pool -> dropout -> linear
+// the reference ops of ops.hpp by walking the network plan (effnet/network_plan.hpp), backward
+// in reverse. Activations are NCHW float32.
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
+#include "effnet/network_plan.hpp"
 
 namespace effnet::cpu {
 
 namespace {
 
-// What one conv -> BN [-> act] unit saw in the forward, for its backward.
-struct ConvBnSaved {
-    Tensor x; // conv input [N, Ci, H, W]
-    Conv2dParams conv;
-    Tensor z;          // conv output = BN input [N, Co, Ho, Wo]
+// What one layer saw in the forward, for its backward.
+struct LayerSaved {
+    Tensor x;          // input (convolutions, squeeze-excite, classifier)
+    Tensor z;          // conv output = BN input
     BatchNormSaved bn; // batch statistics (train forward only)
     Tensor y;          // BN output = activation input (only when an activation follows)
-};
-
-struct BlockSaved {
-    ConvBnSaved expand, dw, project;
-    Tensor se_x; // squeeze-excite input
     SqueezeExciteSaved se;
-    std::vector<float> drop_mask; // stochastic depth per sample; empty when not applied
+    std::vector<float> mask; // stochastic depth per sample / dropout per element; empty: not applied
+    Shape in_shape;          // pool input
 };
 
-// A per-use seed from the forward's seed (splitmix64 of seed and use).
-uint64_t derive_seed(uint64_t seed, uint64_t use) {
-    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (use + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+Conv2dParams conv2d_params(const ConvGeometry& g) {
+    Conv2dParams p;
+    p.stride = g.stride;
+    p.groups = g.groups;
+    p.pad_top = g.pad_top;
+    p.pad_bottom = g.pad_bottom;
+    p.pad_left = g.pad_left;
+    p.pad_right = g.pad_right;
+    return p;
 }
 
-void accumulate(Tensor& into, const Tensor& t) {
-    if (into.empty()) {
-        into = t;
-        return;
-    }
-    into = add(into, t);
+// How many residual connections read each layer's output: those outputs are kept until then.
+std::vector<int> residual_readers(const NetworkPlan& plan) {
+    std::vector<int> readers(plan.layers.size(), 0);
+    for (const Layer& l : plan.layers)
+        if (l.residual >= 0) ++readers[size_t(l.residual)];
+    return readers;
 }
 
 } // namespace
@@ -62,34 +59,32 @@ struct Network::Impl {
     bool train = false;
     Tensor eval_input;
     ForwardOptions eval_options;
-    Shape input_shape;
-    ConvBnSaved stem, head;
-    std::vector<BlockSaved> blocks;
-    Shape head_out_shape;            // [N, head_channels, h, w]
-    Tensor classifier_input;         // [N, head_channels] after dropout
-    std::vector<float> dropout_mask; // empty when dropout was not applied
+    NetworkPlan plan; // for the last forward's input size
+    std::vector<LayerSaved> layers;
 
     explicit Impl(Model& m) : model(m) {}
 
-    ForwardResult run_forward(const Tensor& input, const ForwardOptions& opt);
-
     const ModelConfig& config() const { return model.config; }
 
-    // conv -> BN [-> act] under prefix ("stem" -> "stem.conv.weight", "stem.bn.*").
-    Tensor conv_bn_forward(const std::string& prefix, const Tensor& x, int kernel, int stride, int groups,
-                           bool act, const ForwardOptions& opt, ConvBnSaved& s) {
+    ForwardResult run_forward(const Tensor& input, const ForwardOptions& opt);
+    Tensor layer_forward(const Layer& l, const Tensor& x, const Tensor* residual, const ForwardOptions& opt,
+                         LayerSaved& s);
+    // Returns the gradient of the layer's input; adds its parameters' gradients to g.
+    Tensor layer_backward(const Layer& l, const Tensor& dout, const LayerSaved& s, Gradients& g);
+
+    // conv -> BN [-> act].
+    Tensor conv_bn_forward(const Layer& l, const Tensor& x, const ForwardOptions& opt, LayerSaved& s) {
         const ModelConfig& c = config();
-        s.conv = conv_params(int(x.dim(2)), int(x.dim(3)), kernel, stride, groups, c.padding);
-        Tensor z = conv2d_forward(x, model.param(prefix + ".conv.weight"), nullptr, s.conv);
-        const Tensor& gamma = model.param(prefix + ".bn.weight");
-        const Tensor& beta = model.param(prefix + ".bn.bias");
-        Tensor& mean = model.param(prefix + ".bn.running_mean");
-        Tensor& var = model.param(prefix + ".bn.running_var");
+        Tensor z = conv2d_forward(x, model.param(l.param("conv.weight")), nullptr, conv2d_params(l.conv));
+        const Tensor& gamma = model.param(l.param("bn.weight"));
+        const Tensor& beta = model.param(l.param("bn.bias"));
+        Tensor& mean = model.param(l.param("bn.running_mean"));
+        Tensor& var = model.param(l.param("bn.running_var"));
         Tensor y;
         if (opt.train) {
             const int64_t per_channel = z.dim(0) * z.dim(2) * z.dim(3);
-            EFFNET_CHECK(per_channel > 1, "train-mode batch norm '" + prefix +
-                                              ".bn' needs more than one value per "
+            EFFNET_CHECK(per_channel > 1, "train-mode batch norm '" + l.param("bn") +
+                                              "' needs more than one value per "
                                               "channel, got activation " +
                                               shape_str(z.shape) + " (use a larger batch or input)");
             const bool update = opt.update_running_stats;
@@ -102,78 +97,31 @@ struct Network::Impl {
             s.x = x;
             s.z = std::move(z);
         }
-        if (!act) return y;
-        Tensor out = activation_forward(y, c.activation);
+        if (!l.activation) return y;
+        Tensor out = activation_forward(y, *l.activation);
         if (saving) s.y = std::move(y);
         return out;
     }
 
-    // Returns d(unit input); adds the conv weight and BN gradients to g.
-    Tensor conv_bn_backward(const std::string& prefix, const Tensor& dout, bool act, const ConvBnSaved& s,
-                            Gradients& g) {
+    Tensor conv_bn_backward(const Layer& l, const Tensor& dout, const LayerSaved& s, Gradients& g) {
         const ModelConfig& c = config();
-        const Tensor dy = act ? activation_backward(s.y, dout, c.activation) : dout;
-        const Tensor& gamma = model.param(prefix + ".bn.weight");
+        const Tensor dy = l.activation ? activation_backward(s.y, dout, *l.activation) : dout;
+        const Tensor& gamma = model.param(l.param("bn.weight"));
         Tensor dz, dgamma, dbeta;
         if (train) {
             batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta);
         } else {
-            batchnorm_eval_backward(s.z, gamma, model.param(prefix + ".bn.running_mean"),
-                                    model.param(prefix + ".bn.running_var"), c.bn_eps, dy, &dz, &dgamma,
+            batchnorm_eval_backward(s.z, gamma, model.param(l.param("bn.running_mean")),
+                                    model.param(l.param("bn.running_var")), c.bn_eps, dy, &dz, &dgamma,
                                     &dbeta);
         }
         Tensor dx, dw;
-        conv2d_backward(s.x, model.param(prefix + ".conv.weight"), dz, s.conv, &dx, &dw, nullptr);
-        g.params[prefix + ".conv.weight"] = std::move(dw);
-        g.params[prefix + ".bn.weight"] = std::move(dgamma);
-        g.params[prefix + ".bn.bias"] = std::move(dbeta);
+        conv2d_backward(s.x, model.param(l.param("conv.weight")), dz, conv2d_params(l.conv), &dx, &dw,
+                        nullptr);
+        g.params[l.param("conv.weight")] = std::move(dw);
+        g.params[l.param("bn.weight")] = std::move(dgamma);
+        g.params[l.param("bn.bias")] = std::move(dbeta);
         return dx;
-    }
-
-    Tensor block_forward(int i, const Tensor& x, const ForwardOptions& opt, BlockSaved& s) {
-        const ModelConfig& c = config();
-        const BlockConfig& b = c.blocks[i];
-        const std::string p = "blocks." + std::to_string(i) + ".";
-        Tensor h = b.has_expand() ? conv_bn_forward(p + "expand", x, 1, 1, 1, true, opt, s.expand) : x;
-        h = conv_bn_forward(p + "dw", h, b.kernel, b.stride, b.expand_channels, true, opt, s.dw);
-        if (b.has_se()) {
-            Tensor se_out = squeeze_excite_forward(
-                h, model.param(p + "se.reduce.weight"), model.param(p + "se.reduce.bias"),
-                model.param(p + "se.expand.weight"), model.param(p + "se.expand.bias"), c.activation,
-                saving ? &s.se : nullptr);
-            if (saving) s.se_x = std::move(h);
-            h = std::move(se_out);
-        }
-        h = conv_bn_forward(p + "project", h, 1, 1, 1, false, opt, s.project);
-        if (!b.has_residual()) return h;
-        s.drop_mask.clear();
-        if (opt.train && opt.dropout && b.drop_path > 0.0f)
-            h = stochastic_depth_forward(h, b.drop_path, derive_seed(opt.seed, uint64_t(i)), &s.drop_mask);
-        return add(h, x);
-    }
-
-    Tensor block_backward(int i, const Tensor& dout, const BlockSaved& s, Gradients& g) {
-        const ModelConfig& c = config();
-        const BlockConfig& b = c.blocks[i];
-        const std::string p = "blocks." + std::to_string(i) + ".";
-        Tensor d =
-            (b.has_residual() && !s.drop_mask.empty()) ? stochastic_depth_backward(dout, s.drop_mask) : dout;
-        d = conv_bn_backward(p + "project", d, false, s.project, g);
-        if (b.has_se()) {
-            Tensor dx, dw1, db1, dw2, db2;
-            squeeze_excite_backward(s.se_x, model.param(p + "se.reduce.weight"),
-                                    model.param(p + "se.expand.weight"), c.activation, s.se, d, &dx, &dw1,
-                                    &db1, &dw2, &db2);
-            g.params[p + "se.reduce.weight"] = std::move(dw1);
-            g.params[p + "se.reduce.bias"] = std::move(db1);
-            g.params[p + "se.expand.weight"] = std::move(dw2);
-            g.params[p + "se.expand.bias"] = std::move(db2);
-            d = std::move(dx);
-        }
-        d = conv_bn_backward(p + "dw", d, true, s.dw, g);
-        if (b.has_expand()) d = conv_bn_backward(p + "expand", d, true, s.expand, g);
-        if (b.has_residual()) accumulate(d, dout);
-        return d;
     }
 };
 
@@ -200,14 +148,18 @@ ForwardResult Network::forward(const Tensor& input, const ForwardOptions& opt) {
     EFFNET_CHECK(input.dim(1) == c.in_channels,
                  "network input " + shape_str(input.shape) + " has " + std::to_string(input.dim(1)) +
                      " channels, the model takes " + std::to_string(c.in_channels));
+    EFFNET_CHECK(input.dim(0) <= std::numeric_limits<int>::max() &&
+                     input.dim(2) <= std::numeric_limits<int>::max() &&
+                     input.dim(3) <= std::numeric_limits<int>::max(),
+                 "network input " + shape_str(input.shape) + " is too large");
     m.have_forward = false;
     m.train = opt.train;
     m.saving = opt.train;
-    m.input_shape = input.shape;
+    m.plan = make_network_plan(c, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)));
     m.eval_input = opt.train ? Tensor() : input;
     m.eval_options = opt;
     m.eval_options.record_stages = false;
-    m.blocks.assign(c.blocks.size(), BlockSaved{});
+    m.layers.assign(m.plan.layers.size(), LayerSaved{});
     ForwardResult result = m.run_forward(input, opt);
     m.saved = m.saving;
     m.have_forward = true;
@@ -215,37 +167,67 @@ ForwardResult Network::forward(const Tensor& input, const ForwardOptions& opt) {
 }
 
 ForwardResult Network::Impl::run_forward(const Tensor& input, const ForwardOptions& opt) {
-    Impl& m = *this;
-    const ModelConfig& c = m.config();
     ForwardResult result;
-
-    Tensor x = m.conv_bn_forward("stem", input, 3, 2, 1, true, opt, m.stem);
-    if (opt.record_stages) result.stages["stem"] = x;
-    for (size_t i = 0; i < c.blocks.size(); ++i) {
-        x = m.block_forward(int(i), x, opt, m.blocks[i]);
-        const bool last_of_stage = i + 1 == c.blocks.size() || c.blocks[i + 1].stage != c.blocks[i].stage;
-        if (opt.record_stages && last_of_stage)
-            result.stages["stage." + std::to_string(c.blocks[i].stage)] = x;
+    std::vector<int> readers = residual_readers(plan);
+    std::map<int, Tensor> kept; // outputs a later residual reads
+    Tensor x = input;
+    for (size_t i = 0; i < plan.layers.size(); ++i) {
+        const Layer& l = plan.layers[i];
+        const Tensor* residual = l.residual >= 0 ? &kept.at(l.residual) : nullptr;
+        x = layer_forward(l, x, residual, opt, layers[i]);
+        if (residual && --readers[size_t(l.residual)] == 0) kept.erase(l.residual);
+        if (readers[i] > 0) kept[int(i)] = x;
+        if (!opt.record_stages) continue;
+        if (l.kind == LayerKind::Stem || l.kind == LayerKind::Head || l.kind == LayerKind::Pool)
+            result.stages[l.name] = x;
+        if (plan.ends_stage(i)) result.stages["stage." + std::to_string(l.stage)] = x;
     }
-    x = m.conv_bn_forward("head", x, 1, 1, 1, true, opt, m.head);
-    if (opt.record_stages) result.stages["head"] = x;
-    m.head_out_shape = x.shape;
-    Tensor pooled = global_avg_pool_forward(x); // [N, head_channels]
-    if (opt.record_stages) result.stages["pool"] = pooled;
-    m.dropout_mask.clear();
-    if (opt.train && opt.dropout && c.dropout > 0.0f)
-        pooled = dropout_forward(pooled, c.dropout, derive_seed(opt.seed, c.blocks.size()), &m.dropout_mask);
-    m.classifier_input = std::move(pooled);
-    result.logits = linear_forward(m.classifier_input, m.model.param("classifier.weight"),
-                                   &m.model.param("classifier.bias"));
+    result.logits = std::move(x);
     return result;
+}
+
+Tensor Network::Impl::layer_forward(const Layer& l, const Tensor& x, const Tensor* residual,
+                                    const ForwardOptions& opt, LayerSaved& s) {
+    const bool masks = opt.train && opt.dropout && l.drop_rate > 0.0f;
+    switch (l.kind) {
+    case LayerKind::Stem:
+    case LayerKind::Expand:
+    case LayerKind::Depthwise:
+    case LayerKind::Head:
+        return conv_bn_forward(l, x, opt, s);
+    case LayerKind::Project: {
+        Tensor h = conv_bn_forward(l, x, opt, s);
+        if (!residual) return h;
+        s.mask.clear();
+        if (masks) h = stochastic_depth_forward(h, l.drop_rate, mask_seed(opt.seed, l), &s.mask);
+        return add(h, *residual);
+    }
+    case LayerKind::SqueezeExcite: {
+        Tensor out = squeeze_excite_forward(
+            x, model.param(l.param("reduce.weight")), model.param(l.param("reduce.bias")),
+            model.param(l.param("expand.weight")), model.param(l.param("expand.bias")), *l.activation,
+            saving ? &s.se : nullptr);
+        if (saving) s.x = x;
+        return out;
+    }
+    case LayerKind::Pool:
+        s.in_shape = x.shape;
+        return global_avg_pool_forward(x); // [N, C]
+    case LayerKind::Dropout:
+        s.mask.clear();
+        return masks ? dropout_forward(x, l.drop_rate, mask_seed(opt.seed, l), &s.mask) : x;
+    case LayerKind::Classifier:
+        s.x = x; // kept after an eval forward too: it is small
+        return linear_forward(x, model.param(l.param("weight")), &model.param(l.param("bias")));
+    }
+    throw Error("cpu::Network: unknown layer kind of " + l.name);
 }
 
 Gradients Network::backward(const Tensor& dlogits) {
     Impl& m = *impl_;
     const ModelConfig& c = m.config();
     EFFNET_CHECK(m.have_forward, "Network::backward called without a forward before it");
-    const Shape expected = {m.input_shape[0], c.num_classes};
+    const Shape expected = {int64_t(m.plan.batch), c.num_classes};
     EFFNET_CHECK(dlogits.shape == expected && dlogits.numel() == shape_numel(expected),
                  "Network::backward: dlogits has shape " + shape_str(dlogits.shape) + ", expected " +
                      shape_str(expected));
@@ -255,16 +237,55 @@ Gradients Network::backward(const Tensor& dlogits) {
         m.saved = true;
     }
     Gradients g;
-    Tensor dpool, dw, db;
-    linear_backward(m.classifier_input, m.model.param("classifier.weight"), dlogits, &dpool, &dw, &db);
-    g.params["classifier.weight"] = std::move(dw);
-    g.params["classifier.bias"] = std::move(db);
-    if (!m.dropout_mask.empty()) dpool = dropout_backward(dpool, m.dropout_mask);
-    Tensor d = global_avg_pool_backward(m.head_out_shape, dpool);
-    d = m.conv_bn_backward("head", d, true, m.head, g);
-    for (int i = int(c.blocks.size()) - 1; i >= 0; --i) d = m.block_backward(i, d, m.blocks[i], g);
-    g.input = m.conv_bn_backward("stem", d, true, m.stem, g);
+    std::map<int, Tensor> residual_grads; // gradient reaching a layer's output through a residual
+    Tensor d = dlogits;
+    for (int i = int(m.plan.layers.size()) - 1; i >= 0; --i) {
+        const auto skip = residual_grads.find(i);
+        if (skip != residual_grads.end()) {
+            d = add(d, skip->second);
+            residual_grads.erase(skip);
+        }
+        const Layer& l = m.plan.layers[size_t(i)];
+        if (l.residual >= 0) residual_grads[l.residual] = d; // each residual is read once (the plan)
+        d = m.layer_backward(l, d, m.layers[size_t(i)], g);
+    }
+    g.input = std::move(d);
     return g;
+}
+
+Tensor Network::Impl::layer_backward(const Layer& l, const Tensor& dout, const LayerSaved& s, Gradients& g) {
+    switch (l.kind) {
+    case LayerKind::Stem:
+    case LayerKind::Expand:
+    case LayerKind::Depthwise:
+    case LayerKind::Head:
+        return conv_bn_backward(l, dout, s, g);
+    case LayerKind::Project:
+        return conv_bn_backward(l, s.mask.empty() ? dout : stochastic_depth_backward(dout, s.mask), s, g);
+    case LayerKind::SqueezeExcite: {
+        Tensor dx, dw1, db1, dw2, db2;
+        squeeze_excite_backward(s.x, model.param(l.param("reduce.weight")),
+                                model.param(l.param("expand.weight")), *l.activation, s.se, dout, &dx, &dw1,
+                                &db1, &dw2, &db2);
+        g.params[l.param("reduce.weight")] = std::move(dw1);
+        g.params[l.param("reduce.bias")] = std::move(db1);
+        g.params[l.param("expand.weight")] = std::move(dw2);
+        g.params[l.param("expand.bias")] = std::move(db2);
+        return dx;
+    }
+    case LayerKind::Pool:
+        return global_avg_pool_backward(s.in_shape, dout);
+    case LayerKind::Dropout:
+        return s.mask.empty() ? dout : dropout_backward(dout, s.mask);
+    case LayerKind::Classifier: {
+        Tensor dx, dw, db;
+        linear_backward(s.x, model.param(l.param("weight")), dout, &dx, &dw, &db);
+        g.params[l.param("weight")] = std::move(dw);
+        g.params[l.param("bias")] = std::move(db);
+        return dx;
+    }
+    }
+    throw Error("cpu::Network: unknown layer kind of " + l.name);
 }
 
 } // namespace effnet::cpu
