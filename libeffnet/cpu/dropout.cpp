@@ -9,15 +9,13 @@
 #include "cpu/ops.hpp"
 #include "cpu/ops_util.hpp"
 #include "effnet/error.hpp"
+#include "splitmix64.hpp"
 
 namespace effnet::cpu {
 namespace {
 
 uint64_t splitmix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return splitmix64_next(z);
 }
 
 // Uniform in [0, 1) with 53 random bits, for index i under `seed`.
