@@ -1,5 +1,5 @@
-// Parts of the GPU training API that exist in every build: precision names, the optimizer
-// options' conversion, and, in a build without CUDA, a GpuTrainer that refuses to be built.
+// Parts of the GPU training API that exist in every build: precision names and, in a build
+// without CUDA, a GpuTrainer that refuses to be built.
 #include <algorithm>
 #include <cctype>
 #include <string>
@@ -28,34 +28,6 @@ TrainPrecision parse_train_precision(const std::string& s) {
     if (n == "amp-fp16" || n == "amp_fp16" || n == "fp16") return TrainPrecision::AmpFP16;
     if (n == "amp-bf16" || n == "amp_bf16" || n == "bf16") return TrainPrecision::AmpBF16;
     throw Error("unknown training precision '" + s + "' (expected fp32, amp-fp16 or amp-bf16)");
-}
-
-train::OptimizerConfig GpuTrainOptions::optimizer_config() const {
-    train::OptimizerConfig c;
-    c.kind = optimizer;
-    c.weight_decay = weight_decay;
-    c.decay_all = decay_all;
-    c.momentum = momentum;
-    c.nesterov = nesterov;
-    c.rms_decay = rms_decay;
-    c.rms_eps = rms_eps;
-    c.beta1 = beta1;
-    c.beta2 = beta2;
-    c.adam_eps = adam_eps;
-    return c;
-}
-
-void GpuTrainOptions::set_optimizer(const train::OptimizerConfig& c) {
-    optimizer = c.kind;
-    weight_decay = c.weight_decay;
-    decay_all = c.decay_all;
-    momentum = c.momentum;
-    nesterov = c.nesterov;
-    rms_decay = c.rms_decay;
-    rms_eps = c.rms_eps;
-    beta1 = c.beta1;
-    beta2 = c.beta2;
-    adam_eps = c.adam_eps;
 }
 
 #ifndef EFFNET_WITH_CUDA

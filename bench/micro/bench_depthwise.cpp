@@ -97,7 +97,7 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         const cudnnDataType_t type = p == Precision::FP32   ? CUDNN_DATA_FLOAT
                                      : p == Precision::FP16 ? CUDNN_DATA_HALF
                                                             : CUDNN_DATA_BFLOAT16;
-        cudnnHandle_t h = env.ctx().cudnn();
+        cudnnHandle_t h = env.cudnn();
         CudnnConv c;
         EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.x));
         EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.y));

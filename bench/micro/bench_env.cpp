@@ -15,8 +15,18 @@ BenchEnv::BenchEnv(const BenchOptions& options) : options_(options), ctx_(0) {
 }
 
 BenchEnv::~BenchEnv() {
+    if (cudnn_) cudnnDestroy(cudnn_);
     if (start_) cudaEventDestroy(start_);
     if (stop_) cudaEventDestroy(stop_);
+}
+
+cudnnHandle_t BenchEnv::cudnn() {
+    if (!cudnn_) {
+        ctx_.activate();
+        EFFNET_CUDNN_CHECK(cudnnCreate(&cudnn_));
+        EFFNET_CUDNN_CHECK(cudnnSetStream(cudnn_, ctx_.stream()));
+    }
+    return cudnn_;
 }
 
 std::string BenchEnv::description() const {

@@ -1,9 +1,11 @@
 #pragma once
-// Shared state of one microbenchmark run: the CUDA context, an L2-flush buffer, the device's
-// measured ceilings (device-to-device copy bandwidth, cuBLASLt large-GEMM rate), the run's
-// options, and the timing loop (CUDA events around each launch, L2 flushed before each).
+// Shared state of one microbenchmark run: the CUDA context, the cuDNN handle of the baselines
+// (cuDNN is linked into the microbenchmarks only, not into the library), an L2-flush buffer, the
+// device's measured ceilings (device-to-device copy bandwidth, cuBLASLt large-GEMM rate), the
+// run's options, and the timing loop (CUDA events around each launch, L2 flushed before each).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
 
 #include <functional>
 #include <string>
@@ -12,6 +14,15 @@
 #include "effnet/config.hpp"
 #include "effnet/inference.hpp"
 #include "libeffnet/cuda/context.hpp"
+
+#define EFFNET_CUDNN_CHECK(expr)                                                                             \
+    do {                                                                                                     \
+        const cudnnStatus_t effnet_st_ = (expr);                                                             \
+        if (effnet_st_ != CUDNN_STATUS_SUCCESS)                                                              \
+            throw ::effnet::Error(std::string("cuDNN error: ") + #expr + " returned " +                      \
+                                  cudnnGetErrorString(effnet_st_) + " at " + __FILE__ + ":" +                \
+                                  std::to_string(__LINE__));                                                 \
+    } while (0)
 
 namespace effnet::bench {
 
@@ -30,6 +41,7 @@ public:
 
     cuda::Context& ctx() { return ctx_; }
     cudaStream_t stream() const { return ctx_.stream(); }
+    cudnnHandle_t cudnn(); // created on first call, bound to stream()
     const BenchOptions& options() const { return options_; }
     double copy_gbps() const { return copy_gbps_; }     // read + write bytes per second / 1e9
     double gemm_tflops() const { return gemm_tflops_; } // cuBLASLt 8192^3, options.precision (fp32: TF32 off)
@@ -45,6 +57,7 @@ private:
     void measure_gemm_rate();
     BenchOptions options_;
     cuda::Context ctx_;
+    cudnnHandle_t cudnn_ = nullptr;
     cuda::DeviceBuffer flush_;
     cudaEvent_t start_ = nullptr, stop_ = nullptr;
     double copy_gbps_ = 0.0, gemm_tflops_ = 0.0;

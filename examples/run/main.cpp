@@ -17,6 +17,7 @@
 #include "effnet/inference.hpp"
 #include "effnet/model.hpp"
 #include "effnet/safetensors.hpp"
+#include "effnet/train/optimizer.hpp"
 
 using namespace effnet;
 
@@ -134,7 +135,7 @@ GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vec
     o.dropout = false;
     o.deterministic = true;
     o.loss_scale = tp == TrainPrecision::AmpFP16 ? 1024.0f : 1.0f;
-    o.set_optimizer(update_config());
+    o.optimizer = update_config();
     GpuTrainer trainer(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)), tp, o);
     GpuTrainResult r;
     r.loss = trainer.compute_gradients(input.ptr(), target.data());

@@ -95,8 +95,8 @@ int run(const Args& a) {
     effnet::Model model = effnet::random_model(config, a.seed);
 
     effnet::GpuTrainOptions opt;
-    opt.momentum = 0.9f;
-    opt.weight_decay = 1e-5f;
+    opt.optimizer.momentum = 0.9f;
+    opt.optimizer.weight_decay = 1e-5f;
     opt.label_smoothing = 0.1f;
     opt.loss_scale = precision == effnet::TrainPrecision::AmpFP16 ? 1024.0f : 1.0f;
     opt.allow_tf32 = a.tf32;

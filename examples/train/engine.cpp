@@ -11,6 +11,9 @@
 #include "cpu/ops.hpp"
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
+#include "effnet/train/loss_scaler.hpp"
+#include "effnet/train/rng.hpp"
+#include "effnet/train/schedule.hpp"
 
 namespace effnet::examples {
 namespace {
@@ -66,7 +69,7 @@ void copy_images_repeated(float* dst, const float* src, int64_t n, int64_t full,
 GpuTrainOptions gpu_options(const train::TrainOptions& o, TrainPrecision precision,
                             const train::LossScalerConfig& scaler) {
     GpuTrainOptions g;
-    g.set_optimizer(o.optimizer);
+    g.optimizer = o.optimizer;
     g.clip_grad_norm = o.clip_grad_norm;
     g.label_smoothing = o.label_smoothing;
     g.dropout = o.dropout;

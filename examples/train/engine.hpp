@@ -12,7 +12,11 @@
 
 #include "effnet/gpu_training.hpp"
 #include "effnet/model.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/checkpoint.hpp"
+#include "effnet/train/dataset.hpp"
+#include "effnet/train/optimizer.hpp"
+#include "effnet/train/param_map.hpp"
+#include "effnet/train/trainer.hpp"
 
 namespace effnet::examples {
 

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/plot.hpp"
 
 namespace effnet::examples {
 namespace {

@@ -10,7 +10,8 @@
 
 #include "common/args.hpp"
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/optimizer.hpp"
+#include "effnet/train/schedule.hpp"
 
 namespace effnet::examples {
 namespace {

@@ -25,7 +25,8 @@
 
 #include "effnet/cpu_engine.hpp"
 #include "effnet/model.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/optimizer.hpp"
+#include "effnet/train/param_map.hpp"
 
 namespace effnet {
 
@@ -34,15 +35,8 @@ const char* train_precision_name(TrainPrecision p);         // "fp32" | "amp-fp1
 TrainPrecision parse_train_precision(const std::string& s); // throws effnet::Error on unknown names
 
 struct GpuTrainOptions {
-    // The optimizer, with the definitions of train::OptimizerConfig (include/effnet/train.hpp)
-    // and the same validation; optimizer_config() / set_optimizer() convert.
-    train::OptimizerKind optimizer = train::OptimizerKind::SGD;
-    double momentum = 0.9;                  // SGD and RMSProp
-    bool nesterov = false;                  // SGD
-    double weight_decay = 0.0;              // conv / linear weights only: not *.bn.* nor any *.bias ...
-    bool decay_all = false;                 // ... unless true: BN parameters and biases too
-    double rms_decay = 0.9, rms_eps = 1e-3; // RMSProp
-    double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8; // AdamW
+    // The optimizer, with train::Optimizer's definitions, defaults and validation.
+    train::OptimizerConfig optimizer;
     // > 0: before the update, scale every gradient by max / norm when the global L2 norm exceeds
     // it (train::clip_grad_norm). 0: off.
     double clip_grad_norm = 0.0;
@@ -58,9 +52,6 @@ struct GpuTrainOptions {
     // true fp32 everywhere. No effect under AMP.
     bool allow_tf32 = false;
     int device = 0;
-
-    train::OptimizerConfig optimizer_config() const;
-    void set_optimizer(const train::OptimizerConfig& config);
 };
 
 class GpuTrainer {

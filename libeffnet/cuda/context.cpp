@@ -15,7 +15,6 @@ Context::Context(int device) : device_(device) {
 
 Context::~Context() {
     // Destructors cannot throw: release in reverse order and ignore errors.
-    if (cudnn_) cudnnDestroy(cudnn_);
     if (cublaslt_) cublasLtDestroy(cublaslt_);
     if (stream_) cudaStreamDestroy(stream_);
 }
@@ -30,15 +29,6 @@ cublasLtHandle_t Context::cublaslt() {
         EFFNET_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
     }
     return cublaslt_;
-}
-
-cudnnHandle_t Context::cudnn() {
-    if (!cudnn_) {
-        activate();
-        EFFNET_CUDNN_CHECK(cudnnCreate(&cudnn_));
-        EFFNET_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
-    }
-    return cudnn_;
 }
 
 void* Context::workspace(size_t bytes) {

@@ -1,10 +1,9 @@
 #pragma once
-// The CUDA context of one session or benchmark: device, stream, cuBLASLt and cuDNN handles
-// (created on first use: the inference engine needs neither, baselines do) and a workspace.
+// The CUDA context of one session or benchmark: device, stream, a cuBLASLt handle (created on
+// first use) and a workspace.
 // No global state: everything a launch needs is reachable from here.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
-#include <cudnn.h>
 
 #include <string>
 
@@ -17,15 +16,6 @@
         if (effnet_st_ != CUBLAS_STATUS_SUCCESS)                                                             \
             throw ::effnet::Error(std::string("cuBLAS error: ") + #expr + " returned " +                     \
                                   cublasLtGetStatusName(effnet_st_) + " at " + __FILE__ + ":" +              \
-                                  std::to_string(__LINE__));                                                 \
-    } while (0)
-
-#define EFFNET_CUDNN_CHECK(expr)                                                                             \
-    do {                                                                                                     \
-        const cudnnStatus_t effnet_st_ = (expr);                                                             \
-        if (effnet_st_ != CUDNN_STATUS_SUCCESS)                                                              \
-            throw ::effnet::Error(std::string("cuDNN error: ") + #expr + " returned " +                      \
-                                  cudnnGetErrorString(effnet_st_) + " at " + __FILE__ + ":" +                \
                                   std::to_string(__LINE__));                                                 \
     } while (0)
 
@@ -43,7 +33,6 @@ public:
     const cudaDeviceProp& properties() const { return props_; }
     cudaStream_t stream() const { return stream_; }
     cublasLtHandle_t cublaslt(); // created on first call
-    cudnnHandle_t cudnn();       // created on first call, bound to stream()
     // A workspace of at least `bytes` (grown by reallocation: call outside timed/captured code).
     void* workspace(size_t bytes);
     size_t workspace_bytes() const { return workspace_.size(); }
@@ -55,7 +44,6 @@ private:
     cudaDeviceProp props_{};
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t cublaslt_ = nullptr;
-    cudnnHandle_t cudnn_ = nullptr;
     DeviceBuffer workspace_;
 };
 

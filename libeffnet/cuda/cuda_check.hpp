@@ -1,6 +1,6 @@
 #pragma once
 // Checks for CUDA runtime calls and kernel launches: failures throw effnet::Error naming the
-// call, file and line. (cuBLAS / cuDNN checks live in context.hpp, which includes their headers.)
+// call, file and line. (cuBLAS checks live in context.hpp, which includes its header.)
 #include <cuda_runtime_api.h>
 
 #include <string>

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/augment.hpp"
 
 namespace effnet::train {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "effnet/error.hpp"
 #include "effnet/safetensors.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/checkpoint.hpp"
 
 namespace effnet::train {
 namespace {

@@ -3,10 +3,17 @@
 // same whichever thread decodes it and whether or not the run was resumed.
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <map>
+#include <mutex>
+#include <thread>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/image.hpp"
+#include "effnet/train/dataset.hpp"
+#include "effnet/train/rng.hpp"
 
 namespace effnet::train {
 namespace fs = std::filesystem;
@@ -88,8 +95,10 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
     return order;
 }
 
+namespace {
+
 // One batch being decoded: workers fill slots; `remaining` counts slots not done yet.
-struct DataLoader::Job {
+struct Job {
     std::vector<int64_t> indices; // dataset indices, in batch order
     Tensor images;                // [n, 3, R, R]
     std::vector<char> ok;
@@ -98,7 +107,57 @@ struct DataLoader::Job {
     int64_t remaining = 0;
 };
 
+} // namespace
+
+struct DataLoader::Impl {
+    Impl(const ImageFolder& dataset, const LoaderOptions& options);
+    ~Impl();
+    int64_t batches_per_epoch() const;
+    void start_epoch(int64_t epoch, int64_t first_batch);
+    Batch next();
+    void worker_loop();
+    void submit(int64_t batch_index);
+    void load_sample(Job& job, int64_t slot);
+
+    const ImageFolder& dataset_;
+    LoaderOptions options_;
+    int64_t epoch_ = 0;
+    int64_t next_batch_ = 0;
+    std::vector<int64_t> order_;
+    std::mutex mutex_;
+    std::condition_variable work_cv_, done_cv_;
+    std::deque<std::pair<std::shared_ptr<Job>, int64_t>> tasks_; // (job, slot)
+    std::map<int64_t, std::shared_ptr<Job>> jobs_;               // batch index -> job
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
 DataLoader::DataLoader(const ImageFolder& dataset, const LoaderOptions& options)
+    : impl_(std::make_unique<Impl>(dataset, options)) {}
+
+DataLoader::~DataLoader() = default;
+
+int64_t DataLoader::batches_per_epoch() const {
+    return impl_->batches_per_epoch();
+}
+
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+    impl_->start_epoch(epoch, first_batch);
+}
+
+bool DataLoader::has_next() const {
+    return impl_->next_batch_ < impl_->batches_per_epoch();
+}
+
+Batch DataLoader::next() {
+    return impl_->next();
+}
+
+const LoaderOptions& DataLoader::options() const {
+    return impl_->options_;
+}
+
+DataLoader::Impl::Impl(const ImageFolder& dataset, const LoaderOptions& options)
     : dataset_(dataset), options_(options) {
     EFFNET_CHECK(!dataset.samples.empty(), "data loader: dataset '" + dataset.root + "' is empty");
     EFFNET_CHECK(options.batch_size >= 1, "data loader: batch size must be >= 1");
@@ -112,7 +171,7 @@ DataLoader::DataLoader(const ImageFolder& dataset, const LoaderOptions& options)
     start_epoch(0, 0);
 }
 
-DataLoader::~DataLoader() {
+DataLoader::Impl::~Impl() {
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stopping_ = true;
@@ -122,13 +181,13 @@ DataLoader::~DataLoader() {
     for (auto& t : threads_) t.join();
 }
 
-int64_t DataLoader::batches_per_epoch() const {
+int64_t DataLoader::Impl::batches_per_epoch() const {
     const int64_t n = int64_t(dataset_.samples.size()), b = options_.batch_size;
     if (options_.train && options_.drop_last && n >= b) return n / b;
     return (n + b - 1) / b;
 }
 
-void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+void DataLoader::Impl::start_epoch(int64_t epoch, int64_t first_batch) {
     EFFNET_CHECK(epoch >= 0, "data loader: negative epoch");
     EFFNET_CHECK(first_batch >= 0 && first_batch <= batches_per_epoch(),
                  "data loader: batch " + std::to_string(first_batch) + " out of range (epoch has " +
@@ -142,12 +201,8 @@ void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
     if (next_batch_ < batches_per_epoch()) submit(next_batch_);
 }
 
-bool DataLoader::has_next() const {
-    return next_batch_ < batches_per_epoch();
-}
-
 // Called with mutex_ held.
-void DataLoader::submit(int64_t batch_index) {
+void DataLoader::Impl::submit(int64_t batch_index) {
     if (jobs_.count(batch_index)) return;
     auto job = std::make_shared<Job>();
     const int64_t n = int64_t(order_.size());
@@ -166,7 +221,7 @@ void DataLoader::submit(int64_t batch_index) {
     work_cv_.notify_all();
 }
 
-void DataLoader::load_sample(Job& job, int64_t slot) {
+void DataLoader::Impl::load_sample(Job& job, int64_t slot) {
     const int64_t index = job.indices[slot];
     const int64_t r = options_.resolution;
     float* dst = job.images.ptr() + slot * 3 * r * r;
@@ -185,7 +240,7 @@ void DataLoader::load_sample(Job& job, int64_t slot) {
     }
 }
 
-void DataLoader::worker_loop() {
+void DataLoader::Impl::worker_loop() {
     for (;;) {
         std::shared_ptr<Job> job;
         int64_t slot = 0;
@@ -206,7 +261,7 @@ void DataLoader::worker_loop() {
     }
 }
 
-Batch DataLoader::next() {
+Batch DataLoader::Impl::next() {
     std::unique_lock<std::mutex> lock(mutex_);
     EFFNET_CHECK(next_batch_ < batches_per_epoch(),
                  "data loader: epoch " + std::to_string(epoch_) + " has no batches left");

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/loss_scaler.hpp"
 
 namespace effnet::train {
 

@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/optimizer.hpp"
 
 namespace effnet::train {
 

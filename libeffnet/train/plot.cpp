@@ -18,7 +18,7 @@
 #pragma GCC diagnostic pop
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/plot.hpp"
 
 namespace effnet::train {
 namespace {

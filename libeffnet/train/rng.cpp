@@ -1,17 +1,12 @@
 // Counter-based seeding (splitmix64) and xoshiro256**: every stream is a pure function of its
 // seed, so a sample's augmentation or a step's dropout mask can be recreated on resume.
+#include "effnet/train/rng.hpp"
+
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "splitmix64.hpp"
 
 namespace effnet::train {
 namespace {
-
-uint64_t splitmix64(uint64_t& state) {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 uint64_t rotl(uint64_t x, int k) {
     return (x << k) | (x >> (64 - k));
@@ -21,16 +16,16 @@ uint64_t rotl(uint64_t x, int k) {
 
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
     uint64_t s = a;
-    uint64_t h = splitmix64(s);
+    uint64_t h = splitmix64_next(s);
     s = h ^ b;
-    h = splitmix64(s);
+    h = splitmix64_next(s);
     s = h ^ c;
-    return splitmix64(s);
+    return splitmix64_next(s);
 }
 
 Rng::Rng(uint64_t seed) {
     uint64_t s = seed;
-    for (auto& w : s_) w = splitmix64(s);
+    for (auto& w : s_) w = splitmix64_next(s);
 }
 
 uint64_t Rng::next_u64() {

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/schedule.hpp"
 
 namespace effnet::train {
 

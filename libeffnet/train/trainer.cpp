@@ -6,7 +6,8 @@
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/rng.hpp"
+#include "effnet/train/trainer.hpp"
 
 namespace effnet::train {
 

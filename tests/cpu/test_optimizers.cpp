@@ -6,7 +6,10 @@
 #include <limits>
 
 #include "effnet/error.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/loss_scaler.hpp"
+#include "effnet/train/optimizer.hpp"
+#include "effnet/train/param_map.hpp"
+#include "effnet/train/schedule.hpp"
 
 using namespace effnet;
 using namespace effnet::train;

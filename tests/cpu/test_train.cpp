@@ -13,7 +13,14 @@
 
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
-#include "effnet/train.hpp"
+#include "effnet/train/augment.hpp"
+#include "effnet/train/checkpoint.hpp"
+#include "effnet/train/dataset.hpp"
+#include "effnet/train/optimizer.hpp"
+#include "effnet/train/plot.hpp"
+#include "effnet/train/rng.hpp"
+#include "effnet/train/schedule.hpp"
+#include "effnet/train/trainer.hpp"
 
 using namespace effnet;
 using namespace effnet::train;

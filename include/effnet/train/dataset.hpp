@@ -1,0 +1,76 @@
+#pragma once
+// Image-folder dataset: root/<class>/<file> with an image extension (effnet::has_image_extension:
+// jpg, jpeg, png, bmp, tga); classes are the sorted sub-folder names; samples sorted by class,
+// then file name. DataLoader decodes its batches on worker threads, one batch ahead.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "effnet/tensor.hpp"
+#include "effnet/train/augment.hpp"
+
+namespace effnet::train {
+
+struct Sample {
+    std::string path;
+    int64_t label = 0;
+};
+
+struct ImageFolder {
+    std::string root;
+    std::vector<std::string> classes;
+    std::vector<Sample> samples;
+    // Throws effnet::Error when root is not a directory, has no class folders, or no images.
+    static ImageFolder scan(const std::string& root);
+    // The same scan for a second split, using `classes` (every class folder must exist in it).
+    static ImageFolder scan(const std::string& root, const std::vector<std::string>& classes);
+};
+
+struct Batch {
+    Tensor images;                   // [n, 3, R, R], n <= batch size (unreadable images removed)
+    std::vector<int64_t> labels;     // n
+    std::vector<int64_t> indices;    // dataset index of each kept sample
+    int64_t skipped = 0;             // unreadable images in this batch
+    std::vector<std::string> errors; // their messages
+};
+
+struct LoaderOptions {
+    int batch_size = 32;
+    int resolution = 224;
+    int workers = 2;       // decoding threads
+    bool train = true;     // augment + shuffle (train) or resize/center-crop in order (val)
+    bool drop_last = true; // train only: full batches (when the dataset holds at least one)
+    int val_resize = 0;    // 0: round(resolution / 0.875)
+    std::string val_interpolation = "bilinear"; // the weights' preprocessing
+    uint64_t seed = 0;
+    Normalize normalize;
+};
+
+// Sample order of one epoch: a permutation from (seed, epoch) for training, identity otherwise.
+std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+
+// Decodes batches on a pool of worker threads, one batch ahead of the consumer. Keeps a
+// reference to the dataset, which must outlive it.
+class DataLoader {
+public:
+    DataLoader(const ImageFolder& dataset, const LoaderOptions& options);
+    ~DataLoader();
+    DataLoader(const DataLoader&) = delete;
+    DataLoader& operator=(const DataLoader&) = delete;
+
+    int64_t batches_per_epoch() const;
+    // Starts (or restarts) an epoch at batch `first_batch`; the next batches are prefetched.
+    void start_epoch(int64_t epoch, int64_t first_batch = 0);
+    // True while the epoch has batches left.
+    bool has_next() const;
+    // The next batch (waits for its decoding). Throws when the epoch is over.
+    Batch next();
+    const LoaderOptions& options() const;
+
+private:
+    struct Impl; // the worker threads, their queue and the batches in flight
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace effnet::train
