@@ -1,7 +1,8 @@
 #include "kernels/activation.cuh"
 
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -46,8 +47,7 @@ void launch_activation_forward(const void* x, void* y, int64_t n, Act act, Preci
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         constexpr int kVec = int(16 / sizeof(T));
-        const bool vec = n % kVec == 0 && aligned16(x) && aligned16(y);
-        if (vec)
+        if (vectors_fit(n, kVec, {x, y}))
             activation_forward_vec_kernel<T, kVec>
                 <<<grid_for(n / kVec, kThreads, 1 << 20), kThreads, 0, stream>>>(
                     static_cast<const T*>(x), static_cast<T*>(y), n / kVec, act);

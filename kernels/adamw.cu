@@ -3,8 +3,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/dispatch.cuh"
 #include "kernels/optimizer_common.cuh"
-#include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -25,11 +25,8 @@ struct AdamWConstants {
 // The arithmetic of train::Optimizer (libeffnet/train/optimizer.cpp), operation by operation:
 // __dmul_rn / __dadd_rn / __dsub_rn keep nvcc from fusing a multiply and an add into an FMA.
 __global__ void adamw_kernel(AdamWArgs a, AdamWConstants k) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        double wd;
-        if (!element_decay(a.chunk_class, i, a.weight_decay, wd)) continue;
-        const double g = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
+    for_each_updated(a, [&](int64_t i, double wd) {
+        const double g = clipped_grad(a.grad[i], a.grad_scale);
         const double decayed =
             __dmul_rn(double(a.param[i]), wd == a.weight_decay ? k.decay_factor : k.no_decay_factor);
         const float m =
@@ -44,7 +41,7 @@ __global__ void adamw_kernel(AdamWArgs a, AdamWConstants k) {
         // p = decayed - (lr * m_hat) / (sqrt(v_hat) + eps)
         const double step = __ddiv_rn(__dmul_rn(a.lr, m_hat), __dadd_rn(__dsqrt_rn(v_hat), a.eps));
         a.param[i] = float(__dsub_rn(decayed, step));
-    }
+    });
 }
 
 } // namespace

@@ -2,13 +2,12 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
-#include <type_traits>
 
 #include "kernels/activation.cuh"
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -71,71 +70,17 @@ dim3 elementwise_grid(const Layout& l, int64_t rows) {
     return dim3(unsigned(l.channel_blocks), unsigned(std::max<int64_t>(1, std::min(want, cap))));
 }
 
-// V floats: float4 loads/stores when V % 4 == 0 (the launcher checked 16-byte alignment of the
-// base pointer and C % V == 0, so every offset used is a multiple of 4 floats).
-template <int V>
-__device__ __forceinline__ void load_f32(const float* p, float (&out)[V]) {
-    if constexpr (V % 4 == 0) {
+// Per-channel constants of the elementwise kernels (Args: BatchNormApplyArgs or
+// BatchNormBackwardArgs): mean, k = gamma * invstd, beta.
+template <int V, typename Args>
+__device__ __forceinline__ void load_bn_params(const Args& a, int c0, float (&m)[V], float (&k)[V],
+                                               float (&b)[V]) {
+    load_f32<V>(a.mean + c0, m);
+    load_f32<V>(a.invstd + c0, k);
+    load_f32<V>(a.gamma + c0, b);
 #pragma unroll
-        for (int i = 0; i < V / 4; ++i) {
-            const float4 q = reinterpret_cast<const float4*>(p)[i];
-            out[4 * i] = q.x;
-            out[4 * i + 1] = q.y;
-            out[4 * i + 2] = q.z;
-            out[4 * i + 3] = q.w;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) out[i] = p[i];
-    }
-}
-template <int V>
-__device__ __forceinline__ void store_f32(float* p, const float (&in)[V]) {
-    if constexpr (V % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < V / 4; ++i)
-            reinterpret_cast<float4*>(p)[i] =
-                make_float4(in[4 * i], in[4 * i + 1], in[4 * i + 2], in[4 * i + 3]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) p[i] = in[i];
-    }
-}
-
-// Activations of the BN epilogues: fp32 keeps the accurate expf of act_forward/act_backward
-// (checked to 1e-5); fp16/bf16 values carry 8-11 bits, so SiLU uses the fast exp and divide
-// (relative error ~1e-6), which keeps the elementwise passes memory-bound. ReLU6 (and NaN
-// propagation) as in activation.cuh. The activation is a template parameter of the kernels:
-// straight-line element loops, and no beta / scale registers for Act::None.
-template <typename T, Act A>
-__device__ __forceinline__ float bn_act_forward(float z) {
-    if constexpr (A == Act::SiLU && sizeof(T) != 4) return __fdividef(z, 1.0f + __expf(-z));
-    return act_forward(z, A);
-}
-template <typename T, Act A>
-__device__ __forceinline__ float bn_act_backward(float z, float dy) {
-    if constexpr (A == Act::SiLU && sizeof(T) != 4) {
-        const float s = __fdividef(1.0f, 1.0f + __expf(-z));
-        return dy * s * (1.0f + z * (1.0f - s));
-    }
-    return act_backward(z, dy, A);
-}
-
-// Calls f(std::integral_constant<Act, act>{}).
-template <typename F>
-void dispatch_act(Act act, F&& f) {
-    switch (act) {
-    case Act::None:
-        f(std::integral_constant<Act, Act::None>{});
-        return;
-    case Act::SiLU:
-        f(std::integral_constant<Act, Act::SiLU>{});
-        return;
-    case Act::ReLU6:
-        f(std::integral_constant<Act, Act::ReLU6>{});
-        return;
-    }
-    throw Error("batchnorm: unknown activation");
+    for (int j = 0; j < V; ++j) k[j] *= b[j];
+    load_f32<V>(a.beta + c0, b);
 }
 
 // row / rows_per_image in 32 bits (the launchers check rows < 2^32 where it is used): only the
@@ -297,6 +242,9 @@ __global__ void __launch_bounds__(kFinChannels* kFinRows)
 // ---------------------------------------------------------------------------------------------
 // Apply: y = act((x - mean) * (gamma * invstd) + beta) [* sample_scale] [+ residual].
 // (x - mean) first: no cancellation when |mean| >> std, unlike x * scale + shift.
+// The activation (and in the backward its gradient) is a template parameter: straight-line
+// element loops, no beta / scale registers for Act::None; its math follows the storage type
+// (act_math_for), which keeps the fp16 / bf16 passes memory-bound.
 template <typename T, int V, Act A>
 __global__ void __launch_bounds__(kElemThreads, kElemMinBlocks) bn_apply_kernel(BatchNormApplyArgs a) {
     const int C = a.channels;
@@ -306,18 +254,13 @@ __global__ void __launch_bounds__(kElemThreads, kElemMinBlocks) bn_apply_kernel(
     const T* res = a.residual ? static_cast<const T*>(a.residual) + c0 : nullptr;
     T* y = static_cast<T*>(a.y) + c0;
     float m[V], k[V], b[V];
-    load_f32<V>(a.mean + c0, m);
-    load_f32<V>(a.invstd + c0, k);
-    load_f32<V>(a.gamma + c0, b);
-#pragma unroll
-    for (int j = 0; j < V; ++j) k[j] *= b[j];
-    load_f32<V>(a.beta + c0, b);
+    load_bn_params<V>(a, c0, m, k, b);
     const int64_t step = int64_t(gridDim.y) * blockDim.y;
     int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
     auto finish = [&](int64_t row, const float(&xv)[V], const float(&rv)[V]) {
         float v[V];
 #pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = bn_act_forward<T, A>(fmaf(xv[j] - m[j], k[j], b[j]));
+        for (int j = 0; j < V; ++j) v[j] = act_forward<act_math_for<T>>(fmaf(xv[j] - m[j], k[j], b[j]), A);
         if (a.sample_scale) {
             const float ss = a.sample_scale[image_of(row, a.rows_per_image)];
 #pragma unroll
@@ -388,20 +331,8 @@ __device__ __forceinline__ void backward_g(const float (&m)[V], const float (&k)
 #pragma unroll
     for (int j = 0; j < V; ++j) {
         xd[j] -= m[j];
-        if constexpr (A != Act::None) g[j] = bn_act_backward<T, A>(fmaf(xd[j], k[j], b[j]), g[j]);
+        if constexpr (A != Act::None) g[j] = act_backward<act_math_for<T>>(fmaf(xd[j], k[j], b[j]), g[j], A);
     }
-}
-
-// Per-channel constants of the backward kernels: mean, k = gamma * invstd, beta.
-template <int V>
-__device__ __forceinline__ void backward_params(const BatchNormBackwardArgs& a, int c0, float (&m)[V],
-                                                float (&k)[V], float (&b)[V]) {
-    load_f32<V>(a.mean + c0, m);
-    load_f32<V>(a.invstd + c0, k);
-    load_f32<V>(a.gamma + c0, b);
-#pragma unroll
-    for (int j = 0; j < V; ++j) k[j] *= b[j];
-    load_f32<V>(a.beta + c0, b);
 }
 
 // workspace[chunk, c] = sum g, workspace[chunks + chunk, c] = sum g * d over the chunk's rows
@@ -422,7 +353,7 @@ __global__ void __launch_bounds__(kThreads)
     if (c0 < C) {
         const T* x = static_cast<const T*>(a.x) + c0;
         float m[V], k[V], b[V];
-        backward_params<V>(a, c0, m, k, b);
+        load_bn_params<V>(a, c0, m, k, b);
         auto accumulate = [&](float(&xd)[V], float(&g)[V]) {
             backward_g<T, V, A>(m, k, b, xd, g);
 #pragma unroll
@@ -515,7 +446,7 @@ __global__ void __launch_bounds__(kElemThreads, kElemMinBlocks)
     const T* x = static_cast<const T*>(a.x) + c0;
     T* dx = static_cast<T*>(a.dx) + c0;
     float m[V], k[V], b[V], mg[V], q[V];
-    backward_params<V>(a, c0, m, k, b);
+    load_bn_params<V>(a, c0, m, k, b);
     load_f32<V>(coef + c0, mg);
     load_f32<V>(coef + C + c0, q);
     auto finish = [&](int64_t row, float(&xd)[V], float(&g)[V]) {
@@ -551,15 +482,6 @@ __global__ void __launch_bounds__(kElemThreads, kElemMinBlocks)
 void check_shape(const char* op, int64_t rows, int C) {
     EFFNET_CHECK(rows >= 1 && C >= 1, std::string(op) + ": bad shape rows=" + std::to_string(rows) +
                                           " channels=" + std::to_string(C));
-}
-
-// 16-byte vectors need C % V == 0 and every pointer read or written as vectors aligned (null
-// pointers are not used).
-bool vectors_ok(int channels, int V, std::initializer_list<const void*> ptrs) {
-    if (channels % V != 0) return false;
-    for (const void* p : ptrs)
-        if (p && !aligned16(p)) return false;
-    return true;
 }
 
 template <typename T, int V>
@@ -614,7 +536,7 @@ void launch_batchnorm_stats(const BatchNormStatsArgs& a, Precision storage, cuda
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         constexpr int kVec = int(16 / sizeof(T));
-        if (vectors_ok(a.channels, kVec, {a.x, a.workspace}))
+        if (vectors_fit(a.channels, kVec, {a.x, a.workspace}))
             launch_stats<T, kVec>(a, ch, stream);
         else
             launch_stats<T, 1>(a, ch, stream);
@@ -634,8 +556,8 @@ void launch_batchnorm_apply(const BatchNormApplyArgs& a, Precision storage, cuda
                      std::to_string(a.rows_per_image));
     EFFNET_CHECK(!a.sample_scale || a.rows <= int64_t(UINT32_MAX),
                  "batchnorm_apply: per-sample scale needs rows < 2^32, got " + std::to_string(a.rows));
-    const bool vec16 = vectors_ok(a.channels, int(16 / storage_size(storage)),
-                                  {a.x, a.residual, a.y, a.mean, a.invstd, a.gamma, a.beta});
+    const bool vec16 = vectors_fit(a.channels, int(16 / storage_size(storage)),
+                                   {a.x, a.residual, a.y, a.mean, a.invstd, a.gamma, a.beta});
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         dispatch_act(a.act, [&](auto act) {
@@ -660,8 +582,8 @@ void launch_batchnorm_backward(const BatchNormBackwardArgs& a, Precision storage
                  "batchnorm_backward: per-sample dy needs rows < 2^32, got " + std::to_string(a.rows));
     const Chunks ch = chunks_for(a.rows, a.channels);
     const bool vec16 =
-        vectors_ok(a.channels, int(16 / storage_size(storage)),
-                   {a.x, a.dy, a.dy_pooled, a.dx, a.mean, a.invstd, a.gamma, a.beta, a.workspace});
+        vectors_fit(a.channels, int(16 / storage_size(storage)),
+                    {a.x, a.dy, a.dy_pooled, a.dx, a.mean, a.invstd, a.gamma, a.beta, a.workspace});
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
         dispatch_act(a.act, [&](auto act) {

@@ -3,7 +3,8 @@
 #include <string>
 
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -43,7 +44,7 @@ void launch_channel_gate(void* x, const float* gate, int64_t rows, int channels,
         using T = typename decltype(tag)::type;
         constexpr int kVec = int(16 / sizeof(T));
         T* xt = static_cast<T*>(x);
-        if (channels % kVec == 0 && aligned16(x)) {
+        if (vectors_fit(channels, kVec, {x})) {
             const int64_t count = rows * (channels / kVec);
             channel_gate_kernel<T, kVec><<<grid_for(count, kThreads, 1 << 20), kThreads, 0, stream>>>(
                 xt, gate, rows, channels, rows_per_image);

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/depthwise_conv_tile.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -113,7 +115,8 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
                     }
                     if (a.input_act != Act::None) {
 #pragma unroll
-                        for (int v = 0; v < V; ++v) in[c][v] = activate_for<T>(in[c][v], a.input_act);
+                        for (int v = 0; v < V; ++v)
+                            in[c][v] = act_forward<act_math_for<T>>(in[c][v], a.input_act);
                     }
                 } else {
 #pragma unroll
@@ -122,33 +125,15 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_conv_kernel(DepthwiseAr
             }
 #pragma unroll
             for (int kw = 0; kw < K; ++kw) {
-                float w[V];
-                const float* w_tap = w_thread + (kh * K + kw) * slab_channels;
-                if constexpr (V % 4 == 0) { // slab_channels and the thread offset are multiples of 4
-#pragma unroll
-                    for (int v = 0; v < V; v += 4) {
-                        const float4 w4 = *reinterpret_cast<const float4*>(w_tap + v);
-                        w[v] = w4.x;
-                        w[v + 1] = w4.y;
-                        w[v + 2] = w4.z;
-                        w[v + 3] = w4.w;
-                    }
-                } else {
-#pragma unroll
-                    for (int v = 0; v < V; ++v) w[v] = w_tap[v];
-                }
+                float w[V]; // 16-byte words when V % 4 == 0: the slab and thread offset are multiples of 4
+                load_f32<V>(w_thread + (kh * K + kw) * slab_channels, w);
 #pragma unroll
                 for (int j = 0; j < TW; ++j)
 #pragma unroll
                     for (int v = 0; v < V; ++v) acc[j][v] = fmaf(in[j * S + kw][v], w[v], acc[j][v]);
             }
         }
-        const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
-#pragma unroll
-        for (int j = 0; j < TW; ++j) {
-            if (ow0 + j >= a.out_width) break;
-            finish_depthwise_pixel<T, V, Train>(a, y_offset + int64_t(ow0 + j) * C, acc[j], sum);
-        }
+        finish_depthwise_strip<T, V, TW, Train>(a, n, oh, ow0, c0, acc, sum);
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid
 
@@ -241,19 +226,9 @@ void launch_depthwise_conv(const DepthwiseArgs& a, Precision precision, cudaStre
                                      a.schedule == DepthwiseSchedule::SharedTileSmall ? 128 : 256, stream);
         return;
     }
-    const bool vec_ok = aligned16(a.input) && aligned16(a.output) && aligned16(a.weight) &&
-                        (a.residual == nullptr || aligned16(a.residual));
-    switch (precision) {
-    case Precision::FP32:
-        launch_typed<float>(a, vec_ok, stream);
-        break;
-    case Precision::FP16:
-        launch_typed<__half>(a, vec_ok, stream);
-        break;
-    case Precision::BF16:
-        launch_typed<__nv_bfloat16>(a, vec_ok, stream);
-        break;
-    }
+    const bool vec_ok = aligned16({a.input, a.output, a.weight, a.residual});
+    dispatch_storage(precision,
+                     [&](auto tag) { launch_typed<typename decltype(tag)::type>(a, vec_ok, stream); });
 }
 
 } // namespace effnet::kernels

@@ -2,8 +2,10 @@
 
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -78,7 +80,8 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
                 float v[V];
                 load_vec<T, V>(p, v);
 #pragma unroll
-                for (int j = 0; j < V; ++j) v[j] = activate_for<T>(fmaf(v[j], sc[j], sh[j]), a.input_act);
+                for (int j = 0; j < V; ++j)
+                    v[j] = act_forward<act_math_for<T>>(fmaf(v[j], sc[j], sh[j]), a.input_act);
                 store_vec<T, V>(p, v);
             }
         }
@@ -90,7 +93,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
             float v[V];
             load_vec<T, V>(p, v);
 #pragma unroll
-            for (int j = 0; j < V; ++j) v[j] = activate_for<T>(v[j], a.input_act);
+            for (int j = 0; j < V; ++j) v[j] = act_forward<act_math_for<T>>(v[j], a.input_act);
             store_vec<T, V>(p, v);
         }
         __syncthreads();
@@ -119,17 +122,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
         for (int kh = 0; kh < K; ++kh) {
             float w[K][V]; // this kernel row's weights for the thread's channels
 #pragma unroll
-            for (int kw = 0; kw < K; ++kw) {
-                const float* wp = w_thread + (kh * K + kw) * slab_channels;
-#pragma unroll
-                for (int v = 0; v < V; v += 4) {
-                    const float4 w4 = *reinterpret_cast<const float4*>(wp + v);
-                    w[kw][v] = w4.x;
-                    w[kw][v + 1] = w4.y;
-                    w[kw][v + 2] = w4.z;
-                    w[kw][v + 3] = w4.w;
-                }
-            }
+            for (int kw = 0; kw < K; ++kw) load_f32<V>(w_thread + (kh * K + kw) * slab_channels, w[kw]);
             const T* in_row = base + size_t(kh) * t.in_w * slab_channels;
             // Column by column: each staged vector is converted once and feeds every output
             // of the strip whose window covers it.
@@ -146,12 +139,7 @@ __global__ void __launch_bounds__(kMaxThreads) depthwise_tile_kernel(DepthwiseAr
                 }
             }
         }
-        const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * C + c0;
-#pragma unroll
-        for (int j = 0; j < TW; ++j) {
-            if (ow + j >= a.out_width) break;
-            finish_depthwise_pixel<T, V, Train>(a, y_offset + int64_t(ow + j) * C, acc[j], sum);
-        }
+        finish_depthwise_strip<T, V, TW, Train>(a, n, oh, ow, c0, acc, sum);
     }
     if (a.pooled_sum == nullptr) return; // uniform across the grid
 
@@ -213,10 +201,9 @@ void launch_typed(const DepthwiseArgs& a, int max_threads, cudaStream_t stream) 
 } // namespace
 
 bool depthwise_shared_tile_eligible(const DepthwiseArgs& a, Precision precision) {
-    const int vec = precision == Precision::FP32 ? 4 : 8;
-    return (a.kernel == 3 || a.kernel == 5) && (a.stride == 1 || a.stride == 2) && a.channels % vec == 0 &&
-           aligned16(a.input) && aligned16(a.output) && aligned16(a.weight) &&
-           (a.residual == nullptr || aligned16(a.residual));
+    const int vec = int(16 / storage_size(precision));
+    return (a.kernel == 3 || a.kernel == 5) && (a.stride == 1 || a.stride == 2) &&
+           vectors_fit(a.channels, vec, {a.input, a.output, a.weight, a.residual});
 }
 
 void launch_depthwise_shared_tile(const DepthwiseArgs& a, Precision precision, int max_threads,

@@ -71,7 +71,9 @@ inline DepthwiseTiling plan_depthwise_tiling(int groups, int widest_cg, int out_
 #ifdef __CUDACC__
 } // namespace effnet::kernels
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
+#include "kernels/vector_io.cuh"
 
 namespace effnet::kernels {
 
@@ -101,11 +103,24 @@ __device__ __forceinline__ void finish_depthwise_pixel(const DepthwiseArgs& a, i
     if (residual) load_vec<T, V>(static_cast<const T*>(a.residual) + offset, r);
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-        acc[v] = activate_for<T>(acc[v], a.act);
+        acc[v] = act_forward<act_math_for<T>>(acc[v], a.act);
         if (residual) acc[v] += r[v];
         sum[v] += acc[v];
     }
     store_vec<T, V>(static_cast<T*>(a.output) + offset, acc);
+}
+
+// The epilogue of a strip of TW output pixels along W from (n, oh, ow0), channels c0 .. c0 + V:
+// the pixels inside the output.
+template <typename T, int V, int TW, bool Train>
+__device__ __forceinline__ void finish_depthwise_strip(const DepthwiseArgs& a, int n, int oh, int ow0, int c0,
+                                                       float (&acc)[TW][V], float (&sum)[V]) {
+    const int64_t y_offset = (int64_t(n) * a.out_height + oh) * a.out_width * a.channels + c0;
+#pragma unroll
+    for (int j = 0; j < TW; ++j) {
+        if (ow0 + j >= a.out_width) break;
+        finish_depthwise_pixel<T, V, Train>(a, y_offset + int64_t(ow0 + j) * a.channels, acc[j], sum);
+    }
 }
 
 // The squeeze: reduces each thread's V per-channel sums over threadIdx.y through red_s

@@ -2,7 +2,9 @@
 
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -84,7 +86,7 @@ __global__ void __launch_bounds__(kThreads) fused_expand_dw_kernel(FusedExpandDe
         const int ih = ih0 + p / IS, iw = iw0 + p % IS;
         const bool inside = ih >= 0 && ih < a.height && iw >= 0 && iw < a.width;
         // Round through the storage type, as the unfused path stores the expanded tensor.
-        es[p][lane] = (inside && c_ok) ? to_float(from_float<T>(apply_act(acc[i] + be, a.act))) : 0.0f;
+        es[p][lane] = (inside && c_ok) ? to_float(from_float<T>(act_forward(acc[i] + be, a.act))) : 0.0f;
     }
     __syncthreads();
 
@@ -105,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) fused_expand_dw_kernel(FusedExpandDe
 #pragma unroll
             for (int kx = 0; kx < K; ++kx)
                 v = fmaf(es[(oy * S + ky) * IS + ox * S + kx][lane], wd[ky * K + kx], v);
-        v = apply_act(v, a.act);
+        v = act_forward(v, a.act);
         sum += v;
         y[(int64_t(oh) * a.out_width + ow) * Ce + c] = from_float<T>(v);
     }
@@ -166,17 +168,7 @@ void launch_fused_expand_depthwise(const FusedExpandDepthwiseArgs& a, Precision 
     EFFNET_CHECK((a.out_height - 1) * a.stride - a.pad_top < a.height &&
                      (a.out_width - 1) * a.stride - a.pad_left < a.width,
                  "fused_expand_depthwise: output size inconsistent with input size and padding");
-    switch (precision) {
-    case Precision::FP32:
-        launch_shape<float>(a, stream);
-        break;
-    case Precision::FP16:
-        launch_shape<__half>(a, stream);
-        break;
-    case Precision::BF16:
-        launch_shape<__nv_bfloat16>(a, stream);
-        break;
-    }
+    dispatch_storage(precision, [&](auto tag) { launch_shape<typename decltype(tag)::type>(a, stream); });
 }
 
 } // namespace effnet::kernels

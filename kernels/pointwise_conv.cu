@@ -2,8 +2,11 @@
 
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/pointwise_conv_tc.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -12,14 +15,14 @@ namespace {
 // Shared epilogue for one output element: bias, activation, residual.
 template <typename T>
 __device__ __forceinline__ float epilogue_value(const PointwiseArgs& a, float acc, int64_t m, int n) {
-    float v = apply_act(acc + a.bias[n], a.act);
+    float v = act_forward(acc + a.bias[n], a.act);
     if (a.residual) v += to_float(static_cast<const T*>(a.residual)[m * a.out_channels + n]);
     return v;
 }
 
 // ---------------------------------------------------------------------------------------------
 // SIMT: 64x64 output tile per block of 256 threads, each thread a 4x4 register tile, BK = 16.
-// Tiles are stored k-major in shared memory as float so the inner loop reads float4 rows.
+// Tiles are stored k-major in shared memory as float so the inner loop reads 16-byte rows.
 namespace simt {
 constexpr int BM = 64, BN = 64, BK = 16, PAD = 4;
 
@@ -62,10 +65,9 @@ __global__ void __launch_bounds__(256) pointwise_simt_kernel(PointwiseArgs a) {
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
-            const float4 av = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-            const float4 bv = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-            const float ar[4] = {av.x, av.y, av.z, av.w};
-            const float br[4] = {bv.x, bv.y, bv.z, bv.w};
+            float ar[4], br[4];
+            load_f32<4>(&As[kk][ty * 4], ar);
+            load_f32<4>(&Bs[kk][tx * 4], br);
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -99,8 +101,7 @@ void launch_simt(const PointwiseArgs& a, cudaStream_t stream) {
 
 bool pointwise_tensor_core_eligible(const PointwiseArgs& a, Precision precision) {
     return precision != Precision::FP32 && a.in_channels % 8 == 0 && a.out_channels % 8 == 0 &&
-           aligned16(a.input) && aligned16(a.weight) && aligned16(a.output) &&
-           (a.residual == nullptr || aligned16(a.residual)) && (a.gate == nullptr || aligned16(a.gate));
+           aligned16({a.input, a.weight, a.output, a.residual, a.gate});
 }
 
 void launch_pointwise_conv(const PointwiseArgs& a, Precision precision, GemmKernel kernel,
@@ -119,24 +120,11 @@ void launch_pointwise_conv(const PointwiseArgs& a, Precision precision, GemmKern
         throw Error("pointwise_conv: tensor-core kernel needs fp16/bf16, K and N multiples of 8 and 16-byte "
                     "aligned pointers (K=" +
                     std::to_string(a.in_channels) + " N=" + std::to_string(a.out_channels) + ")");
-    const bool use_tc = eligible && kernel != GemmKernel::Simt;
-    switch (precision) {
-    case Precision::FP32:
-        launch_simt<float>(a, stream);
-        break;
-    case Precision::FP16:
-        if (use_tc)
-            launch_pointwise_mma(a, precision, stream);
-        else
-            launch_simt<__half>(a, stream);
-        break;
-    case Precision::BF16:
-        if (use_tc)
-            launch_pointwise_mma(a, precision, stream);
-        else
-            launch_simt<__nv_bfloat16>(a, stream);
-        break;
+    if (eligible && kernel != GemmKernel::Simt) { // eligible: fp16 or bf16
+        launch_pointwise_mma(a, precision, stream);
+        return;
     }
+    dispatch_storage(precision, [&](auto tag) { launch_simt<typename decltype(tag)::type>(a, stream); });
 }
 
 } // namespace effnet::kernels

@@ -2,8 +2,10 @@
 
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -44,14 +46,12 @@ __global__ void __launch_bounds__(kThreads) pointwise_small_k_kernel(PointwiseAr
     for (int j = 0; j < kChunk; ++j) acc[j] = b_s[j];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        const float4* w4 = reinterpret_cast<const float4*>(w_s[k]);
 #pragma unroll
-        for (int j = 0; j < kChunk / 4; ++j) {
-            const float4 wv = w4[j];
-            acc[4 * j] = fmaf(x[k], wv.x, acc[4 * j]);
-            acc[4 * j + 1] = fmaf(x[k], wv.y, acc[4 * j + 1]);
-            acc[4 * j + 2] = fmaf(x[k], wv.z, acc[4 * j + 2]);
-            acc[4 * j + 3] = fmaf(x[k], wv.w, acc[4 * j + 3]);
+        for (int j = 0; j < kChunk; j += 4) {
+            float wv[4];
+            load_f32<4>(&w_s[k][j], wv);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[j + i] = fmaf(x[k], wv[i], acc[j + i]);
         }
     }
     T* y = static_cast<T*>(a.output) + m * N + n0;
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) pointwise_small_k_kernel(PointwiseAr
         if (n0 + j >= N) break; // N % 8 == 0: vectors are whole
         float out[kVec];
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) out[i] = apply_act(acc[j + i], a.act);
+        for (int i = 0; i < kVec; ++i) out[i] = act_forward(acc[j + i], a.act);
         store_vec<T, kVec>(y + j, out);
     }
 }
@@ -99,8 +99,7 @@ void launch_typed(const PointwiseArgs& a, cudaStream_t stream) {
 
 bool pointwise_small_k_eligible(const PointwiseArgs& a, Precision) {
     return a.in_channels >= 8 && a.in_channels <= 64 && a.in_channels % 8 == 0 && a.out_channels % 8 == 0 &&
-           a.gate == nullptr && a.residual == nullptr && aligned16(a.input) && aligned16(a.output) &&
-           aligned16(a.weight);
+           a.gate == nullptr && a.residual == nullptr && aligned16({a.input, a.output, a.weight});
 }
 
 void launch_pointwise_small_k(const PointwiseArgs& a, Precision precision, cudaStream_t stream) {

@@ -4,7 +4,10 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 // Y[M, N] = act(X'[M, K] W[N, K]^T + bias) (+ R[M, N]), X' = X * gate[image(m), k].
@@ -46,15 +49,6 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
     }
 }
 
-// SiLU for the fp16/bf16 epilogue: __expf and a fast divide are within ~1e-6 relative, far
-// under the output's rounding (2^-11 fp16, 2^-8 bf16); the accurate expf + IEEE divide made the
-// epilogue of the wide expand layers arithmetic-bound.
-__device__ __forceinline__ float fast_act(float v, Act act) {
-    if (act == Act::SiLU) return __fdividef(v, 1.0f + __expf(-v));
-    if (act == Act::ReLU6) return fminf(fmaxf(v, 0.0f), 6.0f);
-    return v;
-}
-
 template <int BM, int BN, int WARPS_M, int WARPS_N>
 struct TileShape {
     static constexpr int kThreads = WARPS_M * WARPS_N * 32;
@@ -88,6 +82,77 @@ struct TileShape {
         return pipeline > staging ? pipeline : staging;
     }
 };
+
+// The squeeze-excite gate on one 8-element A chunk in shared memory, in place: the fp32 product
+// rounded once to T, as the unfused path (gate applied to the stored input) does.
+template <typename T>
+__device__ __forceinline__ void gate_a_chunk(T* chunk, const float* gate) {
+    float g[8], v[8];
+    load_f32_readonly<8>(gate, g);
+    load_vec<T, 8>(chunk, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] *= g[j];
+    store_vec<T, 8>(chunk, v);
+}
+
+// The products of one K tile (ring slot As / Bs) into the warp's accumulators: m16n8k16 steps,
+// skipping the all-zero padding of the last tile (K % 32 of 8, 16 or 24) and the fragments past
+// Cout (warp-uniform).
+template <typename T, typename S>
+__device__ __forceinline__ void mma_k_tile(const T* As, const T* Bs, int kt, int K, int N, int n0, int wm,
+                                           int wn, int lane, float (&acc)[S::kFragM][S::kFragN][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        if (kt * BK + kk >= K) break;
+        uint32_t af[S::kFragM][4];
+#pragma unroll
+        for (int i = 0; i < S::kFragM; ++i)
+            ldmatrix_x4(af[i], As + (wm + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
+        uint32_t bf[S::kFragN][2];
+#pragma unroll
+        for (int j = 0; j < S::kFragN; j += 2) {
+            uint32_t r[4];
+            ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
+                               ((lane >> 3) & 1) * 8);
+            bf[j][0] = r[0];
+            bf[j][1] = r[1];
+            bf[j + 1][0] = r[2];
+            bf[j + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int j = 0; j < S::kFragN; ++j) {
+            if (n0 + wn + j * 8 >= N) continue;
+#pragma unroll
+            for (int i = 0; i < S::kFragM; ++i) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+    }
+}
+
+template <typename S>
+__device__ __forceinline__ void clear_accumulators(float (&acc)[S::kFragM][S::kFragN][4]) {
+#pragma unroll
+    for (int i = 0; i < S::kFragM; ++i)
+#pragma unroll
+        for (int j = 0; j < S::kFragN; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+}
+
+// The warp's accumulators into the fp32 staging tile. Fragment layout: c0, c1 at (row lane / 4,
+// columns 2 * (lane % 4) + {0, 1}); c2, c3 eight rows below.
+template <typename S>
+__device__ __forceinline__ void stage_accumulators(float* staged, const float (&acc)[S::kFragM][S::kFragN][4],
+                                                   int wm, int wn, int lane) {
+#pragma unroll
+    for (int i = 0; i < S::kFragM; ++i)
+#pragma unroll
+        for (int j = 0; j < S::kFragN; ++j) {
+            const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
+            const float top[2] = {acc[i][j][0], acc[i][j][1]}, bottom[2] = {acc[i][j][2], acc[i][j][3]};
+            store_f32<2>(&staged[r * S::kLdc + c], top);
+            store_f32<2>(&staged[(r + 8) * S::kLdc + c], bottom);
+        }
+}
 
 // One tile per block (grid = all tiles). Faster than the persistent kernel below when K is long
 // (K > 96: many steps per tile, few tiles): it keeps its per-tile addressing out of the K loop
@@ -148,34 +213,19 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 
     // Squeeze-excite gate: each thread rescales, in place, the A chunks it copied itself (its own
     // cp.async writes are visible to it after the wait); the barrier that follows publishes them.
-    // fp32 product rounded once to T, as the unfused path (gate applied to the stored input) does.
     auto gate_stage = [&](int slot, int kt) {
         const int k = kt * BK + kc;
         if (k >= K) return;
         T* As = ring + slot * S::kStageElems;
 #pragma unroll
-        for (int i = 0; i < S::kAChunks; ++i) {
-            if (!a_ok[i]) continue;
-            uint4* p = reinterpret_cast<uint4*>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc);
-            uint4 raw = *p;
-            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK));
-            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g_src[i] + kt * BK + 4));
-            const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
-            *p = raw;
-        }
+        for (int i = 0; i < S::kAChunks; ++i)
+            if (a_ok[i])
+                gate_a_chunk<T>(As + (copy_row + i * S::kRowsPerPass) * LDS + kc, g_src[i] + kt * BK);
     };
 
     const int wm = (warp % WARPS_M) * S::kWarpM, wn = (warp / WARPS_M) * S::kWarpN;
     float acc[S::kFragM][S::kFragN][4];
-#pragma unroll
-    for (int i = 0; i < S::kFragM; ++i)
-#pragma unroll
-        for (int j = 0; j < S::kFragN; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    clear_accumulators<S>(acc);
 
     const int k_tiles = (K + BK - 1) / BK;
 #pragma unroll
@@ -194,62 +244,25 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         cp_async_commit();
 
         const T* As = ring + slot * S::kStageElems;
-        const T* Bs = As + BM * LDS;
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            if (kt * BK + kk >= K) break; // all-zero padding of the last tile (K % 32 == 16 or 8..)
-            uint32_t af[S::kFragM][4];
-#pragma unroll
-            for (int i = 0; i < S::kFragM; ++i)
-                ldmatrix_x4(af[i], As + (wm + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-            uint32_t bf[S::kFragN][2];
-#pragma unroll
-            for (int j = 0; j < S::kFragN; j += 2) {
-                uint32_t r[4];
-                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
-                                   ((lane >> 3) & 1) * 8);
-                bf[j][0] = r[0];
-                bf[j][1] = r[1];
-                bf[j + 1][0] = r[2];
-                bf[j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int j = 0; j < S::kFragN; ++j) {
-                if (n0 + wn + j * 8 >= N) continue; // warp-uniform: columns past Cout
-#pragma unroll
-                for (int i = 0; i < S::kFragM; ++i) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
-            }
-        }
+        mma_k_tile<T, S>(As, As + BM * LDS, kt, K, N, n0, wm, wn, lane, acc);
     }
     cp_async_wait<0>();
     __syncthreads(); // the ring is reused as the fp32 staging tile
-
-    // Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1}); c2, c3 eight rows
-    // below.
-#pragma unroll
-    for (int i = 0; i < S::kFragM; ++i)
-#pragma unroll
-        for (int j = 0; j < S::kFragN; ++j) {
-            const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-            *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) = make_float2(acc[i][j][0], acc[i][j][1]);
-            *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) =
-                make_float2(acc[i][j][2], acc[i][j][3]);
-        }
+    stage_accumulators<S>(staged, acc, wm, wn, lane);
     __syncthreads();
 
     // Epilogue: 8 consecutive channels per item (N % 8 == 0), 16-byte loads and stores; all
     // residual loads are issued before the first store so they overlap.
     T* const y = static_cast<T*>(a.output);
     const T* const res = static_cast<const T*>(a.residual);
-    uint4 res_raw[S::kOutChunks];
+    VecWord<T, 8> res_raw[S::kOutChunks];
     if (res) {
 #pragma unroll
         for (int i = 0; i < S::kOutChunks; ++i) {
             const int item = tid + i * S::kThreads;
             const int64_t m = m0 + item / S::kOutChunksPerRow;
             const int n = n0 + (item % S::kOutChunksPerRow) * 8;
-            res_raw[i] = (m < M && n < N) ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n))
-                                          : make_uint4(0, 0, 0, 0);
+            res_raw[i] = (m < M && n < N) ? load_word_readonly<T, 8>(res + m * N + n) : VecWord<T, 8>{};
         }
     }
 #pragma unroll
@@ -259,15 +272,13 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         const int64_t m = m0 + r;
         const int n = n0 + c;
         if (m >= M || n >= N) continue;
-        const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c]);
-        const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + c + 4]);
-        float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+        float v[8];
+        load_f32<8>(&staged[r * S::kLdc + c], v);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = apply_act(v[j] + __ldg(a.bias + n + j), a.act);
+        for (int j = 0; j < 8; ++j) v[j] = act_forward(v[j] + __ldg(a.bias + n + j), a.act);
         if (res) {
-            const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
+            for (int j = 0; j < 8; ++j) v[j] += word_element<T, 8>(res_raw[i], j);
         }
         store_vec<T, 8>(y + m * N + n, v);
     }
@@ -332,7 +343,6 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
 
     // Squeeze-excite gate: each thread rescales, in place, the A chunks it copied itself (its own
     // cp.async writes are visible to it after the wait); the barrier that follows publishes them.
-    // fp32 product rounded once to T, as the unfused path (gate applied to the stored input) does.
     auto gate_step = [&](int step) {
         const int k = (step % k_tiles) * BK + kc;
         if (k >= K) return;
@@ -344,28 +354,14 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         for (int i = 0; i < S::kAChunks; ++i) {
             const int r = copy_row + i * S::kRowsPerPass;
             if (m0 + r >= M) continue;
-            const float* g =
-                a.gate + int64_t(uint32_t(m0 + r) / rows_per_image) * K + k; // rows < 2^32 (host check)
-            const float4 g0 = __ldg(reinterpret_cast<const float4*>(g));
-            const float4 g1 = __ldg(reinterpret_cast<const float4*>(g + 4));
-            uint4* p = reinterpret_cast<uint4*>(As + r * LDS + kc);
-            uint4 raw = *p;
-            const float gs[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-            T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) e[j] = from_float<T>(to_float(e[j]) * gs[j]);
-            *p = raw;
+            // rows < 2^32 (host check)
+            gate_a_chunk<T>(As + r * LDS + kc, a.gate + int64_t(uint32_t(m0 + r) / rows_per_image) * K + k);
         }
     };
 
     const int wm = (warp % WARPS_M) * S::kWarpM, wn = (warp / WARPS_M) * S::kWarpN;
     float acc[S::kFragM][S::kFragN][4];
-#pragma unroll
-    for (int i = 0; i < S::kFragM; ++i)
-#pragma unroll
-        for (int j = 0; j < S::kFragN; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    clear_accumulators<S>(acc);
 
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
@@ -390,48 +386,12 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
         int n0;
         tile_of_step(step, m0, n0);
         const T* As = ring + (step % kStages) * S::kStageElems;
-        const T* Bs = As + BM * LDS;
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            if (kt * BK + kk >= K) break; // all-zero padding of the last K tile
-            uint32_t af[S::kFragM][4];
-#pragma unroll
-            for (int i = 0; i < S::kFragM; ++i)
-                ldmatrix_x4(af[i], As + (wm + i * 16 + (lane & 15)) * LDS + kk + (lane >> 4) * 8);
-            uint32_t bf[S::kFragN][2];
-#pragma unroll
-            for (int j = 0; j < S::kFragN; j += 2) {
-                uint32_t r[4];
-                ldmatrix_x4(r, Bs + (wn + j * 8 + (lane & 7) + ((lane >> 4) << 3)) * LDS + kk +
-                                   ((lane >> 3) & 1) * 8);
-                bf[j][0] = r[0];
-                bf[j][1] = r[1];
-                bf[j + 1][0] = r[2];
-                bf[j + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int j = 0; j < S::kFragN; ++j) {
-                if (n0 + wn + j * 8 >= N) continue; // warp-uniform: columns past Cout
-#pragma unroll
-                for (int i = 0; i < S::kFragM; ++i) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
-            }
-        }
+        mma_k_tile<T, S>(As, As + BM * LDS, kt, K, N, n0, wm, wn, lane, acc);
         if (kt != k_tiles - 1) continue;
 
-            // Tile done. Accumulator fragment: c0, c1 at (row lane / 4, columns 2 * (lane % 4) + {0, 1});
-            // c2, c3 eight rows below. The top-of-step barrier ordered the previous tile's staging reads.
-#pragma unroll
-        for (int i = 0; i < S::kFragM; ++i)
-#pragma unroll
-            for (int j = 0; j < S::kFragN; ++j) {
-                const int r = wm + i * 16 + (lane >> 2), c = wn + j * 8 + (lane & 3) * 2;
-                *reinterpret_cast<float2*>(&staged[r * S::kLdc + c]) =
-                    make_float2(acc[i][j][0], acc[i][j][1]);
-                *reinterpret_cast<float2*>(&staged[(r + 8) * S::kLdc + c]) =
-                    make_float2(acc[i][j][2], acc[i][j][3]);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-            }
+        // Tile done (the top-of-step barrier ordered the previous tile's staging reads).
+        stage_accumulators<S>(staged, acc, wm, wn, lane);
+        clear_accumulators<S>(acc);
         __syncthreads();
 
         // Epilogue: 8 consecutive channels per item (N % 8 == 0), 16-byte loads and stores; the
@@ -441,13 +401,12 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
             float bias[8];
 #pragma unroll
             for (int j = 0; j < 8; ++j) bias[j] = __ldg(a.bias + n + j);
-            uint4 res_raw[S::kOutChunks];
+            VecWord<T, 8> res_raw[S::kOutChunks];
             if (res) {
 #pragma unroll
                 for (int i = 0; i < S::kOutChunks; ++i) {
                     const int64_t m = m0 + (tid + i * S::kThreads) / S::kOutChunksPerRow;
-                    res_raw[i] = m < M ? __ldg(reinterpret_cast<const uint4*>(res + m * N + n))
-                                       : make_uint4(0, 0, 0, 0);
+                    res_raw[i] = m < M ? load_word_readonly<T, 8>(res + m * N + n) : VecWord<T, 8>{};
                 }
             }
 #pragma unroll
@@ -455,15 +414,14 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)
                 const int r = (tid + i * S::kThreads) / S::kOutChunksPerRow;
                 const int64_t m = m0 + r;
                 if (m >= M) continue;
-                const float4 v0 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col]);
-                const float4 v1 = *reinterpret_cast<const float4*>(&staged[r * S::kLdc + out_col + 4]);
-                float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+                float v[8];
+                load_f32<8>(&staged[r * S::kLdc + out_col], v);
+                // Fast math: the accurate one made the wide short-K layers arithmetic-bound.
 #pragma unroll
-                for (int j = 0; j < 8; ++j) v[j] = fast_act(v[j] + bias[j], a.act);
+                for (int j = 0; j < 8; ++j) v[j] = act_forward<act_math_for<T>>(v[j] + bias[j], a.act);
                 if (res) {
-                    const T* rv = reinterpret_cast<const T*>(&res_raw[i]);
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) v[j] += to_float(rv[j]);
+                    for (int j = 0; j < 8; ++j) v[j] += word_element<T, 8>(res_raw[i], j);
                 }
                 store_vec<T, 8>(y + m * N + n, v);
             }
@@ -521,34 +479,28 @@ bool use_persistent(const PointwiseArgs& a) {
     return a.in_channels <= 96;
 }
 
+// One tile shape under either schedule; the MIN_BLOCKS of each were tuned separately.
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int PERSISTENT_MIN_BLOCKS,
+          int TILE_MIN_BLOCKS>
+void launch_shape(const PointwiseArgs& a, bool persistent, int max_blocks, cudaStream_t stream) {
+    if (persistent)
+        launch_tile<T, BM, BN, WARPS_M, WARPS_N, PERSISTENT_MIN_BLOCKS>(a, max_blocks, stream);
+    else
+        launch_tile_per_block<T, BM, BN, WARPS_M, WARPS_N, TILE_MIN_BLOCKS>(a, stream);
+}
+
 template <typename T>
 void launch_typed(const PointwiseArgs& a, PointwiseTile tile, int max_blocks, cudaStream_t stream) {
     const bool persistent = max_blocks > 0 || (max_blocks == 0 && use_persistent(a));
     switch (tile) {
     case PointwiseTile::M128_N32:
-        if (persistent)
-            launch_tile<T, 128, 32, 4, 1, 3>(a, max_blocks, stream);
-        else
-            launch_tile_per_block<T, 128, 32, 4, 1, 4>(a, stream);
-        break;
+        return launch_shape<T, 128, 32, 4, 1, 3, 4>(a, persistent, max_blocks, stream);
     case PointwiseTile::M128_N64:
-        if (persistent)
-            launch_tile<T, 128, 64, 4, 2, 2>(a, max_blocks, stream);
-        else
-            launch_tile_per_block<T, 128, 64, 4, 2, 3>(a, stream);
-        break;
+        return launch_shape<T, 128, 64, 4, 2, 2, 3>(a, persistent, max_blocks, stream);
     case PointwiseTile::M64_N64:
-        if (persistent)
-            launch_tile<T, 64, 64, 2, 2, 3>(a, max_blocks, stream);
-        else
-            launch_tile_per_block<T, 64, 64, 2, 2, 4>(a, stream);
-        break;
+        return launch_shape<T, 64, 64, 2, 2, 3, 4>(a, persistent, max_blocks, stream);
     case PointwiseTile::M32_N64:
-        if (persistent)
-            launch_tile<T, 32, 64, 2, 2, 4>(a, max_blocks, stream);
-        else
-            launch_tile_per_block<T, 32, 64, 2, 2, 4>(a, stream);
-        break;
+        return launch_shape<T, 32, 64, 2, 2, 4, 4>(a, persistent, max_blocks, stream);
     }
 }
 
@@ -581,12 +533,13 @@ void launch_pointwise_mma(const PointwiseArgs& a, Precision precision, Pointwise
     EFFNET_CHECK(pointwise_tensor_core_eligible(a, precision),
                  "pointwise_conv: tensor-core kernel needs fp16/bf16, K and N multiples of 8 and 16-byte "
                  "aligned pointers");
-    if (precision == Precision::FP16)
-        launch_typed<__half>(a, tile, max_blocks, stream);
-    else if (precision == Precision::BF16)
-        launch_typed<__nv_bfloat16>(a, tile, max_blocks, stream);
-    else
-        throw Error("pointwise_conv: the tensor-core kernel takes fp16 or bf16, not fp32");
+    dispatch_storage(precision, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if constexpr (std::is_same_v<T, float>)
+            throw Error("pointwise_conv: the tensor-core kernel takes fp16 or bf16, not fp32");
+        else
+            launch_typed<T>(a, tile, max_blocks, stream);
+    });
 }
 
 } // namespace effnet::kernels

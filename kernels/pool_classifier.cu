@@ -3,6 +3,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -44,20 +45,11 @@ void launch_global_avg_pool(const void* input, float* output, int batch, int pix
                  "global_avg_pool: bad shape N=" + std::to_string(batch) + " HW=" + std::to_string(pixels) +
                      " C=" + std::to_string(channels));
     const dim3 grid(unsigned((channels + 255) / 256), unsigned(batch));
-    switch (precision) {
-    case Precision::FP32:
-        global_avg_pool_kernel<float>
-            <<<grid, 256, 0, stream>>>(static_cast<const float*>(input), output, pixels, channels);
-        break;
-    case Precision::FP16:
-        global_avg_pool_kernel<__half>
-            <<<grid, 256, 0, stream>>>(static_cast<const __half*>(input), output, pixels, channels);
-        break;
-    case Precision::BF16:
-        global_avg_pool_kernel<__nv_bfloat16>
-            <<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(input), output, pixels, channels);
-        break;
-    }
+    dispatch_storage(precision, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        global_avg_pool_kernel<T>
+            <<<grid, 256, 0, stream>>>(static_cast<const T*>(input), output, pixels, channels);
+    });
     EFFNET_LAUNCH_CHECK("global_avg_pool_kernel");
 }
 

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/dispatch.cuh"
 #include "kernels/optimizer_common.cuh"
-#include "kernels/train_dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -14,13 +14,9 @@ constexpr int kThreads = 256;
 // The arithmetic of train::Optimizer (libeffnet/train/optimizer.cpp), operation by operation:
 // __dmul_rn / __dadd_rn / __dsub_rn keep nvcc from fusing a multiply and an add into an FMA.
 __global__ void rmsprop_kernel(RmsPropArgs a, double one_minus_decay) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.count;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        double wd;
-        if (!element_decay(a.chunk_class, i, a.weight_decay, wd)) continue;
+    for_each_updated(a, [&](int64_t i, double wd) {
         const double p = a.param[i];
-        const double grad = float(__dmul_rn(double(a.grad[i]), a.grad_scale)); // clipped, as stored
-        const double g = __dadd_rn(grad, __dmul_rn(wd, p));                    // grad + wd * p
+        const double g = __dadd_rn(clipped_grad(a.grad[i], a.grad_scale), __dmul_rn(wd, p)); // grad + wd * p
         // ms = rho * ms + ((1 - rho) * g) * g
         const float ms = float(__dadd_rn(__dmul_rn(a.decay, double(a.mean_square[i])),
                                          __dmul_rn(__dmul_rn(one_minus_decay, g), g)));
@@ -30,7 +26,7 @@ __global__ void rmsprop_kernel(RmsPropArgs a, double one_minus_decay) {
         const float mom = float(__dadd_rn(__dmul_rn(a.momentum, double(a.momentum_buffer[i])), step));
         a.momentum_buffer[i] = mom;
         a.param[i] = float(__dsub_rn(p, double(mom)));
-    }
+    });
 }
 
 } // namespace

@@ -5,7 +5,7 @@
 
 #include "kernels/activation.cuh"
 #include "kernels/common.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads)
         if (s.post == SmallMatmulPost::Activation)
             v = act_forward(v, s.act);
         else if (s.post == SmallMatmulPost::Sigmoid)
-            v = 1.0f / (1.0f + expf(-v));
+            v = sigmoid(v);
         else if (s.post == SmallMatmulPost::ActivationGrad)
             v = act_backward(s.act_x[t], v, s.act);
         s.out[t] = v;

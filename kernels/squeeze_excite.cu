@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
@@ -36,14 +37,14 @@ __global__ void __launch_bounds__(kThreads) excite_kernel(ExciteArgs a) {
 #pragma unroll 8
         for (int c = lane; c < C; c += 32) dot = fmaf(w[c], mean[c], dot);
         dot = warp_sum(dot);
-        if (lane == 0) hidden[s] = apply_act(dot + a.b_reduce[s], a.act);
+        if (lane == 0) hidden[s] = act_forward(dot + a.b_reduce[s], a.act);
     }
     __syncthreads();
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float z = a.b_expand[c];
 #pragma unroll 8
         for (int s = 0; s < S; ++s) z = fmaf(a.w_expand_t[int64_t(s) * C + c], hidden[s], z);
-        a.gate[int64_t(n) * C + c] = sigmoidf_accurate(z);
+        a.gate[int64_t(n) * C + c] = sigmoid(z);
     }
 }
 

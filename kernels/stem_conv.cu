@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <string>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -43,7 +46,7 @@ __global__ void __launch_bounds__(256) stem_conv_kernel(StemConvArgs a) {
                 }
             }
         }
-        y[idx] = from_float<T>(apply_act(acc, a.act));
+        y[idx] = from_float<T>(act_forward(acc, a.act));
     }
 }
 
@@ -92,14 +95,13 @@ __global__ void __launch_bounds__(kStemThreads) stem_conv3x3_kernel(StemConvArgs
 #pragma unroll
             for (int ci = 0; ci < 3; ++ci) {
                 const float v = ok ? __ldg(x + ci * plane + int64_t(ih) * a.width + iw) : 0.0f;
-                const float4* w4 = reinterpret_cast<const float4*>(w_s + ((kh * 3 + kw) * 3 + ci) * COUT);
+                const float* w_tap = w_s + ((kh * 3 + kw) * 3 + ci) * COUT;
 #pragma unroll
-                for (int c = 0; c < COUT / 4; ++c) {
-                    const float4 w = w4[c];
-                    acc[4 * c] = fmaf(v, w.x, acc[4 * c]);
-                    acc[4 * c + 1] = fmaf(v, w.y, acc[4 * c + 1]);
-                    acc[4 * c + 2] = fmaf(v, w.z, acc[4 * c + 2]);
-                    acc[4 * c + 3] = fmaf(v, w.w, acc[4 * c + 3]);
+                for (int c = 0; c < COUT; c += 4) {
+                    float w[4];
+                    load_f32<4>(w_tap + c, w);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[c + j] = fmaf(v, w[j], acc[c + j]);
                 }
             }
         }
@@ -110,7 +112,7 @@ __global__ void __launch_bounds__(kStemThreads) stem_conv3x3_kernel(StemConvArgs
     for (int c = 0; c < COUT; c += kVec) {
         float out[kVec];
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) out[j] = apply_act(acc[c + j], a.act);
+        for (int j = 0; j < kVec; ++j) out[j] = act_forward(acc[c + j], a.act);
         store_vec<T, kVec>(y + c, out);
     }
 }
@@ -127,7 +129,7 @@ void launch_stem3x3(const StemConvArgs& a, cudaStream_t stream) {
 // specialisation matches.
 template <typename T>
 bool launch_stem3x3_if_supported(const StemConvArgs& a, cudaStream_t stream) {
-    if (a.kernel != 3 || a.in_channels != 3 || !aligned16(a.output) || !aligned16(a.weight)) return false;
+    if (a.kernel != 3 || a.in_channels != 3 || !aligned16({a.output, a.weight})) return false;
     switch (a.out_channels) {
     case 32:
         launch_stem3x3<T, 32>(a, stream);
@@ -172,17 +174,8 @@ void launch_stem_conv(const StemConvArgs& a, Precision precision, cudaStream_t s
     const size_t smem = size_t(a.kernel) * a.kernel * a.in_channels * a.out_channels * sizeof(float);
     EFFNET_CHECK(smem <= 48 * 1024, "stem_conv: weights of " + std::to_string(smem) +
                                         " bytes exceed the 48 KiB shared-memory tile");
-    switch (precision) {
-    case Precision::FP32:
-        launch_typed<float>(a, a.force_generic, stream);
-        break;
-    case Precision::FP16:
-        launch_typed<__half>(a, a.force_generic, stream);
-        break;
-    case Precision::BF16:
-        launch_typed<__nv_bfloat16>(a, a.force_generic, stream);
-        break;
-    }
+    dispatch_storage(
+        precision, [&](auto tag) { launch_typed<typename decltype(tag)::type>(a, a.force_generic, stream); });
 }
 
 } // namespace effnet::kernels

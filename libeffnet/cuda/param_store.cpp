@@ -7,7 +7,9 @@
 #include "effnet/error.hpp"
 #include "kernels/adamw.cuh"
 #include "kernels/rmsprop.cuh"
+#include "kernels/cast.cuh"
 #include "kernels/sgd.cuh"
+#include "kernels/sum_squares.cuh"
 #include "kernels/types.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 

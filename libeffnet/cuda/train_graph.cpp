@@ -10,8 +10,8 @@
 #include "kernels/cross_entropy.cuh"
 #include "kernels/im2col.cuh"
 #include "kernels/small_matmul.cuh"
-#include "kernels/squeeze_excite_backward.cuh"
-#include "kernels/stochastic_depth.cuh"
+#include "kernels/squeeze_excite_train.cuh"
+#include "kernels/dropout.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::cuda {

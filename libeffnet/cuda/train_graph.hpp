@@ -25,8 +25,8 @@
 
 #include "effnet/gpu_training.hpp"
 #include "effnet/network_plan.hpp"
-#include "kernels/depthwise_conv_backward.cuh"
-#include "kernels/squeeze_excite_backward.cuh"
+#include "kernels/depthwise_conv_train.cuh"
+#include "kernels/squeeze_excite_train.cuh"
 #include "kernels/types.cuh"
 #include "libeffnet/cuda/device_buffer.hpp"
 #include "libeffnet/cuda/param_store.hpp"

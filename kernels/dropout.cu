@@ -1,6 +1,6 @@
-#include "kernels/stochastic_depth.cuh"
+#include "kernels/dropout.cuh"
 
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {

@@ -1,13 +1,15 @@
 #pragma once
-// Launch helpers for the kernels (included by .cu files only; first written for the training
-// kernels): dispatch from a runtime storage precision to the element type, launch geometry.
+// Host-side launch helpers of the kernels (included by .cu files only): dispatch from a runtime
+// storage precision or activation to a template parameter, and launch geometry.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
+#include "kernels/types.cuh"
 
 namespace effnet::kernels {
 
@@ -31,6 +33,24 @@ void dispatch_storage(Precision p, F&& f) {
         return;
     }
     throw Error("kernel launch: unknown storage precision");
+}
+
+// Calls f(std::integral_constant<Act, act>{}): kernels that take the activation as a template
+// parameter get straight-line element loops.
+template <typename F>
+void dispatch_act(Act act, F&& f) {
+    switch (act) {
+    case Act::None:
+        f(std::integral_constant<Act, Act::None>{});
+        return;
+    case Act::SiLU:
+        f(std::integral_constant<Act, Act::SiLU>{});
+        return;
+    case Act::ReLU6:
+        f(std::integral_constant<Act, Act::ReLU6>{});
+        return;
+    }
+    throw Error("kernel launch: unknown activation");
 }
 
 // Blocks for a grid-stride loop over `count` items: enough to fill the GPU, capped.

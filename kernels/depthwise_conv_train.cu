@@ -1,38 +1,20 @@
-#include "kernels/depthwise_conv_backward.cuh"
+#include "kernels/depthwise_conv_train.cuh"
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 
+#include "kernels/activation.cuh"
 #include "kernels/common.cuh"
 #include "kernels/depthwise_conv.cuh"
 #include "kernels/depthwise_conv_tile.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-// V consecutive elements of T -> float[V] in one access of V * sizeof(T) bytes (16, 8 or 4;
-// otherwise element by element). The caller guarantees the alignment.
-template <typename T, int V>
-__device__ __forceinline__ void load_small_vec(const T* p, float (&out)[V]) {
-    constexpr size_t kBytes = V * sizeof(T);
-    if constexpr (kBytes == 16) {
-        load_vec<T, V>(p, out);
-    } else if constexpr (kBytes == 8 || kBytes == 4) {
-        using Raw = std::conditional_t<kBytes == 8, uint2, uint32_t>;
-        const Raw raw = *reinterpret_cast<const Raw*>(p);
-        const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int i = 0; i < V; ++i) out[i] = to_float(e[i]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) out[i] = to_float(p[i]);
-    }
-}
 
 // ---- Weight layouts ----------------------------------------------------------------------------
 
@@ -117,22 +99,7 @@ __global__ void __launch_bounds__(kThreads)
         float w[K][V];
         const float* w_row = w_thread + (K - 1 - kh) * K * slab_channels;
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-            const float* wp = w_row + (K - 1 - kw) * slab_channels;
-            if constexpr (V % 4 == 0) { // the slab and the thread offset are multiples of 4
-#pragma unroll
-                for (int v = 0; v < V; v += 4) {
-                    const float4 w4 = *reinterpret_cast<const float4*>(wp + v);
-                    w[kw][v] = w4.x;
-                    w[kw][v + 1] = w4.y;
-                    w[kw][v + 2] = w4.z;
-                    w[kw][v + 3] = w4.w;
-                }
-            } else {
-#pragma unroll
-                for (int v = 0; v < V; ++v) w[kw][v] = wp[v];
-            }
-        }
+        for (int kw = 0; kw < K; ++kw) load_f32<V>(w_row + (K - 1 - kw) * slab_channels, w[kw]);
         const T* row = dy_n + int64_t(ho) * s.out_width * C;
         float in[kCols][V];
 #pragma unroll
@@ -281,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
             for (int j = 0; j < L; ++j) {
                 if (wo0 + j < s.out_width) {
-                    load_small_vec<T, V>(g_p + int64_t(j) * C, g[j]);
+                    load_vec<T, V>(g_p + int64_t(j) * C, g[j]);
                 } else {
 #pragma unroll
                     for (int v = 0; v < V; ++v) g[j][v] = 0.0f;
@@ -299,11 +266,11 @@ __global__ void __launch_bounds__(kThreads, 2)
                 for (int c = 0; c < kSpan; ++c) {
                     const int iw = iw0 + c;
                     if (iw >= 0 && iw < s.width) {
-                        load_small_vec<T, V>(x_row + int64_t(iw) * C, in[c]);
+                        load_vec<T, V>(x_row + int64_t(iw) * C, in[c]);
                         if constexpr (Affine) {
 #pragma unroll
                             for (int v = 0; v < V; ++v)
-                                in[c][v] = activate_for<T>(fmaf(in[c][v], sc[v], sh[v]), tr.act);
+                                in[c][v] = act_forward<act_math_for<T>>(fmaf(in[c][v], sc[v], sh[v]), tr.act);
                         }
                     } else {
 #pragma unroll
@@ -397,9 +364,7 @@ template <typename T, int K>
 void launch_weight_typed(const T* x, const DepthwiseInputTransform& tr, const T* dy, float* partial,
                          const DepthwiseShape& s, const WeightGradChunks& ch, cudaStream_t stream) {
     constexpr int V = K == 3 ? 4 : 2; // K*K*V accumulators: 36 or 50 floats
-    constexpr uintptr_t kBytes = V * sizeof(T);
-    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % kBytes == 0; };
-    if (s.channels % V == 0 && aligned(x) && aligned(dy))
+    if (s.channels % V == 0 && aligned_to(x, V * sizeof(T)) && aligned_to(dy, V * sizeof(T)))
         launch_weight_stride<T, K, V>(x, tr, dy, partial, s, ch, stream);
     else // odd channel counts or unaligned views
         launch_weight_stride<T, K, 1>(x, tr, dy, partial, s, ch, stream);
@@ -517,9 +482,7 @@ void launch_depthwise_backward_data(const void* dy, const float* flipped, const 
         const T* dyt = static_cast<const T*>(dy);
         const T* addt = static_cast<const T*>(add);
         T* dxt = static_cast<T*>(dx);
-        const bool vec_ok = s.channels % kVec == 0 && aligned16(dy) && aligned16(dx) && aligned16(flipped) &&
-                            (add == nullptr || aligned16(add));
-        if (vec_ok)
+        if (vectors_fit(s.channels, kVec, {dy, dx, flipped, add}))
             launch_data_grad_vector<T, kVec>(dyt, flipped, addt, dxt, s, stream);
         else
             launch_data_grad_vector<T, 1>(dyt, flipped, addt, dxt, s, stream);

@@ -1,4 +1,4 @@
-#include "kernels/squeeze_excite_backward.cuh"
+#include "kernels/squeeze_excite_train.cuh"
 
 #include <algorithm>
 #include <initializer_list>
@@ -6,8 +6,9 @@
 #include <type_traits>
 
 #include "kernels/common.cuh"
+#include "kernels/dispatch.cuh"
 #include "kernels/small_matmul.cuh"
-#include "kernels/train_dispatch.cuh"
+#include "kernels/vector_io.cuh"
 #include "libeffnet/cuda/cuda_check.hpp"
 
 namespace effnet::kernels {
@@ -31,21 +32,14 @@ VecPlan vec_plan(int vectors) {
     return {vx, kThreads / vx, tiles};
 }
 
-// Calls f(std::integral_constant<int, V>{}) with V = 16 / sizeof(T) when `vec`, else V = 1.
+// Calls f(std::integral_constant<int, V>{}) with V = 16 / sizeof(T) when rows of C channels at
+// the given pointers can be read as 16-byte vectors, else V = 1.
 template <typename T, typename F>
-void with_vec(bool vec, F&& f) {
-    if (vec)
+void with_vec(int C, std::initializer_list<const void*> ptrs, F&& f) {
+    if (vectors_fit(C, int(16 / sizeof(T)), ptrs))
         f(std::integral_constant<int, int(16 / sizeof(T))>{});
     else
         f(std::integral_constant<int, 1>{});
-}
-
-template <typename T>
-bool vec_ok(int C, std::initializer_list<const void*> ptrs) {
-    if (C % int(16 / sizeof(T)) != 0) return false;
-    for (const void* p : ptrs)
-        if (p && !aligned16(p)) return false;
-    return true;
 }
 
 // Block (vx vectors, py pixel rows) per (channel tile, image): thread (tx, ty) sums pixels ty,
@@ -127,7 +121,37 @@ dim3 elementwise_grid(const VecPlan& p, int batch, int64_t hw) {
     return dim3(unsigned(p.tiles), unsigned(batch), unsigned(splits));
 }
 
-// y = x * gate[n, c]; grid (tiles, N, splits), block (vx, py).
+// out = f(in, v) elementwise over the pixels of one image for the thread's V channels (v: the
+// channel within the vector); grid (tiles, N, splits), block (vx, py). in == out is fine: every
+// element is read, then written, by the one thread that owns it.
+template <typename T, int V, typename F>
+__device__ __forceinline__ void map_pixels(const T* in, T* out, int64_t hw, int C, int c, int64_t n, F&& f) {
+    const int64_t pstep = int64_t(gridDim.z) * blockDim.y, step = pstep * C;
+    int64_t p = int64_t(blockIdx.z) * blockDim.y + threadIdx.y, off = (n * hw + p) * C + c;
+    // Two pixels per iteration, both loaded before either is stored: without restrict the
+    // compiler would not move the second load above the first store.
+    for (; p + pstep < hw; p += 2 * pstep, off += 2 * step) {
+        float u[V], w[V];
+        load_vec<T, V>(in + off, u);
+        load_vec<T, V>(in + off + step, w);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+            u[v] = f(u[v], v);
+            w[v] = f(w[v], v);
+        }
+        store_vec<T, V>(out + off, u);
+        store_vec<T, V>(out + off + step, w);
+    }
+    if (p < hw) {
+        float u[V];
+        load_vec<T, V>(in + off, u);
+#pragma unroll
+        for (int v = 0; v < V; ++v) u[v] = f(u[v], v);
+        store_vec<T, V>(out + off, u);
+    }
+}
+
+// y = x * gate[n, c].
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     gate_apply_kernel(const T* x, const float* gate, T* y, int64_t hw, int C) {
@@ -137,34 +161,11 @@ __global__ void __launch_bounds__(kThreads)
     float g[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) g[v] = gate[n * C + c + v];
-    const int64_t pstep = int64_t(gridDim.z) * blockDim.y, step = pstep * C;
-    int64_t p = int64_t(blockIdx.z) * blockDim.y + threadIdx.y, off = (n * hw + p) * C + c;
-    // Two pixels per iteration, both loaded before either is stored: without restrict the
-    // compiler would not move the second load above the first store.
-    for (; p + pstep < hw; p += 2 * pstep, off += 2 * step) {
-        float u[V], w[V];
-        load_vec<T, V>(x + off, u);
-        load_vec<T, V>(x + off + step, w);
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-            u[v] *= g[v];
-            w[v] *= g[v];
-        }
-        store_vec<T, V>(y + off, u);
-        store_vec<T, V>(y + off + step, w);
-    }
-    if (p < hw) {
-        float u[V];
-        load_vec<T, V>(x + off, u);
-#pragma unroll
-        for (int v = 0; v < V; ++v) u[v] *= g[v];
-        store_vec<T, V>(y + off, u);
-    }
+    map_pixels<T, V>(x, y, hw, C, c, n, [&](float u, int v) { return u * g[v]; });
 }
 
-// dx = dy * gate[n, c] + dsqueezed[n, c] * inv_hw; grid (tiles, N, splits), block (vx, py).
-// In place (dx == dy) is fine: every element is read, then written, by the one thread that
-// owns it, and no other kernel of the backward reads dy after this one.
+// dx = dy * gate[n, c] + dsqueezed[n, c] * inv_hw, in place (dx == dy) or not: no other kernel
+// of the backward reads dy after this one.
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     se_dx_kernel(const T* dy, const float* gate, const float* dsq, float inv_hw, T* dx, int64_t hw, int C) {
@@ -177,28 +178,7 @@ __global__ void __launch_bounds__(kThreads)
         g[v] = gate[n * C + c + v];
         d[v] = dsq[n * C + c + v] * inv_hw;
     }
-    const int64_t pstep = int64_t(gridDim.z) * blockDim.y, step = pstep * C;
-    int64_t p = int64_t(blockIdx.z) * blockDim.y + threadIdx.y, off = (n * hw + p) * C + c;
-    // Two pixels per iteration, both loaded before either is stored.
-    for (; p + pstep < hw; p += 2 * pstep, off += 2 * step) {
-        float u[V], w[V];
-        load_vec<T, V>(dy + off, u);
-        load_vec<T, V>(dy + off + step, w);
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-            u[v] = u[v] * g[v] + d[v];
-            w[v] = w[v] * g[v] + d[v];
-        }
-        store_vec<T, V>(dx + off, u);
-        store_vec<T, V>(dx + off + step, w);
-    }
-    if (p < hw) {
-        float u[V];
-        load_vec<T, V>(dy + off, u);
-#pragma unroll
-        for (int v = 0; v < V; ++v) u[v] = u[v] * g[v] + d[v];
-        store_vec<T, V>(dx + off, u);
-    }
+    map_pixels<T, V>(dy, dx, hw, C, c, n, [&](float u, int v) { return u * g[v] + d[v]; });
 }
 
 void check_args(const char* op, const SqueezeExciteTrainArgs& a) {
@@ -209,6 +189,24 @@ void check_args(const char* op, const SqueezeExciteTrainArgs& a) {
     EFFNET_CHECK(a.x && a.w1 && a.b1 && a.w2 && a.b2 && a.squeezed && a.reduced_pre && a.reduced_out &&
                      a.gate,
                  std::string(op) + ": null pointer argument");
+}
+
+// out [rows, cols] = A B, B [inner, cols] row-major, A [rows, inner] row-major or, when
+// a_transposed, stored as its transpose [inner, rows].
+SmallMatmulArgs matmul(const float* a, bool a_transposed, const float* b, int rows, int cols, int inner,
+                       float* out) {
+    SmallMatmulArgs m;
+    m.a = a;
+    m.a_row = a_transposed ? 1 : inner;
+    m.a_col = a_transposed ? rows : 1;
+    m.b = b;
+    m.b_row = cols;
+    m.b_col = 1;
+    m.rows = rows;
+    m.cols = cols;
+    m.inner = inner;
+    m.out = out;
+    return m;
 }
 
 // out = A B with A [I, K] row-major and B given as W [J, K] (so B = W^T), plus bias.
@@ -234,7 +232,7 @@ void spatial_sum(const void* x, const void* y, const float* gate, float* out, in
         using T = typename decltype(tag)::type;
         const T* xt = static_cast<const T*>(x);
         const T* yt = static_cast<const T*>(y);
-        with_vec<T>(vec_ok<T>(channels, {x, y}), [&](auto vec) {
+        with_vec<T>(channels, {x, y}, [&](auto vec) {
             constexpr int V = decltype(vec)::value;
             const VecPlan p = vec_plan(channels / V);
             const dim3 block(unsigned(p.vx), unsigned(p.py)), grid(unsigned(p.tiles), unsigned(batch));
@@ -285,7 +283,7 @@ void launch_squeeze_excite_gate(const void* x, const float* gate, void* y, int b
                      " HW=" + std::to_string(hw) + " C=" + std::to_string(channels));
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        with_vec<T>(vec_ok<T>(channels, {x, y}), [&](auto vec) {
+        with_vec<T>(channels, {x, y}, [&](auto vec) {
             constexpr int V = decltype(vec)::value;
             const VecPlan p = vec_plan(channels / V);
             gate_apply_kernel<T, V>
@@ -323,66 +321,25 @@ void launch_squeeze_excite_backward(const SqueezeExciteTrainArgs& a, const void*
     // dgate_pre[n, c] = (sum_hw dy * x) * gate * (1 - gate)
     spatial_sum(a.x, dy, a.gate, dgate, N, a.hw, C, 1.0f, storage, stream);
     // dW2[c, s] = sum_n dgate_pre[n, c] reduced[n, s]; db2[c] = sum_n dgate_pre[n, c]
-    SmallMatmulArgs m;
-    m.a = dgate;
-    m.a_row = 1;
-    m.a_col = C;
-    m.b = a.reduced_out;
-    m.b_row = S;
-    m.b_col = 1;
-    m.rows = C;
-    m.cols = S;
-    m.inner = N;
-    m.out = dw2;
-    m.row_sum = db2;
-    launch_small_matmul(m, stream);
+    SmallMatmulArgs dw2_args = matmul(dgate, true, a.reduced_out, C, S, N, dw2);
+    dw2_args.row_sum = db2;
+    launch_small_matmul(dw2_args, stream);
     // dreduced_pre[n, s] = act'(reduced_pre[n, s]) * sum_c dgate_pre[n, c] W2[c, s]
-    m = SmallMatmulArgs{};
-    m.a = dgate;
-    m.a_row = C;
-    m.a_col = 1;
-    m.b = a.w2;
-    m.b_row = S;
-    m.b_col = 1;
-    m.rows = N;
-    m.cols = S;
-    m.inner = C;
-    m.out = dred;
-    m.post = SmallMatmulPost::ActivationGrad;
-    m.act = a.act;
-    m.act_x = a.reduced_pre;
-    launch_small_matmul(m, stream);
+    SmallMatmulArgs dred_args = matmul(dgate, false, a.w2, N, S, C, dred);
+    dred_args.post = SmallMatmulPost::ActivationGrad;
+    dred_args.act = a.act;
+    dred_args.act_x = a.reduced_pre;
+    launch_small_matmul(dred_args, stream);
     // dW1[s, c] = sum_n dred_pre[n, s] squeezed[n, c]; db1[s] = sum_n dred_pre[n, s]
-    m = SmallMatmulArgs{};
-    m.a = dred;
-    m.a_row = 1;
-    m.a_col = S;
-    m.b = a.squeezed;
-    m.b_row = C;
-    m.b_col = 1;
-    m.rows = S;
-    m.cols = C;
-    m.inner = N;
-    m.out = dw1;
-    m.row_sum = db1;
-    launch_small_matmul(m, stream);
+    SmallMatmulArgs dw1_args = matmul(dred, true, a.squeezed, S, C, N, dw1);
+    dw1_args.row_sum = db1;
+    launch_small_matmul(dw1_args, stream);
     // dsqueezed[n, c] = sum_s dred_pre[n, s] W1[s, c]
-    m = SmallMatmulArgs{};
-    m.a = dred;
-    m.a_row = S;
-    m.a_col = 1;
-    m.b = a.w1;
-    m.b_row = C;
-    m.b_col = 1;
-    m.rows = N;
-    m.cols = C;
-    m.inner = S;
-    m.out = dsq;
-    launch_small_matmul(m, stream);
+    launch_small_matmul(matmul(dred, false, a.w1, N, C, S, dsq), stream);
 
     dispatch_storage(storage, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        with_vec<T>(vec_ok<T>(C, {dy, dx}), [&](auto vec) {
+        with_vec<T>(C, {dy, dx}, [&](auto vec) {
             constexpr int V = decltype(vec)::value;
             const VecPlan p = vec_plan(C / V);
             se_dx_kernel<T, V>
