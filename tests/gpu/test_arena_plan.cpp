@@ -7,7 +7,7 @@
 
 using effnet::cuda::ArenaPlan;
 
-TEST_CASE("arena plan: tensors alive together never overlap; dead ones share", "[gpu][arena]") {
+TEST_CASE("arena plan: tensors alive together never overlap, dead ones share", "[gpu][arena]") {
     std::mt19937 rng(3);
     for (int trial = 0; trial < 50; ++trial) {
         ArenaPlan plan;

@@ -115,8 +115,9 @@ TEST_CASE("tensor-core 1x1 GEMM: every tile, partial tiles, gate across images, 
                                              (cs.residual ? " residual" : "") +
                                              (prec == Precision::FP16 ? " fp16" : " bf16");
                     // Storage rounding of the gated input and of the output (2^-11 fp16, 2^-8 bf16
-                    // relative per element) with fp32 accumulation: 1e-2, as for the other kernels.
-                    const double tol = kernel_tolerance(prec);
+                    // relative per element) with fp32 accumulation. Measured (gpu_test_util.hpp,
+                    // Bounds): fp16 2.9e-4, bf16 2.3e-3.
+                    const double tol = Bounds{0.0 /* no fp32 kernel */, 8e-3, 1e-2}(prec);
                     CHECK(report(name, rel_error(got, ref), tol) <= tol);
                 }
         }

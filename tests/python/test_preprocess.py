@@ -13,7 +13,9 @@ shows (bicubic by up to 6 levels where the intermediate clips). We follow Pillow
 the vertical pass first when the height loses more than twice as many pixels as the width
 (python-pillow/Pillow#9549); with an older Pillow those shapes are left out of the comparison.
 
-Prints "N passed, M failed" last; exits non-zero on any failure.
+What is left out (no sample photos; shapes an older Pillow resizes in the other order) is
+named on a line "skipped: ...". Prints "N passed, M failed, K skipped" last; exits non-zero on
+any failure.
 """
 import os
 import subprocess
@@ -118,14 +120,17 @@ def ours(paths, resize, crop, interpolation, out):
 def main():
     if not os.path.exists(CLASSIFY):
         print("FAIL  effnet-classify not built at " + CLASSIFY)
-        print("0 passed, 1 failed")
+        print("0 passed, 1 failed, 0 skipped")
         return 1
+    skips = 0
     filters = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
     with tempfile.TemporaryDirectory() as d:
         gen = generated_images(d)
         samples = sample_images(d)
         if not samples:
-            print("note  data/samples missing (weights/fetch.sh not run): generated images only")
+            skips += 1
+            print("skipped: the sample photos (data/samples missing: weights/fetch.sh not run); generated "
+                  "images only")
         # (resize, crop): the ImageNet setting, upsampling small images, crop > resize (padding),
         # and resize == a shorter side (13x9 has shorter side 9: no resampling at all).
         configs = [(256, 224, gen + samples), (292, 260, gen + samples), (45, 31, gen), (20, 24, gen), (9, 9, gen)]
@@ -144,7 +149,8 @@ def main():
                     img = Image.open(p).convert("RGB")
                     resized = torchvision_resize(img, resize, flt)
                     if OLD_PILLOW and vertical_first(img.size, resized.size):
-                        print("note  %s -> %s skipped: Pillow %s orders the passes differently"
+                        skips += 1
+                        print("skipped: %s -> %s (Pillow %s orders the passes differently)"
                               % (img.size, resized.size, PIL.__version__))
                         continue
                     ref = torchvision_center_crop(resized, crop)
@@ -156,7 +162,7 @@ def main():
                 check(worst <= TOLERANCE, "resize %d crop %d %s over %d images: max |ours - PIL| = %.6f "
                       "(%.2f levels), %d of %d values differ" % (resize, crop, name, len(paths), worst,
                                                                   worst * 255, differing, total))
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skips))
     return 1 if failed else 0
 
 

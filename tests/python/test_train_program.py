@@ -111,7 +111,7 @@ def main():
                   "--warmup-epochs", "0.5", "--seed", "7", "--threads", "1", "--workers", "2"]
 
         # Errors.
-        # --device cuda: tests/python/test_train_cuda.py (with and without a GPU).
+        # --device cuda: tests/python/test_train_cuda.py (GPU) and test_train_cuda_errors.py (no GPU).
         expect_error(["--data", data, "--width", "0.1", "--depth", "0.1", "--precision", "amp-fp16"], "needs --device cuda")
         expect_error(["--width", "0.1", "--depth", "0.1"], "missing required option '--data'")
         expect_error(["--data", os.path.join(tmp, "nope"), "--preset", "b0"], "is not a directory")
