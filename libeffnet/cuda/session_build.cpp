@@ -39,6 +39,21 @@ bool feeds_squeeze(const NetworkPlan& net, size_t i) {
            net.layers[i + 1].input == int(i);
 }
 
+// The depthwise conv's geometry, the same fields in the plain and the fused kernels' arguments.
+template <typename Args>
+void set_depthwise_geometry(Args& a, const Layer& dw) {
+    a.batch = int(dw.in.batch);
+    a.height = dw.in.height;
+    a.width = dw.in.width;
+    a.kernel = dw.conv.kernel;
+    a.stride = dw.conv.stride;
+    a.pad_top = dw.conv.pad_top;
+    a.pad_left = dw.conv.pad_left;
+    a.out_height = dw.out.height;
+    a.out_width = dw.out.width;
+    a.act = layer_act(dw);
+}
+
 } // namespace
 
 void InferenceSession::Impl::build(const Model& model) {
@@ -132,7 +147,6 @@ SessionValue InferenceSession::Impl::add_depthwise(const Model& model, const Lay
     const int h = dw.in.height, w = dw.in.width, ho = dw.out.height, wo = dw.out.width;
     const int ce = dw.out.channels;
     const int block_in = in.id;
-    const Act act = layer_act(dw);
     const int step = next_step();
 
     cuda::FoldedConv expand_folded;
@@ -141,31 +155,13 @@ SessionValue InferenceSession::Impl::add_depthwise(const Model& model, const Lay
     const size_t dw_w = pack.add_f32(cuda::depthwise_layout(dw_folded)), dw_b = pack.add_f32(dw_folded.bias);
 
     kernels::DepthwiseArgs dwa;
-    dwa.batch = batch;
-    dwa.height = h;
-    dwa.width = w;
+    set_depthwise_geometry(dwa, dw);
     dwa.channels = ce;
-    dwa.kernel = dw.conv.kernel;
-    dwa.stride = dw.conv.stride;
-    dwa.pad_top = dw.conv.pad_top;
-    dwa.pad_left = dw.conv.pad_left;
-    dwa.out_height = ho;
-    dwa.out_width = wo;
-    dwa.act = act;
 
     kernels::FusedExpandDepthwiseArgs fa;
-    fa.batch = batch;
-    fa.height = h;
-    fa.width = w;
+    set_depthwise_geometry(fa, dw);
     fa.in_channels = expand ? expand->in.channels : dw.in.channels;
     fa.expand_channels = ce;
-    fa.kernel = dw.conv.kernel;
-    fa.stride = dw.conv.stride;
-    fa.pad_top = dw.conv.pad_top;
-    fa.pad_left = dw.conv.pad_left;
-    fa.out_height = ho;
-    fa.out_width = wo;
-    fa.act = act;
     const bool fuse = expand && options.fused_mbconv && kernels::fused_expand_depthwise_supported(fa);
 
     // The squeeze's sums live outside the arena, zero between forwards: the depthwise conv
