@@ -107,30 +107,6 @@ private:
 
 } // namespace
 
-const char* layer_kind_name(LayerKind kind) {
-    switch (kind) {
-    case LayerKind::Stem:
-        return "stem";
-    case LayerKind::Expand:
-        return "expand";
-    case LayerKind::Depthwise:
-        return "depthwise";
-    case LayerKind::SqueezeExcite:
-        return "squeeze_excite";
-    case LayerKind::Project:
-        return "project";
-    case LayerKind::Head:
-        return "head";
-    case LayerKind::Pool:
-        return "pool";
-    case LayerKind::Dropout:
-        return "dropout";
-    case LayerKind::Classifier:
-        return "classifier";
-    }
-    return "unknown";
-}
-
 NetworkPlan make_network_plan(const ModelConfig& config, int batch, int height, int width) {
     config.validate();
     EFFNET_CHECK(batch >= 1 && height >= 1 && width >= 1,

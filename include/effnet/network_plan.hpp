@@ -30,7 +30,6 @@ enum class LayerKind {
     Dropout,       // per element, training only
     Classifier,    // linear: [N, C, 1, 1] -> [N, classes, 1, 1]
 };
-const char* layer_kind_name(LayerKind kind); // "stem", "expand", ...
 
 // A feature map, logically NCHW (engines choose their own memory layout).
 struct FeatureShape {

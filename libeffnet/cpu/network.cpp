@@ -246,7 +246,10 @@ Gradients Network::backward(const Tensor& dlogits) {
             residual_grads.erase(skip);
         }
         const Layer& l = m.plan.layers[size_t(i)];
-        if (l.residual >= 0) residual_grads[l.residual] = d; // each residual is read once (the plan)
+        if (l.residual >= 0) { // d also reaches the residual's source
+            const auto [it, first] = residual_grads.emplace(l.residual, d);
+            if (!first) it->second = add(it->second, d);
+        }
         d = m.layer_backward(l, d, m.layers[size_t(i)], g);
     }
     g.input = std::move(d);

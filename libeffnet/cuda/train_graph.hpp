@@ -53,8 +53,8 @@ struct TrainLayer {
     DeviceBuffer squeezed, reduced_pre, reduced_out, gate; // squeeze-excite, fp32
     bool masked = false;                                   // stochastic depth / dropout applied in training
     DeviceBuffer mask;                                     // project: [N]; dropout: [N, C]; 0 or 1/(1-p)
-    std::vector<float> host_mask;
-    DeviceBuffer output; // pool, and dropout when masked: [N, C] fp32
+    std::vector<float> host_mask; // kept: the mask's upload reads it after upload_masks returns
+    DeviceBuffer output;          // pool, and dropout when masked: [N, C] fp32
 };
 
 class TrainGraph {
