@@ -3,7 +3,7 @@
 # is already there. The CUDA toolkit is expected under /usr/local/cuda (it is on this kind of
 # machine); without it, configure with -DEFFNET_ENABLE_CUDA=OFF.
 set -euo pipefail
-pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev)
+pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev libxxhash-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +17,7 @@ fi
 py_missing=()
 python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
 python3 -c "import PIL" 2>/dev/null || py_missing+=(pillow)
+python3 -c "import xxhash" 2>/dev/null || py_missing+=(xxhash)
 if ((${#py_missing[@]})); then
   echo "installing (pip): ${py_missing[*]}"
   python3 -m pip install -q "${py_missing[@]}" 2>/dev/null ||
