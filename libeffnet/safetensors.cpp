@@ -10,11 +10,17 @@
 //   data section is fine.
 // - Duplicate keys in the header JSON are an error (a JSON parser would silently keep one).
 // - Data may sit at any alignment: elements are copied out with memcpy, never cast in place.
+// - The header starts with '{' and may end in spaces (the format's padding), nothing else: no
+//   byte-order mark, no NUL. JSON nesting deeper than limits::kMaxJsonDepth is refused while
+//   parsing, and values quoted in errors are cut to limits::kMaxQuotedChars.
+// - Metadata 'effnet.checksum' = "xxh3_64:<16 hex digits>" is the XXH3-64 (seed 0) of the data
+//   section; when present it is verified at open. Files without it (from elsewhere) load.
 // The host must be little-endian (checked at compile time), as the format is.
 //
 // The writer orders tensors by element size (largest first), then by name, packs them without
-// gaps (so strict readers such as Python's safetensors accept the file), and pads the header
-// with spaces so the data section starts 8-byte aligned: every tensor is then naturally aligned.
+// gaps (so strict readers such as Python's safetensors accept the file), pads the header with
+// spaces so the data section starts 8-byte aligned (every tensor is then naturally aligned), and
+// records the data's checksum in the metadata.
 #include "effnet/safetensors.hpp"
 
 #include <fcntl.h>
@@ -25,6 +31,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -33,6 +40,10 @@
 #include <nlohmann/json.hpp>
 
 #include "effnet/error.hpp"
+#include "effnet/limits.hpp"
+
+#define XXH_INLINE_ALL // header-only use of the xxHash library: nothing to link
+#include <xxhash.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.cpp assumes a little-endian host"
@@ -42,8 +53,21 @@ namespace effnet {
 
 namespace {
 
-constexpr uint64_t kMaxHeaderBytes = 100u * 1000u * 1000u; // anything larger is a corrupt file
 constexpr const char* kMetadataKey = "__metadata__";
+constexpr const char* kChecksumKey = "effnet.checksum";
+constexpr const char* kChecksumPrefix = "xxh3_64:";
+
+// "xxh3_64:" and 16 lowercase hex digits.
+std::string checksum_text(uint64_t hash) {
+    char digits[17];
+    std::snprintf(digits, sizeof digits, "%016llx", static_cast<unsigned long long>(hash));
+    return kChecksumPrefix + std::string(digits);
+}
+
+// A JSON value from the file, short enough to quote in an error (nesting is bounded already).
+std::string quoted(const nlohmann::json& value) {
+    return excerpt(value.dump());
+}
 
 std::string errno_text() {
     return std::strerror(errno);
@@ -174,9 +198,10 @@ struct SafetensorsFile::Impl {
     std::map<std::string, std::string> metadata;
 
     std::string where(const std::string& name) const {
-        return "safetensors '" + path + "', tensor '" + name + "'";
+        return "safetensors '" + path + "', tensor '" + excerpt(name) + "'";
     }
     void parse_header(const char* text, size_t length);
+    void verify_checksum() const;
     TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry) const;
 };
 
@@ -192,7 +217,7 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlo
     EFFNET_CHECK(dtype_it->is_string(), at + ": 'dtype' is not a string");
     const std::string dtype_text = dtype_it->get<std::string>();
     EFFNET_CHECK(dtype_from_name(dtype_text, &info.dtype),
-                 at + ": unknown dtype '" + dtype_text + "' (supported: F32, F16, BF16, F64, I64)");
+                 at + ": unknown dtype '" + excerpt(dtype_text) + "' (supported: F32, F16, BF16, F64, I64)");
 
     auto shape_it = entry.find("shape");
     EFFNET_CHECK(shape_it != entry.end(), at + ": missing 'shape'");
@@ -201,45 +226,61 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlo
     // multiplies in int64), even when a later 0 would bring it back down.
     uint64_t numel = 1;
     for (const auto& dim : *shape_it) {
-        EFFNET_CHECK(dim.is_number_integer(), at + ": shape entry " + dim.dump() + " is not an integer");
+        EFFNET_CHECK(dim.is_number_integer(), at + ": shape entry " + quoted(dim) + " is not an integer");
         EFFNET_CHECK(dim.is_number_unsigned() || dim.get<int64_t>() >= 0,
-                     at + ": negative shape entry " + dim.dump());
+                     at + ": negative shape entry " + quoted(dim));
         const uint64_t d = dim.get<uint64_t>();
         const bool overflow =
             __builtin_mul_overflow(numel, d, &numel) || numel > uint64_t(std::numeric_limits<int64_t>::max());
-        EFFNET_CHECK(!overflow, at + ": shape " + shape_it->dump() + " has too many elements");
+        EFFNET_CHECK(!overflow, at + ": shape " + quoted(*shape_it) + " has too many elements");
         info.shape.push_back(static_cast<int64_t>(d));
     }
     uint64_t expected_bytes = 0;
     EFFNET_CHECK(!__builtin_mul_overflow(numel, uint64_t(dtype_size(info.dtype)), &expected_bytes),
-                 at + ": shape " + shape_it->dump() + " has too many bytes");
+                 at + ": shape " + quoted(*shape_it) + " has too many bytes");
 
     auto offsets_it = entry.find("data_offsets");
     EFFNET_CHECK(offsets_it != entry.end(), at + ": missing 'data_offsets'");
     const nlohmann::json& offsets = *offsets_it;
     EFFNET_CHECK(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
                      offsets[1].is_number_unsigned(),
-                 at + ": 'data_offsets' " + offsets.dump() + " is not two non-negative integers");
+                 at + ": 'data_offsets' " + quoted(offsets) + " is not two non-negative integers");
     info.begin = offsets[0].get<uint64_t>();
     info.end = offsets[1].get<uint64_t>();
-    EFFNET_CHECK(info.begin <= info.end, at + ": data_offsets " + offsets.dump() + " are out of order");
-    EFFNET_CHECK(info.end <= data_size, at + ": data_offsets " + offsets.dump() +
+    EFFNET_CHECK(info.begin <= info.end, at + ": data_offsets " + quoted(offsets) + " are out of order");
+    EFFNET_CHECK(info.end <= data_size, at + ": data_offsets " + quoted(offsets) +
                                             " run past the data section (" + std::to_string(data_size) +
                                             " bytes; file truncated?)");
     EFFNET_CHECK(info.end - info.begin == expected_bytes,
                  at + ": shape " + shape_str(info.shape) + " of " + dtype_name(info.dtype) + " needs " +
-                     std::to_string(expected_bytes) + " bytes but data_offsets " + offsets.dump() + " span " +
-                     std::to_string(info.end - info.begin));
+                     std::to_string(expected_bytes) + " bytes but data_offsets " + quoted(offsets) +
+                     " span " + std::to_string(info.end - info.begin));
 
     return info;
 }
 
 void SafetensorsFile::Impl::parse_header(const char* text, size_t length) {
+    // The format: JSON starting with '{', padded at the end with spaces only.
+    size_t end = length;
+    while (end > 0 && text[end - 1] == ' ') --end;
+    const bool bom = length >= 3 && std::memcmp(text, "\xEF\xBB\xBF", 3) == 0;
+    EFFNET_CHECK(end > 0 && text[0] == '{', "safetensors '" + path + "': header does not start with '{'" +
+                                                (bom ? " (it starts with a UTF-8 byte-order mark)" : ""));
+    EFFNET_CHECK(text[end - 1] == '}', "safetensors '" + path +
+                                           "': header does not end with '}' followed only by spaces (byte " +
+                                           std::to_string(unsigned(uint8_t(text[end - 1]))) + " at offset " +
+                                           std::to_string(8 + end - 1) + ")");
+
     nlohmann::json header;
     std::set<std::string> top_level_keys;
     std::string duplicate;
+    struct TooDeep {};
     // The callback sees every key; a repeated top-level key means two tensors of one name.
+    // Nesting is refused as it opens, so no later step (nor the JSON printer) recurses deeply.
     auto on_event = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+        const bool opens = event == nlohmann::json::parse_event_t::object_start ||
+                           event == nlohmann::json::parse_event_t::array_start;
+        if (opens && depth >= limits::kMaxJsonDepth) throw TooDeep{};
         if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string()) {
             if (!top_level_keys.insert(parsed.get<std::string>()).second && duplicate.empty())
                 duplicate = parsed.get<std::string>();
@@ -247,20 +288,23 @@ void SafetensorsFile::Impl::parse_header(const char* text, size_t length) {
         return true;
     };
     try {
-        header = nlohmann::json::parse(text, text + length, on_event);
+        header = nlohmann::json::parse(text, text + end, on_event);
+    } catch (const TooDeep&) {
+        throw Error("safetensors '" + path + "': header nests JSON deeper than " +
+                    std::to_string(limits::kMaxJsonDepth) + " levels (a tensor entry needs 3)");
     } catch (const nlohmann::json::exception& e) {
-        throw Error("safetensors '" + path + "': header is not valid JSON: " + e.what());
+        throw Error("safetensors '" + path + "': header is not valid JSON: " + excerpt(e.what()));
     }
     EFFNET_CHECK(header.is_object(), "safetensors '" + path + "': header is not a JSON object");
     EFFNET_CHECK(duplicate.empty(),
-                 "safetensors '" + path + "': key '" + duplicate + "' appears twice in the header");
+                 "safetensors '" + path + "': key '" + excerpt(duplicate) + "' appears twice in the header");
 
     for (const auto& [name, entry] : header.items()) {
         if (name == kMetadataKey) {
             EFFNET_CHECK(entry.is_object(), "safetensors '" + path + "': __metadata__ is not an object");
             for (const auto& [key, value] : entry.items()) {
-                EFFNET_CHECK(value.is_string(),
-                             "safetensors '" + path + "': __metadata__ entry '" + key + "' is not a string");
+                EFFNET_CHECK(value.is_string(), "safetensors '" + path + "': __metadata__ entry '" +
+                                                    excerpt(key) + "' is not a string");
                 metadata[key] = value.get<std::string>();
             }
             continue;
@@ -278,10 +322,11 @@ void SafetensorsFile::Impl::parse_header(const char* text, size_t length) {
     for (size_t i = 1; i < by_offset.size(); ++i) {
         const TensorInfo& prev = *by_offset[i - 1];
         const TensorInfo& cur = *by_offset[i];
-        EFFNET_CHECK(cur.begin >= prev.end, "safetensors '" + path + "': tensors '" + prev.name + "' [" +
-                                                std::to_string(prev.begin) + ", " + std::to_string(prev.end) +
-                                                ") and '" + cur.name + "' [" + std::to_string(cur.begin) +
-                                                ", " + std::to_string(cur.end) + ") overlap");
+        EFFNET_CHECK(cur.begin >= prev.end, "safetensors '" + path + "': tensors '" + excerpt(prev.name) +
+                                                "' [" + std::to_string(prev.begin) + ", " +
+                                                std::to_string(prev.end) + ") and '" + excerpt(cur.name) +
+                                                "' [" + std::to_string(cur.begin) + ", " +
+                                                std::to_string(cur.end) + ") overlap");
     }
 }
 
@@ -295,9 +340,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     EFFNET_CHECK(file_size >= 8, "safetensors '" + path + "': file is " + std::to_string(file_size) +
                                      " bytes, shorter than the 8-byte header length");
     const uint64_t header_size = load<uint64_t>(bytes, 0);
-    EFFNET_CHECK(header_size <= kMaxHeaderBytes, "safetensors '" + path + "': header length " +
-                                                     std::to_string(header_size) +
-                                                     " is absurd (limit 100 MB); not a safetensors file?");
+    EFFNET_CHECK(header_size <= limits::kMaxHeaderBytes,
+                 "safetensors '" + path + "': header length " + std::to_string(header_size) +
+                     " is past the limit of " + std::to_string(limits::kMaxHeaderBytes) +
+                     " bytes; not a safetensors file?");
     EFFNET_CHECK(header_size <= file_size - 8,
                  "safetensors '" + path + "': header length " + std::to_string(header_size) +
                      " runs past the end of the " + std::to_string(file_size) + "-byte file (truncated?)");
@@ -306,9 +352,30 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     try {
         impl->parse_header(reinterpret_cast<const char*>(bytes + 8), header_size);
     } catch (const nlohmann::json::exception& e) { // a JSON access that slipped past the checks
-        throw Error("safetensors '" + path + "': malformed header: " + e.what());
+        throw Error("safetensors '" + path + "': malformed header: " + excerpt(e.what()));
     }
+    impl->verify_checksum();
     return SafetensorsFile(std::move(impl));
+}
+
+void SafetensorsFile::Impl::verify_checksum() const {
+    auto it = metadata.find(kChecksumKey);
+    if (it == metadata.end()) return; // written elsewhere: nothing to verify
+    const std::string& stated = it->second;
+    const size_t prefix = std::strlen(kChecksumPrefix);
+    const bool well_formed = stated.size() == prefix + 16 &&
+                             stated.compare(0, prefix, kChecksumPrefix) == 0 &&
+                             stated.find_first_not_of("0123456789abcdef", prefix) == std::string::npos;
+    EFFNET_CHECK(well_formed, "safetensors '" + path + "': metadata '" + kChecksumKey + "' = '" +
+                                  excerpt(stated) + "' is not 'xxh3_64:' and 16 lowercase hex digits");
+    const std::string actual = checksum_text(XXH3_64bits(data, data_size));
+    EFFNET_CHECK(actual == stated, "safetensors '" + path +
+                                       "': the data does not match its checksum (metadata " + stated +
+                                       ", data " + actual + "): the file is damaged");
+}
+
+bool SafetensorsFile::has_checksum() const {
+    return impl_->metadata.count(kChecksumKey) != 0;
 }
 
 SafetensorsFile::SafetensorsFile(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -555,7 +622,13 @@ void SafetensorsWriter::write(const std::string& path) const {
             {"dtype", dtype_name(e->dtype)}, {"shape", e->shape}, {"data_offsets", {offset, end}}};
         offset = end;
     }
-    if (!metadata_.empty()) header[kMetadataKey] = metadata_;
+    XXH3_state_t hash_state;
+    XXH3_INITSTATE(&hash_state);
+    XXH3_64bits_reset(&hash_state);
+    for (const Entry* e : order) XXH3_64bits_update(&hash_state, e->bytes.data(), e->bytes.size());
+    std::map<std::string, std::string> metadata = metadata_;
+    metadata[kChecksumKey] = checksum_text(XXH3_64bits_digest(&hash_state)); // replaces a copied one
+    header[kMetadataKey] = metadata;
 
     std::string header_text;
     try {

@@ -2,8 +2,9 @@
 // safetensors reader and writer. Format: 8-byte little-endian header length N, N bytes of JSON
 // {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}},
 // then the data. Reads are memory-mapped; every structural fault throws effnet::Error naming
-// the file and, where there is one, the tensor. Gaps between tensors are accepted (the format
-// does not forbid them), overlaps are not; the writer packs tensors without gaps.
+// the file and, where there is one, the tensor; a file carrying effnet's checksum
+// ('effnet.checksum' = "xxh3_64:<16 hex>", the XXH3-64 of the data section) is verified. Gaps between tensors
+// are accepted (the format does not forbid them), overlaps are not; the writer packs tensors without gaps.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -35,6 +36,9 @@ public:
 
     const std::string& path() const;
     const std::map<std::string, std::string>& metadata() const;
+    // True when the file carries effnet's data checksum (metadata 'effnet.checksum'), which
+    // open() has verified. Files written by effnet carry one; files from elsewhere may not.
+    bool has_checksum() const;
     std::vector<std::string> names() const; // sorted
     bool contains(const std::string& name) const;
     const TensorInfo& info(const std::string& name) const; // throws if missing, naming it
@@ -52,7 +56,8 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// Collects tensors and writes them in one go (atomically: temporary file, then rename).
+// Collects tensors and writes them in one go (atomically: temporary file, then rename), with
+// the data's checksum in metadata 'effnet.checksum' (replacing any value set for that key).
 class SafetensorsWriter {
 public:
     void add(const std::string& name, const Tensor& t); // stored as F32

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,9 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#define XXH_INLINE_ALL // the checksum test hashes independently of the writer
+#include <xxhash.h>
 
 #include "effnet/error.hpp"
 #include "effnet/safetensors.hpp"
@@ -72,6 +76,12 @@ std::string craft(const std::string& header, const std::string& data) {
 template <typename T>
 std::string bytes_of(const std::vector<T>& v) {
     return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+// Metadata as the writer was given it: the writer adds its data checksum.
+std::map<std::string, std::string> without_checksum(std::map<std::string, std::string> metadata) {
+    metadata.erase("effnet.checksum");
+    return metadata;
 }
 
 // Opens path expecting an effnet::Error; returns its message (empty if nothing was thrown).
@@ -159,8 +169,9 @@ TEST_CASE("safetensors round trip of all five dtypes, metadata, scalars and empt
     const SafetensorsFile file = SafetensorsFile::open(path);
     CHECK(file.path() == path);
     CHECK(file.names() == std::vector<std::string>{"b", "d", "empty", "h", "i", "scalar", "step", "w"});
-    CHECK(file.metadata() ==
+    CHECK(without_checksum(file.metadata()) ==
           std::map<std::string, std::string>{{"format", "pt"}, {"note", "caf\xc3\xa9 \"quoted\""}});
+    CHECK(file.has_checksum());
     CHECK(file.contains("w"));
     CHECK_FALSE(file.contains("missing"));
 
@@ -434,7 +445,7 @@ TEST_CASE("safetensors rewrites a real file with identical tensors", "[safetenso
     writer.write(path);
     const SafetensorsFile copy = SafetensorsFile::open(path);
     CHECK(copy.names() == golden.names());
-    CHECK(copy.metadata() == golden.metadata());
+    CHECK(without_checksum(copy.metadata()) == without_checksum(golden.metadata()));
     for (const std::string& name : golden.names()) {
         const TensorInfo& a = golden.info(name);
         const TensorInfo& b = copy.info(name);
@@ -470,11 +481,11 @@ TEST_CASE("safetensors refuses missing, short and mis-sized files", "[safetensor
         const std::string m = open_error(path);
         INFO(m);
         CHECK(m.find(path) != std::string::npos);
-        CHECK(m.find("absurd") != std::string::npos);
+        CHECK(m.find("past the limit of 100000000 bytes") != std::string::npos);
     }
     // Zero-length header: not JSON.
     write_bytes(path, u64_le(0));
-    CHECK(open_error(path).find("not valid JSON") != std::string::npos);
+    CHECK(open_error(path).find("does not start with '{'") != std::string::npos);
 }
 
 TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[safetensors]") {
@@ -482,12 +493,12 @@ TEST_CASE("safetensors refuses malformed headers, naming file and tensor", "[saf
     const std::string f8 = bytes_of(std::vector<float>{1, 2}); // 8 bytes of data
     auto entry = [](const std::string& body) { return R"({"layer.w":)" + body + "}"; };
 
-    require_refused(dir, "{not json", f8, {"not valid JSON"});
+    require_refused(dir, "{not json", f8, {"does not end with '}'"});
     require_refused(dir, "{\"a\":1,}", f8, {"not valid JSON"});
     require_refused(dir, std::string("{\"a\"\0:1}", 8), f8, {"not valid JSON"});
     require_refused(dir, "{\"\xff\xfe\":{}}", f8, {"not valid JSON"}); // invalid UTF-8
-    require_refused(dir, "[1, 2]", f8, {"not a JSON object"});
-    require_refused(dir, "\"str\"", f8, {"not a JSON object"});
+    require_refused(dir, "[1, 2]", f8, {"does not start with '{'"});
+    require_refused(dir, "\"str\"", f8, {"does not start with '{'"});
 
     require_refused(dir, entry("5"), f8, {"'layer.w'", "not a JSON object"});
     require_refused(dir, entry("[]"), f8, {"'layer.w'", "not a JSON object"});
@@ -657,6 +668,110 @@ TEST_CASE("safetensors corrupted header bytes give an error or a valid file, nev
     }
     CHECK(refused > 0);
     CHECK(opened > 0); // data bytes, padding and some digits change nothing structural
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile headers (issue 15): bounded nesting, bounded quotes, nothing but JSON in the header
+
+TEST_CASE("safetensors refuses deeply nested JSON without recursing, and quotes values briefly",
+          "[safetensors][hostile]") {
+    TempDir dir;
+    const std::string f8 = bytes_of(std::vector<float>{1, 2});
+    // 100,000 levels in 'shape' (a 200 KB file) once overflowed the stack in the JSON printer
+    // that quoted the value in the error message (SIGSEGV).
+    for (const char* field : {"shape", "data_offsets"}) {
+        const std::string nested = std::string(100000, '[') + std::string(100000, ']');
+        const std::string body =
+            std::string(R"({"w":{"dtype":"F32",)") +
+            (std::string(field) == "shape" ? R"("shape":)" + nested + R"(,"data_offsets":[0,8]}})"
+                                           : R"("shape":[2],"data_offsets":)" + nested + "}}");
+        const std::string path = dir.file("nested.safetensors");
+        write_bytes(path, craft(body, f8));
+        const std::string m = open_error(path);
+        INFO(m);
+        CHECK(m.find("deeper than 16 levels") != std::string::npos);
+        CHECK(m.size() < 300);
+    }
+    // Nesting within the limit, but wrong: the message quotes at most 80 characters of it.
+    const std::string shallow = std::string(12, '[') + std::string(12, ']');
+    const std::string long_string = "\"" + std::string(100000, 'x') + "\"";
+    for (const std::string& bad : {shallow, long_string}) {
+        const std::string path = dir.file("long.safetensors");
+        write_bytes(path,
+                    craft(R"({"w":{"dtype":"F32","shape":[)" + bad + R"(],"data_offsets":[0,8]}})", f8));
+        const std::string m = open_error(path);
+        INFO(m);
+        CHECK(m.find("not an integer") != std::string::npos);
+        CHECK(m.size() < 400);
+    }
+    const std::string long_name = std::string(100000, 'n');
+    require_refused(dir, "{\"" + long_name + R"(":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", f8,
+                    {"needs 12 bytes", "... (100000 bytes)"});
+    const std::string path = dir.file("long_name.safetensors");
+    write_bytes(path,
+                craft("{\"" + long_name + R"(":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", f8));
+    CHECK(open_error(path).size() < 400);
+}
+
+TEST_CASE("safetensors refuses a byte-order mark, a NUL or other bytes around the header JSON",
+          "[safetensors][hostile]") {
+    TempDir dir;
+    const std::string f8 = bytes_of(std::vector<float>{1, 2});
+    const std::string ok = R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+    require_refused(dir, "\xEF\xBB\xBF" + ok, f8, {"byte-order mark"});
+    require_refused(dir, ok + std::string(1, '\0'), f8, {"does not end with '}'", "byte 0"});
+    require_refused(dir, ok + "  " + std::string(1, '\0') + " ", f8, {"does not end with '}'"});
+    require_refused(dir, ok + "\n", f8, {"does not end with '}'"});
+    require_refused(dir, " " + ok, f8, {"does not start with '{'"});
+    // Trailing spaces are the format's padding.
+    const std::string path = dir.file("padded.safetensors");
+    write_bytes(path, craft(ok + "       ", f8));
+    CHECK(SafetensorsFile::open(path).read_f32("t").data == std::vector<float>{1, 2});
+}
+
+TEST_CASE("safetensors data checksum: written by effnet, verified on open, optional for others",
+          "[safetensors][hostile]") {
+    TempDir dir;
+    const std::string path = dir.file("sum.safetensors");
+    SafetensorsWriter writer;
+    writer.add("a", Tensor({3}, 0.25f));
+    writer.add_i64("b", {2}, {7, -7});
+    writer.set_metadata("effnet.checksum", "xxh3_64:0000000000000000"); // a stale copied value
+    writer.write(path);
+    const std::string bytes = read_bytes(path);
+    uint64_t header_size = 0;
+    for (int i = 0; i < 8; ++i) header_size |= uint64_t(uint8_t(bytes[i])) << (8 * i);
+    const std::string data = bytes.substr(8 + header_size);
+    REQUIRE(data.size() == 3 * 4 + 2 * 8);
+    // Independently: the xxHash library over the data section as it lies in the file.
+    char expected[32];
+    std::snprintf(expected, sizeof expected, "xxh3_64:%016llx",
+                  static_cast<unsigned long long>(XXH3_64bits(data.data(), data.size())));
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    CHECK(file.has_checksum());
+    CHECK(file.metadata().at("effnet.checksum") == expected);
+
+    // Every single flipped data bit is caught (a flipped byte once resumed with exit 0).
+    for (size_t pos = 8 + header_size; pos < bytes.size(); ++pos)
+        for (int bit : {0, 7}) {
+            std::string damaged = bytes;
+            damaged[pos] = char(damaged[pos] ^ (1 << bit));
+            write_bytes(path, damaged);
+            const std::string m = open_error(path);
+            INFO("byte " << pos << " bit " << bit << ": " << m);
+            CHECK(m.find("does not match its checksum") != std::string::npos);
+        }
+    // A malformed checksum value is refused; a file without one loads.
+    const std::string t = R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+    const std::string f8 = bytes_of(std::vector<float>{1, 2});
+    for (const char* bad : {"xxh3_64:123", "crc32c:0000000000000000", "xxh3_64:ABCDEF0123456789", ""})
+        require_refused(dir,
+                        R"({"__metadata__":{"effnet.checksum":")" + std::string(bad) + R"("},)" + t + "}", f8,
+                        {"effnet.checksum", "16 lowercase hex digits"});
+    write_bytes(path, craft("{" + t + "}", f8));
+    const SafetensorsFile plain = SafetensorsFile::open(path);
+    CHECK_FALSE(plain.has_checksum());
+    CHECK(plain.read_f32("t").data == std::vector<float>{1, 2});
 }
 
 // ---------------------------------------------------------------------------------------------
