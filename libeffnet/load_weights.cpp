@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "effnet/error.hpp"
+#include "effnet/limits.hpp"
 #include "effnet/model.hpp"
 #include "effnet/safetensors.hpp"
 #include "weight_names.hpp"
@@ -36,8 +37,8 @@ public:
         return it == meta_.end() ? nullptr : &it->second;
     }
     [[noreturn]] void fail(const std::string& key, const std::string& expected) const {
-        throw Error("weights '" + file_ + "': metadata '" + key + "' = '" + meta_.at(key) + "' is not " +
-                    expected);
+        throw Error("weights '" + file_ + "': metadata '" + key + "' = '" + excerpt(meta_.at(key)) +
+                    "' is not " + expected);
     }
     // One metadata number: the whole (trimmed) text must be a finite number in [lo, hi].
     double parse_number(const std::string& key, const std::string& text, double lo, double hi,
@@ -253,7 +254,8 @@ Model load_weights(const std::string& path, const LoadOptions& options) {
         config.dropout = float(meta.number("dropout", 0.0, 0.999, "a number in [0, 1)"));
     if (meta.find("stochastic_depth"))
         config.stochastic_depth = float(meta.number("stochastic_depth", 0.0, 0.999, "a number in [0, 1)"));
-    if (meta.find("resolution")) config.resolution = meta.integer("resolution", 8, 8192);
+    if (meta.find("resolution"))
+        config.resolution = meta.integer("resolution", 8, limits::kMaxPreprocessSide);
     if (meta.find("preset")) {
         const std::string name = *meta.find("preset");
         if (name != "custom") {
@@ -272,8 +274,11 @@ Model load_weights(const std::string& path, const LoadOptions& options) {
         }
     }
     Preprocess& pre = config.preprocess;
-    if (meta.find("preprocess.resize")) pre.resize = meta.integer("preprocess.resize", 1, 65536);
-    if (meta.find("preprocess.crop")) pre.crop = meta.integer("preprocess.crop", 1, 65536);
+    // The same bound as preprocessing's own: a crop of 65536 once ended in std::bad_alloc.
+    if (meta.find("preprocess.resize"))
+        pre.resize = meta.integer("preprocess.resize", 1, limits::kMaxPreprocessSide);
+    if (meta.find("preprocess.crop"))
+        pre.crop = meta.integer("preprocess.crop", 1, limits::kMaxPreprocessSide);
     if (const std::string* v = meta.find("preprocess.interpolation")) {
         if (*v != "bilinear" && *v != "bicubic") meta.fail("preprocess.interpolation", "bilinear or bicubic");
         pre.interpolation = *v;
@@ -324,6 +329,12 @@ Model load_weights(const std::string& path, const LoadOptions& options) {
         for (float v : t.data)
             EFFNET_CHECK(std::isfinite(v),
                          "weights '" + path + "': tensor '" + src + "' holds a non-finite value");
+        // A variance below zero cannot come from data: BN would take the root of a negative.
+        if (ends_with(spec.name, "running_var"))
+            for (float v : t.data)
+                EFFNET_CHECK(v >= 0.0f, "weights '" + path + "': tensor '" + src +
+                                            "' holds the negative variance " + std::to_string(v) +
+                                            "; batch-norm variances are >= 0");
         model.params.emplace(spec.name, std::move(t));
         model.source_names[spec.name] = src;
     }

@@ -25,8 +25,11 @@
 
 #include "backend.hpp"
 #include "common/args.hpp"
+#include "common/output_path.hpp"
+#include "effnet/diagnose.hpp"
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
+#include "effnet/limits.hpp"
 #include "effnet/inference.hpp"
 #include "effnet/model.hpp"
 #include "npy.hpp"
@@ -142,9 +145,9 @@ Options parse_args(int argc, char** argv) {
         } else if (a == "--quiet" || a == "-q") {
             o.quiet = true;
         } else if (a == "--resize") {
-            o.resize = parse_int(a, value(i), 1, 16384);
+            o.resize = parse_int(a, value(i), 1, effnet::limits::kMaxPreprocessSide);
         } else if (a == "--crop") {
-            o.crop = parse_int(a, value(i), 1, 16384);
+            o.crop = parse_int(a, value(i), 1, effnet::limits::kMaxPreprocessSide);
         } else if (a == "--interpolation") {
             o.interpolation = value(i);
             if (*o.interpolation != "bilinear" && *o.interpolation != "bicubic")
@@ -343,6 +346,11 @@ int run(const Options& o) {
     for (const std::string& e : inputs.errors) std::fprintf(stderr, "error: %s\n", e.c_str());
     std::vector<std::string> errors = inputs.errors;
     const std::vector<std::string>& files = inputs.files;
+    if (!o.dump_input.empty()) {
+        std::vector<std::pair<std::string, std::string>> read = {{"weights", o.weights}};
+        for (const std::string& f : files) read.push_back({"input image", f});
+        effnet::examples::check_output_is_not_input("dump-input", o.dump_input, read);
+    }
     if (files.empty() && errors.empty()) {
         std::fprintf(stderr, "error: no image files found in the given paths\n");
         return 1;
@@ -395,6 +403,9 @@ int run(const Options& o) {
             const auto t1 = Clock::now();
             backend->run(batch_input.data(), m, logits.data());
             model_s += seconds(Clock::now() - t1);
+            effnet::check_logits_finite(model, batch_input.data(), {m, 3, size, size}, logits.data(), classes,
+                                        backend->description(),
+                                        [&](int64_t row) { return "'" + good[row] + "'"; });
             for (int i = 0; i < m; ++i)
                 results.push_back({good[i], top_k(&logits[size_t(i) * classes], classes, o.top_k)});
         } else if (m > 0) {

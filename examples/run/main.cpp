@@ -5,16 +5,20 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
 #include <string>
 #include <sys/stat.h>
 
 #include "common/args.hpp"
+#include "common/output_path.hpp"
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
+#include "effnet/diagnose.hpp"
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
 #include "effnet/inference.hpp"
+#include "effnet/limits.hpp"
 #include "effnet/model.hpp"
 #include "effnet/safetensors.hpp"
 #include "effnet/train/optimizer.hpp"
@@ -69,8 +73,10 @@ std::string require_file(const examples::Args& args, const std::string& option) 
     return path;
 }
 
-// Tensor 'input' of the file: F32 or F64, [N, C, H, W] with C the model's input channels.
-Tensor read_input(const std::string& path, int channels) {
+// Tensor 'input' of the file: F32 or F64, [N, C, H, W] with C the model's input channels and
+// H, W a size the network can take; every value finite in float32 (the engines' type).
+Tensor read_input(const std::string& path, const ModelConfig& config) {
+    const int channels = config.in_channels;
     const SafetensorsFile f = SafetensorsFile::open(path);
     EFFNET_CHECK(f.contains("input"), "--input '" + path + "' holds no tensor named 'input'");
     const TensorInfo& info = f.info("input");
@@ -83,10 +89,28 @@ Tensor read_input(const std::string& path, int channels) {
     EFFNET_CHECK(info.shape[1] == channels, "--input '" + path + "': tensor 'input' has shape " +
                                                 shape_str(info.shape) + ", the model takes " +
                                                 std::to_string(channels) + " channels");
-    Tensor t = f.read_f32("input");
-    for (float v : t.data)
-        EFFNET_CHECK(std::isfinite(v), "--input '" + path + "': tensor 'input' holds a non-finite value");
-    return t;
+    EFFNET_CHECK(info.shape[2] <= limits::kMaxPreprocessSide && info.shape[3] <= limits::kMaxPreprocessSide,
+                 "--input '" + path + "': tensor 'input' has shape " + shape_str(info.shape) +
+                     ", images larger than " + std::to_string(limits::kMaxPreprocessSide) +
+                     " a side are refused");
+    try {
+        make_network_plan(config, 1, int(info.shape[2]), int(info.shape[3]));
+    } catch (const Error& e) {
+        throw Error("--input '" + path + "': tensor 'input' has shape " + shape_str(info.shape) + ": " +
+                    e.what());
+    }
+    // F64 values are checked before narrowing, so that 1e300 is named for what it is.
+    const std::vector<double> values = f.read_f64("input");
+    for (size_t i = 0; i < values.size(); ++i) {
+        const double v = values[i];
+        EFFNET_CHECK(std::isfinite(v), "--input '" + path +
+                                           "': tensor 'input' holds a non-finite value at index " +
+                                           std::to_string(i));
+        EFFNET_CHECK(std::fabs(v) <= double(std::numeric_limits<float>::max()),
+                     "--input '" + path + "': tensor 'input' holds " + std::to_string(v) + " at index " +
+                         std::to_string(i) + ", outside float32's range (the engines compute in float32)");
+    }
+    return f.read_f32("input");
 }
 
 std::vector<int64_t> read_target(const std::string& path, int64_t batch, int classes) {
@@ -175,6 +199,9 @@ int run(int argc, char** argv) {
     const std::string weights_path = require_file(args, "weights");
     const std::string input_path = require_file(args, "input");
     const std::string output_path = args.require("output");
+    examples::check_output_is_not_input(
+        "output", output_path,
+        {{"weights", weights_path}, {"input", input_path}, {"target", args.get("target")}});
     const std::string device = args.get("device", "cpu");
     EFFNET_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '" + device + "'");
     const std::string precision = args.get("precision", "fp32");
@@ -208,26 +235,27 @@ int run(int argc, char** argv) {
         options.bn_eps = float(eps);
     }
     Model model = load_weights(weights_path, options);
-    const Tensor input = read_input(input_path, model.config.in_channels);
+    const Tensor input = read_input(input_path, model.config);
     const std::vector<int64_t> target =
         train ? read_target(target_path, input.dim(0), model.config.num_classes) : std::vector<int64_t>{};
 
     const auto t0 = std::chrono::steady_clock::now();
     SafetensorsWriter out;
+    Tensor logits;
     if (device == "cuda" && train) {
         const GpuTrainResult r = train_step_cuda(model, input, target, precision, lr);
-        out.add("logits", r.logits);
+        logits = r.logits;
         out.add("loss", Tensor({1}, r.loss));
         for (const auto& [name, grad] : r.grads) out.add("grad." + model.source_names.at(name), grad);
     } else if (device == "cuda") {
-        out.add("logits", run_cuda(model, input, precision));
+        logits = run_cuda(model, input, precision);
     } else {
         cpu::Network net(model);
         cpu::ForwardOptions forward;
         forward.train = train;
         forward.dropout = false;
         const cpu::ForwardResult r = net.forward(input, forward);
-        out.add("logits", r.logits);
+        logits = r.logits;
         if (train) {
             Tensor dlogits;
             const double loss = cpu::softmax_cross_entropy(r.logits, target, 0.0f, &dlogits);
@@ -241,6 +269,18 @@ int run(int argc, char** argv) {
             }
         }
     }
+    // Non-finite logits are an error, not an output. In eval, the diagnosis names the first layer
+    // that went non-finite; a train-mode forward (batch statistics) has no such oracle here.
+    const int64_t classes = model.config.num_classes;
+    auto image_name = [&](int64_t row) {
+        return "image " + std::to_string(row) + " of --input '" + input_path + "'";
+    };
+    if (!train)
+        check_logits_finite(model, input.ptr(), input.shape, logits.ptr(), classes,
+                            device == "cuda" ? "cuda " + precision : "the CPU engine", image_name);
+    const int64_t bad_row = first_non_finite_row(logits.ptr(), input.dim(0), classes);
+    EFFNET_CHECK(bad_row < 0, "the training step's logits for " + image_name(bad_row) + " are non-finite");
+    out.add("logits", logits);
     // The running statistics (the non-trainable parameters) after the train-mode forward moved
     // them, and with --lr the trainable parameters after the update.
     if (train)

@@ -13,7 +13,12 @@ constexpr int kMaxJsonDepth = 16;
 constexpr size_t kMaxQuotedChars = 80;
 
 // Preprocessing: the resize / crop side lengths a weights file's metadata, a command line or
-// the API may ask for. B7 runs at 600; 4096 is a 46x larger input, far past any trained model.
-constexpr int kMaxPreprocessSide = 4096;
+// the API may ask for. B7 runs at 600 and L2 at 800; 2048 is 5x the pixels of either.
+constexpr int kMaxPreprocessSide = 2048;
+
+// Image folders (training data): how many folders deep below a class folder the scan looks.
+// Real datasets are one or two levels deep; the bound keeps a hostile tree from exhausting the
+// scan's stack.
+constexpr int kMaxDatasetDepth = 64;
 
 } // namespace effnet::limits

@@ -1,6 +1,8 @@
 // The CPU reference network: EfficientNet forward (eval and train) and backward, composed from
 // the reference ops of ops.hpp by walking the network plan (effnet/network_plan.hpp), backward
 // in reverse. Activations are NCHW float32.
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <string>
@@ -10,6 +12,7 @@
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
 #include "effnet/network_plan.hpp"
+#include "host_memory.hpp"
 
 namespace effnet::cpu {
 
@@ -45,7 +48,35 @@ std::vector<int> residual_readers(const NetworkPlan& plan) {
     return readers;
 }
 
+bool all_finite(const Tensor& t) {
+    return std::all_of(t.data.begin(), t.data.end(), [](float v) { return std::isfinite(v); });
+}
+
 } // namespace
+
+uint64_t forward_memory_bytes(const NetworkPlan& plan, bool train) {
+    // A layer holds its input, its conv output, the BN output and the activation output at
+    // once; train keeps them all for backward, eval only the widest layer's and the residuals.
+    uint64_t all = 0, widest = 0, residuals = 0;
+    for (const Layer& l : plan.layers) {
+        const uint64_t layer = uint64_t(l.in.numel()) + 3 * uint64_t(l.out.numel());
+        all += layer;
+        widest = std::max(widest, layer);
+        if (l.residual >= 0) residuals = std::max(residuals, uint64_t(l.out.numel()));
+    }
+    return sizeof(float) * (train ? all : widest + residuals);
+}
+
+void check_forward_memory(const NetworkPlan& plan, bool train) {
+    const uint64_t needed = forward_memory_bytes(plan, train);
+    const uint64_t available = available_host_memory();
+    EFFNET_CHECK(available == 0 || needed <= available,
+                 "network input [" + std::to_string(plan.batch) + ", " +
+                     std::to_string(plan.config.in_channels) + ", " + std::to_string(plan.height) + ", " +
+                     std::to_string(plan.width) + "]: the " + (train ? "training" : "inference") +
+                     " forward needs about " + format_bytes(needed) + " of memory, and " +
+                     format_bytes(available) + " is available; use a smaller batch or image size");
+}
 
 struct Network::Impl {
     Model& model;
@@ -152,10 +183,12 @@ ForwardResult Network::forward(const Tensor& input, const ForwardOptions& opt) {
                      input.dim(2) <= std::numeric_limits<int>::max() &&
                      input.dim(3) <= std::numeric_limits<int>::max(),
                  "network input " + shape_str(input.shape) + " is too large");
+    const NetworkPlan plan = make_network_plan(c, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)));
+    check_forward_memory(plan, opt.train);
     m.have_forward = false;
     m.train = opt.train;
     m.saving = opt.train;
-    m.plan = make_network_plan(c, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)));
+    m.plan = plan;
     m.eval_input = opt.train ? Tensor() : input;
     m.eval_options = opt;
     m.eval_options.record_stages = false;
@@ -175,6 +208,8 @@ ForwardResult Network::Impl::run_forward(const Tensor& input, const ForwardOptio
         const Layer& l = plan.layers[i];
         const Tensor* residual = l.residual >= 0 ? &kept.at(l.residual) : nullptr;
         x = layer_forward(l, x, residual, opt, layers[i]);
+        if (opt.find_non_finite && result.first_non_finite.empty() && !all_finite(x))
+            result.first_non_finite = l.name;
         if (residual && --readers[size_t(l.residual)] == 0) kept.erase(l.residual);
         if (readers[i] > 0) kept[int(i)] = x;
         if (!opt.record_stages) continue;
