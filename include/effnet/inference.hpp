@@ -56,7 +56,8 @@ struct StepProfile {
 
 class InferenceSession {
 public:
-    // Throws effnet::Error when CUDA is unavailable or the shape/precision is unsupported.
+    // Throws effnet::Error when CUDA is unavailable, the shape/precision is unsupported, or the
+    // session would not fit in the GPU's free memory (the message names both figures).
     InferenceSession(const Model& model, int batch, int height, int width, Precision precision,
                      const SessionOptions& options = {});
     ~InferenceSession();
@@ -65,6 +66,9 @@ public:
 
     // input: NCHW float32 [batch, 3, height, width]; logits: float32 [batch, num_classes].
     // Host pointers (copies in/out, synchronises) or device pointers (stream-ordered, async).
+    // Threads: a session has one stream and one activation arena. Calls may come from any
+    // thread one after another; a call made while another thread is inside run() or
+    // profile_steps() throws effnet::Error (use one session per thread for concurrency).
     void run(const float* input, float* logits, bool device_pointers = false);
     void synchronize();
 

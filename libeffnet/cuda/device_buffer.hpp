@@ -9,19 +9,32 @@
 #include <utility>
 
 #include "libeffnet/cuda/cuda_check.hpp"
+#include "libeffnet/host_memory.hpp"
 
 namespace effnet::cuda {
+
+// "; the GPU has 1.20 GB free of 79.10 GB: use a smaller batch or image size" after an
+// out-of-memory error, so that the message says what would fit; "" for other errors.
+inline std::string device_memory_shortage(cudaError_t err) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (err != cudaErrorMemoryAllocation || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess)
+        return "";
+    return "; the GPU has " + format_bytes(free_bytes) + " free of " + format_bytes(total_bytes) +
+           ": use a smaller batch or image size";
+}
 
 struct DeviceMemory {
     static constexpr const char* kAllocator = "cudaMalloc";
     static cudaError_t allocate(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
     static void release(void* p) { cudaFree(p); } // errors here cannot be reported from a destructor
+    static std::string shortage(cudaError_t err) { return device_memory_shortage(err); }
 };
 
 struct PinnedMemory {
     static constexpr const char* kAllocator = "cudaMallocHost";
     static cudaError_t allocate(void** p, size_t bytes) { return cudaMallocHost(p, bytes); }
     static void release(void* p) { cudaFreeHost(p); }
+    static std::string shortage(cudaError_t) { return ""; }
 };
 
 template <typename Memory>
@@ -35,8 +48,9 @@ public:
         if (err != cudaSuccess) {
             ptr_ = nullptr;
             (void)cudaGetLastError();
-            throw Error(std::string(Memory::kAllocator) + " of " + std::to_string(bytes) + " bytes for " +
-                        what + " failed: " + cudaGetErrorString(err));
+            throw Error(std::string(Memory::kAllocator) + " of " + std::to_string(bytes) + " bytes (" +
+                        format_bytes(bytes) + ") for " + what + " failed: " + cudaGetErrorString(err) +
+                        Memory::shortage(err));
         }
     }
     ~CudaBuffer() { release(); }

@@ -87,10 +87,34 @@ InferenceSession::~InferenceSession() = default;
 InferenceSession::InferenceSession(InferenceSession&&) noexcept = default;
 InferenceSession& InferenceSession::operator=(InferenceSession&&) noexcept = default;
 
+namespace {
+
+// Refuses a second caller while one is inside the session (two threads, one session): their
+// inputs and activations would share the one arena. Calls one after another, from any thread,
+// are fine: the work of each is ordered on the session's stream.
+class ExclusiveUse {
+public:
+    ExclusiveUse(std::atomic<bool>& in_use, const char* call) : in_use_(in_use) {
+        EFFNET_CHECK(!in_use_.exchange(true), std::string("InferenceSession::") + call +
+                                                  ": the session is in use by another thread; a session "
+                                                  "has one stream and one activation arena, so use one "
+                                                  "session per thread");
+    }
+    ~ExclusiveUse() { in_use_.store(false); }
+    ExclusiveUse(const ExclusiveUse&) = delete;
+    ExclusiveUse& operator=(const ExclusiveUse&) = delete;
+
+private:
+    std::atomic<bool>& in_use_;
+};
+
+} // namespace
+
 void InferenceSession::run(const float* input, float* logits, bool device_pointers) {
     EFFNET_CHECK(impl_, "InferenceSession::run on a moved-from session");
     EFFNET_CHECK(input && logits, "InferenceSession::run: null input or logits pointer");
     Impl& m = *impl_;
+    const ExclusiveUse exclusive(m.in_use, "run");
     m.ctx->activate();
     cudaStream_t s = m.ctx->stream();
     // cudaMemcpyDefault: with unified addressing the runtime tells host from device pointers.
@@ -139,6 +163,7 @@ void* InferenceSession::stream() const {
 std::vector<StepProfile> InferenceSession::profile_steps(int reps) {
     EFFNET_CHECK(impl_, "InferenceSession::profile_steps on a moved-from session");
     EFFNET_CHECK(reps >= 1, "InferenceSession::profile_steps: reps must be >= 1");
+    const ExclusiveUse exclusive(impl_->in_use, "profile_steps");
     Impl& m = *impl_;
     m.ctx->activate();
     cudaStream_t s = m.ctx->stream();

@@ -366,10 +366,20 @@ SessionValue InferenceSession::Impl::add_classifier(const Model& model, const La
 
 // Uploads the weights, allocates the arena and the squeeze sums, and tunes the kernel choices.
 void InferenceSession::Impl::allocate(const WeightPack& pack) {
+    // All at once, before any of it: a batch that cannot fit is one error with the figures.
+    const size_t arena_bytes = plan.plan();
+    const size_t needed = pack.bytes().size() + arena_bytes + squeeze_bytes;
+    size_t free_bytes = 0, total_bytes = 0;
+    EFFNET_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    EFFNET_CHECK(needed <= free_bytes,
+                 "InferenceSession: batch " + std::to_string(batch) + " at " + std::to_string(height) + "x" +
+                     std::to_string(width) + " needs " + format_bytes(needed) + " of GPU memory (weights " +
+                     format_bytes(pack.bytes().size()) + ", activations " + format_bytes(arena_bytes) +
+                     ") and the GPU has " + format_bytes(free_bytes) + " free of " +
+                     format_bytes(total_bytes) + ": use a smaller batch or image size");
     weights = cuda::DeviceBuffer(pack.bytes().size(), "weights");
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(weights.data(), pack.bytes().data(), pack.bytes().size(),
                                       cudaMemcpyHostToDevice, ctx->stream()));
-    const size_t arena_bytes = plan.plan();
     arena = cuda::DeviceBuffer(arena_bytes, "activation arena");
     squeeze = cuda::DeviceBuffer(squeeze_bytes, "squeeze sums");
     zero_squeeze(ctx->stream());

@@ -3,6 +3,7 @@
 // (session_tuning.cpp) and its public API (session.cpp). Internal to the library.
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -68,6 +69,8 @@ inline cuda::LtMatmulBuffers lt_buffers(const kernels::PointwiseArgs& a, const v
 
 struct InferenceSession::Impl {
     int batch = 0, height = 0, width = 0, num_classes = 0;
+    // Set while a call enqueues work: the session's one stream and one arena admit one caller.
+    std::atomic<bool> in_use{false};
     Precision precision = Precision::FP32;
     SessionOptions options;
     std::unique_ptr<cuda::Context> ctx;
