@@ -31,6 +31,7 @@
 #include "engine.hpp"
 #include "history.hpp"
 #include "options.hpp"
+#include "run_files.hpp"
 
 namespace fs = std::filesystem;
 using namespace effnet;
@@ -143,6 +144,41 @@ Model build_model(const TrainArgs& a, int classes) {
     return model;
 }
 
+void print_warnings(const ImageFolder& set) {
+    for (const std::string& w : set.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
+}
+
+// What is on disk when a write is refused: said in the error, so the user knows what to resume.
+class LastCheckpoint {
+public:
+    LastCheckpoint(const std::string& path, bool resumed, int64_t resumed_step) : path_(path) {
+        if (path.empty())
+            note_ = "no checkpoint is kept (no --checkpoint-dir)";
+        else if (resumed)
+            saved(resumed_step);
+        else if (fs::exists(path))
+            note_ = "'" + path + "' from an earlier run is unchanged";
+        else
+            note_ = "this run wrote no checkpoint";
+    }
+    void saved(int64_t step) {
+        note_ = "the last complete checkpoint is '" + path_ + "' (step " + std::to_string(step) + ")";
+    }
+    const std::string& note() const { return note_; }
+
+private:
+    std::string path_, note_;
+};
+
+// Throws naming the step and the tensor when `what` (a checkpoint or the export) would hold a
+// non-finite value or a negative running variance: such a file would only spread the damage.
+void refuse_unwritable(const Model& model, const ParamMap* optimizer_state, const std::string& what,
+                       int64_t step, const LastCheckpoint& last) {
+    if (const auto bad = find_unwritable_value(model, optimizer_state))
+        throw Error("step " + std::to_string(step) + ": not writing " + what + ": " + bad->describe() +
+                    " (did the training diverge? try a lower --lr or --clip-grad-norm); " + last.note());
+}
+
 struct EpochStats { // accumulated over one epoch's steps; checkpointed for an exact resume
     double loss_sum = 0;
     int64_t correct = 0, count = 0, steps = 0;
@@ -159,10 +195,12 @@ int run(int argc, char** argv) {
         throw Error("--precision " + a.precision + " needs --device cuda; the CPU engine trains in fp32");
     }
     if (a.threads > 0) omp_set_num_threads(a.threads);
+    // Held until the run ends: a second run on the same checkpoint directory or export is refused.
+    const examples::RunLocks locks = examples::lock_outputs(a);
 
     const ImageFolder train_set = ImageFolder::scan(a.data);
-    const std::string ck_path =
-        a.checkpoint_dir.empty() ? "" : (fs::path(a.checkpoint_dir) / "checkpoint.safetensors").string();
+    print_warnings(train_set);
+    const std::string ck_path = examples::checkpoint_path(a);
     const nlohmann::json class_names = train_set.classes;
 
     // The model, optimizer state and counters: from the checkpoint, or fresh.
@@ -200,7 +238,11 @@ int run(int argc, char** argv) {
                  "the model has " + std::to_string(model.config.num_classes) + " classes but '" + a.data +
                      "' has " + std::to_string(train_set.classes.size()) + " class folders (see --classes)");
     std::unique_ptr<ImageFolder> val_set;
-    if (!a.val.empty()) val_set = std::make_unique<ImageFolder>(ImageFolder::scan(a.val, train_set.classes));
+    if (!a.val.empty()) {
+        val_set = std::make_unique<ImageFolder>(ImageFolder::scan(a.val, train_set.classes));
+        print_warnings(*val_set);
+    }
+    examples::check_outputs_are_not_inputs(a, train_set, val_set.get());
 
     LoaderOptions lo;
     lo.batch_size = a.batch;
@@ -272,16 +314,13 @@ int run(int argc, char** argv) {
         }
     }
 
+    LastCheckpoint last_checkpoint(ck_path, resumed, state.step);
     History history(a.log_path, resumed, state.step, state.epoch);
     Progress progress(steps_per_epoch);
     std::set<std::string> reported_bad;
 
     auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
         if (ck_path.empty()) return;
-        std::error_code ec;
-        fs::create_directories(a.checkpoint_dir, ec);
-        EFFNET_CHECK(fs::is_directory(a.checkpoint_dir),
-                     "cannot create the checkpoint directory '" + a.checkpoint_dir + "'");
         state.step = engine->step();
         state.epoch = epoch;
         state.batch_in_epoch = batch_in_epoch;
@@ -296,21 +335,26 @@ int run(int argc, char** argv) {
         state.metadata["precision"] = a.precision;
         engine->save_scaler(state);
         engine->sync_model();
-        save_checkpoint(ck_path, model, engine->optimizer(), state);
+        const Optimizer& optimizer = engine->optimizer();
+        refuse_unwritable(model, &optimizer.state(), "the checkpoint '" + ck_path + "'", state.step,
+                          last_checkpoint);
+        save_checkpoint(ck_path, model, optimizer, state);
+        last_checkpoint.saved(state.step);
     };
     auto finish = [&]() {
         progress.finish();
         if (!a.plot_path.empty()) history.plot(a.plot_path);
         if (!a.export_path.empty()) {
             engine->sync_model();
+            refuse_unwritable(model, nullptr, "the export '" + a.export_path + "'", engine->step(),
+                              last_checkpoint);
             save_weights(model, a.export_path);
-            fs::path labels = a.export_path;
-            labels.replace_extension(".labels.txt");
+            const std::string labels = examples::labels_path(a.export_path);
             std::ofstream out(labels);
             for (const auto& c : train_set.classes) out << c << "\n";
-            EFFNET_CHECK(out.good(), "cannot write the labels file '" + labels.string() + "'");
+            EFFNET_CHECK(out.good(), "cannot write the labels file '" + labels + "'");
             std::fprintf(stderr, "exported %s (classify with: effnet-classify --weights %s --labels %s)\n",
-                         a.export_path.c_str(), a.export_path.c_str(), labels.string().c_str());
+                         a.export_path.c_str(), a.export_path.c_str(), labels.c_str());
         }
         if (skipped_images > 0)
             std::fprintf(stderr, "skipped %lld unreadable image(s) in all\n", (long long)skipped_images);

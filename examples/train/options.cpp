@@ -26,7 +26,10 @@ const char* kUsage =
     "With --device cuda validation runs in fp32 on the GPU; --precision amp-fp16 uses a dynamic loss\n"
     "scale (steps with non-finite gradients are skipped and the scale halved; it doubles after 2000\n"
     "good steps). A checkpoint from either device resumes on either (--device and --precision may\n"
-    "change on --resume; the run continues exactly only on the same device and precision).\n\n";
+    "change on --resume; the run continues exactly only on the same device and precision).\n"
+    "No checkpoint or export is ever written holding a non-finite value or a negative BN running variance:\n"
+    "the run stops with an error naming the step and the tensor. No output may name an input (--weights,\n"
+    "the checkpoint, an image of --data or --val).\n\n";
 
 std::vector<OptionSpec> option_specs() {
     return {
@@ -56,11 +59,15 @@ std::vector<OptionSpec> option_specs() {
         {"workers", true, "N: image decoding threads (default 2)"},
         {"threads", true, "N: compute threads (default: OpenMP's)"},
         {"seed", true, "S: seed of the whole run: init, shuffling, augmentation, dropout (default 0)"},
-        {"checkpoint-dir", true, "DIR: write DIR/checkpoint.safetensors (atomically)"},
+        {"checkpoint-dir", true,
+         "DIR: write DIR/checkpoint.safetensors (atomically); DIR is locked for the run (a second run on it "
+         "is refused) and temporaries of killed writes are removed at start"},
         {"checkpoint-every", true, "N: also checkpoint every N steps (default: end of each epoch)"},
         {"resume", false, "continue from DIR/checkpoint.safetensors exactly"},
         {"max-steps", true, "N: stop after N steps in all (checkpointed; --resume continues)"},
-        {"export", true, "OUT.safetensors: inference weights at the end (for effnet-classify)"},
+        {"export", true,
+         "OUT.safetensors: inference weights and OUT.labels.txt at the end (for effnet-classify); locked "
+         "for the run by a hidden .OUT.effnet-train.lock beside it"},
         {"log", true, "CSV: one row per step and per epoch"},
         {"plot", true, "PNG: loss and accuracy curves"},
         {"help", false, "this text"},

@@ -1,6 +1,18 @@
 // Training checkpoints: model, optimizer state, loss scaler, counters and the architecture in
 // one safetensors file, written atomically by SafetensorsWriter (temp file, fsync, rename,
-// fsync of the directory). Every float32 is stored as is, so a resume is bit-exact.
+// fsync of the directory). Every float32 is stored as is, so a resume is bit-exact. Also what
+// keeps a checkpoint directory sane across runs: the finiteness check before a write, the run
+// lock, and the removal of temporaries that killed writes left behind.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "effnet/error.hpp"
@@ -95,6 +107,8 @@ ModelConfig config_from_json(const std::string& text) {
 
 void save_checkpoint(const std::string& path, const Model& model, const Optimizer& optimizer,
                      const TrainingState& state) {
+    if (const auto bad = find_unwritable_value(model, &optimizer.state()))
+        throw Error("checkpoint '" + path + "' not written: " + bad->describe());
     SafetensorsWriter writer;
     for (const ParamSpec& spec : parameter_specs(model.config)) {
         const Tensor& t = model.param(spec.name);
@@ -160,12 +174,145 @@ Checkpoint load_checkpoint(const std::string& path) {
                  "checkpoint '" + path + "': negative counters");
     const auto scaler = file.read_f64("state/scaler");
     EFFNET_CHECK(scaler.size() == 3, "checkpoint '" + path + "': state/scaler must hold 3 values");
+    // Checked before the conversions: a double outside int64 (1e300, NaN) is undefined behaviour
+    // to convert (found by fuzz_checkpoint). Counters are whole numbers up to 2^53.
+    auto is_count = [](double v) { return v >= 0 && v <= 9007199254740992.0 && v == std::floor(v); };
+    EFFNET_CHECK(std::isfinite(scaler[0]) && scaler[0] > 0 && is_count(scaler[1]) && is_count(scaler[2]),
+                 "checkpoint '" + path + "': state/scaler must hold a finite loss scale > 0 and two whole counts "
+                 "in [0, 2^53]");
     ck.state.scaler_scale = scaler[0];
     ck.state.scaler_good_steps = int64_t(scaler[1]);
     ck.state.scaler_skipped = int64_t(scaler[2]);
     for (const auto& [k, v] : meta)
         if (k != "checkpoint_format" && k != "model_config" && k != "optimizer") ck.state.metadata[k] = v;
+    // effnet never writes one (save_checkpoint refuses); a resume from it would go on with garbage.
+    if (const auto bad = find_unwritable_value(ck.model, &ck.optimizer_state))
+        throw Error("checkpoint '" + path + "' cannot be resumed: " + bad->describe());
     return ck;
+}
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The first element of t that may not be written; -1 when none.
+int64_t first_unwritable(const std::string& name, const Tensor& t) {
+    const bool variance = ends_with(name, "running_var");
+    for (size_t i = 0; i < t.data.size(); ++i)
+        if (!std::isfinite(t.data[i]) || (variance && t.data[i] < 0)) return int64_t(i);
+    return -1;
+}
+
+std::string format_value(float v) {
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", double(v));
+    return buf;
+}
+
+} // namespace
+
+std::string UnwritableValue::describe() const {
+    const bool negative_variance = std::isfinite(value);
+    return "tensor '" + tensor + "' holds " + format_value(value) +
+           (negative_variance ? " (a negative running variance)" : "") + " at element " +
+           std::to_string(index);
+}
+
+std::optional<UnwritableValue> find_unwritable_value(const Model& model, const ParamMap* optimizer_state) {
+    auto check = [](const std::string& name, const Tensor& t) -> std::optional<UnwritableValue> {
+        const int64_t i = first_unwritable(name, t);
+        if (i < 0) return std::nullopt;
+        return UnwritableValue{name, i, t.data[size_t(i)]};
+    };
+    for (const auto& [name, t] : model.params)
+        if (auto bad = check("model/" + name, t)) return bad;
+    if (optimizer_state)
+        for (const auto& [name, t] : *optimizer_state)
+            if (auto bad = check("optim/" + name, t)) return bad;
+    return std::nullopt;
+}
+
+RunLock RunLock::acquire(const std::string& lock_path, const std::string& what) {
+    // O_NOFOLLOW: a planted symbolic link must not make us create or truncate another file.
+    const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    EFFNET_CHECK(fd >= 0, "cannot open the lock file '" + lock_path + "': " + std::strerror(errno));
+    RunLock lock(fd, lock_path);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int err = errno;
+        char pid[32] = {};
+        const ssize_t n = ::pread(fd, pid, sizeof pid - 1, 0);
+        std::string holder = n > 0 ? std::string(pid, size_t(n)) : "";
+        while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+        if (err == EWOULDBLOCK)
+            throw Error(what + " is in use by another run (pid " +
+                        (holder.empty() ? "unknown" : excerpt(holder)) + ", lock file '" + lock_path +
+                        "'); wait for it to finish or use another directory");
+        throw Error("cannot lock '" + lock_path + "': " + std::strerror(err));
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    // The pid is only for messages: a failure to record it does not matter.
+    if (::ftruncate(fd, 0) == 0) (void)!::pwrite(fd, pid.data(), pid.size(), 0);
+    return lock;
+}
+
+RunLock::RunLock(RunLock&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) {
+    other.fd_ = -1;
+}
+
+RunLock& RunLock::operator=(RunLock&& other) noexcept {
+    if (this != &other) {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = other.fd_;
+        path_ = std::move(other.path_);
+        other.fd_ = -1;
+    }
+    return *this;
+}
+
+RunLock::~RunLock() {
+    if (fd_ >= 0) ::close(fd_); // closing the last descriptor releases the flock
+}
+
+std::string checkpoint_lock_path(const std::string& checkpoint_dir) {
+    return (std::filesystem::path(checkpoint_dir) / ".effnet-train.lock").string();
+}
+
+bool is_temporary_of(const std::string& file_name, const std::string& final_name) {
+    const std::string prefix = final_name + ".tmp.";
+    if (file_name.size() != prefix.size() + 6 || file_name.compare(0, prefix.size(), prefix) != 0)
+        return false;
+    for (size_t i = prefix.size(); i < file_name.size(); ++i) {
+        const char c = file_name[i];
+        const bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum) return false;
+    }
+    return true;
+}
+
+RemovedTemporaries remove_stale_temporaries(const std::string& final_path, const RunLock& /*held*/) {
+    namespace fs = std::filesystem;
+    const fs::path target(final_path);
+    const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    const std::string final_name = target.filename().string();
+    RemovedTemporaries removed;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        if (!is_temporary_of(it->path().filename().string(), final_name)) continue;
+        struct stat st = {};
+        // lstat: a symbolic link or anything but a plain file is not ours; leave it.
+        if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (::unlink(it->path().c_str()) != 0)
+            throw Error("cannot remove the stale temporary file '" + it->path().string() +
+                        "': " + std::strerror(errno));
+        ++removed.files;
+        removed.bytes += uint64_t(st.st_size);
+    }
+    EFFNET_CHECK(!ec, "cannot list '" + dir.string() + "': " + ec.message());
+    return removed;
 }
 
 } // namespace effnet::train

@@ -1,6 +1,11 @@
 // Image-folder scanning, per-epoch sample order, and the threaded, prefetching batch loader.
 // Every sample's augmentation draws from Rng(mix_seed(seed, epoch, index)), so a batch is the
 // same whichever thread decodes it and whether or not the run was resumed.
+// The scan walks the folders itself (not recursive_directory_iterator with
+// follow_directory_symlink, which followed a link `a/up -> ..` round and round: 8 images became
+// 328 samples, class b's under label a) and knows every folder on its path by device and inode.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
@@ -8,10 +13,13 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
+#include "effnet/limits.hpp"
 #include "effnet/train/dataset.hpp"
 #include "effnet/train/rng.hpp"
 
@@ -20,21 +28,145 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<std::string> sorted_image_files(const fs::path& dir) {
-    std::vector<std::string> files;
-    std::error_code ec;
-    fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec);
-    EFFNET_CHECK(!ec, "dataset: cannot list '" + dir.string() + "': " + ec.message());
-    for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
-        EFFNET_CHECK(!ec, "dataset: cannot list '" + dir.string() + "': " + ec.message());
-        std::error_code fec;
-        if (it->is_regular_file(fec) && has_image_extension(it->path().string()))
-            files.push_back(it->path().string());
-    }
-    std::sort(files.begin(), files.end());
-    return files;
+// A file's identity: two paths name one file when (device, inode) agree.
+struct FileId {
+    uint64_t device = 0, inode = 0;
+    bool operator<(const FileId& o) const { return device != o.device ? device < o.device : inode < o.inode; }
+    bool operator==(const FileId& o) const { return device == o.device && inode == o.inode; }
+};
+
+// stat (following links); false when the path is dangling or unreadable.
+bool stat_follow(const fs::path& p, struct stat& st) {
+    return ::stat(p.c_str(), &st) == 0;
 }
 
+FileId id_of(const struct stat& st) {
+    return {uint64_t(st.st_dev), uint64_t(st.st_ino)};
+}
+
+struct FoundFile {
+    std::string path;
+    FileId id;
+    bool via_link = false; // the file or a folder on its path is a symbolic link
+};
+
+// The dataset root and every folder above it (id -> canonical path): a link to one of them
+// would take the scan round the whole dataset again, or beyond it.
+using Holders = std::map<FileId, std::string>;
+
+Holders root_and_ancestors(const std::string& root) {
+    Holders holders;
+    std::error_code ec;
+    fs::path p = fs::canonical(root, ec);
+    EFFNET_CHECK(!ec, "dataset: cannot resolve '" + root + "': " + ec.message());
+    for (;;) {
+        struct stat st = {};
+        if (stat_follow(p, st)) holders.emplace(id_of(st), p.string());
+        if (p == p.parent_path()) return holders;
+        p = p.parent_path();
+    }
+}
+
+// The walk of one class folder: every image file below it, following symbolic links except
+// those that would loop (back to a folder on the current path, the root or above), lead into
+// another class folder, or revisit a folder already walked.
+class ClassWalk {
+public:
+    ClassWalk(const fs::path& class_dir, FileId root, const Holders& holders,
+              const std::map<FileId, std::string>& other_classes, std::vector<std::string>& warnings)
+        : root_(root), holders_(holders), other_classes_(other_classes), warnings_(warnings) {
+        struct stat st = {};
+        if (stat_follow(class_dir, st)) walk(class_dir, id_of(st), 0, false);
+    }
+    std::vector<FoundFile> files;
+
+private:
+    void walk(const fs::path& dir, FileId id, int depth, bool via_link) {
+        if (depth > limits::kMaxDatasetDepth) {
+            warnings_.push_back("dataset: skipping '" + dir.string() + "': more than " +
+                                std::to_string(limits::kMaxDatasetDepth) +
+                                " folders below its class folder (limits::kMaxDatasetDepth)");
+            return;
+        }
+        visited_.insert(id);
+        path_.push_back({dir, id});
+        // Real entries before links, so that a folder reached both ways is walked by its real path.
+        const auto entries = sorted_entries(dir);
+        for (const bool links : {false, true})
+            for (const fs::path& entry : entries) visit(entry, depth, via_link, links);
+        path_.pop_back();
+    }
+
+    void visit(const fs::path& entry, int depth, bool via_link, bool links) {
+        struct stat lst = {};
+        struct stat st = {};
+        if (::lstat(entry.c_str(), &lst) != 0 || S_ISLNK(lst.st_mode) != links) return;
+        if (!stat_follow(entry, st)) return; // a dangling link
+        via_link = via_link || links;
+        if (S_ISREG(st.st_mode)) {
+            if (has_image_extension(entry.string())) files.push_back({entry.string(), id_of(st), via_link});
+            return;
+        }
+        if (!S_ISDIR(st.st_mode)) return;
+        const std::string why = reason_not_to_enter(entry, id_of(st));
+        if (why.empty()) {
+            walk(entry, id_of(st), depth + 1, via_link);
+        } else if (links) {
+            warnings_.push_back("dataset: skipping symbolic link '" + entry.string() + "': " + why);
+        }
+    }
+
+    // Empty when the folder may be walked; else why not.
+    std::string reason_not_to_enter(const fs::path& dir, FileId id) const {
+        for (const auto& [ancestor, ancestor_id] : path_)
+            if (ancestor_id == id)
+                return "it leads back to '" + ancestor.string() + "', a folder it is in (a loop)";
+        if (id == root_) return "it leads back to the dataset root";
+        if (auto it = holders_.find(id); it != holders_.end())
+            return "it leads to '" + it->second + "', a folder that holds the dataset (a loop)";
+        if (const std::string* other = other_class_holding(dir))
+            return "it leads into the class folder '" + *other + "'";
+        if (visited_.count(id)) return "the folder it leads to is already scanned";
+        return "";
+    }
+
+    // The other class whose folder is `dir` or one of its real ancestors, or null.
+    const std::string* other_class_holding(const fs::path& dir) const {
+        std::error_code ec;
+        fs::path p = fs::canonical(dir, ec);
+        if (ec) return nullptr;
+        for (;;) {
+            struct stat st = {};
+            if (stat_follow(p, st)) {
+                const FileId id = id_of(st);
+                if (holders_.count(id)) return nullptr; // the root or above: no class folder there
+                auto it = other_classes_.find(id);
+                if (it != other_classes_.end()) return &it->second;
+            }
+            if (p == p.parent_path()) return nullptr;
+            p = p.parent_path();
+        }
+    }
+
+    static std::vector<fs::path> sorted_entries(const fs::path& dir) {
+        std::vector<fs::path> entries;
+        std::error_code ec;
+        for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+            entries.push_back(it->path());
+        EFFNET_CHECK(!ec, "dataset: cannot list '" + dir.string() + "': " + ec.message());
+        std::sort(entries.begin(), entries.end());
+        return entries;
+    }
+
+    FileId root_;
+    const Holders& holders_;
+    const std::map<FileId, std::string>& other_classes_;
+    std::vector<std::string>& warnings_;
+    std::vector<std::pair<fs::path, FileId>> path_; // the folders from the class folder down to here
+    std::set<FileId> visited_;
+};
+
+// The class folders' names (sorted), following links to folders.
 std::vector<std::string> class_folders(const std::string& root) {
     std::error_code ec;
     EFFNET_CHECK(fs::is_directory(root, ec), "dataset: '" + root + "' is not a directory");
@@ -48,6 +180,79 @@ std::vector<std::string> class_folders(const std::string& root) {
     return classes;
 }
 
+// Image files lying directly in the root, beside the class folders: they belong to no class.
+int64_t images_beside_classes(const std::string& root) {
+    int64_t n = 0;
+    std::error_code ec;
+    for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code fec;
+        if (it->is_regular_file(fec) && has_image_extension(it->path().string())) ++n;
+    }
+    return n;
+}
+
+// Scans the class folders that exist under the root into folder.samples (label = index in
+// folder.classes). Each file counts once per class; a file under two classes is an error.
+void scan_classes(ImageFolder& folder) {
+    struct stat root_st = {};
+    EFFNET_CHECK(stat_follow(folder.root, root_st), "dataset: cannot read '" + folder.root + "'");
+    const Holders holders = root_and_ancestors(folder.root);
+    std::map<FileId, std::string> class_ids;
+    std::vector<std::optional<FileId>> ids(folder.classes.size());
+    for (size_t c = 0; c < folder.classes.size(); ++c) {
+        const fs::path dir = fs::path(folder.root) / folder.classes[c];
+        struct stat st = {};
+        if (!stat_follow(dir, st) || !S_ISDIR(st.st_mode)) continue;
+        auto holder = holders.find(id_of(st));
+        EFFNET_CHECK(holder == holders.end(), "dataset: class folder '" + dir.string() + "' leads to '" +
+                                                  holder->second +
+                                                  "', a folder that holds the dataset (a loop)");
+        ids[c] = id_of(st);
+        class_ids.emplace(id_of(st), folder.classes[c]);
+    }
+    std::map<FileId, std::pair<std::string, size_t>> owner; // file -> (first path, class)
+    for (size_t c = 0; c < folder.classes.size(); ++c) {
+        if (!ids[c]) continue;
+        const fs::path dir = fs::path(folder.root) / folder.classes[c];
+        std::map<FileId, std::string> others = class_ids;
+        others.erase(*ids[c]);
+        ClassWalk walk(dir, id_of(root_st), holders, others, folder.warnings);
+        // A file reached by several paths keeps its first real path (not through a link).
+        std::sort(walk.files.begin(), walk.files.end(), [](const FoundFile& a, const FoundFile& b) {
+            return a.via_link != b.via_link ? b.via_link : a.path < b.path;
+        });
+        int64_t repeats = 0;
+        std::vector<Sample> kept;
+        for (const FoundFile& f : walk.files) {
+            auto [it, fresh] = owner.emplace(f.id, std::make_pair(f.path, c));
+            if (!fresh && it->second.second != c)
+                throw Error("dataset: '" + f.path + "' (class '" + folder.classes[c] + "') and '" +
+                            it->second.first + "' (class '" + folder.classes[it->second.second] +
+                            "') are the same file; an image cannot have two labels");
+            if (!fresh) {
+                ++repeats;
+                continue;
+            }
+            kept.push_back({f.path, int64_t(c), f.id.device, f.id.inode});
+        }
+        std::sort(kept.begin(), kept.end(), [](const Sample& a, const Sample& b) { return a.path < b.path; });
+        folder.samples.insert(folder.samples.end(), kept.begin(), kept.end());
+        if (repeats > 0)
+            folder.warnings.push_back("dataset: class folder '" + dir.string() +
+                                      "': " + std::to_string(repeats) +
+                                      " path(s) reach a file already counted (links); each file counts once");
+    }
+    if (const int64_t loose = images_beside_classes(folder.root))
+        folder.warnings.push_back("dataset: " + std::to_string(loose) + " image file(s) directly in '" +
+                                  folder.root + "' are ignored: images belong in " + folder.root +
+                                  "/<class>/");
+}
+
+int64_t samples_of_class(const ImageFolder& folder, size_t c) {
+    return std::count_if(folder.samples.begin(), folder.samples.end(),
+                         [&](const Sample& s) { return s.label == int64_t(c); });
+}
+
 } // namespace
 
 ImageFolder ImageFolder::scan(const std::string& root) {
@@ -56,13 +261,15 @@ ImageFolder ImageFolder::scan(const std::string& root) {
     folder.classes = class_folders(root);
     EFFNET_CHECK(!folder.classes.empty(),
                  "dataset: '" + root + "' has no class folders (expected ROOT/<class>/<image>)");
-    for (size_t c = 0; c < folder.classes.size(); ++c) {
-        const fs::path dir = fs::path(root) / folder.classes[c];
-        const auto files = sorted_image_files(dir);
-        EFFNET_CHECK(!files.empty(), "dataset: class folder '" + dir.string() +
-                                         "' holds no images (.jpg .jpeg .png .bmp .tga)");
-        for (const auto& f : files) folder.samples.push_back({f, int64_t(c)});
-    }
+    scan_classes(folder);
+    for (size_t c = 0; c < folder.classes.size(); ++c)
+        EFFNET_CHECK(samples_of_class(folder, c) > 0, "dataset: class folder '" +
+                                                          (fs::path(root) / folder.classes[c]).string() +
+                                                          "' holds no images (.jpg .jpeg .png .bmp .tga)");
+    if (folder.classes.size() == 1)
+        folder.warnings.push_back("dataset: '" + root + "' has a single class folder ('" + folder.classes[0] +
+                                  "'): a one-class classifier learns nothing (expected ROOT/<class>/<image> "
+                                  "with a folder per class)");
     return folder;
 }
 
@@ -75,14 +282,18 @@ ImageFolder ImageFolder::scan(const std::string& root, const std::vector<std::st
         EFFNET_CHECK(std::find(classes.begin(), classes.end(), name) != classes.end(),
                      "dataset: class folder '" + name + "' in '" + root +
                          "' is not one of the training classes");
-    for (size_t c = 0; c < classes.size(); ++c) {
-        const fs::path dir = fs::path(root) / classes[c];
-        std::error_code ec;
-        if (!fs::is_directory(dir, ec)) continue;
-        for (const auto& f : sorted_image_files(dir)) folder.samples.push_back({f, int64_t(c)});
-    }
+    scan_classes(folder);
     EFFNET_CHECK(!folder.samples.empty(), "dataset: '" + root + "' holds no images in class folders");
     return folder;
+}
+
+const Sample* ImageFolder::find_file(const std::string& path) const {
+    struct stat st = {};
+    if (!stat_follow(path, st)) return nullptr;
+    const FileId id = id_of(st);
+    for (const Sample& s : samples)
+        if (s.device == id.device && s.inode == id.inode) return &s;
+    return nullptr;
 }
 
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {

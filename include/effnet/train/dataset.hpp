@@ -2,6 +2,9 @@
 // Image-folder dataset: root/<class>/<file> with an image extension (effnet::has_image_extension:
 // jpg, jpeg, png, bmp, tga); classes are the sorted sub-folder names; samples sorted by class,
 // then file name. DataLoader decodes its batches on worker threads, one batch ahead.
+// The scan follows symbolic links but never in a loop: a link back to a folder it is in, to the
+// root or into another class folder is skipped with a warning; a file reached by several paths
+// counts once (by device and inode); a file under two classes is an error.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -15,12 +18,18 @@ namespace effnet::train {
 struct Sample {
     std::string path;
     int64_t label = 0;
+    uint64_t device = 0, inode = 0; // the file's identity, whatever path reaches it
 };
 
 struct ImageFolder {
     std::string root;
     std::vector<std::string> classes;
     std::vector<Sample> samples;
+    // Legal but surely unintended (skipped links, one class, images beside the class folders):
+    // the library has no output of its own, so the caller shows them.
+    std::vector<std::string> warnings;
+    // The sample that is the file at `path` (however spelled: links, relative paths), or null.
+    const Sample* find_file(const std::string& path) const;
     // Throws effnet::Error when root is not a directory, has no class folders, or no images.
     static ImageFolder scan(const std::string& root);
     // The same scan for a second split, using `classes` (every class folder must exist in it).
