@@ -11,6 +11,7 @@
 
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
+#include "effnet/limits.hpp"
 
 namespace effnet {
 
@@ -32,16 +33,23 @@ double cubic_filter(double x) {
     return 0.0;
 }
 
-// For each output position along one axis: the first input index, how many inputs, and
-// their fixed-point weights.
+// For each output position of a window [begin, begin + first.size()) along one axis: the
+// first input index, how many inputs, and their fixed-point weights. A position's weights
+// depend on nothing but its own index, so a window is exactly that part of the whole axis.
 struct AxisWeights {
     int taps = 0;                 // stride of `weights` per output position
     std::vector<int> first;       // [out]
     std::vector<int> count;       // [out]
     std::vector<int32_t> weights; // [out, taps]
+
+    int input_begin() const { return first.front(); }
+    int input_end() const { return first.back() + count.back(); }
+    void shift_inputs(int by) {
+        for (int& f : first) f -= by;
+    }
 };
 
-AxisWeights axis_weights(int in_size, int out_size, Interpolation interpolation) {
+AxisWeights axis_weights(int in_size, int out_size, int begin, int n_out, Interpolation interpolation) {
     const bool cubic = interpolation == Interpolation::Bicubic;
     const double filter_support = cubic ? 2.0 : 1.0;
     const double scale = double(in_size) / double(out_size);
@@ -50,12 +58,13 @@ AxisWeights axis_weights(int in_size, int out_size, Interpolation interpolation)
 
     AxisWeights a;
     a.taps = int(std::ceil(support)) * 2 + 1;
-    a.first.resize(out_size);
-    a.count.resize(out_size);
-    a.weights.assign(size_t(out_size) * a.taps, 0);
+    a.first.resize(n_out);
+    a.count.resize(n_out);
+    a.weights.assign(size_t(n_out) * a.taps, 0);
     std::vector<double> w(a.taps);
     const double inv_filter_scale = 1.0 / filter_scale; // multiplied, as PIL does (not divided)
-    for (int o = 0; o < out_size; ++o) {
+    for (int j = 0; j < n_out; ++j) {
+        const int o = begin + j;
         const double center = (o + 0.5) * scale;
         // Truncation toward zero after +0.5, as PIL rounds these bounds.
         const int lo = std::max(int(center - support + 0.5), 0);
@@ -67,15 +76,27 @@ AxisWeights axis_weights(int in_size, int out_size, Interpolation interpolation)
             w[i] = cubic ? cubic_filter(x) : triangle_filter(x);
             total += w[i];
         }
-        int32_t* fixed = &a.weights[size_t(o) * a.taps];
+        int32_t* fixed = &a.weights[size_t(j) * a.taps];
         for (int i = 0; i < n; ++i) {
             const double v = total != 0.0 ? w[i] / total : w[i];
             const double scaled = v * double(1 << kPrecisionBits);
             fixed[i] = v < 0 ? int32_t(-0.5 + scaled) : int32_t(0.5 + scaled);
         }
-        a.first[o] = lo;
-        a.count[o] = n;
+        a.first[j] = lo;
+        a.count[j] = n;
     }
+    return a;
+}
+
+// An axis that keeps its size: each output is its input, weight 1.0 (exact through the
+// fixed-point rounding, so the pass order does not matter for it).
+AxisWeights identity_weights(int begin, int n_out) {
+    AxisWeights a;
+    a.taps = 1;
+    a.first.resize(n_out);
+    for (int j = 0; j < n_out; ++j) a.first[j] = begin + j;
+    a.count.assign(n_out, 1);
+    a.weights.assign(n_out, int32_t(1) << kPrecisionBits);
     return a;
 }
 
@@ -85,12 +106,13 @@ uint8_t clamp_to_u8(int64_t acc) {
     return uint8_t(acc >> kPrecisionBits);
 }
 
-// in [rows, in_w, 3] -> out [rows, out_w, 3], rows taken from in starting at row_offset.
-void resample_rows(const Image& in, int row_offset, int rows, const AxisWeights& a, Image& out) {
+// Horizontal pass: out [rows, a.first.size(), 3] from in's rows [row_begin, row_begin + rows);
+// a.first indexes in's columns.
+void resample_rows(const Image& in, int row_begin, int rows, const AxisWeights& a, Image& out) {
     const int out_w = out.width;
 #pragma omp parallel for schedule(static) if (int64_t(rows) * out_w > 65536)
     for (int y = 0; y < rows; ++y) {
-        const uint8_t* src = &in.rgb[size_t(y + row_offset) * in.width * 3];
+        const uint8_t* src = &in.rgb[size_t(y + row_begin) * in.width * 3];
         uint8_t* dst = &out.rgb[size_t(y) * out_w * 3];
         for (int x = 0; x < out_w; ++x) {
             const int32_t* k = &a.weights[size_t(x) * a.taps];
@@ -108,21 +130,118 @@ void resample_rows(const Image& in, int row_offset, int rows, const AxisWeights&
     }
 }
 
-// in [in_h, w, 3] -> out [out_h, w, 3]; a.first is relative to in's first row.
-void resample_columns(const Image& in, const AxisWeights& a, Image& out) {
-    const int w = in.width;
-    const size_t row_stride = size_t(w) * 3;
-#pragma omp parallel for schedule(static) if (int64_t(out.height) * w > 65536)
+// Vertical pass: out [a.first.size(), out.width, 3] from in's columns [col_begin, col_begin +
+// out.width); a.first indexes in's rows.
+void resample_columns(const Image& in, int col_begin, const AxisWeights& a, Image& out) {
+    const size_t in_stride = size_t(in.width) * 3;
+    const size_t out_stride = size_t(out.width) * 3;
+#pragma omp parallel for schedule(static) if (int64_t(out.height) * out.width > 65536)
     for (int y = 0; y < out.height; ++y) {
         const int32_t* k = &a.weights[size_t(y) * a.taps];
-        const uint8_t* src = &in.rgb[size_t(a.first[y]) * row_stride];
-        uint8_t* dst = &out.rgb[size_t(y) * row_stride];
-        for (size_t c = 0; c < row_stride; ++c) {
+        const uint8_t* src = &in.rgb[size_t(a.first[y]) * in_stride + size_t(col_begin) * 3];
+        uint8_t* dst = &out.rgb[size_t(y) * out_stride];
+        for (size_t c = 0; c < out_stride; ++c) {
             int64_t acc = 1 << (kPrecisionBits - 1);
-            for (int i = 0; i < a.count[y]; ++i) acc += int64_t(src[i * row_stride + c]) * k[i];
+            for (int i = 0; i < a.count[y]; ++i) acc += int64_t(src[i * in_stride + c]) * k[i];
             dst[c] = clamp_to_u8(acc);
         }
     }
+}
+
+Image blank(int width, int height) {
+    return Image{width, height, std::vector<uint8_t>(size_t(width) * height * 3)};
+}
+
+// The window [x0, x0 + w) x [y0, y0 + h) of PIL's resize of `image` to width x height, without
+// the rest: the same weights, pass order and rounding, so its pixels are those of the whole
+// resize; the work and memory follow the window (and the input it reads), not the full size.
+Image resize_window(const Image& image, int width, int height, int x0, int y0, int w, int h,
+                    Interpolation interpolation) {
+    const bool horizontal = width != image.width;
+    const bool vertical = height != image.height;
+    AxisWeights ax =
+        horizontal ? axis_weights(image.width, width, x0, w, interpolation) : identity_weights(x0, w);
+    AxisWeights ay =
+        vertical ? axis_weights(image.height, height, y0, h, interpolation) : identity_weights(y0, h);
+    // Each pass rounds and clamps to uint8, so the order of the passes shows in the result.
+    // Pillow 13 runs the vertical pass first when the height loses more than twice as many
+    // pixels as the width (python-pillow/Pillow#9549; found to hold exactly by testing
+    // Pillow 13.0 on a few hundred shapes), else the horizontal pass first as before. (The
+    // order decides on the whole sizes, whatever the window.)
+    const bool vertical_first =
+        horizontal && vertical && height < image.height && image.height - height > 2 * (image.width - width);
+    if (vertical_first) {
+        // Only the input columns the horizontal pass will read go through the vertical pass.
+        const int col_begin = ax.input_begin();
+        Image tmp = blank(ax.input_end() - col_begin, h);
+        resample_columns(image, col_begin, ay, tmp);
+        ax.shift_inputs(col_begin);
+        Image out = blank(w, h);
+        resample_rows(tmp, 0, h, ax, out);
+        return out;
+    }
+    // Only the input rows the vertical pass will read go through the horizontal pass.
+    const int row_begin = ay.input_begin();
+    Image tmp = blank(w, ay.input_end() - row_begin);
+    resample_rows(image, row_begin, tmp.height, ax, tmp);
+    ay.shift_inputs(row_begin);
+    Image out = blank(w, h);
+    resample_columns(tmp, 0, ay, out);
+    return out;
+}
+
+// torchvision's Resize(size) output size: the shorter side becomes `size`, the longer
+// int(size * long / short) with Python's true division.
+void shorter_side_size(const Image& image, int size, int& width, int& height) {
+    const bool portrait = image.width <= image.height;
+    const int64_t short_side = portrait ? image.width : image.height;
+    const int64_t long_side = portrait ? image.height : image.width;
+    if (short_side == size) {
+        width = image.width;
+        height = image.height;
+        return;
+    }
+    const double new_long = std::max(double(int64_t(size) * long_side) / double(short_side), 1.0);
+    EFFNET_CHECK(new_long < 2147483647.0, "resize: " + std::to_string(image.width) + "x" +
+                                              std::to_string(image.height) + " with shorter side " +
+                                              std::to_string(size) + " is too long a side");
+    width = portrait ? size : int(new_long);
+    height = portrait ? int(new_long) : size;
+}
+
+// torchvision's CenterCrop(size) on a width x height image: the crop's pixel (x, y) is the
+// image's (x + offset_x, y + offset_y) where that is inside the image, else zero padding.
+struct CropWindow {
+    int offset_x = 0, offset_y = 0;
+    int x0 = 0, y0 = 0, x1 = 0, y1 = 0; // the image pixels the crop holds, [x0, x1) x [y0, y1)
+};
+
+CropWindow crop_window(int width, int height, int size) {
+    // Zero padding first when the image is smaller (left/top get the smaller half).
+    const int pad_left = size > width ? (size - width) / 2 : 0;
+    const int pad_top = size > height ? (size - height) / 2 : 0;
+    const int pad_right = size > width ? (size - width + 1) / 2 : 0;
+    const int pad_bottom = size > height ? (size - height + 1) / 2 : 0;
+    const int padded_w = width + pad_left + pad_right;
+    const int padded_h = height + pad_top + pad_bottom;
+    // Python's round() rounds half to even; so does nearbyint in the default rounding mode.
+    CropWindow c;
+    c.offset_y = int(std::nearbyint((padded_h - size) / 2.0)) - pad_top;
+    c.offset_x = int(std::nearbyint((padded_w - size) / 2.0)) - pad_left;
+    c.x0 = std::max(c.offset_x, 0);
+    c.y0 = std::max(c.offset_y, 0);
+    c.x1 = std::min(c.offset_x + size, width);
+    c.y1 = std::min(c.offset_y + size, height);
+    return c;
+}
+
+// Copies window (the image's pixels [c.x0, c.x1) x [c.y0, c.y1)) into a zeroed size x size crop.
+Image place_in_crop(const Image& window, const CropWindow& c, int size) {
+    Image out = blank(size, size);
+    for (int y = c.y0; y < c.y1; ++y)
+        std::copy_n(&window.rgb[size_t(y - c.y0) * window.width * 3], size_t(c.x1 - c.x0) * 3,
+                    &out.rgb[(size_t(y - c.offset_y) * size + (c.x0 - c.offset_x)) * 3]);
+    return out;
 }
 
 void check_image(const Image& image, const char* what) {
@@ -133,10 +252,13 @@ void check_image(const Image& image, const char* what) {
 }
 
 void check_preprocess(const Preprocess& p) {
-    EFFNET_CHECK(p.resize >= 1 && p.resize <= 16384,
-                 "preprocess: resize must be in [1, 16384], got " + std::to_string(p.resize));
-    EFFNET_CHECK(p.crop >= 1 && p.crop <= 16384,
-                 "preprocess: crop must be in [1, 16384], got " + std::to_string(p.crop));
+    constexpr int kMax = limits::kMaxPreprocessSide;
+    EFFNET_CHECK(p.resize >= 1 && p.resize <= kMax,
+                 "preprocess: resize must be in [1, " + std::to_string(kMax) +
+                     "] (limits::kMaxPreprocessSide), got " + std::to_string(p.resize));
+    EFFNET_CHECK(p.crop >= 1 && p.crop <= kMax, "preprocess: crop must be in [1, " + std::to_string(kMax) +
+                                                    "] (limits::kMaxPreprocessSide), got " +
+                                                    std::to_string(p.crop));
     for (int c = 0; c < 3; ++c)
         EFFNET_CHECK(std::isfinite(p.mean[c]) && std::isfinite(p.std[c]) && p.std[c] != 0.0f,
                      "preprocess: mean and std must be finite and std non-zero");
@@ -155,86 +277,28 @@ Image resize_image(const Image& image, int width, int height, Interpolation inte
     EFFNET_CHECK(width >= 1 && height >= 1 && width <= 65536 && height <= 65536,
                  "resize: output size " + std::to_string(width) + "x" + std::to_string(height) +
                      " out of range");
-    const bool horizontal = width != image.width;
-    const bool vertical = height != image.height;
-    if (!horizontal && !vertical) return image;
-
-    const AxisWeights ay = axis_weights(image.height, height, interpolation);
-    if (!horizontal) {
-        Image out{width, height, std::vector<uint8_t>(size_t(width) * height * 3)};
-        resample_columns(image, ay, out);
-        return out;
-    }
-    const AxisWeights ax = axis_weights(image.width, width, interpolation);
-    // Each pass rounds and clamps to uint8, so the order of the passes shows in the result.
-    // Pillow 13 runs the vertical pass first when the height loses more than twice as many
-    // pixels as the width (python-pillow/Pillow#9549; found to hold exactly by testing
-    // Pillow 13.0 on a few hundred shapes), else the horizontal pass first as before.
-    if (vertical && height < image.height && image.height - height > 2 * (image.width - width)) {
-        Image tmp{image.width, height, std::vector<uint8_t>(size_t(image.width) * height * 3)};
-        resample_columns(image, ay, tmp);
-        Image out{width, height, std::vector<uint8_t>(size_t(width) * height * 3)};
-        resample_rows(tmp, 0, height, ax, out);
-        return out;
-    }
-    // Only the input rows the vertical pass will read go through the horizontal pass.
-    const int first_row = vertical ? ay.first[0] : 0;
-    const int last_row = vertical ? ay.first[height - 1] + ay.count[height - 1] : image.height;
-    Image tmp{width, last_row - first_row, {}};
-    tmp.rgb.resize(size_t(tmp.width) * tmp.height * 3);
-    resample_rows(image, first_row, tmp.height, ax, tmp);
-    if (!vertical) return tmp;
-
-    AxisWeights ay_local = ay;
-    for (int& f : ay_local.first) f -= first_row;
-    Image out{width, height, std::vector<uint8_t>(size_t(width) * height * 3)};
-    resample_columns(tmp, ay_local, out);
-    return out;
+    if (width == image.width && height == image.height) return image;
+    return resize_window(image, width, height, 0, 0, width, height, interpolation);
 }
 
 Image resize_shorter_side(const Image& image, int size, Interpolation interpolation) {
     check_image(image, "resize");
     EFFNET_CHECK(size >= 1, "resize: size must be >= 1, got " + std::to_string(size));
-    const bool portrait = image.width <= image.height;
-    const int64_t short_side = portrait ? image.width : image.height;
-    const int64_t long_side = portrait ? image.height : image.width;
-    if (short_side == size) return image;
-    // torchvision: int(size * long / short) with Python's true division.
-    const int new_long = int(double(int64_t(size) * long_side) / double(short_side));
-    const int w = portrait ? size : new_long;
-    const int h = portrait ? new_long : size;
-    return resize_image(image, std::max(w, 1), std::max(h, 1), interpolation);
+    int w = 0, h = 0;
+    shorter_side_size(image, size, w, h);
+    if (w == image.width && h == image.height) return image;
+    return resize_image(image, w, h, interpolation);
 }
 
 Image center_crop(const Image& image, int size) {
     check_image(image, "center crop");
     EFFNET_CHECK(size >= 1, "center crop: size must be >= 1, got " + std::to_string(size));
-    // Zero padding first when the image is smaller (left/top get the smaller half).
-    const int pad_left = size > image.width ? (size - image.width) / 2 : 0;
-    const int pad_top = size > image.height ? (size - image.height) / 2 : 0;
-    const int pad_right = size > image.width ? (size - image.width + 1) / 2 : 0;
-    const int pad_bottom = size > image.height ? (size - image.height + 1) / 2 : 0;
-    const int padded_w = image.width + pad_left + pad_right;
-    const int padded_h = image.height + pad_top + pad_bottom;
-    // Python's round() rounds half to even; so does nearbyint in the default rounding mode.
-    const int top = int(std::nearbyint((padded_h - size) / 2.0));
-    const int left = int(std::nearbyint((padded_w - size) / 2.0));
-
-    Image out{size, size, std::vector<uint8_t>(size_t(size) * size * 3, 0)};
-    for (int y = 0; y < size; ++y) {
-        const int sy = y + top - pad_top; // row in the unpadded image
-        if (sy < 0 || sy >= image.height) continue;
-        for (int x = 0; x < size; ++x) {
-            const int sx = x + left - pad_left;
-            if (sx < 0 || sx >= image.width) continue;
-            const uint8_t* s = &image.rgb[(size_t(sy) * image.width + sx) * 3];
-            uint8_t* d = &out.rgb[(size_t(y) * size + x) * 3];
-            d[0] = s[0];
-            d[1] = s[1];
-            d[2] = s[2];
-        }
-    }
-    return out;
+    const CropWindow c = crop_window(image.width, image.height, size);
+    Image window = blank(c.x1 - c.x0, c.y1 - c.y0);
+    for (int y = c.y0; y < c.y1; ++y)
+        std::copy_n(&image.rgb[(size_t(y) * image.width + c.x0) * 3], size_t(window.width) * 3,
+                    &window.rgb[size_t(y - c.y0) * window.width * 3]);
+    return place_in_crop(window, c, size);
 }
 
 namespace {
@@ -245,7 +309,15 @@ void preprocess_into(const Image& image, const Preprocess& p, const float mean[3
     check_preprocess(p);
     EFFNET_CHECK(out != nullptr, "preprocess: output pointer is null");
     const Interpolation interpolation = parse_interpolation(p.interpolation);
-    const Image cropped = center_crop(resize_shorter_side(image, p.resize, interpolation), p.crop);
+    check_image(image, "preprocess");
+    // Resize then crop, computing only the resized pixels the crop keeps: a 10000x10 image
+    // resized to 256000x256 for a 224 crop costs a 224x224 window, not 196 MB.
+    int width = 0, height = 0;
+    shorter_side_size(image, p.resize, width, height);
+    const CropWindow c = crop_window(width, height, p.crop);
+    const Image window =
+        resize_window(image, width, height, c.x0, c.y0, c.x1 - c.x0, c.y1 - c.y0, interpolation);
+    const Image cropped = place_in_crop(window, c, p.crop);
     const size_t plane = size_t(p.crop) * p.crop;
     for (int c = 0; c < 3; ++c)
         for (size_t i = 0; i < plane; ++i) {

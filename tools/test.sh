@@ -2,7 +2,8 @@
 # The test command: installs what is missing, configures, builds with both cores, runs every
 # test (CPU tests, Python tests of the converter and programs, GPU tests that ctest reports as
 # skipped without a GPU), the safetensors parser tests again under ASan+UBSan, and an
-# out-of-tree consumer built against the installed package. Exits non-zero on any failure; the
+# out-of-tree consumer built against the installed package, and each libFuzzer harness for 30 s
+# (tests/fuzz/README.md). Exits non-zero on any failure; the
 # last line counts what passed, failed and was skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +39,36 @@ cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$root/build/in
 cmake --build build/consumer -j"$jobs"
 build/consumer/effnet-consumer
 
-echo "all tests passed: ctest ran $ctest_total tests, then the parser tests under ASan+UBSan and the consumer"
-echo "$((ctest_passed + 2)) passed, 0 failed, $ctest_skipped skipped"
+# Each libFuzzer harness (tests/fuzz): its regression inputs once, then a short run from the
+# generated seeds and the corpus kept in build-fuzz/fuzz/corpus. One count per harness; any
+# crash, sanitizer report, timeout or OOM fails it (the input is left in build-fuzz/fuzz/artifacts).
+fuzz_seconds=${EFFNET_FUZZ_SECONDS:-30}
+fuzz_harnesses=(fuzz_safetensors fuzz_weights fuzz_checkpoint fuzz_image)
+fuzz_passed=0 fuzz_failed=0 fuzz_skipped=0
+echo "== fuzzers (libFuzzer + ASan + UBSan, clang): regression inputs, then ${fuzz_seconds}s each"
+if command -v clang++ >/dev/null && command -v clang >/dev/null; then
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEFFNET_ENABLE_CUDA=OFF \
+    -DEFFNET_BUILD_FUZZERS=ON -DEFFNET_BUILD_TESTS=OFF -DEFFNET_BUILD_EXAMPLES=OFF -DEFFNET_BUILD_BENCH=OFF >/dev/null
+  cmake --build build-fuzz -j"$jobs"
+  python3 tools/make_fuzz_corpus.py --seed-writer build-fuzz/tests/fuzz/effnet_fuzz_seeds build-fuzz/fuzz
+  for h in "${fuzz_harnesses[@]}"; do
+    if tests/fuzz/run.sh build-fuzz "$h" "$fuzz_seconds"; then
+      fuzz_passed=$((fuzz_passed + 1))
+    else
+      fuzz_failed=$((fuzz_failed + 1))
+    fi
+  done
+else
+  fuzz_skipped=${#fuzz_harnesses[@]}
+  echo "skipped: the fuzzers (clang++ not installed)"
+fi
+
+passed=$((ctest_passed + 2 + fuzz_passed))
+skipped=$((ctest_skipped + fuzz_skipped))
+if [ "$fuzz_failed" -ne 0 ]; then
+  echo "FAILED: $fuzz_failed of ${#fuzz_harnesses[@]} fuzzers found a crash (see above)"
+  echo "$passed passed, $fuzz_failed failed, $skipped skipped"
+  exit 1
+fi
+echo "all tests passed: ctest ran $ctest_total tests, then the parser tests under ASan+UBSan, the consumer and $fuzz_passed fuzzers"
+echo "$passed passed, 0 failed, $skipped skipped"
