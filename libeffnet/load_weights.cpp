@@ -326,15 +326,15 @@ Model load_weights(const std::string& path, const LoadOptions& options) {
     for (const ParamSpec& spec : specs) {
         const std::string& src = source.at(spec.name);
         Tensor t = file.read_f32(src);
-        for (float v : t.data)
-            EFFNET_CHECK(std::isfinite(v),
-                         "weights '" + path + "': tensor '" + src + "' holds a non-finite value");
         // A variance below zero cannot come from data: BN would take the root of a negative.
-        if (ends_with(spec.name, "running_var"))
-            for (float v : t.data)
-                EFFNET_CHECK(v >= 0.0f, "weights '" + path + "': tensor '" + src +
-                                            "' holds the negative variance " + std::to_string(v) +
-                                            "; batch-norm variances are >= 0");
+        const int64_t bad = first_invalid_element(spec.name, t);
+        if (bad >= 0) {
+            const float v = t.data[size_t(bad)];
+            EFFNET_CHECK(!std::isfinite(v), "weights '" + path + "': tensor '" + src +
+                                                "' holds the negative variance " + std::to_string(v) +
+                                                "; batch-norm variances are >= 0");
+            throw Error("weights '" + path + "': tensor '" + src + "' holds a non-finite value");
+        }
         model.params.emplace(spec.name, std::move(t));
         model.source_names[spec.name] = src;
     }

@@ -67,6 +67,13 @@ Tensor& Model::param(const std::string& name) {
     return it->second;
 }
 
+int64_t first_invalid_element(const std::string& name, const Tensor& t) {
+    const bool variance = ends_with(name, "running_var");
+    for (size_t i = 0; i < t.data.size(); ++i)
+        if (!std::isfinite(t.data[i]) || (variance && t.data[i] < 0)) return int64_t(i);
+    return -1;
+}
+
 Model random_model(const ModelConfig& config, uint64_t seed) {
     config.validate();
     // Gains on Kaiming-normal (fan_in) weights, std = gain / sqrt(fan_in), so that eval mode

@@ -275,11 +275,14 @@ int run(int argc, char** argv) {
     auto image_name = [&](int64_t row) {
         return "image " + std::to_string(row) + " of --input '" + input_path + "'";
     };
-    if (!train)
+    if (!train) {
         check_logits_finite(model, input.ptr(), input.shape, logits.ptr(), classes,
                             device == "cuda" ? "cuda " + precision : "the CPU engine", image_name);
-    const int64_t bad_row = first_non_finite_row(logits.ptr(), input.dim(0), classes);
-    EFFNET_CHECK(bad_row < 0, "the training step's logits for " + image_name(bad_row) + " are non-finite");
+    } else {
+        const int64_t bad_row = first_non_finite_row(logits.ptr(), input.dim(0), classes);
+        EFFNET_CHECK(bad_row < 0,
+                     "the training step's logits for " + image_name(bad_row) + " are non-finite");
+    }
     out.add("logits", logits);
     // The running statistics (the non-trainable parameters) after the train-mode forward moved
     // them, and with --lr the trainable parameters after the update.

@@ -39,6 +39,11 @@ struct Model {
     Tensor& param(const std::string& name);
 };
 
+// The first element of parameter `name` that no model may hold (a NaN or an Inf anywhere, a
+// negative value in a BN running variance), or -1 when there is none. One rule for loading
+// weights, writing checkpoints and resuming them.
+int64_t first_invalid_element(const std::string& name, const Tensor& t);
+
 // Seeded random initialisation: fan-in Kaiming convs with per-role gains chosen so that
 // activations stay O(1) through B0..B7 (fp16-safe), BN weight 1, bias 0, running stats 0/1.
 Model random_model(const ModelConfig& config, uint64_t seed);

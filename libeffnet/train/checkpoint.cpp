@@ -178,8 +178,9 @@ Checkpoint load_checkpoint(const std::string& path) {
     // to convert (found by fuzz_checkpoint). Counters are whole numbers up to 2^53.
     auto is_count = [](double v) { return v >= 0 && v <= 9007199254740992.0 && v == std::floor(v); };
     EFFNET_CHECK(std::isfinite(scaler[0]) && scaler[0] > 0 && is_count(scaler[1]) && is_count(scaler[2]),
-                 "checkpoint '" + path + "': state/scaler must hold a finite loss scale > 0 and two whole counts "
-                 "in [0, 2^53]");
+                 "checkpoint '" + path +
+                     "': state/scaler must hold a finite loss scale > 0 and two whole counts "
+                     "in [0, 2^53]");
     ck.state.scaler_scale = scaler[0];
     ck.state.scaler_good_steps = int64_t(scaler[1]);
     ck.state.scaler_skipped = int64_t(scaler[2]);
@@ -192,18 +193,6 @@ Checkpoint load_checkpoint(const std::string& path) {
 }
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// The first element of t that may not be written; -1 when none.
-int64_t first_unwritable(const std::string& name, const Tensor& t) {
-    const bool variance = ends_with(name, "running_var");
-    for (size_t i = 0; i < t.data.size(); ++i)
-        if (!std::isfinite(t.data[i]) || (variance && t.data[i] < 0)) return int64_t(i);
-    return -1;
-}
 
 std::string format_value(float v) {
     if (std::isnan(v)) return "nan";
@@ -224,7 +213,7 @@ std::string UnwritableValue::describe() const {
 
 std::optional<UnwritableValue> find_unwritable_value(const Model& model, const ParamMap* optimizer_state) {
     auto check = [](const std::string& name, const Tensor& t) -> std::optional<UnwritableValue> {
-        const int64_t i = first_unwritable(name, t);
+        const int64_t i = first_invalid_element(name, t);
         if (i < 0) return std::nullopt;
         return UnwritableValue{name, i, t.data[size_t(i)]};
     };
