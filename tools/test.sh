@@ -39,6 +39,16 @@ cmake -S examples/consumer -B build/consumer -DCMAKE_PREFIX_PATH="$root/build/in
 cmake --build build/consumer -j"$jobs"
 build/consumer/effnet-consumer
 
+# The Debian package (cpack): installed with dpkg, the consumer built against /usr, removed.
+package_passed=0 package_skipped=0
+package_log=$(mktemp)
+tools/test_package.sh build | tee "$package_log"
+case "$(tail -n 1 "$package_log")" in
+  "package: passed") package_passed=1 ;;
+  *) package_skipped=1 ;;
+esac
+rm -f "$package_log"
+
 # Each libFuzzer harness (tests/fuzz): its regression inputs once, then a short run from the
 # generated seeds and the corpus kept in build-fuzz/fuzz/corpus. One count per harness; any
 # crash, sanitizer report, timeout or OOM fails it (the input is left in build-fuzz/fuzz/artifacts).
@@ -63,12 +73,12 @@ else
   echo "skipped: the fuzzers (clang++ not installed)"
 fi
 
-passed=$((ctest_passed + 2 + fuzz_passed))
-skipped=$((ctest_skipped + fuzz_skipped))
+passed=$((ctest_passed + 2 + package_passed + fuzz_passed))
+skipped=$((ctest_skipped + package_skipped + fuzz_skipped))
 if [ "$fuzz_failed" -ne 0 ]; then
   echo "FAILED: $fuzz_failed of ${#fuzz_harnesses[@]} fuzzers found a crash (see above)"
   echo "$passed passed, $fuzz_failed failed, $skipped skipped"
   exit 1
 fi
-echo "all tests passed: ctest ran $ctest_total tests, then the parser tests under ASan+UBSan, the consumer and $fuzz_passed fuzzers"
+echo "all tests passed: ctest ran $ctest_total tests, then the parser tests under ASan+UBSan, the consumer, the Debian package ($package_passed) and $fuzz_passed fuzzers"
 echo "$passed passed, 0 failed, $skipped skipped"
