@@ -160,6 +160,48 @@ bool NetworkPlan::ends_stage(size_t i) const {
     return i + 1 == layers.size() || layers[i + 1].block < 0 || layers[i + 1].stage != layers[i].stage;
 }
 
+std::vector<FeatureInfo> feature_info(const NetworkPlan& plan) {
+    std::vector<FeatureInfo> features(kNumFeatures);
+    int stride = 1; // of the current layer's output: the product of the conv strides so far
+    for (size_t i = 0; i < plan.layers.size(); ++i) {
+        const Layer& l = plan.layers[i];
+        if (l.kind == LayerKind::Head) break; // timm's features stop at the last block
+        stride *= l.conv.stride;
+        // Only stage ends (and the stem): a stride-2 block's expand conv is still at the old
+        // stride, but its output is not a feature.
+        if (l.kind != LayerKind::Stem && !plan.ends_stage(i)) continue;
+        int index = -1;
+        for (int k = 0; k < kNumFeatures; ++k)
+            if (stride == 2 << k) index = k;
+        if (index < 0) continue;
+        FeatureInfo& f = features[size_t(index)];
+        f.index = index;
+        f.stride = stride;
+        f.layer = int(i);
+        f.shape = l.out;
+        f.name = l.kind == LayerKind::Stem ? l.name : "stage." + std::to_string(l.stage);
+    }
+    for (int k = 0; k < kNumFeatures; ++k)
+        EFFNET_CHECK(features[size_t(k)].layer >= 0,
+                     "feature_info: the network has no stage output at stride " + std::to_string(2 << k) +
+                         " (feature " + std::to_string(k) + ")");
+    return features;
+}
+
+void check_feature_indices(const std::vector<int>& indices) {
+    EFFNET_CHECK(!indices.empty(), "features: no feature index given (indices are 0.." +
+                                       std::to_string(kNumFeatures - 1) + ")");
+    for (size_t k = 0; k < indices.size(); ++k) {
+        const int i = indices[k];
+        EFFNET_CHECK(i >= 0 && i < kNumFeatures,
+                     "features: index " + std::to_string(i) + " is out of range: indices are 0.." +
+                         std::to_string(kNumFeatures - 1) + " (strides 2, 4, 8, 16, 32)");
+        EFFNET_CHECK(k == 0 || i > indices[k - 1], "features: index " + std::to_string(i) + " after " +
+                                                       std::to_string(indices[k - 1]) +
+                                                       ": indices must be strictly increasing");
+    }
+}
+
 uint64_t mask_seed(uint64_t step_seed, const Layer& layer) {
     return splitmix64_mix(step_seed + kSplitmixGamma * (layer.mask_stream + 1));
 }

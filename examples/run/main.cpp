@@ -2,6 +2,7 @@
 // tensor read from safetensors, writing logits / loss / gradients to safetensors. It is the
 // bridge for parity checks against PyTorch: gradients are written under the weights file's own
 // tensor names, so a script can compare them with `p.grad` directly.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <map>
 #include <string>
 #include <sys/stat.h>
+#include <vector>
 
 #include "common/args.hpp"
 #include "common/output_path.hpp"
@@ -31,6 +33,7 @@ const char* kUsage =
     "usage: effnet-run --weights W.safetensors --input IN.safetensors --output OUT.safetensors\n"
     "                  [--device cpu|cuda] [--precision fp32|fp16|bf16]\n"
     "                  [--train --target T.safetensors] [--preset NAME] [--padding P] [--bn-eps E]\n"
+    "       effnet-run --weights W.safetensors --save-weights OUT.safetensors [overrides]\n"
     "\n"
     "Runs the network on tensor 'input' (NCHW, F32 or F64) of IN and writes 'logits' [N, classes]\n"
     "to OUT. With --train: one train-mode forward (batch statistics, no dropout) and backward of\n"
@@ -58,6 +61,12 @@ std::vector<examples::OptionSpec> option_specs() {
         {"padding", true, "symmetric or tf_same: overrides the weights' metadata"},
         {"bn-eps", true, "batch-norm epsilon: overrides the weights' metadata"},
         {"activation", true, "silu or relu6: overrides the weights' metadata"},
+        {"features", true,
+         "comma-separated feature indices 0..4 (strides 2..32): also write 'feature.<i>' (F32, NCHW)"},
+        {"features-only", false, "with --features: stop after the last feature, no 'logits'"},
+        {"save-weights", true,
+         "write the loaded weights (with the overrides) under canonical names to this file; "
+         "--input / --output are then optional"},
         {"help", false, "print this help"},
     };
 }
@@ -172,20 +181,39 @@ GpuTrainResult train_step_cuda(Model& model, const Tensor& input, const std::vec
     return r;
 }
 
-Tensor run_cuda(const Model& model, const Tensor& input, const std::string& precision_text) {
+// The logits (empty with features_only) and, with `features`, the feature maps (NCHW F32).
+Tensor run_cuda(const Model& model, const Tensor& input, const std::string& precision_text,
+                const std::vector<int>& features = {}, bool features_only = false,
+                std::vector<Tensor>* feature_maps = nullptr) {
     const Precision precision = parse_precision(precision_text);
     EFFNET_CHECK(cuda_available(),
                  "--device cuda: CUDA is not available (" + cuda_device_description() + ")");
 #ifdef EFFNET_WITH_CUDA
     const int n = int(input.dim(0)), h = int(input.dim(2)), w = int(input.dim(3));
-    InferenceSession session(model, n, h, w, precision);
-    Tensor logits({input.dim(0), int64_t(model.config.num_classes)});
-    session.run(input.ptr(), logits.ptr());
+    SessionOptions so;
+    so.features = features;
+    so.features_only = features_only;
+    InferenceSession session(model, n, h, w, precision, so);
+    Tensor logits;
+    if (!features_only) logits = Tensor({input.dim(0), int64_t(model.config.num_classes)});
+    if (features.empty()) {
+        session.run(input.ptr(), logits.ptr());
+        return logits;
+    }
+    std::vector<float*> outs;
+    for (const FeatureInfo& f : session.features()) {
+        feature_maps->push_back(Tensor({f.shape.batch, f.shape.channels, f.shape.height, f.shape.width}));
+        outs.push_back(feature_maps->back().ptr());
+    }
+    session.run_features(input.ptr(), outs.data(), features_only ? nullptr : logits.ptr());
     return logits;
 #else
     (void)model;
     (void)input;
     (void)precision;
+    (void)features;
+    (void)features_only;
+    (void)feature_maps;
     throw Error("--device cuda: this build of effnet has no CUDA support");
 #endif
 }
@@ -197,11 +225,20 @@ int run(int argc, char** argv) {
         return 0;
     }
     const std::string weights_path = require_file(args, "weights");
-    const std::string input_path = require_file(args, "input");
-    const std::string output_path = args.require("output");
-    examples::check_output_is_not_input(
-        "output", output_path,
-        {{"weights", weights_path}, {"input", input_path}, {"target", args.get("target")}});
+    // --save-weights alone only converts: no forward, --input / --output not needed.
+    const bool forward_run = !args.has("save-weights") || args.has("input") || args.has("output");
+    const std::string input_path = forward_run ? require_file(args, "input") : "";
+    const std::string output_path = forward_run ? args.require("output") : "";
+    if (forward_run)
+        examples::check_output_is_not_input(
+            "output", output_path,
+            {{"weights", weights_path}, {"input", input_path}, {"target", args.get("target")}});
+    if (args.has("save-weights"))
+        examples::check_output_is_not_input("save-weights", args.get("save-weights"),
+                                            {{"weights", weights_path},
+                                             {"input", input_path},
+                                             {"target", args.get("target")},
+                                             {"output", output_path}});
     const std::string device = args.get("device", "cpu");
     EFFNET_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '" + device + "'");
     const std::string precision = args.get("precision", "fp32");
@@ -217,6 +254,28 @@ int run(int argc, char** argv) {
     const std::string target_path = train ? require_file(args, "target") : "";
     EFFNET_CHECK(train || !args.has("lr"), "--lr is only used with --train");
     const double lr = args.get_double("lr", 0);
+    std::vector<int> features; // --features 0,1,2,3,4
+    if (args.has("features")) {
+        const std::string list = args.get("features");
+        size_t pos = 0;
+        while (pos <= list.size()) {
+            const size_t comma = std::min(list.find(',', pos), list.size());
+            const std::string item = list.substr(pos, comma - pos);
+            EFFNET_CHECK(!item.empty() && item.find_first_not_of("0123456789") == std::string::npos &&
+                             item.size() <= 2,
+                         "--features must be comma-separated indices 0..4, got '" + list + "'");
+            features.push_back(std::stoi(item));
+            pos = comma + 1;
+        }
+        try {
+            check_feature_indices(features);
+        } catch (const Error& e) {
+            throw Error(std::string("--") + e.what());
+        }
+    }
+    const bool features_only = args.has("features-only");
+    EFFNET_CHECK(!features_only || !features.empty(), "--features-only needs --features");
+    EFFNET_CHECK(features.empty() || !train, "--features is not used with --train");
     EFFNET_CHECK(!args.has("lr") || (std::isfinite(lr) && lr > 0),
                  "--lr must be a finite number > 0, got " + args.get("lr"));
 
@@ -235,6 +294,12 @@ int run(int argc, char** argv) {
         options.bn_eps = float(eps);
     }
     Model model = load_weights(weights_path, options);
+    if (args.has("save-weights")) {
+        save_weights(model, args.get("save-weights"));
+        std::printf("wrote %s: weights (%s, canonical names)\n", args.get("save-weights").c_str(),
+                    model.family.c_str());
+        if (!forward_run) return 0;
+    }
     const Tensor input = read_input(input_path, model.config);
     const std::vector<int64_t> target =
         train ? read_target(target_path, input.dim(0), model.config.num_classes) : std::vector<int64_t>{};
@@ -242,20 +307,24 @@ int run(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     SafetensorsWriter out;
     Tensor logits;
+    std::vector<Tensor> feature_maps; // --features, in their order
     if (device == "cuda" && train) {
         const GpuTrainResult r = train_step_cuda(model, input, target, precision, lr);
         logits = r.logits;
         out.add("loss", Tensor({1}, r.loss));
         for (const auto& [name, grad] : r.grads) out.add("grad." + model.source_names.at(name), grad);
     } else if (device == "cuda") {
-        logits = run_cuda(model, input, precision);
+        logits = run_cuda(model, input, precision, features, features_only, &feature_maps);
     } else {
         cpu::Network net(model);
         cpu::ForwardOptions forward;
         forward.train = train;
         forward.dropout = false;
+        forward.features = features;
+        forward.features_only = features_only;
         const cpu::ForwardResult r = net.forward(input, forward);
         logits = r.logits;
+        feature_maps = r.features;
         if (train) {
             Tensor dlogits;
             const double loss = cpu::softmax_cross_entropy(r.logits, target, 0.0f, &dlogits);
@@ -275,7 +344,11 @@ int run(int argc, char** argv) {
     auto image_name = [&](int64_t row) {
         return "image " + std::to_string(row) + " of --input '" + input_path + "'";
     };
-    if (!train) {
+    for (size_t k = 0; k < feature_maps.size(); ++k)
+        out.add("feature." + std::to_string(features[k]), feature_maps[k]);
+    if (features_only) {
+        // No logits to check or write.
+    } else if (!train) {
         check_logits_finite(model, input.ptr(), input.shape, logits.ptr(), classes,
                             device == "cuda" ? "cuda " + precision : "the CPU engine", image_name);
     } else {
@@ -283,7 +356,7 @@ int run(int argc, char** argv) {
         EFFNET_CHECK(bad_row < 0,
                      "the training step's logits for " + image_name(bad_row) + " are non-finite");
     }
-    out.add("logits", logits);
+    if (!features_only) out.add("logits", logits);
     // The running statistics (the non-trainable parameters) after the train-mode forward moved
     // them, and with --lr the trainable parameters after the update.
     if (train)
@@ -296,9 +369,13 @@ int run(int argc, char** argv) {
     out.set_metadata("precision", device == "cuda" ? precision : "fp32");
     out.set_metadata("mode", train ? "train" : "eval");
     out.write(output_path);
-    std::printf("wrote %s: logits [%lld, %d]%s (%s %s, %s names, %.3f s)\n", output_path.c_str(),
-                (long long)input.dim(0), model.config.num_classes, train ? ", loss and gradients" : "",
-                device.c_str(), device == "cuda" ? precision.c_str() : "fp32", model.family.c_str(), seconds);
+    std::string what = features_only ? ""
+                                     : "logits [" + std::to_string(input.dim(0)) + ", " +
+                                           std::to_string(model.config.num_classes) + "]";
+    if (!features.empty()) what += (what.empty() ? "" : ", ") + std::to_string(features.size()) + " features";
+    std::printf("wrote %s: %s%s (%s %s, %s names, %.3f s)\n", output_path.c_str(), what.c_str(),
+                train ? ", loss and gradients" : "", device.c_str(),
+                device == "cuda" ? precision.c_str() : "fp32", model.family.c_str(), seconds);
     return 0;
 }
 

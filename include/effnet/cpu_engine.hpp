@@ -13,6 +13,16 @@
 
 namespace effnet::cpu {
 
+// Synchronized batch norm (data-parallel training, ForwardOptions::bn_reducer): every train-mode
+// batch norm sums its per-channel statistics over all ranks through allreduce_sum (forward: the
+// sums and count, then the squared deviations from the global mean; backward: sum dy and
+// sum dy * xhat, and count), each rank calling it in the same order with the same n.
+class BatchNormReducer {
+public:
+    virtual ~BatchNormReducer() = default;
+    virtual void allreduce_sum(double* data, size_t n) = 0; // in place, over every rank
+};
+
 struct ForwardOptions {
     bool train = false;               // batch statistics, dropout, stochastic depth
     bool update_running_stats = true; // train only
@@ -20,6 +30,16 @@ struct ForwardOptions {
     uint64_t seed = 0;                // for dropout / stochastic depth masks
     bool record_stages = false;       // fill ForwardResult::stages
     bool find_non_finite = false;     // fill ForwardResult::first_non_finite (a diagnosis: slower)
+    // Backbone features to return (indices into feature_info(plan): 0..4 = strides 2..32,
+    // strictly increasing; check_feature_indices). Empty: none.
+    std::vector<int> features;
+    // Stop after the last requested feature's layer: head, pool and classifier never run (nor,
+    // in train mode, update their running statistics) and ForwardResult::logits is empty.
+    // Needs at least one index in `features`.
+    bool features_only = false;
+    // Train only: synchronized batch norm through this reducer (null: each process's own batch);
+    // the backward of this forward uses it too.
+    BatchNormReducer* bn_reducer = nullptr;
 };
 
 struct ForwardResult {
@@ -30,6 +50,9 @@ struct ForwardResult {
     // With find_non_finite: the plan name of the first layer whose output holds a NaN or an
     // Inf ("blocks.5.project"), or "" when every layer's output is finite.
     std::string first_non_finite;
+    // With options.features: each requested feature map, NCHW [N, C, H, W], in the order of
+    // options.features (shapes: feature_info(plan)[index].shape).
+    std::vector<Tensor> features;
 };
 
 // Bytes of host memory a forward of `plan` will hold at its peak, estimated from the layer
@@ -58,6 +81,15 @@ public:
     // Backward of the last forward (which must have been a train forward, or an eval forward
     // with options.train = false for eval-mode gradients) given dloss/dlogits [N, classes].
     Gradients backward(const Tensor& dlogits);
+    // Backward with gradients also (or only) entering at the last forward's requested features:
+    // dfeatures[k] is dloss/d(features[k]) with the feature's shape, or an empty Tensor for no
+    // gradient there; the vector is empty (no feature gradients) or as long as the forward's
+    // options.features. dlogits is [N, classes], or an empty Tensor for none (it must be empty
+    // after a features_only forward); at least one gradient must be given. Without dlogits the
+    // walk starts at the last feature with a gradient: the layers after it are not walked and
+    // their parameters (head, classifier, later blocks) are absent from Gradients::params;
+    // every walked layer's parameters are present.
+    Gradients backward(const Tensor& dlogits, const std::vector<Tensor>& dfeatures);
 
 private:
     struct Impl;

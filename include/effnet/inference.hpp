@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "effnet/model.hpp"
+#include "effnet/network_plan.hpp"
 
 namespace effnet {
 
@@ -45,6 +46,13 @@ struct SessionOptions {
     // this many images (large batches: less memory, the same speed). 0 or a huge value: never.
     int min_chunk_images = 16;
     int device = 0;
+    // Backbone features the session also produces (indices into feature_info: 0..4 = strides
+    // 2..32, strictly increasing), read with run_features(). Each costs one NHWC -> NCHW float32
+    // conversion kernel in the graph and an arena tensor kept to the end of the forward.
+    std::vector<int> features;
+    // Stop after the last requested feature: head, pool and classifier are not in the graph (nor
+    // their weights on the GPU); run() is refused, run_features() must get logits = nullptr.
+    bool features_only = false;
 };
 
 // One step of a session's forward as profile_steps() measured it.
@@ -70,6 +78,14 @@ public:
     // thread one after another; a call made while another thread is inside run() or
     // profile_steps() throws effnet::Error (use one session per thread for concurrency).
     void run(const float* input, float* logits, bool device_pointers = false);
+    // The forward with the requested features: features[k] receives options.features[k] as NCHW
+    // float32 [batch, C, H, W] (features()[k].shape), converted on the GPU from the session's
+    // NHWC storage precision (fp16 / bf16 values widen exactly). logits: [batch, num_classes] or
+    // nullptr for none (must be nullptr with features_only). Pointers as for run().
+    void run_features(const float* input, float* const* features, float* logits = nullptr,
+                      bool device_pointers = false);
+    // The requested features (options.features order), shapes for this session's batch and size.
+    const std::vector<FeatureInfo>& features() const;
     void synchronize();
 
     int batch() const;

@@ -79,6 +79,25 @@ struct NetworkPlan {
     bool ends_stage(size_t i) const;
 };
 
+// A backbone feature map: the output of the last layer at one stride (timm's features_only).
+// Feature i is at stride 2^(i+1): the end of the last stage whose output is at that stride (the
+// stem when no stage is), e.g. B0: stages 0, 1, 2, 4, 6 ([16, 24, 40, 112, 320] channels).
+struct FeatureInfo {
+    int index = 0;  // 0..4
+    int stride = 0; // 2, 4, 8, 16, 32 (the input size over the feature's, for sizes divisible by it)
+    int layer = -1; // index in NetworkPlan::layers whose output it is
+    FeatureShape shape;
+    std::string name; // "stage.6" ("stem" for a stride with no stage ending at it)
+};
+constexpr int kNumFeatures = 5;
+
+// The 5 features of the plan, in stride order. Throws effnet::Error when the config has no
+// layer at one of the strides (a custom config with other strides).
+std::vector<FeatureInfo> feature_info(const NetworkPlan& plan);
+// Validates indices (each in 0..4, strictly increasing, at least one); throws effnet::Error
+// naming the bad one.
+void check_feature_indices(const std::vector<int>& indices);
+
 // Validates the config and the input size (batch, height, width >= 1; channels as configured)
 // and throws effnet::Error naming the problem.
 NetworkPlan make_network_plan(const ModelConfig& config, int batch, int height, int width);

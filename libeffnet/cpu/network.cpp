@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/ops.hpp"
+#include "dist/sync_batchnorm.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
 #include "effnet/network_plan.hpp"
@@ -88,9 +89,13 @@ struct Network::Impl {
     bool saved = false; // activations below are from the last forward
     bool saving = false;
     bool train = false;
+    BatchNormReducer* bn_reducer = nullptr; // synchronized BN of the last train forward (its backward too)
     Tensor eval_input;
     ForwardOptions eval_options;
     NetworkPlan plan; // for the last forward's input size
+    // The last forward's requested features (options.features order) and where its walk ended.
+    std::vector<FeatureInfo> features;
+    bool features_only = false;
     std::vector<LayerSaved> layers;
 
     explicit Impl(Model& m) : model(m) {}
@@ -119,8 +124,11 @@ struct Network::Impl {
                                               "channel, got activation " +
                                               shape_str(z.shape) + " (use a larger batch or input)");
             const bool update = opt.update_running_stats;
-            y = batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
-                                        update ? &var : nullptr, c.bn_momentum);
+            y = bn_reducer
+                    ? sync_batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
+                                                   update ? &var : nullptr, c.bn_momentum, *bn_reducer)
+                    : batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
+                                              update ? &var : nullptr, c.bn_momentum);
         } else {
             y = batchnorm_eval_forward(z, gamma, beta, mean, var, c.bn_eps);
         }
@@ -140,7 +148,10 @@ struct Network::Impl {
         const Tensor& gamma = model.param(l.param("bn.weight"));
         Tensor dz, dgamma, dbeta;
         if (train) {
-            batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta);
+            if (bn_reducer)
+                sync_batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta, *bn_reducer);
+            else
+                batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta);
         } else {
             batchnorm_eval_backward(s.z, gamma, model.param(l.param("bn.running_mean")),
                                     model.param(l.param("bn.running_var")), c.bn_eps, dy, &dz, &dgamma,
@@ -184,11 +195,22 @@ ForwardResult Network::forward(const Tensor& input, const ForwardOptions& opt) {
                      input.dim(3) <= std::numeric_limits<int>::max(),
                  "network input " + shape_str(input.shape) + " is too large");
     const NetworkPlan plan = make_network_plan(c, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)));
+    EFFNET_CHECK(!opt.features_only || !opt.features.empty(),
+                 "Network::forward: features_only needs at least one index in options.features");
+    std::vector<FeatureInfo> features;
+    if (!opt.features.empty()) {
+        check_feature_indices(opt.features);
+        const std::vector<FeatureInfo> all = feature_info(plan);
+        for (int index : opt.features) features.push_back(all[size_t(index)]);
+    }
     check_forward_memory(plan, opt.train);
     m.have_forward = false;
     m.train = opt.train;
+    m.bn_reducer = opt.train ? opt.bn_reducer : nullptr;
     m.saving = opt.train;
     m.plan = plan;
+    m.features = std::move(features);
+    m.features_only = opt.features_only;
     m.eval_input = opt.train ? Tensor() : input;
     m.eval_options = opt;
     m.eval_options.record_stages = false;
@@ -204,7 +226,10 @@ ForwardResult Network::Impl::run_forward(const Tensor& input, const ForwardOptio
     std::vector<int> readers = residual_readers(plan);
     std::map<int, Tensor> kept; // outputs a later residual reads
     Tensor x = input;
-    for (size_t i = 0; i < plan.layers.size(); ++i) {
+    // features_only: the walk ends at the last requested feature's layer.
+    const size_t end = opt.features_only ? size_t(features.back().layer) + 1 : plan.layers.size();
+    result.features.resize(features.size());
+    for (size_t i = 0; i < end; ++i) {
         const Layer& l = plan.layers[i];
         const Tensor* residual = l.residual >= 0 ? &kept.at(l.residual) : nullptr;
         x = layer_forward(l, x, residual, opt, layers[i]);
@@ -212,12 +237,14 @@ ForwardResult Network::Impl::run_forward(const Tensor& input, const ForwardOptio
             result.first_non_finite = l.name;
         if (residual && --readers[size_t(l.residual)] == 0) kept.erase(l.residual);
         if (readers[i] > 0) kept[int(i)] = x;
+        for (size_t k = 0; k < features.size(); ++k)
+            if (features[k].layer == int(i)) result.features[k] = x;
         if (!opt.record_stages) continue;
         if (l.kind == LayerKind::Stem || l.kind == LayerKind::Head || l.kind == LayerKind::Pool)
             result.stages[l.name] = x;
         if (plan.ends_stage(i)) result.stages["stage." + std::to_string(l.stage)] = x;
     }
-    result.logits = std::move(x);
+    if (end == plan.layers.size()) result.logits = std::move(x);
     return result;
 }
 
@@ -259,13 +286,44 @@ Tensor Network::Impl::layer_forward(const Layer& l, const Tensor& x, const Tenso
 }
 
 Gradients Network::backward(const Tensor& dlogits) {
+    return backward(dlogits, {});
+}
+
+Gradients Network::backward(const Tensor& dlogits, const std::vector<Tensor>& dfeatures) {
     Impl& m = *impl_;
     const ModelConfig& c = m.config();
     EFFNET_CHECK(m.have_forward, "Network::backward called without a forward before it");
-    const Shape expected = {int64_t(m.plan.batch), c.num_classes};
-    EFFNET_CHECK(dlogits.shape == expected && dlogits.numel() == shape_numel(expected),
-                 "Network::backward: dlogits has shape " + shape_str(dlogits.shape) + ", expected " +
-                     shape_str(expected));
+    const bool from_logits = !dlogits.empty() || dlogits.rank() > 0;
+    EFFNET_CHECK(!(from_logits && m.features_only),
+                 "Network::backward: the last forward was features_only (no logits), so dlogits must be an "
+                 "empty Tensor");
+    if (from_logits) {
+        const Shape expected = {int64_t(m.plan.batch), c.num_classes};
+        EFFNET_CHECK(dlogits.shape == expected && dlogits.numel() == shape_numel(expected),
+                     "Network::backward: dlogits has shape " + shape_str(dlogits.shape) + ", expected " +
+                         shape_str(expected));
+    }
+    EFFNET_CHECK(dfeatures.empty() || dfeatures.size() == m.features.size(),
+                 "Network::backward: " + std::to_string(dfeatures.size()) +
+                     " feature gradients for a forward that returned " + std::to_string(m.features.size()) +
+                     " features");
+    // The walk starts at the classifier, or without dlogits at the last feature with a gradient.
+    int start = from_logits ? int(m.plan.layers.size()) - 1 : -1;
+    std::map<int, Tensor> feature_grads; // layer -> gradient entering at its output
+    for (size_t k = 0; k < dfeatures.size(); ++k) {
+        const Tensor& df = dfeatures[k];
+        if (df.empty() && df.rank() == 0) continue;
+        const FeatureShape& fs = m.features[k].shape;
+        const Shape expected = {fs.batch, fs.channels, fs.height, fs.width};
+        EFFNET_CHECK(df.shape == expected && df.numel() == shape_numel(expected),
+                     "Network::backward: gradient of feature " + std::to_string(m.features[k].index) + " (" +
+                         m.features[k].name + ") has shape " + shape_str(df.shape) + ", expected " +
+                         shape_str(expected));
+        feature_grads.emplace(m.features[k].layer, df);
+        start = std::max(start, m.features[k].layer);
+    }
+    EFFNET_CHECK(start >= 0, "Network::backward: no gradient given (dlogits and every feature gradient are "
+                             "empty)");
     if (!m.saved) { // after an eval forward: run it again, keeping what backward needs
         m.saving = true;
         m.run_forward(m.eval_input, m.eval_options);
@@ -273,8 +331,10 @@ Gradients Network::backward(const Tensor& dlogits) {
     }
     Gradients g;
     std::map<int, Tensor> residual_grads; // gradient reaching a layer's output through a residual
-    Tensor d = dlogits;
-    for (int i = int(m.plan.layers.size()) - 1; i >= 0; --i) {
+    Tensor d = dlogits; // empty until the walk reaches the first feature gradient without dlogits
+    for (int i = start; i >= 0; --i) {
+        const auto feature = feature_grads.find(i);
+        if (feature != feature_grads.end()) d = d.empty() ? feature->second : add(d, feature->second);
         const auto skip = residual_grads.find(i);
         if (skip != residual_grads.end()) {
             d = add(d, skip->second);

@@ -113,6 +113,8 @@ private:
 void InferenceSession::run(const float* input, float* logits, bool device_pointers) {
     EFFNET_CHECK(impl_, "InferenceSession::run on a moved-from session");
     EFFNET_CHECK(input && logits, "InferenceSession::run: null input or logits pointer");
+    EFFNET_CHECK(impl_->logits_id >= 0, "InferenceSession::run: the session was built with features_only "
+                                        "(no classifier, no logits); use run_features()");
     Impl& m = *impl_;
     const ExclusiveUse exclusive(m.in_use, "run");
     m.ctx->activate();
@@ -127,6 +129,41 @@ void InferenceSession::run(const float* input, float* logits, bool device_pointe
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(logits, m.tensor(m.logits_id), m.logits_bytes,
                                       device_pointers ? cudaMemcpyDefault : cudaMemcpyDeviceToHost, s));
     if (!device_pointers) EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void InferenceSession::run_features(const float* input, float* const* features, float* logits,
+                                    bool device_pointers) {
+    EFFNET_CHECK(impl_, "InferenceSession::run_features on a moved-from session");
+    Impl& m = *impl_;
+    EFFNET_CHECK(!m.features.empty(), "InferenceSession::run_features: the session was built without "
+                                      "features (SessionOptions::features is empty); use run()");
+    EFFNET_CHECK(input && features, "InferenceSession::run_features: null input or features pointer");
+    for (size_t k = 0; k < m.features.size(); ++k)
+        EFFNET_CHECK(features[k], "InferenceSession::run_features: null pointer for feature " +
+                                      std::to_string(m.features[k].index) + " (features[" +
+                                      std::to_string(k) + "])");
+    EFFNET_CHECK(!logits || m.logits_id >= 0, "InferenceSession::run_features: the session was built with "
+                                              "features_only (no logits); pass logits = nullptr");
+    const ExclusiveUse exclusive(m.in_use, "run_features");
+    m.ctx->activate();
+    cudaStream_t s = m.ctx->stream();
+    const cudaMemcpyKind in_kind = device_pointers ? cudaMemcpyDefault : cudaMemcpyHostToDevice;
+    const cudaMemcpyKind out_kind = device_pointers ? cudaMemcpyDefault : cudaMemcpyDeviceToHost;
+    EFFNET_CUDA_CHECK(cudaMemcpyAsync(m.tensor(m.input_id), input, m.input_bytes, in_kind, s));
+    if (m.graph_exec)
+        EFFNET_CUDA_CHECK(cudaGraphLaunch(m.graph_exec, s));
+    else
+        m.run_steps(s);
+    for (size_t k = 0; k < m.features.size(); ++k)
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(features[k], m.tensor(m.feature_ids[k]),
+                                          size_t(m.features[k].shape.numel()) * sizeof(float), out_kind, s));
+    if (logits)
+        EFFNET_CUDA_CHECK(cudaMemcpyAsync(logits, m.tensor(m.logits_id), m.logits_bytes, out_kind, s));
+    if (!device_pointers) EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+const std::vector<FeatureInfo>& InferenceSession::features() const {
+    return impl_->features;
 }
 
 void InferenceSession::synchronize() {

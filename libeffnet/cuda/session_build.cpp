@@ -10,6 +10,7 @@
 
 #include "effnet/error.hpp"
 #include "kernels/fused_mbconv.cuh"
+#include "kernels/layout.cuh"
 #include "kernels/pool_classifier.cuh"
 #include "kernels/squeeze_excite.cuh"
 #include "kernels/stem_conv.cuh"
@@ -58,6 +59,15 @@ void set_depthwise_geometry(Args& a, const Layer& dw) {
 
 void InferenceSession::Impl::build(const Model& model) {
     const NetworkPlan net = make_network_plan(model.config, batch, height, width);
+    EFFNET_CHECK(!options.features_only || !options.features.empty(),
+                 "InferenceSession: features_only needs at least one index in SessionOptions::features");
+    if (!options.features.empty()) {
+        check_feature_indices(options.features);
+        const std::vector<FeatureInfo> all = feature_info(net);
+        for (int index : options.features) features.push_back(all[size_t(index)]);
+    }
+    // features_only: the graph ends at the last requested feature's layer.
+    const size_t end = options.features_only ? size_t(features.back().layer) + 1 : net.layers.size();
     WeightPack pack;
     input_bytes = size_t(batch) * model.config.in_channels * height * width * sizeof(float);
     input_id = plan.add("input", input_bytes, 0, 0);
@@ -66,7 +76,7 @@ void InferenceSession::Impl::build(const Model& model) {
     auto input_of = [&](const Layer& l) {
         return l.input < 0 ? SessionValue{input_id} : values[size_t(l.input)];
     };
-    for (size_t i = 0; i < net.layers.size(); ++i) {
+    for (size_t i = 0; i < end; ++i) {
         const Layer& l = net.layers[i];
         check_params(model, l);
         switch (l.kind) {
@@ -103,7 +113,11 @@ void InferenceSession::Impl::build(const Model& model) {
             values[i] = add_classifier(model, l, input_of(l), pack);
             break;
         }
+        for (const FeatureInfo& f : features)
+            if (f.layer == int(i)) feature_ids.push_back(add_feature_copy(f, values[i]));
     }
+    // run_features() reads the copies after the last step: keep them live to the end.
+    for (int id : feature_ids) plan.touch(id, next_step() - 1);
     allocate(pack);
 }
 
@@ -341,6 +355,28 @@ SessionValue InferenceSession::Impl::add_pool(const Layer& l, const SessionValue
                                                          pixels, channels, precision, s);
                      }});
     return {pooled_id};
+}
+
+// A feature map leaves as NCHW float32: one conversion from the NHWC storage tensor, into an
+// arena tensor of its own (the source is reused by later layers).
+int InferenceSession::Impl::add_feature_copy(const FeatureInfo& f, const SessionValue& value) {
+    // Features are stage ends and the stem: real tensors, never a gate still to be applied.
+    EFFNET_CHECK(value.id >= 0 && value.gate_id < 0,
+                 "InferenceSession: feature " + f.name + " is not a plain tensor in the session");
+    const int step = next_step();
+    const int out_id =
+        plan.add("feature." + std::to_string(f.index), size_t(f.shape.numel()) * sizeof(float), step, step);
+    plan.touch(value.id, step);
+    const int src_id = value.id;
+    const int64_t pixels = f.shape.pixels();
+    const int channels = f.shape.channels;
+    steps.push_back({"feature." + std::to_string(f.index), "nhwc_to_nchw",
+                     [this, src_id, out_id, pixels, channels](cudaStream_t s) {
+                         kernels::launch_nhwc_to_nchw_f32(tensor(src_id),
+                                                          reinterpret_cast<float*>(tensor(out_id)), batch,
+                                                          pixels, channels, precision, s);
+                     }});
+    return out_id;
 }
 
 // The classifier, fp32 in every precision: effnet's linear kernel or cuBLASLt (tune_gemms).

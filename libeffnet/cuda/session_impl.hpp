@@ -118,7 +118,10 @@ struct InferenceSession::Impl {
         int in_id = -1, out_id = -1;
         std::unique_ptr<cuda::LtMatmul> lt; // set when it is the faster
     } classifier;
-    int input_id = -1, logits_id = -1;
+    int input_id = -1, logits_id = -1; // logits_id: -1 with features_only
+    // The requested features and their NCHW float32 copies in the arena (live to the end).
+    std::vector<FeatureInfo> features;
+    std::vector<int> feature_ids;
     size_t input_bytes = 0, logits_bytes = 0;
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t graph_exec = nullptr;
@@ -160,6 +163,7 @@ struct InferenceSession::Impl {
     SessionValue add_conv1x1(const Model& model, const Layer& l, const SessionValue& in,
                              const SessionValue* residual, WeightPack& pack);
     SessionValue add_pool(const Layer& l, const SessionValue& in);
+    int add_feature_copy(const FeatureInfo& f, const SessionValue& value);
     SessionValue add_classifier(const Model& model, const Layer& l, const SessionValue& in, WeightPack& pack);
     void add_pointwise(const std::string& name, const PackedConv& conv, int in_id, int64_t rows,
                        int rows_per_image, int gate_id, int residual_id, kernels::Act epilogue_act,

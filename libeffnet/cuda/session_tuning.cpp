@@ -102,6 +102,7 @@ void InferenceSession::Impl::tune_gemms() {
         steps[l.step].kernel = std::string(tf32 ? "cublaslt-tf32" : "cublaslt") +
                                (l.choice == GemmChoice::CublasLtActInNext ? "+act-in-dw" : "");
     }
+    if (classifier.in_id < 0) return; // features_only: no classifier
     // The classifier: true fp32 whatever the session's precision (logits), no TF32.
     cuda::LtMatmulShape shape;
     shape.rows = batch;
