@@ -1,6 +1,8 @@
-// Image decoding through stb_image, with the checks stb leaves to the caller: the format is
+// Image decoding: JPEG through libjpeg-turbo with Pillow's settings (libeffnet/jpeg_decode.cpp),
+// PNG, BMP and TGA through stb_image, with the checks stb leaves to the caller: the format is
 // recognised by its signature, the size is refused from the header before any pixel memory
-// exists, and JPEG/PNG/BMP files that end early are refused (stb fills the missing part in).
+// exists, and JPEG/PNG/BMP files that end early are refused (stb fills the missing part in;
+// Pillow raises on a truncated JPEG).
 #include "effnet/image.hpp"
 
 #include <algorithm>
@@ -12,12 +14,13 @@
 #include <memory>
 
 #include "effnet/error.hpp"
+#include "jpeg_decode.hpp"
 
-// The one stb_image implementation in the project. Only the formats we document; the file is
-// read by us (clear errors for directories, empty and unreadable files), so no stdio.
+// The one stb_image implementation in the project. Only the formats we document, JPEG not
+// among them (libjpeg-turbo decodes it); the file is read by us (clear errors for directories,
+// empty and unreadable files), so no stdio.
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_NO_STDIO
-#define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_ONLY_BMP
 #define STBI_ONLY_TGA
@@ -30,11 +33,10 @@
 #pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #endif
-// stb_image 2.27 (Debian's) shifts by 32 or more in its JPEG bit reader on corrupt entropy-coded
-// data (stbi__grow_buffer_unsafe: code_bits goes negative; fixed upstream later). x86 masks the
-// count, so the bits are garbage and the image is noise, which ASan-checked decoding then
-// handles like any corrupt file. UBSan's shift check is waived for stb's functions only (the
-// fuzz build is clang; our own code stays checked).
+// stb_image 2.27 (Debian's) shifted by 32 or more in its JPEG bit reader on corrupt entropy-coded
+// data (stbi__grow_buffer_unsafe: code_bits goes negative; fixed upstream later), when stb still
+// decoded JPEG. UBSan's shift check stays waived for stb's functions only (the fuzz build is
+// clang; our own code stays checked), in case its other decoders do the same.
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((no_sanitize("shift"))), apply_to = function)
 #endif
@@ -59,9 +61,9 @@ std::string lower_extension(const std::string& path) {
     return ext;
 }
 
-// Where a JPEG's SOI marker ends, or 0 when the file does not start with one. As stb's own
-// test (any number of 0xFF fill bytes, then 0xD8): a file stb decodes as JPEG must get our
-// JPEG checks, whatever its name (fuzz_image found FF FF D8 in a .tga decoded unchecked).
+// Where a JPEG's SOI marker ends, or 0 when the file does not start with one. Any number of
+// 0xFF fill bytes, then 0xD8 (stb's test, kept: fuzz_image found FF FF D8 in a .tga decoded
+// unchecked); libjpeg gets the stream from the last FF before D8.
 size_t jpeg_soi_end(const uint8_t* p, size_t n) {
     size_t i = 0;
     while (i < n && p[i] == 0xFF) ++i;
@@ -96,19 +98,10 @@ struct HeaderSize {
     int64_t width = 0, height = 0;
 };
 
-// The Huffman tables a JPEG has defined so far ([class: 0 DC, 1 AC][id]) and whether its frame
-// is progressive: stb_image 2.27 decodes a scan with whatever its table slots hold, defined or
-// not (uninitialised memory: fuzz_image saw stb index past its code table).
-struct JpegTables {
-    bool defined[2][4] = {};
-    bool progressive = false;
-    bool have_frame = false;
-};
-
-// A DHT segment's tables: each a class/id byte, 16 code counts, then as many symbols. stb_image
-// 2.27 stores up to 256 symbols per table but never checks the counts' sum: a larger sum
-// writes past its fixed arrays (found by tests/fuzz/fuzz_image). Refused here, before stb.
-std::string jpeg_huffman_problem(const uint8_t* p, size_t n, JpegTables& tables) {
+// A DHT segment's tables: each a class/id byte, 16 code counts, then as many symbols. At most
+// 256 symbols per table (stb_image 2.27 wrote past its arrays for more, found by
+// tests/fuzz/fuzz_image; libjpeg refuses them too, as "Bogus Huffman table definition").
+std::string jpeg_huffman_problem(const uint8_t* p, size_t n) {
     size_t i = 0;
     while (i < n) {
         if (n - i < 17) return "corrupt JPEG (Huffman table header cut off)";
@@ -117,28 +110,7 @@ std::string jpeg_huffman_problem(const uint8_t* p, size_t n, JpegTables& tables)
         if (symbols > 256)
             return "corrupt JPEG (Huffman table with " + std::to_string(symbols) + " codes; at most 256)";
         if (n - i - 17 < symbols) return "corrupt JPEG (Huffman table cut off)";
-        const int table_class = p[i] >> 4, id = p[i] & 15;
-        if (table_class <= 1 && id <= 3) tables.defined[table_class][id] = true; // else stb refuses it
         i += 17 + symbols;
-    }
-    return "";
-}
-
-// An SOS header: component count, (component, DC/AC table ids) each, spectral start/end and
-// the successive approximation byte. Each table the scan will decode with must be defined.
-std::string jpeg_scan_problem(const uint8_t* p, size_t n, const JpegTables& tables) {
-    if (n < 1 || n < 1 + 2 * size_t(p[0]) + 3) return ""; // stb reports a bad SOS length
-    const int components = p[0];
-    const int spectral_start = p[1 + 2 * components], high_bit = p[3 + 2 * components] >> 4;
-    for (int c = 0; c < components; ++c) {
-        const int dc = p[2 + 2 * c] >> 4, ac = p[2 + 2 * c] & 15;
-        if (dc > 3 || ac > 3) return ""; // stb refuses these itself
-        // Baseline scans use both tables; progressive ones the DC table in a first DC scan,
-        // the AC table in an AC scan, none in DC refinement.
-        const bool uses_dc = !tables.progressive || (spectral_start == 0 && high_bit == 0);
-        const bool uses_ac = !tables.progressive || spectral_start != 0;
-        if ((uses_dc && !tables.defined[0][dc]) || (uses_ac && !tables.defined[1][ac]))
-            return "corrupt JPEG (a scan uses a Huffman table that was never defined)";
     }
     return "";
 }
@@ -148,7 +120,6 @@ std::string jpeg_scan_problem(const uint8_t* p, size_t n, const JpegTables& tabl
 // Records the frame size from the first SOFn segment.
 std::string jpeg_structure_problem(const uint8_t* p, size_t n, HeaderSize& size) {
     size_t i = jpeg_soi_end(p, n);
-    JpegTables tables;
     for (;;) {
         while (i < n && p[i] != 0xFF) ++i; // tolerate stray bytes between segments, as libjpeg
         while (i < n && p[i] == 0xFF) ++i; // fill bytes
@@ -163,16 +134,8 @@ std::string jpeg_structure_problem(const uint8_t* p, size_t n, HeaderSize& size)
         const bool sof =
             marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
         if (marker == 0xC4) {
-            const std::string dht = jpeg_huffman_problem(p + i + 2, length - 2, tables);
+            const std::string dht = jpeg_huffman_problem(p + i + 2, length - 2);
             if (!dht.empty()) return dht;
-        }
-        if (sof && !tables.have_frame) {
-            tables.have_frame = true;
-            tables.progressive = marker == 0xC2; // as stb: the first frame header decides
-        }
-        if (marker == 0xDA) {
-            const std::string scan = jpeg_scan_problem(p + i + 2, length - 2, tables);
-            if (!scan.empty()) return scan;
         }
         if (sof && length >= 7 && size.width == 0) {
             size.height = int64_t(p[i + 3]) << 8 | p[i + 4];
@@ -194,7 +157,9 @@ std::string jpeg_structure_problem(const uint8_t* p, size_t n, HeaderSize& size)
                     }
                     break;
                 }
-                ++i;
+                // On to the next 0xFF (memchr: this walk runs over every byte of every JPEG).
+                const void* ff = std::memchr(p + i, 0xFF, n - i);
+                i = ff ? size_t(static_cast<const uint8_t*>(ff) - p) : n;
             }
         }
     }
@@ -275,6 +240,11 @@ Image decode_image(const uint8_t* bytes, size_t size, const std::string& name, c
     }
     check_size(stated.width, stated.height); // before anything else: never decode a bomb
     EFFNET_CHECK(problem.empty(), name + ": " + problem);
+    if (format == Format::Jpeg) {
+        // libjpeg wants FF D8 first: skip any extra fill bytes before it.
+        const size_t soi = jpeg_soi_end(bytes, size) - 2;
+        return detail::decode_jpeg(bytes + soi, size - soi, name, limits);
+    }
 
     // Header only: refuse huge images before stb allocates anything for the pixels.
     int width = 0, height = 0, channels = 0;

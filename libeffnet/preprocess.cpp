@@ -8,6 +8,8 @@
 // the result is PIL's to the level.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "effnet/error.hpp"
 #include "effnet/image.hpp"
@@ -100,16 +102,78 @@ AxisWeights identity_weights(int begin, int n_out) {
     return a;
 }
 
-uint8_t clamp_to_u8(int64_t acc) {
-    if (acc >= (int64_t(256) << kPrecisionBits)) return 255;
+// Accumulators are int32, as PIL's: 255 * (sum of |weights| <= 1.5) * 2^22 + 2^21 < 2^31, so
+// no sum overflows (the 2 bits of headroom in kPrecisionBits are for that), and int32 lets the
+// compiler vectorise the passes.
+uint8_t clamp_to_u8(int32_t acc) {
+    if (acc >= (int32_t(256) << kPrecisionBits)) return 255;
     if (acc <= 0) return 0;
     return uint8_t(acc >> kPrecisionBits);
+}
+
+// Horizontal pass with every output pixel taking exactly N taps (weights zero-padded): the tap
+// loop is unrolled and the pixels' sums interleave. Adding a zero-weighted input adds 0, so the
+// sums are those of the variable-count loop, bit for bit.
+template <int N>
+void resample_rows_fixed(const Image& in, int row_begin, int rows, const int* first, const int32_t* weights,
+                         Image& out) {
+    const int out_w = out.width;
+#pragma omp parallel for schedule(static) if (int64_t(rows) * out_w > 65536)
+    for (int y = 0; y < rows; ++y) {
+        const uint8_t* src = &in.rgb[size_t(y + row_begin) * in.width * 3];
+        uint8_t* dst = &out.rgb[size_t(y) * out_w * 3];
+        for (int x = 0; x < out_w; ++x) {
+            const int32_t* k = weights + size_t(x) * N;
+            const uint8_t* s = src + size_t(first[x]) * 3;
+            int32_t r = 1 << (kPrecisionBits - 1), g = r, b = r; // +0.5 for rounding
+            for (int i = 0; i < N; ++i) {
+                r += int32_t(s[3 * i + 0]) * k[i];
+                g += int32_t(s[3 * i + 1]) * k[i];
+                b += int32_t(s[3 * i + 2]) * k[i];
+            }
+            dst[3 * x + 0] = clamp_to_u8(r);
+            dst[3 * x + 1] = clamp_to_u8(g);
+            dst[3 * x + 2] = clamp_to_u8(b);
+        }
+    }
 }
 
 // Horizontal pass: out [rows, a.first.size(), 3] from in's rows [row_begin, row_begin + rows);
 // a.first indexes in's columns.
 void resample_rows(const Image& in, int row_begin, int rows, const AxisWeights& a, Image& out) {
     const int out_w = out.width;
+    // The common case (at most 8 taps, the input at least as wide): pad every pixel's taps to
+    // the most any pixel has, moving a window that would run past the right edge left (its
+    // weights right, zeros in front), and run the unrolled kernel.
+    const int n = *std::max_element(a.count.begin(), a.count.end());
+    if (n <= 8 && n <= in.width) {
+        std::vector<int> first(a.first);
+        std::vector<int32_t> weights(size_t(out_w) * n, 0);
+        for (int x = 0; x < out_w; ++x) {
+            const int shift = std::max(first[x] + n - in.width, 0);
+            first[x] -= shift;
+            for (int i = 0; i < a.count[x]; ++i)
+                weights[size_t(x) * n + shift + i] = a.weights[size_t(x) * a.taps + i];
+        }
+        switch (n) {
+        case 1:
+            return resample_rows_fixed<1>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 2:
+            return resample_rows_fixed<2>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 3:
+            return resample_rows_fixed<3>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 4:
+            return resample_rows_fixed<4>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 5:
+            return resample_rows_fixed<5>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 6:
+            return resample_rows_fixed<6>(in, row_begin, rows, first.data(), weights.data(), out);
+        case 7:
+            return resample_rows_fixed<7>(in, row_begin, rows, first.data(), weights.data(), out);
+        default:
+            return resample_rows_fixed<8>(in, row_begin, rows, first.data(), weights.data(), out);
+        }
+    }
 #pragma omp parallel for schedule(static) if (int64_t(rows) * out_w > 65536)
     for (int y = 0; y < rows; ++y) {
         const uint8_t* src = &in.rgb[size_t(y + row_begin) * in.width * 3];
@@ -117,11 +181,11 @@ void resample_rows(const Image& in, int row_begin, int rows, const AxisWeights& 
         for (int x = 0; x < out_w; ++x) {
             const int32_t* k = &a.weights[size_t(x) * a.taps];
             const uint8_t* s = src + size_t(a.first[x]) * 3;
-            int64_t r = 1 << (kPrecisionBits - 1), g = r, b = r; // +0.5 for rounding
+            int32_t r = 1 << (kPrecisionBits - 1), g = r, b = r; // +0.5 for rounding
             for (int i = 0; i < a.count[x]; ++i) {
-                r += int64_t(s[3 * i + 0]) * k[i];
-                g += int64_t(s[3 * i + 1]) * k[i];
-                b += int64_t(s[3 * i + 2]) * k[i];
+                r += int32_t(s[3 * i + 0]) * k[i];
+                g += int32_t(s[3 * i + 1]) * k[i];
+                b += int32_t(s[3 * i + 2]) * k[i];
             }
             dst[3 * x + 0] = clamp_to_u8(r);
             dst[3 * x + 1] = clamp_to_u8(g);
@@ -135,15 +199,26 @@ void resample_rows(const Image& in, int row_begin, int rows, const AxisWeights& 
 void resample_columns(const Image& in, int col_begin, const AxisWeights& a, Image& out) {
     const size_t in_stride = size_t(in.width) * 3;
     const size_t out_stride = size_t(out.width) * 3;
-#pragma omp parallel for schedule(static) if (int64_t(out.height) * out.width > 65536)
-    for (int y = 0; y < out.height; ++y) {
-        const int32_t* k = &a.weights[size_t(y) * a.taps];
-        const uint8_t* src = &in.rgb[size_t(a.first[y]) * in_stride + size_t(col_begin) * 3];
-        uint8_t* dst = &out.rgb[size_t(y) * out_stride];
-        for (size_t c = 0; c < out_stride; ++c) {
-            int64_t acc = 1 << (kPrecisionBits - 1);
-            for (int i = 0; i < a.count[y]; ++i) acc += int64_t(src[i * in_stride + c]) * k[i];
-            dst[c] = clamp_to_u8(acc);
+#pragma omp parallel if (int64_t(out.height) * out.width > 65536)
+    {
+        std::vector<int32_t> row(out_stride); // one output row's sums, per thread
+        int32_t* acc = row.data();
+#pragma omp for schedule(static)
+        for (int y = 0; y < out.height; ++y) {
+            const int32_t* k = &a.weights[size_t(y) * a.taps];
+            const uint8_t* src = &in.rgb[size_t(a.first[y]) * in_stride + size_t(col_begin) * 3];
+            uint8_t* dst = &out.rgb[size_t(y) * out_stride];
+            // Tap by tap over the whole row (contiguous, vectorised): the same sums as PIL's.
+            std::fill(acc, acc + out_stride, int32_t(1) << (kPrecisionBits - 1));
+            // (omp simd: vectorised without a runtime alias check, uint8_t may alias the sums.)
+            for (int i = 0; i < a.count[y]; ++i) {
+                const uint8_t* s = src + i * in_stride;
+                const int32_t w = k[i];
+#pragma omp simd
+                for (size_t c = 0; c < out_stride; ++c) acc[c] += int32_t(s[c]) * w;
+            }
+#pragma omp simd
+            for (size_t c = 0; c < out_stride; ++c) dst[c] = clamp_to_u8(acc[c]);
         }
     }
 }
@@ -319,12 +394,17 @@ void preprocess_into(const Image& image, const Preprocess& p, const float mean[3
         resize_window(image, width, height, c.x0, c.y0, c.x1 - c.x0, c.y1 - c.y0, interpolation);
     const Image cropped = place_in_crop(window, c, p.crop);
     const size_t plane = size_t(p.crop) * p.crop;
+    // As ToTensor then Normalize: float32 divide by 255, subtract, divide; computed once for
+    // each of the 256 levels of each channel (the same float operations, so the same values).
+    float table[3][256];
     for (int c = 0; c < 3; ++c)
-        for (size_t i = 0; i < plane; ++i) {
-            // As ToTensor then Normalize: float32 divide by 255, subtract, divide.
-            const float v = float(cropped.rgb[i * 3 + c]) / 255.0f;
-            out[c * plane + i] = (v - mean[c]) / stdev[c];
-        }
+        for (int v = 0; v < 256; ++v) table[c][v] = (float(v) / 255.0f - mean[c]) / stdev[c];
+    for (int c = 0; c < 3; ++c) {
+        const float* t = table[c];
+        float* o = out + c * plane;
+        const uint8_t* px = cropped.rgb.data() + c;
+        for (size_t i = 0; i < plane; ++i) o[i] = t[px[i * 3]];
+    }
 }
 
 } // namespace

@@ -1,5 +1,6 @@
 #pragma once
-// Images in, network input out: decoding (JPEG, PNG, BMP, TGA through stb_image) and the
+// Images in, network input out: decoding (JPEG through libjpeg-turbo with Pillow's settings;
+// PNG, BMP, TGA through stb_image) and the
 // preprocessing torchvision applies to PIL images (resize the shorter side with PIL's
 // antialiased filters, center crop, scale to [0, 1], normalise), reproduced to PIL's uint8
 // output so that weights see the input they were trained on.
@@ -28,6 +29,14 @@ struct ImageLimits {
 
 // Reads and decodes one file. Grayscale becomes RGB, alpha is dropped (as PIL's
 // convert("RGB")), 16-bit samples keep their high byte, CMYK/YCCK JPEGs are converted.
+// JPEG pixels equal Pillow's Image.open(path).convert("RGB") exactly: libjpeg-turbo with
+// libjpeg's defaults as Pillow (ISLOW IDCT, fancy upsampling, no scaling), CMYK taken as
+// Adobe-inverted and converted with Pillow's formula, EXIF orientation not applied (as Pillow
+// without ImageOps.exif_transpose). Corrupt entropy-coded data that libjpeg recovers from with
+// a warning decodes as in Pillow (which ignores the warnings); a JPEG that ends early (no EOI
+// marker, premature end of data) is refused, as Pillow raises "image file is truncated"
+// (Pillow does decode a stream missing only its final EOI when its reader happened not to look
+// past the last byte: effnet refuses that too), and so is a stream of more than 1000 scans.
 // Throws effnet::Error "PATH: reason" for a missing, unreadable, empty, oversized, truncated
 // or undecodable file.
 Image load_image(const std::string& path, const ImageLimits& limits = {});

@@ -1,6 +1,7 @@
 // Image decoding (libeffnet/image.cpp) and the torchvision-style geometry of preprocessing
 // (libeffnet/preprocess.cpp). Pixel-exactness of the resize against Pillow is checked by
-// tests/python/test_preprocess.py, which has Pillow at hand.
+// tests/python/test_preprocess.py, of JPEG decoding by tests/python/test_jpeg_pillow.py, which
+// have Pillow at hand.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
