@@ -90,6 +90,9 @@ float* GpuTrainer::input_staging(int) {
 void GpuTrainer::prefetch(const float*) {
     no_cuda();
 }
+void GpuTrainer::set_gradient_allreduce(GradientAllReduce*, size_t) {
+    no_cuda();
+}
 int GpuTrainer::batch() const {
     return 0;
 }

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "cpu/ops.hpp"
+#include "dist/buckets.hpp"
+#include "distributed.hpp"
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
 #include "effnet/train/loss_scaler.hpp"
@@ -24,11 +26,44 @@ uint64_t step_seed(uint64_t seed, int64_t step) {
     return train::mix_seed(seed, uint64_t(step), 0x6d61736bull /* "mask" */);
 }
 
+// --sync-bn: the BN sums over the ranks; a rank with nothing to train on adds zeros.
+class CommBatchNormReducer : public cpu::BatchNormReducer {
+public:
+    explicit CommBatchNormReducer(Communicator* comm) : comm_(comm) {}
+    void allreduce_sum(double* data, size_t n) override {
+        if (!contributes) std::fill(data, data + n, 0.0);
+        comm_->allreduce_sum(data, n);
+    }
+    bool contributes = true;
+
+private:
+    Communicator* comm_;
+};
+
 class CpuEngine : public TrainEngine {
 public:
-    CpuEngine(Model& model, const train::TrainOptions& options) : trainer_(model, options) {}
+    CpuEngine(Model& model, const train::TrainOptions& options, const CpuParallel& parallel)
+        : model_(model), trainer_(model, options), parallel_(parallel), bn_reducer_(parallel.comm) {
+        EFFNET_CHECK(parallel.micro_batches >= 1, "--micro-batches must be >= 1");
+        if (distributed()) {
+            // Gradients in backward order (the network order reversed), cut into buckets.
+            const std::vector<ParamSpec> specs = parameter_specs(model.config);
+            for (auto it = specs.rbegin(); it != specs.rend(); ++it)
+                if (it->trainable) grad_order_.push_back(it->name);
+            std::vector<int64_t> sizes;
+            for (const std::string& name : grad_order_) sizes.push_back(model.param(name).numel());
+            buckets_ = dist::plan_buckets(sizes, parallel.bucket_bytes);
+            for (const auto& [name, t] : model.params)
+                if (train::is_running_stat(name)) stat_floats_ += size_t(t.numel());
+        }
+    }
 
     train::StepResult train_step(const train::Batch& batch) override {
+        if (distributed()) return data_parallel_step(batch);
+        if (parallel_.micro_batches > 1) {
+            const int parts = int(std::min<int64_t>(parallel_.micro_batches, int64_t(batch.labels.size())));
+            return trainer_.train_step(batch.images, batch.labels, parts);
+        }
         return trainer_.train_step(batch.images, batch.labels);
     }
     int64_t step() const override { return trainer_.step(); }
@@ -45,7 +80,91 @@ public:
     }
 
 private:
+    bool distributed() const { return parallel_.comm && parallel_.comm->world() > 1; }
+
+    // One global step: this rank's part, then the sums over the ranks, then the same update
+    // everywhere. Every rank makes the same collective calls in the same order.
+    train::StepResult data_parallel_step(const train::Batch& batch) {
+        Communicator& comm = *parallel_.comm;
+        const int64_t n = int64_t(batch.labels.size());
+        double total_d = double(n);
+        comm.allreduce_sum(&total_d, 1);
+        const int64_t total = int64_t(total_d);
+        train::StepResult r;
+        if (total == 0) return r; // every image of the global batch unreadable: no step anywhere
+        const float w = train::part_weight(n, total);
+        train::ParamMap grads;
+        train::StepResult local;
+        cpu::BatchNormReducer* sync = parallel_.sync_bn ? &bn_reducer_ : nullptr;
+        bn_reducer_.contributes = n > 0;
+        if (n > 0) {
+            local = trainer_.accumulate_gradients(batch.images, batch.labels, w, grads, sync);
+        } else {
+            // Nothing to train on here: the same forward and backward on two blank images with
+            // weight 0, so that this rank's contributions are zeros of the right shapes.
+            const int64_t res = batch.images.rank() == 4 ? batch.images.dim(2) : 0;
+            EFFNET_CHECK(res > 0, "data-parallel step: an empty batch without its image size");
+            const Tensor blank({2, int64_t(model_.config.in_channels), res, res});
+            trainer_.accumulate_gradients(blank, {0, 0}, 0.0f, grads, sync);
+        }
+        // Loss and hits.
+        double sums[2] = {double(w) * (n > 0 ? local.loss : 0.0), double(local.correct)};
+        comm.allreduce_sum(sums, 2);
+        // Running statistics: the ranks' updates, weighted as the gradients (synchronized BN: the
+        // same on every rank already).
+        if (!parallel_.sync_bn) average_running_stats(w);
+        // Gradients, bucket by bucket in backward order.
+        reduce_gradients(grads);
+        const train::StepResult u = trainer_.apply_gradients(grads);
+        r.loss = sums[0];
+        r.correct = int64_t(sums[1]);
+        r.count = total;
+        r.lr = u.lr;
+        r.grad_norm = u.grad_norm;
+        return r;
+    }
+
+    void average_running_stats(float w) {
+        Communicator& comm = *parallel_.comm;
+        stats_.resize(stat_floats_);
+        size_t at = 0;
+        for (const auto& [name, t] : model_.params)
+            if (train::is_running_stat(name))
+                for (float v : t.data) stats_[at++] = w * v;
+        comm.allreduce_sum(stats_.data(), stats_.size());
+        at = 0;
+        for (auto& [name, t] : model_.params)
+            if (train::is_running_stat(name))
+                for (float& v : t.data) v = stats_[at++];
+    }
+
+    void reduce_gradients(train::ParamMap& grads) {
+        Communicator& comm = *parallel_.comm;
+        for (const dist::Bucket& b : buckets_) {
+            flat_.resize(size_t(b.count));
+            float* p = flat_.data();
+            for (size_t i = b.first; i < b.last; ++i) {
+                const Tensor& g = grads.at(grad_order_[i]);
+                p = std::copy(g.data.begin(), g.data.end(), p);
+            }
+            comm.allreduce_sum(flat_.data(), flat_.size());
+            p = flat_.data();
+            for (size_t i = b.first; i < b.last; ++i) {
+                Tensor& g = grads.at(grad_order_[i]);
+                std::copy(p, p + g.numel(), g.data.begin());
+                p += g.numel();
+            }
+        }
+    }
+
+    Model& model_;
     train::Trainer trainer_;
+    CpuParallel parallel_;
+    std::vector<std::string> grad_order_;
+    std::vector<dist::Bucket> buckets_;
+    size_t stat_floats_ = 0;
+    std::vector<float> stats_, flat_;
+    CommBatchNormReducer bn_reducer_;
 };
 
 // dst [full images] = src's n images, repeated in order (i -> i % n), image_floats each; the
@@ -67,8 +186,9 @@ void copy_images_repeated(float* dst, const float* src, int64_t n, int64_t full,
 }
 
 GpuTrainOptions gpu_options(const train::TrainOptions& o, TrainPrecision precision,
-                            const train::LossScalerConfig& scaler) {
+                            const train::LossScalerConfig& scaler, int device) {
     GpuTrainOptions g;
+    g.device = device;
     g.optimizer = o.optimizer;
     g.clip_grad_norm = o.clip_grad_norm;
     g.label_smoothing = o.label_smoothing;
@@ -81,18 +201,28 @@ GpuTrainOptions gpu_options(const train::TrainOptions& o, TrainPrecision precisi
 class GpuEngine : public TrainEngine {
 public:
     GpuEngine(Model& model, const train::TrainOptions& options, TrainPrecision precision, int batch,
-              int eval_batch, int resolution)
+              int eval_batch, int resolution, const GpuParallel& parallel)
         : model_(model), options_(options), precision_(precision), eval_batch_(eval_batch),
-          resolution_(resolution), optimizer_(options.optimizer), scaler_(train::LossScalerConfig{}),
+          resolution_(resolution), parallel_(parallel), optimizer_(options.optimizer),
+          scaler_(train::LossScalerConfig{}),
           trainer_(model, batch, resolution, resolution, precision,
-                   gpu_options(options, precision, train::LossScalerConfig{})) {
+                   gpu_options(options, precision, train::LossScalerConfig{}, parallel.device)) {
         train::learning_rate(options.schedule, 0); // validates the schedule, as train::Trainer does
         EFFNET_CHECK(eval_batch >= 1, "GPU engine: validation batch must be >= 1");
+        EFFNET_CHECK(parallel.reducer || !distributed(),
+                     "GPU engine: several ranks but no NCCL gradient all-reduce");
+#ifdef EFFNET_WITH_CUDA
+        if (parallel.reducer) trainer_.set_gradient_allreduce(parallel.reducer, parallel.bucket_bytes);
+#endif
     }
 
     train::StepResult train_step(const train::Batch& batch) override {
         const int full = trainer_.batch();
         const int64_t n = int64_t(batch.labels.size());
+        EFFNET_CHECK(
+            n > 0 || !distributed(),
+            "every image of this rank's part of the batch is unreadable (the GPU engine trains fixed "
+            "batches; remove the unreadable images)");
         check_images(batch, full);
         // Into the trainer's page-locked staging buffer, whose upload is one DMA (from pageable
         // memory the driver stages it: B0 b128 measured 31.8 instead of 20.3 ms per step). The
@@ -130,15 +260,25 @@ public:
         std::memcpy(own.ptr(), logits.ptr(), size_t(n * classes) * sizeof(float));
         train::count_hits(own, batch.labels, 1, &r.correct, nullptr);
         r.count = n;
+        if (distributed()) { // every rank's mean loss (equal batches: the global mean), hits, images
+            double sums[3] = {r.loss, double(r.correct), double(r.count)};
+            parallel_.comm->allreduce_sum(sums, 3);
+            r.loss = sums[0] / double(parallel_.comm->world());
+            r.correct = int64_t(sums[1]);
+            r.count = int64_t(sums[2]);
+        }
         ++step_;
         return r;
     }
 
-    int64_t step() const override { return step_; }
+    int64_t step() const override {
+        return step_;
+    }
 
     void begin_evaluation() override {
         sync_model();
         SessionOptions so;
+        so.device = parallel_.device;
         so.gemm = GemmBackend::Handwritten; // no timing-based choice: the same kernels every run
         session_ = std::make_unique<InferenceSession>(model_, eval_batch_, resolution_, resolution_,
                                                       Precision::FP32, so);
@@ -166,9 +306,13 @@ public:
         return r;
     }
 
-    void end_evaluation() override { session_.reset(); }
+    void end_evaluation() override {
+        session_.reset();
+    }
 
-    void sync_model() override { trainer_.download(model_); }
+    void sync_model() override {
+        trainer_.download(model_);
+    }
 
     const train::Optimizer& optimizer() override {
         optimizer_.set_state(trainer_.optimizer_state(), trainer_.optimizer_steps());
@@ -209,11 +353,16 @@ private:
                      "GPU engine: images " + shape_str(batch.images.shape) + ", expected " + shape_str(want));
     }
 
+    bool distributed() const {
+        return parallel_.comm && parallel_.comm->world() > 1;
+    }
+
     Model& model_;
     train::TrainOptions options_;
     TrainPrecision precision_;
     int eval_batch_;
     int resolution_;
+    GpuParallel parallel_;
     train::Optimizer optimizer_; // the checkpoint's view of the GPU state (train::Optimizer form)
     train::LossScaler scaler_;   // amp-fp16 only
     GpuTrainer trainer_;
@@ -225,15 +374,16 @@ private:
 
 } // namespace
 
-std::unique_ptr<TrainEngine> make_cpu_engine(Model& model, const train::TrainOptions& options) {
-    return std::make_unique<CpuEngine>(model, options);
+std::unique_ptr<TrainEngine> make_cpu_engine(Model& model, const train::TrainOptions& options,
+                                             const CpuParallel& parallel) {
+    return std::make_unique<CpuEngine>(model, options, parallel);
 }
 
 std::unique_ptr<TrainEngine> make_gpu_engine(Model& model, const train::TrainOptions& options,
                                              TrainPrecision precision, int batch, int eval_batch,
-                                             int resolution) {
+                                             int resolution, const GpuParallel& parallel) {
     EFFNET_CHECK(cuda_available(), "--device cuda: no usable GPU (" + cuda_device_description() + ")");
-    return std::make_unique<GpuEngine>(model, options, precision, batch, eval_batch, resolution);
+    return std::make_unique<GpuEngine>(model, options, precision, batch, eval_batch, resolution, parallel);
 }
 
 } // namespace effnet::examples

@@ -52,8 +52,40 @@ public:
     virtual std::string epoch_note() const { return ""; }
 };
 
+class Communicator;
+
+// Data parallelism and accumulation for the CPU engine.
+struct CpuParallel {
+    // null or a world of 1: a single process. Else every rank trains its part of each global
+    // batch: the parts' mean-loss gradients weighted by their share of the global batch
+    // (train::part_weight) are summed over the ranks with allreduce in buckets of bucket_bytes
+    // (backward order), the running statistics averaged with the same weights, the loss and hits
+    // summed; then every rank applies the same update. A rank whose part is empty (all its
+    // images unreadable, or fewer images than ranks) takes part with weight 0.
+    Communicator* comm = nullptr;
+    size_t bucket_bytes = size_t(4) << 20;
+    // Synchronized batch norm: every train-mode BN normalises with the global batch's statistics
+    // (sums all-reduced in the forward and the backward); the running statistics are then the
+    // same on every rank.
+    bool sync_bn = false;
+    // Single process: split each batch into this many micro-batches (train::Trainer's
+    // accumulation): what `micro_batches` ranks without synchronized batch norm compute.
+    int micro_batches = 1;
+};
+
 // Keeps a reference to model (updated in place).
-std::unique_ptr<TrainEngine> make_cpu_engine(Model& model, const train::TrainOptions& options);
+std::unique_ptr<TrainEngine> make_cpu_engine(Model& model, const train::TrainOptions& options,
+                                             const CpuParallel& parallel = {});
+
+// Data parallelism for the GPU engine: gradients averaged by `reducer` (NCCL) in buckets on the
+// trainer's communication stream, the AMP skip decision agreed, losses and hits summed through
+// `comm`; the GPU is `device`.
+struct GpuParallel {
+    Communicator* comm = nullptr;
+    GradientAllReduce* reducer = nullptr;
+    size_t bucket_bytes = size_t(4) << 20;
+    int device = 0;
+};
 
 // Keeps a reference to model (written on sync_model()). Every step trains exactly `batch` images:
 // a smaller batch (one that lost unreadable images) is filled up by repeating its own images.
@@ -61,6 +93,6 @@ std::unique_ptr<TrainEngine> make_cpu_engine(Model& model, const train::TrainOpt
 // Throws effnet::Error when no GPU is usable.
 std::unique_ptr<TrainEngine> make_gpu_engine(Model& model, const train::TrainOptions& options,
                                              TrainPrecision precision, int batch, int eval_batch,
-                                             int resolution);
+                                             int resolution, const GpuParallel& parallel = {});
 
 } // namespace effnet::examples

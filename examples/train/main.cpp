@@ -12,9 +12,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +30,7 @@
 #include "effnet/train/rng.hpp"
 #include "effnet/train/schedule.hpp"
 #include "effnet/train/trainer.hpp"
+#include "distributed.hpp"
 #include "engine.hpp"
 #include "history.hpp"
 #include "options.hpp"
@@ -43,6 +46,24 @@ using effnet::examples::TrainArgs;
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The job's communicator (a single process unless launched as several); main() uses it to
+// bring every rank down when one fails.
+std::unique_ptr<examples::Communicator> g_comm;
+std::unique_ptr<examples::Communicator> g_nccl; // GPU runs launched by mpirun / srun: NCCL beside MPI
+examples::Launch g_launch;
+bool g_training = false; // setup done: errors from here on are this rank's own
+
+// Test hook: EFFNET_TRAIN_FAULT=R:S makes rank R throw before step S (tests of the fault path).
+void maybe_inject_fault(int rank, int64_t step) {
+    const char* v = std::getenv("EFFNET_TRAIN_FAULT");
+    if (!v) return;
+    int r = -1;
+    long long s = -1;
+    if (std::sscanf(v, "%d:%lld", &r, &s) == 2 && r == rank && s == step)
+        throw Error("injected fault (EFFNET_TRAIN_FAULT=" + std::string(v) + ") before step " +
+                    std::to_string(step));
+}
 
 std::string hex_double(double v) { // exact text form of a double, for checkpoint metadata
     char buf[64];
@@ -188,6 +209,30 @@ int run(int argc, char** argv) {
     TrainArgs a;
     std::map<std::string, std::string> given;
     if (!examples::parse_train_args(argc, argv, a, given)) return 0;
+    if (!g_comm) { // torchrun-style: NCCL alone, GPUs only
+        if (a.device != "cuda")
+            throw Error(g_launch.launcher + " started " + std::to_string(g_launch.world) +
+                        " processes: torchrun-style launches (RANK / WORLD_SIZE) train on GPUs only "
+                        "(--device cuda --dist-init-file PATH); the CPU engine's data-parallel training "
+                        "runs over MPI: launch it with mpirun or srun");
+        g_comm = examples::make_nccl_communicator(g_launch, nullptr, a.dist_init_file, a.dist_timeout);
+    } else if (a.device == "cuda" && (g_comm->world() > 1 || a.force_nccl)) {
+        g_nccl = examples::make_nccl_communicator(g_launch, g_comm.get(), "", a.dist_timeout);
+    }
+    EFFNET_CHECK(!a.force_nccl || a.device == "cuda", "--force-nccl needs --device cuda");
+    examples::Communicator& comm = *g_comm;
+    const int world = comm.world(), rank = comm.rank();
+    const bool lead = rank == 0; // prints, and writes every file
+    EFFNET_CHECK(world == 1 || a.micro_batches == 1,
+                 "--micro-batches is the single-process reference of a data-parallel run; with " +
+                     std::to_string(world) + " ranks leave it out");
+    EFFNET_CHECK(a.micro_batches == 1 || a.device == "cpu",
+                 "--micro-batches is implemented on the CPU engine only");
+    EFFNET_CHECK(!a.sync_bn || a.device == "cpu",
+                 "--sync-bn is implemented on the CPU engine only (GPU: not yet; leave it out)");
+    EFFNET_CHECK(world > 1 || !a.sync_bn || a.micro_batches == 1,
+                 "--sync-bn with --micro-batches: synchronized batch norm over micro-batches is a batch of " +
+                     std::string("--batch images; leave out both"));
     if (a.device == "cuda") {
         if (!cuda_available())
             throw Error("--device cuda: no usable GPU (" + cuda_device_description() + "); use --device cpu");
@@ -196,7 +241,8 @@ int run(int argc, char** argv) {
     }
     if (a.threads > 0) omp_set_num_threads(a.threads);
     // Held until the run ends: a second run on the same checkpoint directory or export is refused.
-    const examples::RunLocks locks = examples::lock_outputs(a);
+    // Rank 0 alone writes (and locks, and cleans up); the other ranks never touch the outputs.
+    const examples::RunLocks locks = lead ? examples::lock_outputs(a) : examples::RunLocks{};
 
     const ImageFolder train_set = ImageFolder::scan(a.data);
     print_warnings(train_set);
@@ -243,9 +289,14 @@ int run(int argc, char** argv) {
         print_warnings(*val_set);
     }
     examples::check_outputs_are_not_inputs(a, train_set, val_set.get());
+    EFFNET_CHECK(a.batch >= world, "--batch " + std::to_string(a.batch) +
+                                       " is the global batch; it must be at least the " +
+                                       std::to_string(world) + " ranks");
 
     LoaderOptions lo;
     lo.batch_size = a.batch;
+    lo.shard_count = world; // this rank decodes its part of each global batch only
+    lo.shard_index = rank;
     lo.resolution = a.resolution;
     lo.workers = a.workers;
     lo.seed = a.seed;
@@ -281,13 +332,32 @@ int run(int argc, char** argv) {
     std::unique_ptr<examples::TrainEngine> engine;
     if (a.device == "cuda") {
         // The GPU trainer's batch is fixed; a training set smaller than --batch makes one smaller batch.
-        const int gpu_batch = int(std::min<int64_t>(a.batch, int64_t(train_set.samples.size())));
-        engine = examples::make_gpu_engine(model, to, parse_train_precision(a.precision), gpu_batch, a.batch,
-                                           a.resolution);
+        // Data-parallel: each rank's part of the global batch (the largest part when the set is smaller).
+        EFFNET_CHECK(a.batch % world == 0, "--device cuda with " + std::to_string(world) +
+                                               " ranks: --batch (the global batch) must be a multiple of " +
+                                               std::to_string(world));
+        const int64_t largest_batch = std::min<int64_t>(a.batch, int64_t(train_set.samples.size()));
+        const int gpu_batch = int(shard_range(largest_batch, world, world - 1).size());
+        examples::GpuParallel gp;
+        if (world > 1 || a.force_nccl) {
+            examples::Communicator* nccl = g_nccl ? g_nccl.get() : g_comm.get();
+            gp.comm = g_comm.get();
+            gp.reducer = examples::gradient_allreduce_of(nccl);
+            gp.bucket_bytes = size_t(a.bucket_mb * 1048576.0);
+            gp.device = examples::gpu_of(nccl); // the local rank's GPU (local rank % GPUs)
+        }
+        engine =
+            examples::make_gpu_engine(model, to, parse_train_precision(a.precision), gpu_batch,
+                                      int(shard_range(a.batch, world, world - 1).size()), a.resolution, gp);
         std::fprintf(stderr, "training on the GPU (%s), %s, batch %d\n", cuda_device_description().c_str(),
                      a.precision.c_str(), gpu_batch);
     } else {
-        engine = examples::make_cpu_engine(model, to);
+        examples::CpuParallel par;
+        par.comm = g_comm.get();
+        par.bucket_bytes = size_t(a.bucket_mb * 1048576.0);
+        par.micro_batches = a.micro_batches;
+        par.sync_bn = a.sync_bn && world > 1; // one process: its batch is the global batch already
+        engine = examples::make_cpu_engine(model, to, par);
     }
 
     TrainingState state;
@@ -315,12 +385,12 @@ int run(int argc, char** argv) {
     }
 
     LastCheckpoint last_checkpoint(ck_path, resumed, state.step);
-    History history(a.log_path, resumed, state.step, state.epoch);
+    History history(lead ? a.log_path : std::string(), resumed, state.step, state.epoch);
     Progress progress(steps_per_epoch);
     std::set<std::string> reported_bad;
 
     auto save = [&](int64_t epoch, int64_t batch_in_epoch) {
-        if (ck_path.empty()) return;
+        if (ck_path.empty() || !lead) return;
         state.step = engine->step();
         state.epoch = epoch;
         state.batch_in_epoch = batch_in_epoch;
@@ -333,6 +403,7 @@ int run(int argc, char** argv) {
         state.metadata["skipped_images"] = std::to_string(skipped_images);
         state.metadata["device"] = a.device;
         state.metadata["precision"] = a.precision;
+        state.metadata["world_size"] = std::to_string(world); // informational: any world size resumes it
         engine->save_scaler(state);
         engine->sync_model();
         const Optimizer& optimizer = engine->optimizer();
@@ -342,6 +413,7 @@ int run(int argc, char** argv) {
         last_checkpoint.saved(state.step);
     };
     auto finish = [&]() {
+        if (!lead) return;
         progress.finish();
         if (!a.plot_path.empty()) history.plot(a.plot_path);
         if (!a.export_path.empty()) {
@@ -360,16 +432,42 @@ int run(int argc, char** argv) {
             std::fprintf(stderr, "skipped %lld unreadable image(s) in all\n", (long long)skipped_images);
     };
 
-    std::fprintf(stderr,
-                 "%s: %zu images, %zu classes; model %s (%lld parameters, %d classes) at %dx%d; "
-                 "%lld steps per epoch%s\n",
-                 a.data.c_str(), train_set.samples.size(), train_set.classes.size(),
-                 model.config.name.c_str(), (long long)parameter_count(model.config),
-                 model.config.num_classes, a.resolution, a.resolution, (long long)steps_per_epoch,
-                 resumed ? (", resuming at step " + std::to_string(state.step)).c_str() : "");
+    if (lead && world > 1) {
+        auto it = state.metadata.find("world_size");
+        std::fprintf(stderr, "data-parallel: %d ranks (%s, %s), global batch %d (%d..%d per rank)%s%s\n",
+                     world, g_launch.launcher.c_str(), comm.backend().c_str(), a.batch,
+                     int(shard_range(a.batch, world, 0).size()),
+                     int(shard_range(a.batch, world, world - 1).size()),
+                     a.sync_bn ? ", synchronized batch norm" : "",
+                     resumed && it != state.metadata.end() && it->second != std::to_string(world)
+                         ? (", resuming a checkpoint of " + it->second + " ranks").c_str()
+                         : "");
+    }
+    if (lead)
+        std::fprintf(stderr,
+                     "%s: %zu images, %zu classes; model %s (%lld parameters, %d classes) at %dx%d; "
+                     "%lld steps per epoch%s\n",
+                     a.data.c_str(), train_set.samples.size(), train_set.classes.size(),
+                     model.config.name.c_str(), (long long)parameter_count(model.config),
+                     model.config.num_classes, a.resolution, a.resolution, (long long)steps_per_epoch,
+                     resumed ? (", resuming at step " + std::to_string(state.step)).c_str() : "");
 
     const int64_t total_steps = int64_t(a.epochs) * steps_per_epoch;
     double step_seconds_ema = 0;
+    g_training = true;
+    // A rank's own warnings (rank 0's appear in the progress output; the others name their rank).
+    auto warn = [&](const std::string& text) {
+        if (lead)
+            progress.message(text);
+        else
+            std::fprintf(stderr, "rank %d: %s\n", rank, text.c_str());
+    };
+    // Per-batch unreadable images summed over the ranks (every rank keeps the global count).
+    auto global_count = [&](int64_t local) {
+        double v = double(local);
+        comm.allreduce_sum(&v, 1);
+        return int64_t(v);
+    };
     for (int64_t epoch = state.epoch; epoch < a.epochs; ++epoch) {
         const int64_t first_batch = epoch == state.epoch ? state.batch_in_epoch : 0;
         if (epoch != state.epoch) epoch_stats = EpochStats{};
@@ -381,19 +479,23 @@ int run(int argc, char** argv) {
         while (loader.has_next()) {
             if (a.max_steps > 0 && engine->step() >= a.max_steps) {
                 save(epoch, batch_index);
-                progress.message("stopped after " + std::to_string(engine->step()) +
-                                 " steps (--max-steps); continue with --resume");
+                if (lead)
+                    progress.message("stopped after " + std::to_string(engine->step()) +
+                                     " steps (--max-steps); continue with --resume");
                 finish();
                 return 0;
             }
             Batch batch = loader.next();
             ++batch_index;
-            skipped_images += batch.skipped;
+            skipped_images += world > 1 ? global_count(batch.skipped) : batch.skipped;
             for (const std::string& e : batch.errors)
-                if (reported_bad.insert(e).second)
-                    progress.message("warning: skipping unreadable image: " + e);
-            if (batch.labels.empty()) continue; // every image of the batch was unreadable
+                if (reported_bad.insert(e).second) warn("warning: skipping unreadable image: " + e);
+            // Every image of the batch unreadable: no step (data-parallel: decided over all ranks
+            // inside train_step, which returns count 0; a rank with nothing takes part with weight 0).
+            if (world == 1 && batch.labels.empty()) continue;
+            maybe_inject_fault(rank, engine->step());
             const StepResult r = engine->train_step(batch);
+            if (r.count == 0) continue;
             last_lr = r.lr;
             epoch_stats.loss_sum += r.loss;
             epoch_stats.correct += r.correct;
@@ -416,13 +518,14 @@ int run(int argc, char** argv) {
             row.images_per_s = images_per_s;
             row.skipped_images = skipped_images;
             history.add(row);
-            progress.update(epoch, a.epochs, batch_index, steps_per_epoch,
-                            epoch_stats.loss_sum / epoch_stats.steps,
-                            double(epoch_stats.correct) / double(epoch_stats.count), images_per_s,
-                            step_seconds_ema * double(total_steps - engine->step()));
+            if (lead)
+                progress.update(epoch, a.epochs, batch_index, steps_per_epoch,
+                                epoch_stats.loss_sum / epoch_stats.steps,
+                                double(epoch_stats.correct) / double(epoch_stats.count), images_per_s,
+                                step_seconds_ema * double(total_steps - engine->step()));
             if (a.checkpoint_every > 0 && engine->step() % a.checkpoint_every == 0) save(epoch, batch_index);
         }
-        progress.finish();
+        if (lead) progress.finish();
 
         LogRow row;
         row.kind = "epoch";
@@ -439,14 +542,14 @@ int run(int argc, char** argv) {
                               std::to_string(100.0 * row.accuracy) + "%" + engine->epoch_note();
         if (val_loader) {
             EvalResult total;
+            int64_t val_skipped = 0;
             val_loader->start_epoch(0);
             engine->begin_evaluation();
             while (val_loader->has_next()) {
                 Batch vb = val_loader->next();
-                skipped_images += vb.skipped;
+                val_skipped += vb.skipped;
                 for (const std::string& e : vb.errors)
-                    if (reported_bad.insert(e).second)
-                        progress.message("warning: skipping unreadable image: " + e);
+                    if (reported_bad.insert(e).second) warn("warning: skipping unreadable image: " + e);
                 if (vb.labels.empty()) continue;
                 const EvalResult e = engine->evaluate(vb);
                 total.loss += e.loss * double(e.count);
@@ -455,6 +558,15 @@ int run(int argc, char** argv) {
                 total.count += e.count;
             }
             engine->end_evaluation();
+            // Each rank validated its shard: the sums over the ranks.
+            double sums[5] = {total.loss, double(total.top1), double(total.top5), double(total.count),
+                              double(val_skipped)};
+            comm.allreduce_sum(sums, 5);
+            total.loss = sums[0];
+            total.top1 = int64_t(sums[1]);
+            total.top5 = int64_t(sums[2]);
+            total.count = int64_t(sums[3]);
+            skipped_images += int64_t(sums[4]);
             if (total.count > 0) {
                 row.val_loss = total.loss / double(total.count);
                 row.val_top1 = double(total.top1) / double(total.count);
@@ -466,23 +578,49 @@ int run(int argc, char** argv) {
             row.skipped_images = skipped_images;
         }
         history.add(row);
-        progress.message(summary);
+        if (lead) progress.message(summary);
         epoch_stats = EpochStats{};
         save(epoch + 1, 0);
-        if (!a.plot_path.empty()) history.plot(a.plot_path);
+        if (lead && !a.plot_path.empty()) history.plot(a.plot_path);
     }
     finish();
     return 0;
+}
+
+// Chooses the communicator from the launch. Several processes: MPI when an MPI launcher started
+// them (mpirun, srun); a torchrun-style launch has no MPI and trains on GPUs over NCCL (set up
+// once the options are known, in run()).
+std::unique_ptr<examples::Communicator> make_communicator(const examples::Launch& launch) {
+    if (launch.world == 1) return examples::make_single_process();
+    if (launch.mpi_launcher()) return examples::make_mpi_communicator(launch);
+    return nullptr; // torchrun: run() builds the NCCL communicator
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
     try {
-        return run(argc, argv);
+        g_launch = examples::detect_launch();
+        g_comm = make_communicator(g_launch);
+        const int rc = run(argc, argv);
+        g_nccl.reset();
+        g_comm.reset(); // MPI_Finalize: every rank reaches it
+        return rc;
     } catch (const std::exception& e) {
         std::fflush(stdout);
-        std::fprintf(stderr, "error: %s\n", e.what());
-        return 1;
+        if (!g_comm || g_comm->world() == 1) {
+            if (g_launch.world > 1)
+                std::fprintf(stderr, "error: rank %d: %s\n", g_launch.rank, e.what());
+            else
+                std::fprintf(stderr, "error: %s\n", e.what());
+            return 1;
+        }
+        // Several ranks: one line naming the rank, then every rank is brought down (no rank waits
+        // forever in a collective). Setup errors are usually every rank's (a bad path, a bad
+        // option): ranks other than 0 give rank 0 two seconds to report and end the job first.
+        if (!g_training && g_comm->rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+        std::fprintf(stderr, "error: rank %d: %s\n", g_comm->rank(), e.what());
+        std::fflush(stderr);
+        g_comm->abort(1);
     }
 }

@@ -29,7 +29,14 @@ const char* kUsage =
     "change on --resume; the run continues exactly only on the same device and precision).\n"
     "No checkpoint or export is ever written holding a non-finite value or a negative BN running variance:\n"
     "the run stops with an error naming the step and the tensor. No output may name an input (--weights,\n"
-    "the checkpoint, an image of --data or --val).\n\n";
+    "the checkpoint, an image of --data or --val).\n"
+    "Data-parallel: launched as N processes (mpirun -np N, srun, or torchrun-style "
+    "RANK/WORLD_SIZE/LOCAL_RANK\n"
+    "with --device cuda and --dist-init-file), --batch is the global batch: each rank trains on its part\n"
+    "(batch / N), gradients are averaged, every rank applies the same update; rank 0 alone prints and "
+    "writes\n"
+    "the log, plot, checkpoints and export. A checkpoint resumes on any number of ranks at the same "
+    "step.\n\n";
 
 std::vector<OptionSpec> option_specs() {
     return {
@@ -70,6 +77,20 @@ std::vector<OptionSpec> option_specs() {
          "for the run by a hidden .OUT.effnet-train.lock beside it"},
         {"log", true, "CSV: one row per step and per epoch"},
         {"plot", true, "PNG: loss and accuracy curves"},
+        {"sync-bn", false,
+         "data-parallel runs: batch-norm statistics over the global batch (all-reduced in the forward and "
+         "the backward) instead of each rank's part"},
+        {"micro-batches", true,
+         "N: single process: split each batch into N parts with their own batch statistics and accumulate "
+         "their gradients (what N ranks without --sync-bn compute; default 1)"},
+        {"bucket-mb", true, "MB: data-parallel gradient all-reduce bucket size (default 4)"},
+        {"dist-init-file", true,
+         "PATH: torchrun-style launch (RANK/WORLD_SIZE) on GPUs: rank 0 writes NCCL's id there (shared "
+         "filesystem), the others read it"},
+        {"dist-timeout", true, "S: seconds ranks wait for --dist-init-file (default 300)"},
+        {"force-nccl", false,
+         "--device cuda in one process: average the gradients through a one-rank NCCL communicator anyway "
+         "(measures the data-parallel path's overhead)"},
         {"help", false, "this text"},
     };
 }
@@ -209,6 +230,14 @@ bool parse_train_args(int argc, char** argv, TrainArgs& a, std::map<std::string,
     if (args.has("checkpoint-every"))
         a.checkpoint_every = parse_ranged_int("checkpoint-every", args.get("checkpoint-every"), 1, 1 << 30);
     if (args.has("max-steps")) a.max_steps = parse_ranged_int("max-steps", args.get("max-steps"), 1, 1 << 30);
+    a.sync_bn = args.has("sync-bn");
+    if (args.has("micro-batches"))
+        a.micro_batches = parse_ranged_int("micro-batches", args.get("micro-batches"), 1, 65536);
+    if (args.has("bucket-mb")) a.bucket_mb = parse_ranged_double("bucket-mb", args.get("bucket-mb"), 0, 4096);
+    a.dist_init_file = args.get("dist-init-file");
+    a.force_nccl = args.has("force-nccl");
+    if (args.has("dist-timeout"))
+        a.dist_timeout = parse_ranged_double("dist-timeout", args.get("dist-timeout"), 1, 86400);
     a.device = args.get("device", "cpu");
     EFFNET_CHECK(a.device == "cpu" || a.device == "cuda",
                  "option '--device' must be cpu or cuda, got '" + a.device + "'");

@@ -18,6 +18,14 @@ struct TrainArgs {
     bool resume = false;
     std::string device = "cpu";
     std::string precision = "fp32";
+    // Data parallelism (may change on --resume). --batch is the global batch: every rank trains
+    // its shard_range of each batch.
+    bool sync_bn = false;       // batch-norm statistics over the global batch
+    int micro_batches = 1;      // single process: accumulate gradients over this many parts
+    double bucket_mb = 4;       // gradient all-reduce bucket size
+    std::string dist_init_file; // torchrun-style launches on GPUs: NCCL's id through this file
+    double dist_timeout = 300;  // seconds a rank waits for that file
+    bool force_nccl = false;    // --device cuda, one process: the NCCL path anyway (to measure it)
 
     // The run: must match on --resume (taken from the checkpoint when not given).
     std::string weights, preset;

@@ -54,6 +54,18 @@ struct GpuTrainOptions {
     int device = 0;
 };
 
+// Data-parallel training (set with GpuTrainer::set_gradient_allreduce): sums a device buffer of
+// gradients over the ranks (NCCL in effnet-train), and agrees on a flag.
+class GradientAllReduce {
+public:
+    virtual ~GradientAllReduce() = default;
+    // In place over every rank, enqueued on `cuda_stream` (a cudaStream_t) after what is there.
+    virtual void allreduce_sum(float* device_data, int64_t count, void* cuda_stream) = 0;
+    virtual int world() const = 0;
+    // True when `flag` is true on every rank (AMP: skip a step on every rank or on none).
+    virtual bool all_true(bool flag) = 0;
+};
+
 class GpuTrainer {
 public:
     // Uploads the model (parameters, running statistics) and plans every buffer for
@@ -87,6 +99,12 @@ public:
     // gradients of the last compute_gradients, and counts an optimizer step; returns false (and
     // changes nothing) when they were not all finite. lr: finite, >= 0.
     bool apply_update(double lr);
+
+    // Data parallelism: from the next compute_gradients, the gradients are averaged over the
+    // ranks in buckets of about bucket_bytes (libeffnet/dist/buckets.hpp, backward order), each
+    // all-reduced on the trainer's communication stream as soon as the backward has written it,
+    // and last_step_finite() is every rank's verdict. null: a single process (the default).
+    void set_gradient_allreduce(GradientAllReduce* reducer, size_t bucket_bytes = size_t(4) << 20);
 
     void set_loss_scale(float scale); // > 0
     float loss_scale() const;

@@ -10,6 +10,7 @@
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
 #include "effnet/network_plan.hpp"
+#include "dist/buckets.hpp"
 #include "kernels/non_finite.cuh"
 #include "kernels/scale.cuh"
 #include "libeffnet/cuda/batch_upload.hpp"
@@ -84,6 +85,22 @@ struct GpuTrainer::Impl {
     bool finite = true;
     double last_grad_norm = 0.0;
 
+    // Data parallelism (set_gradient_allreduce): the flat gradient buffer cut into buckets in
+    // backward order; bucket k's all-reduce starts on comm_stream once the backward has passed
+    // the layer ready_layer[k] (event per bucket), and the update waits for the last.
+    GradientAllReduce* reducer = nullptr;
+    struct GradBucket {
+        int64_t offset = 0, count = 0; // floats of params->grads()
+        size_t ready_layer = 0;        // the backward has written the bucket after this layer
+        cudaEvent_t ready = nullptr;
+    };
+    std::vector<GradBucket> buckets;
+    cudaStream_t comm_stream = nullptr;
+    cudaEvent_t comm_done = nullptr;
+    void plan_allreduce(size_t bucket_bytes);
+    void release_allreduce();
+    ~Impl() { release_allreduce(); }
+
     Impl(const Model& m, int n, int h, int w, TrainPrecision p, const GpuTrainOptions& o)
         : ctx(o.device), config(m.config), batch(n), height(h), width(w), precision(p), options(o),
           scale(o.loss_scale) {
@@ -124,9 +141,28 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
     graph->upload_masks(seed);
     graph->forward(input, scale);
     upload->release(); // the stem's im2col was the input's only reader
-    graph->backward();
-    // Unscale (AMP) and check the gradients.
-    if (scale != 1.0f) kernels::launch_scale_f32(params->grads(), params->count(), 1.0f / scale, st);
+    if (!reducer) {
+        graph->backward();
+    } else {
+        // Each bucket's all-reduce starts as soon as the backward has written it, on the
+        // communication stream, overlapping the rest of the backward.
+        size_t next = 0;
+        auto launch_ready = [&](size_t layer_done) {
+            while (next < buckets.size() && layer_done <= buckets[next].ready_layer) {
+                GradBucket& b = buckets[next++];
+                EFFNET_CUDA_CHECK(cudaEventRecord(b.ready, st));
+                EFFNET_CUDA_CHECK(cudaStreamWaitEvent(comm_stream, b.ready, 0));
+                reducer->allreduce_sum(params->grads() + b.offset, b.count, comm_stream);
+            }
+        };
+        graph->backward(launch_ready);
+        launch_ready(0);
+        EFFNET_CUDA_CHECK(cudaEventRecord(comm_done, comm_stream));
+        EFFNET_CUDA_CHECK(cudaStreamWaitEvent(st, comm_done, 0));
+    }
+    // Unscale (AMP) and check the gradients; data-parallel: the sum over the ranks becomes the mean.
+    const float unscale = 1.0f / (scale * float(reducer ? reducer->world() : 1));
+    if (unscale != 1.0f) kernels::launch_scale_f32(params->grads(), params->count(), unscale, st);
     EFFNET_CUDA_CHECK(cudaMemsetAsync(finite_flag.data(), 0, sizeof(int), st));
     kernels::launch_find_non_finite(params->grads(), params->count(), finite_flag.as<int>(), st);
     std::vector<float> losses(static_cast<size_t>(batch));
@@ -136,6 +172,9 @@ float GpuTrainer::Impl::run_forward_backward(const float* input_host, const int6
     EFFNET_CUDA_CHECK(cudaMemcpyAsync(&flag, finite_flag.data(), sizeof(int), cudaMemcpyDeviceToHost, st));
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(st)); // also surfaces execution errors of the step
     finite = flag == 0;
+    // The sums make every rank's gradients the same, non-finite values included; agreeing on
+    // the flag as well keeps the AMP skip decision one decision even so.
+    if (reducer) finite = reducer->all_true(finite);
     have_gradients = true;
     double total = 0.0;
     for (float l : losses) total += double(l);
@@ -182,6 +221,61 @@ float GpuTrainer::step(const float* input, const int64_t* targets, double lr, ui
     const float loss = compute_gradients(input, targets, seed);
     if (impl_->finite) apply_update(lr);
     return loss;
+}
+
+void GpuTrainer::Impl::release_allreduce() {
+    for (GradBucket& b : buckets)
+        if (b.ready) cudaEventDestroy(b.ready);
+    buckets.clear();
+    if (comm_done) cudaEventDestroy(comm_done);
+    if (comm_stream) cudaStreamDestroy(comm_stream);
+    comm_done = nullptr;
+    comm_stream = nullptr;
+}
+
+void GpuTrainer::Impl::plan_allreduce(size_t bucket_bytes) {
+    release_allreduce();
+    const NetworkPlan plan = make_network_plan(config, batch, height, width);
+    // Each layer's span of the flat gradient buffer: from its first trainable parameter to the
+    // next such layer's (the buffer is in network order, so the spans tile it), in backward order.
+    struct Span {
+        size_t layer;
+        int64_t begin;
+    };
+    std::vector<Span> spans;
+    for (size_t i = 0; i < plan.layers.size(); ++i) {
+        int64_t lo = -1;
+        for (const ParamSpec& p : plan.layers[i].params) {
+            if (!p.trainable) continue;
+            const int64_t off = int64_t(params->grad(p.name) - params->grads());
+            lo = lo < 0 ? off : std::min(lo, off);
+        }
+        if (lo >= 0) spans.push_back({i, spans.empty() ? 0 : lo});
+    }
+    std::vector<int64_t> sizes; // backward order
+    for (size_t k = spans.size(); k-- > 0;)
+        sizes.push_back((k + 1 < spans.size() ? spans[k + 1].begin : params->count()) - spans[k].begin);
+    for (const dist::Bucket& b : dist::plan_buckets(sizes, bucket_bytes)) {
+        GradBucket g;
+        g.count = b.count;
+        g.offset = params->count() - (b.offset + b.count);
+        g.ready_layer = spans[spans.size() - b.last].layer; // the bucket's first layer in network order
+        EFFNET_CUDA_CHECK(cudaEventCreateWithFlags(&g.ready, cudaEventDisableTiming));
+        buckets.push_back(g);
+    }
+    EFFNET_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+    EFFNET_CUDA_CHECK(cudaEventCreateWithFlags(&comm_done, cudaEventDisableTiming));
+}
+
+void GpuTrainer::set_gradient_allreduce(GradientAllReduce* reducer, size_t bucket_bytes) {
+    Impl& m = *impl_;
+    m.ctx.activate();
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(m.stream()));
+    m.reducer = reducer;
+    if (reducer)
+        m.plan_allreduce(bucket_bytes);
+    else
+        m.release_allreduce();
 }
 
 void GpuTrainer::set_loss_scale(float scale) {

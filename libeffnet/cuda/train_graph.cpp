@@ -415,11 +415,18 @@ void TrainGraph::bn_backward(const Layer& l, BnUnit& u, Act act, const Grad& dy,
 }
 
 void TrainGraph::backward() {
+    backward(std::function<void(size_t)>());
+}
+
+void TrainGraph::backward(const std::function<void(size_t)>& after_layer) {
     for (bool& busy : scratch_busy_) busy = false;
     residual_layer_ = -1;
     residual_grad_ = recomputed_ = nullptr;
     Grad d{dlogits_.data()};
-    for (size_t i = plan_.layers.size(); i-- > 0;) d = backward_layer(i, d);
+    for (size_t i = plan_.layers.size(); i-- > 0;) {
+        d = backward_layer(i, d);
+        if (after_layer) after_layer(i);
+    }
 }
 
 TrainGraph::Grad TrainGraph::backward_layer(size_t i, const Grad& dout) {

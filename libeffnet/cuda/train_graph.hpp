@@ -16,6 +16,7 @@
 //     scratch buffers in the forward and are recomputed from z in the backward.
 // Squeeze-excite keeps its small fp32 tensors. The backward runs through three scratch buffers
 // of the largest activation size and one of the largest gated (SE) output.
+#include <functional>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -68,6 +69,10 @@ public:
     // the logits, each sample's loss and dlogits (times loss_scale).
     void forward(const float* input, float loss_scale);
     void backward(); // gradients into the parameter store (overwritten)
+    // The same, calling after_layer(i) once layer i's backward is enqueued (its parameter
+    // gradients are then complete on the stream): data-parallel training starts each gradient
+    // bucket's all-reduce there.
+    void backward(const std::function<void(size_t)>& after_layer);
 
     int32_t* targets() { return targets_.as<int32_t>(); }
     const float* sample_loss() const { return sample_loss_.as<float>(); }

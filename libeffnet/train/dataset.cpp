@@ -306,6 +306,32 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool s
     return order;
 }
 
+int64_t batches_in_epoch(int64_t n, int64_t batch_size, bool drop_last) {
+    EFFNET_CHECK(n >= 0 && batch_size >= 1, "batches_in_epoch: n must be >= 0 and the batch >= 1");
+    if (drop_last && n >= batch_size) return n / batch_size;
+    return (n + batch_size - 1) / batch_size;
+}
+
+ShardRange shard_range(int64_t count, int world, int rank) {
+    EFFNET_CHECK(world >= 1 && rank >= 0 && rank < world && count >= 0,
+                 "shard_range: rank " + std::to_string(rank) + " of " + std::to_string(world) + ", count " +
+                     std::to_string(count));
+    return {count * rank / world, count * (rank + 1) / world};
+}
+
+std::vector<std::vector<int64_t>> epoch_shard(int64_t n, uint64_t seed, int64_t epoch, bool shuffle,
+                                              int64_t global_batch, bool drop_last, int world, int rank) {
+    const std::vector<int64_t> order = epoch_order(n, seed, epoch, shuffle);
+    const int64_t batches = batches_in_epoch(n, global_batch, drop_last);
+    std::vector<std::vector<int64_t>> out(static_cast<size_t>(batches));
+    for (int64_t b = 0; b < batches; ++b) {
+        const int64_t begin = b * global_batch, end = std::min(n, begin + global_batch);
+        const ShardRange r = shard_range(end - begin, world, rank);
+        out[size_t(b)].assign(order.begin() + (begin + r.begin), order.begin() + (begin + r.end));
+    }
+    return out;
+}
+
 namespace {
 
 // One batch being decoded: workers fill slots; `remaining` counts slots not done yet.
@@ -376,6 +402,10 @@ DataLoader::Impl::Impl(const ImageFolder& dataset, const LoaderOptions& options)
                  "data loader: resolution must be in [8, 4096]");
     EFFNET_CHECK(options.workers >= 1 && options.workers <= 256, "data loader: workers must be in [1, 256]");
     EFFNET_CHECK(options.val_resize >= 0, "data loader: val resize must be >= 0");
+    EFFNET_CHECK(options.shard_count >= 1 && options.shard_index >= 0 &&
+                     options.shard_index < options.shard_count,
+                 "data loader: shard " + std::to_string(options.shard_index) + " of " +
+                     std::to_string(options.shard_count));
     parse_interpolation(options.val_interpolation); // throws on unknown names
     if (options_.val_resize == 0) options_.val_resize = int(std::lround(options.resolution / 0.875));
     for (int i = 0; i < options.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
@@ -393,9 +423,8 @@ DataLoader::Impl::~Impl() {
 }
 
 int64_t DataLoader::Impl::batches_per_epoch() const {
-    const int64_t n = int64_t(dataset_.samples.size()), b = options_.batch_size;
-    if (options_.train && options_.drop_last && n >= b) return n / b;
-    return (n + b - 1) / b;
+    return batches_in_epoch(int64_t(dataset_.samples.size()), options_.batch_size,
+                            options_.train && options_.drop_last);
 }
 
 void DataLoader::Impl::start_epoch(int64_t epoch, int64_t first_batch) {
@@ -419,7 +448,8 @@ void DataLoader::Impl::submit(int64_t batch_index) {
     const int64_t n = int64_t(order_.size());
     const int64_t begin = batch_index * options_.batch_size;
     const int64_t end = std::min(n, begin + options_.batch_size);
-    for (int64_t i = begin; i < end; ++i) job->indices.push_back(order_[i]);
+    const ShardRange shard = shard_range(end - begin, options_.shard_count, options_.shard_index);
+    for (int64_t i = begin + shard.begin; i < begin + shard.end; ++i) job->indices.push_back(order_[i]);
     const int64_t count = int64_t(job->indices.size());
     const int64_t r = options_.resolution;
     job->images = Tensor({count, 3, r, r});

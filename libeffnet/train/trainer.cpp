@@ -1,11 +1,13 @@
 // One training step on the CPU engine: train-mode forward (batch statistics, dropout and
 // stochastic depth seeded by the step), label-smoothed cross-entropy, backward, optional
 // clipping, optimizer update at the scheduled learning rate.
+#include <algorithm>
 #include <cmath>
 
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
+#include "effnet/train/dataset.hpp"
 #include "effnet/train/rng.hpp"
 #include "effnet/train/trainer.hpp"
 
@@ -33,6 +35,19 @@ void check_batch(const Model& model, const Tensor& images, const std::vector<int
 }
 
 } // namespace
+
+float part_weight(int64_t part_count, int64_t total_count) {
+    EFFNET_CHECK(total_count >= 1 && part_count >= 0 && part_count <= total_count,
+                 "part_weight: " + std::to_string(part_count) + " of " + std::to_string(total_count));
+    return float(double(part_count) / double(total_count));
+}
+
+bool is_running_stat(const std::string& name) {
+    const auto ends = [&](const std::string& s) {
+        return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    return ends("running_mean") || ends("running_var");
+}
 
 void count_hits(const Tensor& logits, const std::vector<int64_t>& targets, int k, int64_t* top1,
                 int64_t* topk) {
@@ -86,6 +101,100 @@ StepResult Trainer::train_step(const Tensor& images, const std::vector<int64_t>&
     optimizer_.step(model_.params, grads.params, r.lr);
     ++step_;
     return r;
+}
+
+StepResult Trainer::accumulate_gradients(const Tensor& images, const std::vector<int64_t>& labels,
+                                         float weight, ParamMap& grads, cpu::BatchNormReducer* bn_reducer) {
+    check_batch(model_, images, labels);
+    StepResult r;
+    cpu::ForwardOptions fo;
+    fo.train = true;
+    fo.update_running_stats = true;
+    fo.dropout = options_.dropout;
+    fo.seed = mix_seed(options_.seed, uint64_t(step_), 0x6d61736bull /* "mask" */);
+    fo.bn_reducer = bn_reducer;
+    const cpu::ForwardResult out = impl_->network.forward(images, fo);
+    Tensor dlogits;
+    r.loss = cpu::softmax_cross_entropy(out.logits, labels, options_.label_smoothing, &dlogits);
+    EFFNET_CHECK(std::isfinite(r.loss), "trainer: loss is not finite at step " + std::to_string(step_) +
+                                            " (learning rate too high?)");
+    count_hits(out.logits, labels, 1, &r.correct, nullptr);
+    r.count = int64_t(labels.size());
+    if (bn_reducer) {
+        for (float& v : dlogits.data) v *= weight;
+        weight = 1.0f;
+    }
+    cpu::Gradients g = impl_->network.backward(dlogits);
+    for (auto& [name, t] : g.params) {
+        auto it = grads.find(name);
+        if (it == grads.end()) {
+            for (float& v : t.data) v *= weight;
+            grads.emplace(name, std::move(t));
+        } else {
+            EFFNET_CHECK(it->second.shape == t.shape, "trainer: gradient '" + name + "' is " +
+                                                          shape_str(t.shape) + ", the accumulated one " +
+                                                          shape_str(it->second.shape));
+            float* acc = it->second.ptr();
+            const float* src = t.ptr();
+            for (int64_t i = 0; i < t.numel(); ++i) acc[i] += weight * src[i];
+        }
+    }
+    return r;
+}
+
+StepResult Trainer::apply_gradients(ParamMap& grads) {
+    StepResult r;
+    r.lr = learning_rate(options_.schedule, step_);
+    r.grad_norm = clip_grad_norm(grads, options_.clip_grad_norm);
+    optimizer_.step(model_.params, grads, r.lr);
+    ++step_;
+    return r;
+}
+
+StepResult Trainer::train_step(const Tensor& images, const std::vector<int64_t>& labels, int micro_batches) {
+    if (micro_batches == 1) return train_step(images, labels);
+    check_batch(model_, images, labels);
+    const int64_t n = images.shape[0];
+    EFFNET_CHECK(micro_batches >= 1 && micro_batches <= n, "trainer: " + std::to_string(micro_batches) +
+                                                               " micro-batches of a batch of " +
+                                                               std::to_string(n));
+    // The running statistics at the start of the step: every part updates them from there.
+    ParamMap start, averaged;
+    for (const auto& [name, t] : model_.params)
+        if (is_running_stat(name)) start.emplace(name, t);
+    ParamMap grads;
+    StepResult total;
+    const int64_t image_floats = images.numel() / n;
+    for (int k = 0; k < micro_batches; ++k) {
+        const ShardRange part = shard_range(n, micro_batches, k);
+        Tensor x({part.size(), images.shape[1], images.shape[2], images.shape[3]});
+        std::copy(images.ptr() + part.begin * image_floats, images.ptr() + part.end * image_floats, x.ptr());
+        const std::vector<int64_t> y(labels.begin() + part.begin, labels.begin() + part.end);
+        for (const auto& [name, t] : start) // in place: the network may hold the tensors' storage
+            std::copy(t.data.begin(), t.data.end(), model_.params[name].data.begin());
+        const float w = part_weight(part.size(), n);
+        const StepResult r = accumulate_gradients(x, y, w, grads);
+        for (const auto& [name, t0] : start) {
+            const Tensor& t = model_.params[name];
+            auto it = averaged.find(name);
+            if (it == averaged.end()) {
+                Tensor a = t;
+                for (float& v : a.data) v *= w;
+                averaged.emplace(name, std::move(a));
+            } else {
+                for (int64_t i = 0; i < t.numel(); ++i) it->second.data[size_t(i)] += w * t.data[size_t(i)];
+            }
+        }
+        total.loss += double(w) * r.loss;
+        total.correct += r.correct;
+        total.count += r.count;
+    }
+    for (const auto& [name, t] : averaged)
+        std::copy(t.data.begin(), t.data.end(), model_.params[name].data.begin());
+    const StepResult u = apply_gradients(grads);
+    total.lr = u.lr;
+    total.grad_norm = u.grad_norm;
+    return total;
 }
 
 EvalResult Trainer::evaluate(const Tensor& images, const std::vector<int64_t>& labels) {

@@ -54,10 +54,38 @@ struct LoaderOptions {
     std::string val_interpolation = "bilinear"; // the weights' preprocessing
     uint64_t seed = 0;
     Normalize normalize;
+    // Data-parallel runs: batch_size is the global batch (every rank's images together); this
+    // loader decodes only rank `shard_index`'s part of each batch (shard_range). 1, 0: all of it.
+    int shard_count = 1;
+    int shard_index = 0;
 };
 
 // Sample order of one epoch: a permutation from (seed, epoch) for training, identity otherwise.
 std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle);
+
+// Batches in an epoch of n samples at (global) batch size b: with drop_last (training) n / b when
+// n >= b (the remainder n % b is not used that epoch), else one batch of all n; without it
+// ceil(n / b). The single-process rule; a data-parallel run applies it to the global batch.
+int64_t batches_in_epoch(int64_t n, int64_t batch_size, bool drop_last);
+
+// Rank `rank` of `world`'s part of a global batch of `count` samples: the positions
+// [begin, end) of the batch, contiguous and in rank order, sizes differing by at most one
+// (floor(rank * count / world) .. floor((rank + 1) * count / world)). A full batch of world * b
+// gives every rank exactly b; world 1 takes the whole batch.
+struct ShardRange {
+    int64_t begin = 0, end = 0;
+    int64_t size() const { return end - begin; }
+};
+ShardRange shard_range(int64_t count, int world, int rank);
+
+// The dataset indices rank `rank` of `world` trains on in one epoch, batch by batch: every rank
+// builds the same epoch_order(n, seed, epoch, shuffle), cuts it into batches_in_epoch(n,
+// global_batch, drop_last) global batches of global_batch samples (the last one shorter without
+// drop_last or when n < global_batch), and takes its shard_range of each. The ranks' shards are
+// disjoint, together they are exactly the samples a single process at batch global_batch uses,
+// and at world 1 they are its batches.
+std::vector<std::vector<int64_t>> epoch_shard(int64_t n, uint64_t seed, int64_t epoch, bool shuffle,
+                                              int64_t global_batch, bool drop_last, int world, int rank);
 
 // Decodes batches on a pool of worker threads, one batch ahead of the consumer. Keeps a
 // reference to the dataset, which must outlive it.
