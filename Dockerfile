@@ -14,7 +14,8 @@ FROM nvidia/cuda:13.0.2-devel-ubuntu24.04 AS build
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends \
         cmake g++ make python3 python3-pip python3-numpy catch2 libstb-dev nlohmann-json3-dev \
-        libbenchmark-dev libxxhash-dev libturbojpeg0-dev file dpkg-dev && \
+        libbenchmark-dev libxxhash-dev libjpeg-turbo8-dev libopenmpi-dev openmpi-bin \
+        file dpkg-dev && \
     rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -14,7 +14,9 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_MAINTAINER "effnet developers <effnet@localhost>")
 set(CPACK_DEBIAN_PACKAGE_SECTION science)
 # Runtime: what the programs and the static library's link interface need from Debian.
-set(effnet_deb_depends "libc6, libgomp1, libstdc++6")
+# libjpeg-turbo: the static library decodes JPEG with it, so its consumers link it (the -dev
+# package: find_dependency(JPEG) in effnetConfig.cmake). Debian names first, then Ubuntu's.
+set(effnet_deb_depends "libc6, libgomp1, libstdc++6, libjpeg62-turbo-dev | libjpeg-turbo8-dev")
 if(EFFNET_DEB_EXTRA_DEPENDS)
   string(APPEND effnet_deb_depends ", ${EFFNET_DEB_EXTRA_DEPENDS}")
 endif()

@@ -3,7 +3,9 @@
 # is already there. The CUDA toolkit is expected under /usr/local/cuda (it is on this kind of
 # machine); without it, configure with -DEFFNET_ENABLE_CUDA=OFF.
 set -euo pipefail
-pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev libxxhash-dev)
+pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev libxxhash-dev
+  libjpeg62-turbo-dev
+  openmpi-bin libopenmpi-dev) # openmpi: effnet-train's data-parallel training (optional for the build)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, configures, builds with both cores, runs every
 # test (CPU tests, Python tests of the converter and programs, GPU tests that ctest reports as
-# skipped without a GPU), the safetensors parser tests again under ASan+UBSan, and an
-# out-of-tree consumer built against the installed package, and each libFuzzer harness for 30 s
+# skipped without a GPU), the Python package's pytest suite, the safetensors parser tests again
+# under ASan+UBSan, an out-of-tree consumer built against the installed package, the Debian
+# package installed and built against (tools/test_package.sh), and each libFuzzer harness for 30 s
 # (tests/fuzz/README.md). Exits non-zero on any failure; the
 # last line counts what passed, failed and was skipped.
 set -euo pipefail
@@ -25,6 +26,14 @@ ctest --test-dir build --output-on-failure | tee "$ctest_log"
 ctest_total=$(sed -nE 's/.*tests passed, [0-9]+ tests failed out of ([0-9]+).*/\1/p' "$ctest_log" | tail -n 1)
 ctest_skipped=$(grep -cE '^[[:space:]]*[0-9]+ - .* \(Skipped\)$' "$ctest_log" || true)
 ctest_passed=$((${ctest_total:-0} - ctest_skipped))
+
+echo "== Python package (pip install . as a CPU build, pytest python/tests)"
+pytest_log=$(mktemp)
+tools/test_python.sh | tee "$pytest_log"
+# pytest's summary: "== 35 passed, 8 skipped in 4.2s ==" (a failure has exited above: pipefail).
+py_passed=$(grep -oE '[0-9]+ passed' "$pytest_log" | tail -n 1 | grep -oE '[0-9]+' || echo 0)
+py_skipped=$(grep -oE '[0-9]+ skipped' "$pytest_log" | tail -n 1 | grep -oE '[0-9]+' || echo 0)
+rm -f "$pytest_log"
 
 echo "== safetensors parser under AddressSanitizer + UndefinedBehaviorSanitizer"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DEFFNET_SANITIZE=ON -DEFFNET_ENABLE_CUDA=OFF \
@@ -73,12 +82,12 @@ else
   echo "skipped: the fuzzers (clang++ not installed)"
 fi
 
-passed=$((ctest_passed + 2 + package_passed + fuzz_passed))
-skipped=$((ctest_skipped + package_skipped + fuzz_skipped))
+passed=$((ctest_passed + py_passed + 2 + package_passed + fuzz_passed))
+skipped=$((ctest_skipped + py_skipped + package_skipped + fuzz_skipped))
 if [ "$fuzz_failed" -ne 0 ]; then
   echo "FAILED: $fuzz_failed of ${#fuzz_harnesses[@]} fuzzers found a crash (see above)"
   echo "$passed passed, $fuzz_failed failed, $skipped skipped"
   exit 1
 fi
-echo "all tests passed: ctest ran $ctest_total tests, then the parser tests under ASan+UBSan, the consumer, the Debian package ($package_passed) and $fuzz_passed fuzzers"
+echo "all tests passed: ctest ran $ctest_total tests, pytest $py_passed (python/tests), then the parser tests under ASan+UBSan, the consumer, the Debian package ($package_passed) and $fuzz_passed fuzzers"
 echo "$passed passed, 0 failed, $skipped skipped"
