@@ -3,7 +3,7 @@
 # is already there. The CUDA toolkit is expected under /usr/local/cuda (it is on this kind of
 # machine); without it, configure with -DEFFNET_ENABLE_CUDA=OFF.
 set -euo pipefail
-pkgs=(cmake g++ make python3 python3-pip catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev libxxhash-dev
+pkgs=(cmake g++ make python3 python3-pip python3-venv catch2 libstb-dev nlohmann-json3-dev libbenchmark-dev libxxhash-dev
   libjpeg62-turbo-dev
   openmpi-bin libopenmpi-dev) # openmpi: effnet-train's data-parallel training (optional for the build)
 missing=()
