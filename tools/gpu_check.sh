@@ -14,7 +14,7 @@
 #
 # Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
 # here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
-# sanitizer,compile,bench,torch,train,trainprof,micro,extras; default all), EFFNET_BIN (default .carry/bin),
+# sanitizer,compile,bench,torch,train,trainprof,features,dist,micro,extras; default all), EFFNET_BIN (default .carry/bin),
 # PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32), SANITIZER_SPEC
 # (Catch2 test spec for compute-sanitizer, default '[sanitize]'), SANITIZER_CAP_S (45),
 # GPU_CHECK_STOP_ON_TEST_FAILURE=1 (stop after failing GPU tests, before any timing).
@@ -320,6 +320,27 @@ make_folder(sys.argv[1] + "/train", 16, 1); make_folder(sys.argv[1] + "/val", 4,
         --optimizer rmsprop --device cuda --precision amp-fp16 --checkpoint-dir "$TD/ck" --log "$TD/log.csv")
     run_step train_b0_stop 30 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${b0[@]}" --max-steps 3
     run_step train_b0_resume 30 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${b0[@]}" --resume
+fi
+
+# ---- backbone features against timm / torchvision on the GPU (fp32, fp16, bf16; B0..B2 and timm
+# B0 / Lite0 features_only), then data-parallel effnet-train through NCCL at world size 1
+# (--force-nccl: the same run with the NCCL all-reduce in the path) against the plain trainer:
+# the step-time overhead (target <= 3%) is the ratio of the two runs' logged step times.
+if want features && have_bin effnet-run features_parity; then
+    TAIL_LINES=16 run_step features_parity 90 "$LOG" "$PY" tools/torch_features_parity.py \
+        --effnet-run "$BIN/effnet-run" --lib-path "$EFFLD" --device cuda --precisions fp32,fp16,bf16 \
+        --variants b0,b1,b2 --budget-s 70 --json-out "$RESULTS"
+fi
+if want dist && have_bin effnet-train dist_nccl; then
+    TD=$TMP/train_dist
+    "$PY" -c 'import sys; sys.path.insert(0, "tests/python"); from test_train_program import make_folder
+make_folder(sys.argv[1] + "/train", 64, 1)' "$TD"
+    dist=(--data "$TD/train" --preset b0 --resolution 128 --batch 64 --epochs 3 --optimizer sgd
+          --device cuda --precision amp-fp16)
+    run_step dist_plain 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${dist[@]}" --log "$TD/plain.csv"
+    run_step dist_nccl_world1 40 "$LOG" "${EENV[@]}" "$BIN/effnet-train" "${dist[@]}" --force-nccl \
+        --log "$TD/nccl.csv"
+    cp "$TD"/plain.csv "$TD"/nccl.csv "$OUT"/ 2>/dev/null || true
 fi
 
 # ---- microbenchmarks (kernels vs cuDNN, vs the measured copy bandwidth)
