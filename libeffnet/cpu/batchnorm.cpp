@@ -1,7 +1,8 @@
 // Batch norm over [N, C, H, W], per channel C, PyTorch semantics:
 //   train: normalise with the biased batch variance; running stats take the unbiased one;
 //   eval:  y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
-// Statistics and parameter-gradient sums accumulate in double, one thread per channel.
+// Statistics and parameter-gradient sums accumulate in double, one thread per channel. Train
+// mode optionally synchronises the statistics over data-parallel ranks (a BatchNormReducer).
 #include <cmath>
 #include <string>
 #include <utility>
@@ -9,6 +10,7 @@
 
 #include "cpu/ops.hpp"
 #include "cpu/ops_util.hpp"
+#include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
 
 namespace effnet::cpu {
@@ -47,37 +49,59 @@ Tensor batchnorm_eval_forward(const Tensor& x, const Tensor& gamma, const Tensor
     return y;
 }
 
+// Each channel's statistics come from per-channel sums taken in passes; with a reducer
+// (synchronized batch norm) every pass's sums are summed over all ranks before the next pass, so
+// each rank normalises with the global batch's statistics. Without one, the same arithmetic on
+// this process's batch alone.
 Tensor batchnorm_train_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                BatchNormSaved* saved, Tensor* running_mean, Tensor* running_var,
-                               float momentum) {
+                               float momentum, BatchNormReducer* reducer) {
     const char* op = "batchnorm_train_forward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_shape(op, "beta", beta, {d.C});
     if (running_mean) detail::check_shape(op, "running_mean", *running_mean, {d.C});
     if (running_var) detail::check_shape(op, "running_var", *running_var, {d.C});
-    const int64_t count = d.N * d.HW;
-    // Same rule as PyTorch: the batch variance of a single value is undefined.
-    EFFNET_CHECK(count > 1, std::string(op) + ": need more than 1 value per channel in training, x " +
-                                shape_str(x.shape));
+    const bool parallel = x.numel() > detail::kParallelMinWork;
 
-    std::vector<double> mean(d.C), invstd(d.C);
-    Tensor y(x.shape);
-#pragma omp parallel for schedule(static) if (x.numel() > detail::kParallelMinWork)
+    // Pass 1: [sum x (C), count].
+    std::vector<double> sums(size_t(d.C) + 1);
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t c = 0; c < d.C; ++c) {
         double sum = 0;
         for (int64_t n = 0; n < d.N; ++n) {
             const float* xp = x.ptr() + (n * d.C + c) * d.HW;
             for (int64_t i = 0; i < d.HW; ++i) sum += xp[i];
         }
-        const double m = sum / double(count);
-        double sq = 0; // second pass: sum of squared deviations, no cancellation
+        sums[c] = sum;
+    }
+    sums[d.C] = double(d.N * d.HW);
+    if (reducer) reducer->allreduce_sum(sums.data(), sums.size());
+    const double count = sums[d.C];
+    // Same rule as PyTorch: the batch variance of a single value is undefined.
+    EFFNET_CHECK(count > 1, std::string(op) + ": need more than 1 value per channel in training, x " +
+                                shape_str(x.shape) + (reducer ? " (over all ranks)" : ""));
+
+    // Pass 2: sum of squared deviations from the mean (two passes: no cancellation).
+    std::vector<double> mean(d.C), sq(d.C), invstd(d.C);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t c = 0; c < d.C; ++c) {
+        const double m = sums[c] / count;
+        double s = 0;
         for (int64_t n = 0; n < d.N; ++n) {
             const float* xp = x.ptr() + (n * d.C + c) * d.HW;
-            for (int64_t i = 0; i < d.HW; ++i) sq += (xp[i] - m) * (xp[i] - m);
+            for (int64_t i = 0; i < d.HW; ++i) s += (xp[i] - m) * (xp[i] - m);
         }
-        const double var_biased = sq / double(count);
-        const double is = 1.0 / std::sqrt(var_biased + eps);
         mean[c] = m;
+        sq[c] = s;
+    }
+    if (reducer) reducer->allreduce_sum(sq.data(), sq.size());
+
+    // Pass 3: normalise; running statistics.
+    Tensor y(x.shape);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t c = 0; c < d.C; ++c) {
+        const double m = mean[c];
+        const double is = 1.0 / std::sqrt(sq[c] / count + eps);
         invstd[c] = is;
         const double scale = is * gamma.data[c], shift = beta.data[c] - m * scale;
         for (int64_t n = 0; n < d.N; ++n) {
@@ -88,7 +112,7 @@ Tensor batchnorm_train_forward(const Tensor& x, const Tensor& gamma, const Tenso
         if (running_mean)
             running_mean->data[c] = float((1.0 - momentum) * running_mean->data[c] + momentum * m);
         if (running_var) {
-            const double var_unbiased = sq / double(count - 1);
+            const double var_unbiased = sq[c] / (count - 1);
             running_var->data[c] = float((1.0 - momentum) * running_var->data[c] + momentum * var_unbiased);
         }
     }
@@ -100,18 +124,21 @@ Tensor batchnorm_train_forward(const Tensor& x, const Tensor& gamma, const Tenso
 }
 
 void batchnorm_train_backward(const Tensor& x, const Tensor& gamma, const BatchNormSaved& saved,
-                              const Tensor& dy, Tensor* dx, Tensor* dgamma, Tensor* dbeta) {
+                              const Tensor& dy, Tensor* dx, Tensor* dgamma, Tensor* dbeta,
+                              BatchNormReducer* reducer) {
     const char* op = "batchnorm_train_backward";
     const BnDims d = bn_dims(op, x, gamma);
     detail::check_same_shape(op, "dy", dy, "x", x);
     EFFNET_CHECK(int64_t(saved.mean.size()) == d.C && int64_t(saved.invstd.size()) == d.C,
                  std::string(op) + ": saved statistics have " + std::to_string(saved.mean.size()) +
                      " channels, x " + shape_str(x.shape));
-    const int64_t count = d.N * d.HW;
-    if (dx) *dx = Tensor(x.shape);
+    const bool parallel = x.numel() > detail::kParallelMinWork;
     if (dgamma) *dgamma = Tensor({d.C});
     if (dbeta) *dbeta = Tensor({d.C});
-#pragma omp parallel for schedule(static) if (x.numel() > detail::kParallelMinWork)
+    // Pass 1: [sum dy (C), sum dy * xhat (C), count]. dgamma and dbeta are this process's sums
+    // (with a reducer, the gradient all-reduce adds the ranks' up).
+    std::vector<double> sums(2 * size_t(d.C) + 1);
+#pragma omp parallel for schedule(static) if (parallel)
     for (int64_t c = 0; c < d.C; ++c) {
         const double m = saved.mean[c], is = saved.invstd[c];
         double sum_dy = 0, sum_dy_xhat = 0;
@@ -125,10 +152,21 @@ void batchnorm_train_backward(const Tensor& x, const Tensor& gamma, const BatchN
         }
         if (dgamma) dgamma->data[c] = float(sum_dy_xhat);
         if (dbeta) dbeta->data[c] = float(sum_dy);
-        if (!dx) continue;
-        // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        sums[c] = sum_dy;
+        sums[d.C + c] = sum_dy_xhat;
+    }
+    sums[2 * d.C] = double(d.N * d.HW);
+    if (reducer) reducer->allreduce_sum(sums.data(), sums.size());
+    if (!dx) return;
+
+    // Pass 2: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    *dx = Tensor(x.shape);
+    const double count = sums[2 * d.C];
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t c = 0; c < d.C; ++c) {
+        const double m = saved.mean[c], is = saved.invstd[c];
         const double k = gamma.data[c] * is;
-        const double mean_dy = sum_dy / double(count), mean_dy_xhat = sum_dy_xhat / double(count);
+        const double mean_dy = sums[c] / count, mean_dy_xhat = sums[d.C + c] / count;
         for (int64_t n = 0; n < d.N; ++n) {
             const float* xp = x.ptr() + (n * d.C + c) * d.HW;
             const float* dp = dy.ptr() + (n * d.C + c) * d.HW;

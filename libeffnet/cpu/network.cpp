@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "cpu/ops.hpp"
-#include "dist/sync_batchnorm.hpp"
 #include "effnet/cpu_engine.hpp"
 #include "effnet/error.hpp"
 #include "effnet/network_plan.hpp"
@@ -124,11 +123,8 @@ struct Network::Impl {
                                               "channel, got activation " +
                                               shape_str(z.shape) + " (use a larger batch or input)");
             const bool update = opt.update_running_stats;
-            y = bn_reducer
-                    ? sync_batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
-                                                   update ? &var : nullptr, c.bn_momentum, *bn_reducer)
-                    : batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
-                                              update ? &var : nullptr, c.bn_momentum);
+            y = batchnorm_train_forward(z, gamma, beta, c.bn_eps, &s.bn, update ? &mean : nullptr,
+                                        update ? &var : nullptr, c.bn_momentum, bn_reducer);
         } else {
             y = batchnorm_eval_forward(z, gamma, beta, mean, var, c.bn_eps);
         }
@@ -148,10 +144,7 @@ struct Network::Impl {
         const Tensor& gamma = model.param(l.param("bn.weight"));
         Tensor dz, dgamma, dbeta;
         if (train) {
-            if (bn_reducer)
-                sync_batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta, *bn_reducer);
-            else
-                batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta);
+            batchnorm_train_backward(s.z, gamma, s.bn, dy, &dz, &dgamma, &dbeta, bn_reducer);
         } else {
             batchnorm_eval_backward(s.z, gamma, model.param(l.param("bn.running_mean")),
                                     model.param(l.param("bn.running_var")), c.bn_eps, dy, &dz, &dgamma,

@@ -11,6 +11,8 @@
 
 namespace effnet::cpu {
 
+class BatchNormReducer; // effnet/cpu_engine.hpp
+
 struct Conv2dParams {
     int stride = 1;
     int groups = 1; // 1 = dense, C = depthwise
@@ -32,11 +34,14 @@ struct BatchNormSaved {
 };
 // Batch statistics (biased variance to normalise); updates the running statistics when given:
 // running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance.
+// reducer (synchronized batch norm, effnet/cpu_engine.hpp): the statistics of every rank's batch
+// together; dgamma / dbeta stay this process's own sums. null: this batch alone.
 Tensor batchnorm_train_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                BatchNormSaved* saved, Tensor* running_mean, Tensor* running_var,
-                               float momentum);
+                               float momentum, BatchNormReducer* reducer = nullptr);
 void batchnorm_train_backward(const Tensor& x, const Tensor& gamma, const BatchNormSaved& saved,
-                              const Tensor& dy, Tensor* dx, Tensor* dgamma, Tensor* dbeta);
+                              const Tensor& dy, Tensor* dx, Tensor* dgamma, Tensor* dbeta,
+                              BatchNormReducer* reducer = nullptr);
 // Eval-mode batch norm is affine: dx = dy * gamma / sqrt(var + eps).
 void batchnorm_eval_backward(const Tensor& x, const Tensor& gamma, const Tensor& running_mean,
                              const Tensor& running_var, float eps, const Tensor& dy, Tensor* dx,
