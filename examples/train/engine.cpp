@@ -167,21 +167,25 @@ private:
     CommBatchNormReducer bn_reducer_;
 };
 
-// dst [full images] = src's n images, repeated in order (i -> i % n), image_floats each; the
-// copy split over a few threads (one thread moves ~10 GB/s: a B0 batch of 128 is 77 MB).
-void copy_images_repeated(float* dst, const float* src, int64_t n, int64_t full, size_t image_floats) {
+// dst images [first, full) = src's n images, repeated in order (i -> i % n), image_floats each;
+// the copy split over a few threads (one thread moves ~10 GB/s: a B0 batch of 128 is 77 MB).
+// first = n with dst == src fills up a short batch in place.
+void copy_images_repeated(float* dst, const float* src, int64_t n, int64_t full, size_t image_floats,
+                          int64_t first = 0) {
     const auto copy_range = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
             std::memcpy(dst + size_t(i) * image_floats, src + size_t(i % n) * image_floats,
                         image_floats * sizeof(float));
     };
-    const int64_t bytes = full * int64_t(image_floats * sizeof(float));
-    const int64_t threads = std::min<int64_t>({8, full, std::max(1u, std::thread::hardware_concurrency()),
+    const int64_t count = full - first;
+    if (count <= 0) return;
+    const int64_t bytes = count * int64_t(image_floats * sizeof(float));
+    const int64_t threads = std::min<int64_t>({8, count, std::max(1u, std::thread::hardware_concurrency()),
                                                std::max<int64_t>(1, bytes >> 22)}); // >= 4 MiB each
     std::vector<std::thread> pool;
     for (int64_t t = 1; t < threads; ++t)
-        pool.emplace_back(copy_range, full * t / threads, full * (t + 1) / threads);
-    copy_range(0, full / threads);
+        pool.emplace_back(copy_range, first + count * t / threads, first + count * (t + 1) / threads);
+    copy_range(first, first + count / threads);
     for (std::thread& th : pool) th.join();
 }
 
@@ -224,11 +228,20 @@ public:
             "every image of this rank's part of the batch is unreadable (the GPU engine trains fixed "
             "batches; remove the unreadable images)");
         check_images(batch, full);
-        // Into the trainer's page-locked staging buffer, whose upload is one DMA (from pageable
-        // memory the driver stages it: B0 b128 measured 31.8 instead of 20.3 ms per step). The
-        // GPU trainer's batch is fixed: a short batch repeats its own images.
+        // In the trainer's page-locked staging buffer, whose upload is one DMA (from pageable
+        // memory the driver stages it: B0 b128 measured 31.8 instead of 20.3 ms per step): where
+        // the loader decoded it (batch_destination), else copied there. The GPU trainer's batch
+        // is fixed: a short batch repeats its own images.
+        const size_t image_floats =
+            size_t(model_.config.in_channels) * size_t(resolution_) * size_t(resolution_);
         float* images = trainer_.input_staging(0);
-        copy_images_repeated(images, batch.images.ptr(), n, full, size_t(batch.images.numel() / n));
+        if (batch.staged &&
+            (batch.staged == trainer_.input_staging(0) || batch.staged == trainer_.input_staging(1))) {
+            images = batch.staged;
+            copy_images_repeated(images, images, n, full, image_floats, n);
+        } else {
+            copy_images_repeated(images, batch.image_data(), n, full, image_floats);
+        }
         const int64_t* labels = batch.labels.data();
         if (n < full) {
             padded_labels_.resize(size_t(full));
@@ -275,6 +288,13 @@ public:
         return step_;
     }
 
+    float* batch_destination(int which) override {
+        return trainer_.input_staging(which);
+    }
+    int64_t destination_images() const override {
+        return trainer_.batch();
+    }
+
     void begin_evaluation() override {
         sync_model();
         SessionOptions so;
@@ -289,10 +309,12 @@ public:
         EFFNET_CHECK(session_, "GPU engine: evaluate() outside begin_evaluation() / end_evaluation()");
         const int64_t n = int64_t(batch.labels.size());
         check_images(batch, eval_batch_);
-        const float* images = batch.images.ptr();
+        const float* images = batch.image_data();
         if (n < eval_batch_) { // a partial last batch: the rows after n are computed and ignored
-            padded_images_.assign(size_t(eval_batch_) * size_t(batch.images.numel() / n), 0.0f);
-            std::copy(batch.images.data.begin(), batch.images.data.end(), padded_images_.begin());
+            const size_t image_floats =
+                size_t(model_.config.in_channels) * size_t(resolution_) * size_t(resolution_);
+            padded_images_.assign(size_t(eval_batch_) * image_floats, 0.0f);
+            std::copy(images, images + size_t(n) * image_floats, padded_images_.begin());
             images = padded_images_.data();
         }
         session_->run(images, eval_logits_.data());
@@ -349,6 +371,7 @@ private:
         EFFNET_CHECK(n >= 1 && n <= max_batch, "GPU engine: a batch of " + std::to_string(n) +
                                                    " images (expected 1.." + std::to_string(max_batch) + ")");
         const Shape want = {n, int64_t(model_.config.in_channels), resolution_, resolution_};
+        if (batch.staged) return; // decoded by the loader at this resolution, n images
         EFFNET_CHECK(batch.images.shape == want,
                      "GPU engine: images " + shape_str(batch.images.shape) + ", expected " + shape_str(want));
     }

@@ -48,6 +48,15 @@ public:
     // amp-fp16 checkpoint) its loss scaler.
     virtual void resume(train::ParamMap optimizer_state, int64_t optimizer_steps,
                         const train::TrainingState& state) = 0;
+    // Where the data loader may decode training batches straight to (DataLoader::set_destinations):
+    // buffer `which` (0 or 1, used in turn) of destination_images() images of [3, R, R] floats,
+    // or null when the engine has none (the CPU engine trains from the batch's own tensor, which
+    // the loader decodes into directly). train_step takes a batch that lies there without a copy.
+    virtual float* batch_destination(int which) {
+        (void)which;
+        return nullptr;
+    }
+    virtual int64_t destination_images() const { return 0; }
     // Appended to the epoch summary line; empty: nothing to add.
     virtual std::string epoch_note() const { return ""; }
 };

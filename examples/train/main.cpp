@@ -359,6 +359,11 @@ int run(int argc, char** argv) {
         par.sync_bn = a.sync_bn && world > 1; // one process: its batch is the global batch already
         engine = examples::make_cpu_engine(model, to, par);
     }
+    // The GPU engine's page-locked staging buffers: the loader decodes training batches there
+    // (no copy from a tensor); the CPU engine has none and takes the loader's tensors as they are.
+    if (engine->batch_destination(0))
+        loader.set_destinations(engine->batch_destination(0), engine->batch_destination(1),
+                                engine->destination_images());
 
     TrainingState state;
     state.seed = a.seed;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -337,7 +338,9 @@ namespace {
 // One batch being decoded: workers fill slots; `remaining` counts slots not done yet.
 struct Job {
     std::vector<int64_t> indices; // dataset indices, in batch order
-    Tensor images;                // [n, 3, R, R]
+    Tensor images;                // [n, 3, R, R], when not decoded into a caller's buffer
+    float* dst = nullptr;         // where slot s goes: dst + s * 3 * R * R (images' or the caller's)
+    bool external = false;        // dst is a caller's buffer (set_destinations)
     std::vector<char> ok;
     std::vector<std::string> errors;
     int64_t epoch = 0;
@@ -355,6 +358,8 @@ struct DataLoader::Impl {
     void worker_loop();
     void submit(int64_t batch_index);
     void load_sample(Job& job, int64_t slot);
+    void drop_pending(std::unique_lock<std::mutex>& lock);
+    void set_destinations(float* first, float* second, int64_t capacity_images);
 
     const ImageFolder& dataset_;
     LoaderOptions options_;
@@ -365,6 +370,10 @@ struct DataLoader::Impl {
     std::condition_variable work_cv_, done_cv_;
     std::deque<std::pair<std::shared_ptr<Job>, int64_t>> tasks_; // (job, slot)
     std::map<int64_t, std::shared_ptr<Job>> jobs_;               // batch index -> job
+    int64_t in_flight_ = 0;                                      // slots a worker is decoding now
+    float* destinations_[2] = {nullptr, nullptr};
+    int64_t destination_capacity_ = 0;
+    int64_t jobs_submitted_ = 0; // alternates the destinations
     bool stopping_ = false;
     std::vector<std::thread> threads_;
 };
@@ -392,6 +401,10 @@ Batch DataLoader::next() {
 
 const LoaderOptions& DataLoader::options() const {
     return impl_->options_;
+}
+
+void DataLoader::set_destinations(float* first, float* second, int64_t capacity_images) {
+    impl_->set_destinations(first, second, capacity_images);
 }
 
 DataLoader::Impl::Impl(const ImageFolder& dataset, const LoaderOptions& options)
@@ -432,12 +445,30 @@ void DataLoader::Impl::start_epoch(int64_t epoch, int64_t first_batch) {
     EFFNET_CHECK(first_batch >= 0 && first_batch <= batches_per_epoch(),
                  "data loader: batch " + std::to_string(first_batch) + " out of range (epoch has " +
                      std::to_string(batches_per_epoch()) + ")");
-    std::lock_guard<std::mutex> lock(mutex_);
-    tasks_.clear(); // slots of stale jobs still in a worker's hands finish into their own job
-    jobs_.clear();
+    std::unique_lock<std::mutex> lock(mutex_);
+    drop_pending(lock);
     epoch_ = epoch;
     next_batch_ = first_batch;
     order_ = epoch_order(int64_t(dataset_.samples.size()), options_.seed, epoch, options_.train);
+    if (next_batch_ < batches_per_epoch()) submit(next_batch_);
+}
+
+// Called with mutex_ held: forgets the jobs submitted, and waits for the slots still in a
+// worker's hands (which may be writing into a caller's buffer that the next job reuses).
+void DataLoader::Impl::drop_pending(std::unique_lock<std::mutex>& lock) {
+    tasks_.clear();
+    done_cv_.wait(lock, [this] { return in_flight_ == 0; });
+    jobs_.clear();
+}
+
+void DataLoader::Impl::set_destinations(float* first, float* second, int64_t capacity_images) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    drop_pending(lock);
+    const bool on = first && second && capacity_images > 0;
+    destinations_[0] = on ? first : nullptr;
+    destinations_[1] = on ? second : nullptr;
+    destination_capacity_ = on ? capacity_images : 0;
+    jobs_submitted_ = 0;
     if (next_batch_ < batches_per_epoch()) submit(next_batch_);
 }
 
@@ -452,7 +483,14 @@ void DataLoader::Impl::submit(int64_t batch_index) {
     for (int64_t i = begin + shard.begin; i < begin + shard.end; ++i) job->indices.push_back(order_[i]);
     const int64_t count = int64_t(job->indices.size());
     const int64_t r = options_.resolution;
-    job->images = Tensor({count, 3, r, r});
+    if (destinations_[0] && count <= destination_capacity_) {
+        job->dst = destinations_[jobs_submitted_ % 2];
+        job->external = true;
+    } else {
+        job->images = Tensor({count, 3, r, r});
+        job->dst = job->images.ptr();
+    }
+    ++jobs_submitted_;
     job->ok.assign(count, 0);
     job->errors.assign(count, "");
     job->epoch = epoch_;
@@ -465,7 +503,7 @@ void DataLoader::Impl::submit(int64_t batch_index) {
 void DataLoader::Impl::load_sample(Job& job, int64_t slot) {
     const int64_t index = job.indices[slot];
     const int64_t r = options_.resolution;
-    float* dst = job.images.ptr() + slot * 3 * r * r;
+    float* dst = job.dst + slot * 3 * r * r;
     try {
         const Image image = load_image(dataset_.samples[index].path);
         if (options_.train) {
@@ -492,11 +530,13 @@ void DataLoader::Impl::worker_loop() {
             job = tasks_.front().first;
             slot = tasks_.front().second;
             tasks_.pop_front();
+            ++in_flight_;
         }
         load_sample(*job, slot); // outside the lock: decoding is the slow part
         {
             std::lock_guard<std::mutex> lock(mutex_);
             --job->remaining;
+            --in_flight_;
         }
         done_cv_.notify_all();
     }
@@ -508,23 +548,17 @@ Batch DataLoader::Impl::next() {
                  "data loader: epoch " + std::to_string(epoch_) + " has no batches left");
     const int64_t index = next_batch_++;
     submit(index);
-    if (index + 1 < batches_per_epoch()) submit(index + 1); // prefetch while this one trains
+    if (options_.prefetch && index + 1 < batches_per_epoch()) submit(index + 1); // while this one trains
     std::shared_ptr<Job> job = jobs_.at(index);
     done_cv_.wait(lock, [&] { return job->remaining == 0; });
     jobs_.erase(index);
     lock.unlock();
 
+    // The kept images moved down over the unreadable ones' slots, in place (k <= s).
     Batch batch;
     const int64_t count = int64_t(job->indices.size());
-    int64_t kept = 0;
-    for (int64_t s = 0; s < count; ++s) kept += job->ok[s];
     const int64_t r = options_.resolution;
-    const int64_t image_size = 3 * r * r;
-    if (kept == count) {
-        batch.images = std::move(job->images);
-    } else {
-        batch.images = Tensor({kept, 3, r, r});
-    }
+    const size_t image_size = size_t(3 * r * r);
     int64_t k = 0;
     for (int64_t s = 0; s < count; ++s) {
         if (!job->ok[s]) {
@@ -532,12 +566,19 @@ Batch DataLoader::Impl::next() {
             batch.errors.push_back(job->errors[s]);
             continue;
         }
-        if (kept != count)
-            std::copy(job->images.ptr() + s * image_size, job->images.ptr() + (s + 1) * image_size,
-                      batch.images.ptr() + k * image_size);
+        if (k != s)
+            std::memmove(job->dst + size_t(k) * image_size, job->dst + size_t(s) * image_size,
+                         image_size * sizeof(float));
         batch.labels.push_back(dataset_.samples[job->indices[s]].label);
         batch.indices.push_back(job->indices[s]);
         ++k;
+    }
+    if (job->external) {
+        batch.staged = job->dst;
+    } else {
+        batch.images = std::move(job->images);
+        batch.images.data.resize(size_t(k) * image_size);
+        batch.images.shape[0] = k;
     }
     return batch;
 }

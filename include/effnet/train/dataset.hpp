@@ -1,7 +1,8 @@
 #pragma once
 // Image-folder dataset: root/<class>/<file> with an image extension (effnet::has_image_extension:
 // jpg, jpeg, png, bmp, tga); classes are the sorted sub-folder names; samples sorted by class,
-// then file name. DataLoader decodes its batches on worker threads, one batch ahead.
+// then file name. DataLoader decodes its batches on worker threads, one batch ahead, into its own
+// tensors or (set_destinations) straight into two buffers the caller owns, used in turn.
 // The scan follows symbolic links but never in a loop: a link back to a folder it is in, to the
 // root or into another class folder is skipped with a warning; a file reached by several paths
 // counts once (by device and inode); a file under two classes is an error.
@@ -37,11 +38,17 @@ struct ImageFolder {
 };
 
 struct Batch {
-    Tensor images;                   // [n, 3, R, R], n <= batch size (unreadable images removed)
+    Tensor images;                   // [n, 3, R, R], n <= batch size (unreadable images removed);
+                                     // empty when the images lie in `staged`
     std::vector<int64_t> labels;     // n
     std::vector<int64_t> indices;    // dataset index of each kept sample
     int64_t skipped = 0;             // unreadable images in this batch
     std::vector<std::string> errors; // their messages
+    // Set when the loader decoded into a caller's buffer (DataLoader::set_destinations): the n
+    // images, [n, 3, R, R] contiguous from there; valid until the loader's next next() or
+    // start_epoch().
+    float* staged = nullptr;
+    const float* image_data() const { return staged ? staged : images.ptr(); }
 };
 
 struct LoaderOptions {
@@ -58,6 +65,9 @@ struct LoaderOptions {
     // loader decodes only rank `shard_index`'s part of each batch (shard_range). 1, 0: all of it.
     int shard_count = 1;
     int shard_index = 0;
+    // Decode batch k + 1 while batch k is in use (one batch ahead). false: each batch is decoded
+    // only when next() asks for it (the sequential path; the same batches, bit for bit).
+    bool prefetch = true;
 };
 
 // Sample order of one epoch: a permutation from (seed, epoch) for training, identity otherwise.
@@ -87,8 +97,10 @@ ShardRange shard_range(int64_t count, int world, int rank);
 std::vector<std::vector<int64_t>> epoch_shard(int64_t n, uint64_t seed, int64_t epoch, bool shuffle,
                                               int64_t global_batch, bool drop_last, int world, int rank);
 
-// Decodes batches on a pool of worker threads, one batch ahead of the consumer. Keeps a
-// reference to the dataset, which must outlive it.
+// Decodes batches on a pool of worker threads, one batch ahead of the consumer (at most two
+// batches in memory). Every sample's augmentation draws come from (seed, epoch, dataset index),
+// so the batches do not depend on the thread count, on prefetching or on the destination. Keeps
+// a reference to the dataset, which must outlive it.
 class DataLoader {
 public:
     DataLoader(const ImageFolder& dataset, const LoaderOptions& options);
@@ -104,6 +116,13 @@ public:
     // The next batch (waits for its decoding). Throws when the epoch is over.
     Batch next();
     const LoaderOptions& options() const;
+    // From now on, batches of at most `capacity_images` images are decoded and preprocessed
+    // straight into a caller's buffer of capacity_images * 3 * R * R floats: the batches alternate
+    // between `first` and `second` (Batch::staged), so the one returned stays untouched while the
+    // next is decoded into the other. Larger batches (and null buffers: back to the default)
+    // use the loader's own tensors. The buffers must outlive the loader or the next call.
+    // Batches already prefetched are decoded again.
+    void set_destinations(float* first, float* second, int64_t capacity_images);
 
 private:
     struct Impl; // the worker threads, their queue and the batches in flight
