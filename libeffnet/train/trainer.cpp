@@ -80,26 +80,14 @@ Trainer::Trainer(Model& model, const TrainOptions& options)
 
 Trainer::~Trainer() = default;
 
+// Forward, loss and backward (accumulate_gradients with weight 1: the gradients themselves),
+// then clipping and the update at the scheduled learning rate (apply_gradients).
 StepResult Trainer::train_step(const Tensor& images, const std::vector<int64_t>& labels) {
-    check_batch(model_, images, labels);
-    StepResult r;
-    r.lr = learning_rate(options_.schedule, step_);
-    cpu::ForwardOptions fo;
-    fo.train = true;
-    fo.update_running_stats = true;
-    fo.dropout = options_.dropout;
-    fo.seed = mix_seed(options_.seed, uint64_t(step_), 0x6d61736bull /* "mask" */);
-    const cpu::ForwardResult out = impl_->network.forward(images, fo);
-    Tensor dlogits;
-    r.loss = cpu::softmax_cross_entropy(out.logits, labels, options_.label_smoothing, &dlogits);
-    EFFNET_CHECK(std::isfinite(r.loss), "trainer: loss is not finite at step " + std::to_string(step_) +
-                                            " (learning rate too high?)");
-    count_hits(out.logits, labels, 1, &r.correct, nullptr);
-    r.count = int64_t(labels.size());
-    cpu::Gradients grads = impl_->network.backward(dlogits);
-    r.grad_norm = clip_grad_norm(grads.params, options_.clip_grad_norm);
-    optimizer_.step(model_.params, grads.params, r.lr);
-    ++step_;
+    ParamMap grads;
+    StepResult r = accumulate_gradients(images, labels, 1.0f, grads);
+    const StepResult update = apply_gradients(grads);
+    r.lr = update.lr;
+    r.grad_norm = update.grad_norm;
     return r;
 }
 
