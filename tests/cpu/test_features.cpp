@@ -19,13 +19,17 @@
 #include "effnet/model.hpp"
 #include "effnet/network_plan.hpp"
 #include "effnet/safetensors.hpp"
+#include "golden_fixture.hpp"
 #include "gradcheck.hpp"
 
 namespace {
 
 using namespace effnet;
+using golden::convert;
+using golden::kGoldenDir;
+using golden::rel_error;
+using golden::to_tensor;
 
-const std::string kGoldenDir = std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden";
 const std::string kOutDir = std::string(EFFNET_BINARY_DIR) + "/features";
 
 // A feature is a prefix of the eval forward, a chain of float32 ops against PyTorch's float64:
@@ -33,38 +37,6 @@ const std::string kOutDir = std::string(EFFNET_BINARY_DIR) + "/features";
 // timm_tiny 1.1e-7, timm_tf_tiny 1.1e-7, timm_lite_tiny 4.0e-7. 2e-6 is 5x the worst, and far
 // below what a wrong layer (O(1)) or a skipped BN gives.
 constexpr double kFeatureTolerance = 2e-6;
-
-double rel_error(const Tensor& ours, const std::vector<double>& ref) {
-    REQUIRE(size_t(ours.numel()) == ref.size());
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-        const double d = double(ours.data[i]) - ref[i];
-        num += d * d;
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
-Tensor to_tensor(const SafetensorsFile& f, const std::string& name) {
-    Tensor t(f.info(name).shape);
-    const std::vector<double> v = f.read_f64(name);
-    for (size_t i = 0; i < v.size(); ++i) t.data[i] = float(v[i]);
-    return t;
-}
-
-// Converts NAME.pth with the settings the fixture was made with (as test_golden.cpp does).
-std::string convert(const std::string& name, const SafetensorsFile& golden) {
-    ::mkdir(kOutDir.c_str(), 0755);
-    const std::string out = kOutDir + "/" + name + ".safetensors";
-    const auto& meta = golden.metadata();
-    const std::string cmd = "python3 '" + std::string(EFFNET_SOURCE_DIR) + "/weights/convert.py' '" +
-                            kGoldenDir + "/" + name + ".pth' '" + out + "' --padding " + meta.at("padding") +
-                            " --bn-eps " + meta.at("bn_eps") + " --activation " + meta.at("activation") +
-                            " > '" + kOutDir + "/" + name + ".convert.log' 2>&1";
-    INFO(cmd);
-    REQUIRE(std::system(cmd.c_str()) == 0);
-    return out;
-}
 
 // timm's features_only (and torchvision's feature extraction) take these stages' outputs.
 const std::vector<int> kFeatureStages = {0, 1, 2, 4, 6};
@@ -110,7 +82,7 @@ std::string error_of(const std::function<void()>& f) {
 TEST_CASE("features match PyTorch's per-stage outputs on the golden fixtures", "[features][golden]") {
     for (const std::string name : {"tv_tiny", "timm_tiny", "timm_tf_tiny", "timm_lite_tiny"}) {
         const SafetensorsFile golden = SafetensorsFile::open(kGoldenDir + "/" + name + "_golden.safetensors");
-        const std::string weights = convert(name, golden);
+        const std::string weights = convert(name, golden, kOutDir);
         const Tensor input = to_tensor(golden, "input");
         Model model = load_weights(weights);
         INFO(name << " (" << model.family << ")");

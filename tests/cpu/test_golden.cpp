@@ -14,12 +14,16 @@
 #include "effnet/cpu_engine.hpp"
 #include "effnet/model.hpp"
 #include "effnet/safetensors.hpp"
+#include "golden_fixture.hpp"
 
 namespace {
 
 using namespace effnet;
+using golden::convert;
+using golden::kGoldenDir;
+using golden::rel_error;
+using golden::to_tensor;
 
-const std::string kGoldenDir = std::string(EFFNET_SOURCE_DIR) + "/tests/data/golden";
 const std::string kOutDir = std::string(EFFNET_BINARY_DIR) + "/golden";
 
 // Eval forward is a chain of float32 ops against a float64 reference: 1e-5 relative norm error
@@ -28,44 +32,10 @@ constexpr double kEvalTolerance = 1e-5;
 // Train mode divides by batch standard deviations and backward sums long chains: 1e-4.
 constexpr double kTrainTolerance = 1e-4;
 
-// ||a - b|| / ||b|| in double, over the elements (shapes are checked by numel: PyTorch's avgpool
-// keeps [N, C, 1, 1] where ours is [N, C]).
-double rel_error(const Tensor& ours, const std::vector<double>& ref) {
-    REQUIRE(size_t(ours.numel()) == ref.size());
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-        const double d = double(ours.data[i]) - ref[i];
-        num += d * d;
-        den += ref[i] * ref[i];
-    }
-    return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 double norm(const std::vector<double>& v) {
     double s = 0;
     for (double x : v) s += x * x;
     return std::sqrt(s);
-}
-
-Tensor to_tensor(const SafetensorsFile& f, const std::string& name) {
-    Tensor t(f.info(name).shape);
-    const std::vector<double> v = f.read_f64(name);
-    for (size_t i = 0; i < v.size(); ++i) t.data[i] = float(v[i]);
-    return t;
-}
-
-// Converts NAME.pth with the settings the fixture was made with (its metadata).
-std::string convert(const std::string& name, const SafetensorsFile& golden) {
-    ::mkdir(kOutDir.c_str(), 0755);
-    const std::string out = kOutDir + "/" + name + ".safetensors";
-    const auto& meta = golden.metadata();
-    const std::string cmd = "python3 '" + std::string(EFFNET_SOURCE_DIR) + "/weights/convert.py' '" +
-                            kGoldenDir + "/" + name + ".pth' '" + out + "' --padding " + meta.at("padding") +
-                            " --bn-eps " + meta.at("bn_eps") + " --activation " + meta.at("activation") +
-                            " > '" + kOutDir + "/" + name + ".convert.log' 2>&1";
-    INFO(cmd);
-    REQUIRE(std::system(cmd.c_str()) == 0);
-    return out;
 }
 
 // Our stage names for the golden's recorded activations; "" for ones we do not record
@@ -98,7 +68,7 @@ struct Worst {
 
 void check_fixture(const std::string& name) {
     const SafetensorsFile golden = SafetensorsFile::open(kGoldenDir + "/" + name + "_golden.safetensors");
-    const std::string weights = convert(name, golden);
+    const std::string weights = convert(name, golden, kOutDir);
     const Tensor input = to_tensor(golden, "input");
 
     // Eval: logits and every recorded stage.

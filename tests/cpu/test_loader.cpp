@@ -19,51 +19,16 @@
 #include "effnet/train/augment.hpp"
 #include "effnet/train/dataset.hpp"
 #include "effnet/train/rng.hpp"
+#include "image_folder.hpp"
 
 using namespace effnet;
 using namespace effnet::train;
 namespace fs = std::filesystem;
+using test::class_pixels;
+using test::TempDir;
+using test::write_bmp;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed at scope exit.
-struct LoaderDir {
-    fs::path path;
-    explicit LoaderDir(const std::string& name) {
-        path = fs::temp_directory_path() / ("effnet_loader_" + name + "_" + std::to_string(::getpid()));
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~LoaderDir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    LoaderDir(const LoaderDir&) = delete;
-    LoaderDir& operator=(const LoaderDir&) = delete;
-};
-
-// 24-bit uncompressed BMP of noise around a class colour.
-void write_noise_bmp(const fs::path& path, int w, int h, int k, Rng& rng) {
-    const int row = (w * 3 + 3) & ~3;
-    const uint32_t data_size = uint32_t(row * h), file_size = 54 + data_size;
-    std::vector<uint8_t> b(file_size, 0);
-    auto put32 = [&](size_t at, uint32_t v) {
-        for (int i = 0; i < 4; ++i) b[at + i] = uint8_t(v >> (8 * i));
-    };
-    b[0] = 'B', b[1] = 'M';
-    put32(2, file_size);
-    put32(10, 54);
-    put32(14, 40);
-    put32(18, uint32_t(w));
-    put32(22, uint32_t(h));
-    b[26] = 1, b[28] = 24;
-    put32(34, data_size);
-    for (int y = 0; y < h; ++y)
-        for (int x = 0; x < w; ++x)
-            for (int c = 0; c < 3; ++c)
-                b[54 + size_t(y) * row + x * 3 + c] = uint8_t((c == k % 3 ? 150 : 40) + rng.below(100));
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
-}
 
 // classes x per_class images of w x h (sizes varying), plus unreadable files among them.
 void make_folder(const fs::path& root, int classes, int per_class, int w, int h, bool unreadable) {
@@ -71,8 +36,10 @@ void make_folder(const fs::path& root, int classes, int per_class, int w, int h,
     for (int k = 0; k < classes; ++k) {
         const fs::path dir = root / ("class" + std::to_string(k));
         fs::create_directories(dir);
-        for (int i = 0; i < per_class; ++i)
-            write_noise_bmp(dir / ("img" + std::to_string(10 + i) + ".bmp"), w + 3 * i, h + 2 * k, k, rng);
+        for (int i = 0; i < per_class; ++i) {
+            const int iw = w + 3 * i, ih = h + 2 * k;
+            write_bmp(dir / ("img" + std::to_string(10 + i) + ".bmp"), iw, ih, class_pixels(k, iw, ih, rng));
+        }
     }
     if (!unreadable) return;
     std::ofstream(root / "class0" / "img15_broken.jpg") << "this is not a jpeg";
@@ -180,7 +147,7 @@ void check_loader(const ImageFolder& folder, LoaderOptions o, Mode mode, int64_t
 
 TEST_CASE("prefetching loader equals the sequential path, unreadable files mixed in",
           "[train][data][loader]") {
-    LoaderDir dir("equal");
+    TempDir dir("equal");
     make_folder(dir.path, 3, 7, 20, 18, true);
     const ImageFolder folder = ImageFolder::scan(dir.path.string());
     REQUIRE(folder.samples.size() == 24);
@@ -206,7 +173,7 @@ TEST_CASE("prefetching loader equals the sequential path, unreadable files mixed
 }
 
 TEST_CASE("loader into caller buffers: abandoned epochs and larger batches", "[train][data][loader]") {
-    LoaderDir dir("abandon");
+    TempDir dir("abandon");
     make_folder(dir.path, 2, 9, 24, 20, true);
     const ImageFolder folder = ImageFolder::scan(dir.path.string());
     LoaderOptions o;
@@ -242,7 +209,7 @@ TEST_CASE("loader into caller buffers: abandoned epochs and larger batches", "[t
 }
 
 TEST_CASE("loader throughput with and without prefetch over a simulated step", "[.timing][loader]") {
-    LoaderDir dir("timing");
+    TempDir dir("timing");
     make_folder(dir.path, 4, 32, 320, 300, false); // 128 images of 320..413 x 300..306
     const ImageFolder folder = ImageFolder::scan(dir.path.string());
     LoaderOptions o;
