@@ -96,6 +96,13 @@ void* InferenceSession::stream() const {
 std::vector<StepProfile> InferenceSession::profile_steps(int) {
     throw Error("InferenceSession: built without CUDA");
 }
+void InferenceSession::run_features(const float*, float* const*, float*, bool) {
+    throw Error("InferenceSession: built without CUDA");
+}
+const std::vector<FeatureInfo>& InferenceSession::features() const {
+    static const std::vector<FeatureInfo> none; // never reached: no session can be built
+    return none;
+}
 #endif
 
 } // namespace effnet
