@@ -1,0 +1,269 @@
+// The fast CPU kernels, written once with GCC/Clang vector extensions and compiled once per
+// instruction set: the including file defines EFFNET_ISA (the namespace), EFFNET_VW (floats per
+// vector) and EFFNET_MR (GEMM tile rows), and is compiled with that ISA's flags. Nothing from
+// the standard library is instantiated here, so no inline function built for a wide ISA can be
+// picked by the linker for code that runs on a narrower one.
+#include <cstdint>
+
+#include "cpu_fast/kernels.hpp"
+
+namespace effnet::cpu_fast::EFFNET_ISA {
+namespace {
+
+constexpr int VW = EFFNET_VW;
+constexpr int MR = EFFNET_MR;
+constexpr int NR = 2 * VW;
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef float vf_unaligned __attribute__((vector_size(VW * 4), aligned(4), may_alias));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+
+inline vf load(const float* p) {
+    return *reinterpret_cast<const vf_unaligned*>(p);
+}
+inline void store(float* p, vf v) {
+    *reinterpret_cast<vf_unaligned*>(p) = v;
+}
+inline vf splat(float s) {
+    return s - vf{};
+} // s - 0 is s for every s (s + 0 is not for -0)
+inline int imin(int a, int b) {
+    return a < b ? a : b;
+}
+inline int imax(int a, int b) {
+    return a > b ? a : b;
+}
+
+// e^x to ~2 ulp: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor-like polynomial
+// (Cephes' expf coefficients), 2^n built in the exponent bits. x is clamped to [-87, 88], where
+// 2^n stays a normal float.
+inline vf exp_v(vf x) {
+    x = x < splat(-87.0f) ? splat(-87.0f) : x;
+    x = x > splat(88.0f) ? splat(88.0f) : x;
+    const vf shifter = splat(12582912.0f); // 1.5 * 2^23: adding it rounds to an integer
+    const vf n = (x * 1.44269504088896341f + shifter) - shifter;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)bits; // a vector cast reinterprets the bits
+}
+
+template <Act A>
+inline vf activate(vf v) {
+    if constexpr (A == Act::SiLU) {
+        return v / (exp_v(-v) + 1.0f);
+    } else if constexpr (A == Act::ReLU6) {
+        v = v < splat(0.0f) ? splat(0.0f) : v; // NaN compares false: it stays NaN
+        return v > splat(6.0f) ? splat(6.0f) : v;
+    } else {
+        return v;
+    }
+}
+
+inline vf activate(vf v, Act a) {
+    switch (a) {
+    case Act::SiLU:
+        return activate<Act::SiLU>(v);
+    case Act::ReLU6:
+        return activate<Act::ReLU6>(v);
+    case Act::None:
+        break;
+    }
+    return v;
+}
+
+// ---- GEMM -------------------------------------------------------------------------------
+// One MR x NR tile of C over kc columns of A (row-major, rows `a` .. `a + (rows-1) * lda`) and a
+// packed B chunk ([kc][NR]). first: C is overwritten (else accumulated); last: the epilogue
+// runs. cols is NR or VW (the last panel of an n that is an odd number of vectors).
+void gemm_tile(const GemmArgs& g, const float* a, int rows, int kc, const float* b, int64_t row0, int col0,
+               int cols, bool first, bool last) {
+    const float* ar[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) ar[i] = a + int64_t(imin(i, rows - 1)) * g.lda; // tail rows repeat
+    vf acc[MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = splat(0.0f);
+    for (int k = 0; k < kc; ++k, b += NR) {
+        const vf b0 = load(b), b1 = load(b + VW);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const vf ai = splat(ar[i][k]);
+            acc[i][0] += ai * b0;
+            acc[i][1] += ai * b1;
+        }
+    }
+    const bool two = cols == NR;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+        if (i >= rows) break;
+        float* c = g.c + (row0 + i) * g.ldc + col0;
+        vf v0 = acc[i][0], v1 = acc[i][1];
+        if (!first) {
+            v0 += load(c);
+            if (two) v1 += load(c + VW);
+        }
+        if (last) {
+            v0 = activate(v0 + load(g.bias + col0), g.act);
+            v1 = activate(v1 + load(g.bias + col0 + VW), g.act);
+            if (g.residual) {
+                const float* r = g.residual + (row0 + i) * g.ld_residual + col0;
+                v0 += load(r);
+                if (two) v1 += load(r + VW);
+            }
+        }
+        store(c, v0);
+        if (two) store(c + VW, v1);
+    }
+}
+
+void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scratch) {
+    // With a gate, every row of [m0, m1) belongs to one image (the caller splits by image), and
+    // the gate scales B's rows (k) instead of A's columns: kc x NR multiplies per chunk.
+    const float* gate = g.gate ? g.gate + (m0 / g.rows_per_image) * g.ld_gate : nullptr;
+    for (int p = p0; p < p1; ++p) {
+        const int col0 = p * NR;
+        const int cols = imin(NR, g.n - col0);
+        for (int k0 = 0; k0 < g.k; k0 += kGemmKC) {
+            const int kc = imin(kGemmKC, g.k - k0);
+            const float* b = g.b_packed + (int64_t(p) * g.k + k0) * NR;
+            if (gate) {
+                for (int kk = 0; kk < kc; ++kk) {
+                    const float s = gate[k0 + kk];
+                    store(scratch + kk * NR, load(b + kk * NR) * s);
+                    store(scratch + kk * NR + VW, load(b + kk * NR + VW) * s);
+                }
+                b = scratch;
+            }
+            const bool first = k0 == 0, last = k0 + kc == g.k;
+            for (int64_t t = m0; t < m1; t += MR)
+                gemm_tile(g, g.a + t * g.lda + k0, int(m1 - t < MR ? m1 - t : MR), kc, b, t, col0, cols,
+                          first, last);
+        }
+    }
+}
+
+// ---- Depthwise --------------------------------------------------------------------------
+// One output pixel with only the taps inside the image (the borders).
+template <int K, int S, Act A>
+inline void dw_pixel(const DepthwiseArgs& d, const float* x, float* yp, float* sums, int iy0, int ky0,
+                     int ky1, int ox) {
+    const int ix0 = ox * S - d.pad_left;
+    const int kx0 = imax(0, -ix0), kx1 = imin(K, d.w - ix0);
+    for (int c = 0; c < d.cs; c += VW) {
+        vf acc = load(d.bias + c);
+        for (int ky = ky0; ky < ky1; ++ky) {
+            const float* xr = x + (int64_t(iy0 + ky) * d.w + ix0) * d.cs + c;
+            const float* wr = d.weight + ky * K * d.cs + c;
+            for (int kx = kx0; kx < kx1; ++kx) acc += load(xr + kx * d.cs) * load(wr + kx * d.cs);
+        }
+        acc = activate<A>(acc);
+        store(yp + c, acc);
+        if (sums) store(sums + c, load(sums + c) + acc);
+    }
+}
+
+// Four neighbouring output pixels whose taps are all inside the row: each weight vector is
+// loaded once for the four.
+template <int K, int S, Act A>
+inline void dw_quad(const DepthwiseArgs& d, const float* x, float* yp, float* sums, int iy0, int ky0, int ky1,
+                    int ox) {
+    const int ix0 = ox * S - d.pad_left;
+    const int64_t step = int64_t(S) * d.cs;
+    for (int c = 0; c < d.cs; c += VW) {
+        vf a0 = load(d.bias + c), a1 = a0, a2 = a0, a3 = a0;
+        for (int ky = ky0; ky < ky1; ++ky) {
+            const float* xr = x + (int64_t(iy0 + ky) * d.w + ix0) * d.cs + c;
+            const float* wr = d.weight + ky * K * d.cs + c;
+#pragma GCC unroll 8
+            for (int kx = 0; kx < K; ++kx) {
+                const vf wv = load(wr + kx * d.cs);
+                const float* xp = xr + kx * d.cs;
+                a0 += load(xp) * wv;
+                a1 += load(xp + step) * wv;
+                a2 += load(xp + 2 * step) * wv;
+                a3 += load(xp + 3 * step) * wv;
+            }
+        }
+        a0 = activate<A>(a0);
+        a1 = activate<A>(a1);
+        a2 = activate<A>(a2);
+        a3 = activate<A>(a3);
+        store(yp + c, a0);
+        store(yp + d.cs + c, a1);
+        store(yp + 2 * d.cs + c, a2);
+        store(yp + 3 * d.cs + c, a3);
+        if (sums) store(sums + c, load(sums + c) + ((a0 + a1) + (a2 + a3)));
+    }
+}
+
+template <int K, int S, Act A>
+void dw_rows(const DepthwiseArgs& d, int image, int oy0, int oy1) {
+    const float* x = d.x + int64_t(image) * d.h * d.w * d.cs;
+    // Output columns whose taps all fall inside the row: [lo, hi).
+    const int lo = imin(d.wo, (d.pad_left + S - 1) / S);
+    const int hi = imax(lo, imin(d.wo, (d.w - K + d.pad_left) / S + 1));
+    for (int oy = oy0; oy < oy1; ++oy) {
+        const int iy0 = oy * S - d.pad_top;
+        const int ky0 = imax(0, -iy0), ky1 = imin(K, d.h - iy0);
+        float* yrow = d.y + (int64_t(image) * d.ho + oy) * d.wo * d.cs;
+        float* sums = nullptr;
+        if (d.row_sums) {
+            sums = d.row_sums + (int64_t(image) * d.ho + oy) * d.cs;
+            for (int c = 0; c < d.cs; c += VW) store(sums + c, splat(0.0f));
+        }
+        int ox = 0;
+        for (; ox < lo; ++ox) dw_pixel<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox);
+        for (; ox + 4 <= hi; ox += 4)
+            dw_quad<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox);
+        for (; ox < d.wo; ++ox) dw_pixel<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox);
+    }
+}
+
+template <int K, int S>
+void dw_act(const DepthwiseArgs& d, int image, int oy0, int oy1) {
+    switch (d.act) {
+    case Act::SiLU:
+        return dw_rows<K, S, Act::SiLU>(d, image, oy0, oy1);
+    case Act::ReLU6:
+        return dw_rows<K, S, Act::ReLU6>(d, image, oy0, oy1);
+    case Act::None:
+        return dw_rows<K, S, Act::None>(d, image, oy0, oy1);
+    }
+}
+
+// Kernel sizes 3, 5 (every EfficientNet) and 7 (custom configs), strides 1 and 2; the caller
+// refuses others.
+void depthwise(const DepthwiseArgs& d, int image, int oy0, int oy1) {
+    const int key = d.k * 10 + d.stride;
+    switch (key) {
+    case 31:
+        return dw_act<3, 1>(d, image, oy0, oy1);
+    case 32:
+        return dw_act<3, 2>(d, image, oy0, oy1);
+    case 51:
+        return dw_act<5, 1>(d, image, oy0, oy1);
+    case 52:
+        return dw_act<5, 2>(d, image, oy0, oy1);
+    case 71:
+        return dw_act<7, 1>(d, image, oy0, oy1);
+    case 72:
+        return dw_act<7, 2>(d, image, oy0, oy1);
+    }
+}
+
+} // namespace
+
+const KernelTable& table() {
+    static const KernelTable t{EFFNET_ISA_NAME, VW, MR, NR, &gemm, &depthwise};
+    return t;
+}
+
+} // namespace effnet::cpu_fast::EFFNET_ISA

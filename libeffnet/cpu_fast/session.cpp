@@ -1,0 +1,400 @@
+// CpuSession: the fast CPU path walks the network plan once per forward; each layer kind is
+// one kernel call spread over the session's threads. See effnet/cpu_session.hpp.
+#include "effnet/cpu_session.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "cpu_fast/aligned_buffer.hpp"
+#include "cpu_fast/folded_layer.hpp"
+#include "cpu_fast/isa.hpp"
+#include "cpu_fast/thread_pool.hpp"
+#include "effnet/error.hpp"
+
+namespace effnet {
+
+using cpu_fast::AlignedFloats;
+using cpu_fast::FoldedLayer;
+
+namespace {
+
+// Arena slots by liveness: each layer's output takes a free slot and gives it back after its
+// last reader (a squeeze-excite or dropout output is its input's slot, read by the next layer).
+int plan_slots(std::vector<FoldedLayer>& layers) {
+    const size_t n = layers.size();
+    std::vector<int> readers(n, 0);
+    for (const FoldedLayer& f : layers) {
+        if (f.layer->input >= 0) ++readers[size_t(f.layer->input)];
+        if (f.layer->residual >= 0) ++readers[size_t(f.layer->residual)];
+    }
+    std::vector<int> refs; // per slot: outstanding reads
+    auto release = [&](int slot) {
+        if (slot >= 0) --refs[size_t(slot)];
+    };
+    for (size_t i = 0; i < n; ++i) {
+        FoldedLayer& f = layers[i];
+        const Layer& l = *f.layer;
+        f.in_slot = l.input >= 0 ? layers[size_t(l.input)].out_slot : -1;
+        f.residual_slot = l.residual >= 0 ? layers[size_t(l.residual)].out_slot : -1;
+        const bool alias = l.kind == LayerKind::SqueezeExcite || l.kind == LayerKind::Dropout;
+        if (alias) {
+            f.out_slot = f.in_slot;
+            refs[size_t(f.out_slot)] += readers[i];
+        } else {
+            auto free_slot = std::find(refs.begin(), refs.end(), 0);
+            if (free_slot == refs.end()) free_slot = refs.insert(refs.end(), 0);
+            f.out_slot = int(free_slot - refs.begin());
+            refs[size_t(f.out_slot)] = readers[i] > 0 ? readers[i] : 1; // the last layer's is read by run()
+        }
+        release(f.in_slot);
+        release(f.residual_slot);
+    }
+    return int(refs.size());
+}
+
+} // namespace
+
+struct CpuSession::Impl {
+    const cpu_fast::KernelTable& kernels;
+    CpuIsa isa;
+    NetworkPlan plan;
+    int num_classes = 0;
+    std::vector<FoldedLayer> layers;
+    cpu_fast::ThreadPool pool;
+    // Arena: slots of slot_floats each, the stem's im2col rows, squeeze-excite row sums and
+    // gates, the GEMM scratch of each thread.
+    size_t slot_floats = 0;
+    std::vector<AlignedFloats> slots;
+    AlignedFloats im2col, row_sums, gate, scratch;
+    size_t arena_bytes = 0, weight_bytes = 0;
+
+    Impl(const Model& model, int batch, int height, int width, const CpuSessionOptions& options)
+        : kernels(cpu_fast::kernel_table(options.isa)),
+          isa(options.isa == CpuIsa::Auto ? best_cpu_isa() : options.isa),
+          plan(make_network_plan(model.config, batch, height, width)), num_classes(model.config.num_classes),
+          pool(options.threads > 0 ? options.threads : cpu_fast::available_cpus()) {}
+
+    void build(const Model& model);
+    void forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds);
+    void run_layer(const FoldedLayer& f, const float* input, int n);
+
+    float* slot(int s) { return slots[size_t(s)].data(); }
+    // GEMM over the whole batch: rows split in blocks (within images when gated) and, when they
+    // are few, B's panels split too, so that every thread has work.
+    void gemm(const cpu_fast::GemmArgs& g);
+    void depthwise(const FoldedLayer& f, const float* x, float* y, int n);
+    void squeeze_excite(const FoldedLayer& f, int n);
+    void stem_im2col(const FoldedLayer& f, const float* input, int n);
+    void pool_mean(const FoldedLayer& f, const float* x, float* y, int n);
+};
+
+void CpuSession::Impl::build(const Model& model) {
+    for (const ParamSpec& spec : parameter_specs(model.config)) {
+        const Tensor& t = model.param(spec.name);
+        EFFNET_CHECK(t.shape == spec.shape && t.numel() == shape_numel(spec.shape),
+                     "model parameter '" + spec.name + "' has shape " + shape_str(t.shape) +
+                         ", the config needs " + shape_str(spec.shape));
+    }
+    EFFNET_CHECK(model.config.in_channels == 3,
+                 "fast CPU path: the stem takes 3 input channels, the config has " +
+                     std::to_string(model.config.in_channels));
+    const int vw = kernels.vector_width, nr = kernels.nr;
+    layers.reserve(plan.layers.size());
+    for (const Layer& l : plan.layers) {
+        layers.push_back(cpu_fast::fold_layer(model, l, nr, vw));
+        const FoldedLayer& f = layers.back();
+        weight_bytes +=
+            sizeof(float) * (f.weight.size() + f.bias.size() + f.se_reduce.size() + f.se_expand.size() +
+                             f.se_reduce_bias.size() + f.se_expand_bias.size());
+    }
+    EFFNET_CHECK(plan.layers.front().kind == LayerKind::Stem &&
+                     plan.layers.back().kind == LayerKind::Classifier,
+                 "fast CPU path: the plan must start with the stem and end with the classifier");
+    const int n_slots = plan_slots(layers);
+    size_t rows_sums = 0, gates = 0, stem_rows = 0;
+    for (const FoldedLayer& f : layers) {
+        const Layer& l = *f.layer;
+        slot_floats = std::max(slot_floats, size_t(l.out.rows()) * size_t(f.cout_s));
+        if (l.kind == LayerKind::Depthwise)
+            rows_sums = std::max(rows_sums, size_t(l.out.batch) * l.out.height * f.cout_s);
+        if (l.kind == LayerKind::SqueezeExcite) gates = std::max(gates, size_t(l.in.batch) * f.cin_s);
+        if (l.kind == LayerKind::Stem) stem_rows = size_t(l.out.rows());
+    }
+    for (int s = 0; s < n_slots; ++s) slots.emplace_back(slot_floats);
+    im2col = AlignedFloats(stem_rows * 27);
+    row_sums = AlignedFloats(rows_sums);
+    gate = AlignedFloats(gates);
+    scratch = AlignedFloats(size_t(pool.size()) * cpu_fast::kGemmKC * nr);
+    arena_bytes = sizeof(float) * (slot_floats * slots.size() + im2col.size() + row_sums.size() +
+                                   gate.size() + scratch.size());
+}
+
+void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
+    const int64_t mc = cpu_fast::kGemmMC;
+    // Row blocks: [image][block] when gated (a block never crosses an image), else over all rows.
+    const int64_t per_image = g.gate ? g.rows_per_image : g.m;
+    const int64_t images = g.m / per_image;
+    const int64_t blocks_per_image = (per_image + mc - 1) / mc;
+    const int64_t blocks = images * blocks_per_image;
+    const int panels = (g.n + kernels.nr - 1) / kernels.nr;
+    const int64_t want = 4 * int64_t(pool.size());
+    const int chunks = int(std::clamp<int64_t>((want + blocks - 1) / blocks, 1, panels));
+    const int per_chunk = (panels + chunks - 1) / chunks;
+    const int n_chunks = (panels + per_chunk - 1) / per_chunk;
+    pool.parallel_for(blocks * n_chunks, [&](int64_t task, int thread) {
+        const int64_t block = task / n_chunks;
+        const int chunk = int(task % n_chunks);
+        const int64_t image = block / blocks_per_image, b = block % blocks_per_image;
+        const int64_t m0 = image * per_image + b * mc;
+        const int64_t m1 = std::min(m0 + mc, (image + 1) * per_image);
+        const int p0 = chunk * per_chunk, p1 = std::min(panels, p0 + per_chunk);
+        kernels.gemm(g, m0, m1, p0, p1, scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr);
+    });
+}
+
+void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, int n) {
+    const Layer& l = *f.layer;
+    cpu_fast::DepthwiseArgs d;
+    d.x = x;
+    d.h = l.in.height;
+    d.w = l.in.width;
+    d.cs = f.cout_s;
+    d.weight = f.weight.data();
+    d.bias = f.bias.data();
+    d.k = l.conv.kernel;
+    d.stride = l.conv.stride;
+    d.pad_top = l.conv.pad_top;
+    d.pad_left = l.conv.pad_left;
+    d.act = f.act;
+    d.y = y;
+    d.ho = l.out.height;
+    d.wo = l.out.width;
+    const bool squeeze =
+        size_t(&f - layers.data()) + 1 < layers.size() && (&f + 1)->layer->kind == LayerKind::SqueezeExcite;
+    d.row_sums = squeeze ? row_sums.data() : nullptr;
+    // Tasks of a few rows each: at least ~8 per thread over the batch.
+    const int64_t want = 8 * int64_t(pool.size());
+    const int rows_per_task = int(std::max<int64_t>(1, int64_t(n) * d.ho / want));
+    const int tasks_per_image = (d.ho + rows_per_task - 1) / rows_per_task;
+    pool.parallel_for(int64_t(n) * tasks_per_image, [&](int64_t task, int) {
+        const int image = int(task / tasks_per_image);
+        const int oy0 = int(task % tasks_per_image) * rows_per_task;
+        kernels.depthwise(d, image, oy0, std::min(d.ho, oy0 + rows_per_task));
+    });
+}
+
+// gate[image] = sigmoid(expand(act(reduce(mean of the depthwise output)))), from the row sums
+// the depthwise kernel left.
+void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, int n) {
+    const Layer& l = *f.layer;
+    const int c = f.cin, cs = f.cin_s, r = f.reduced, rows = l.in.height;
+    const float inv_pixels = 1.0f / float(l.in.pixels());
+    pool.parallel_for(n, [&](int64_t image, int) {
+        std::vector<float> mean(size_t(c), 0.0f),
+            hidden(f.se_reduce_bias.data(), f.se_reduce_bias.data() + r);
+        const float* sums = row_sums.data() + size_t(image) * rows * cs;
+        for (int y = 0; y < rows; ++y)
+            for (int i = 0; i < c; ++i) mean[size_t(i)] += sums[size_t(y) * cs + i];
+        for (int i = 0; i < c; ++i) {
+            const float m = mean[size_t(i)] * inv_pixels;
+            const float* w = f.se_reduce.data() + size_t(i) * r;
+            for (int j = 0; j < r; ++j) hidden[size_t(j)] += m * w[j];
+        }
+        for (float& h : hidden)
+            h = f.act == cpu_fast::Act::SiLU ? h / (1.0f + std::exp(-h)) : std::min(std::max(h, 0.0f), 6.0f);
+        float* g = gate.data() + size_t(image) * cs;
+        std::copy(f.se_expand_bias.data(), f.se_expand_bias.data() + c, g);
+        for (int j = 0; j < r; ++j) {
+            const float h = hidden[size_t(j)];
+            const float* w = f.se_expand.data() + size_t(j) * c;
+            for (int i = 0; i < c; ++i) g[i] += h * w[i];
+        }
+        for (int i = 0; i < c; ++i) g[i] = 1.0f / (1.0f + std::exp(-g[i]));
+    });
+}
+
+// The stem's 3x3 patches as GEMM rows: im2col[n, oy, ox][(c * 3 + ky) * 3 + kx], from NCHW input.
+void CpuSession::Impl::stem_im2col(const FoldedLayer& f, const float* input, int n) {
+    const Layer& l = *f.layer;
+    const int h = l.in.height, w = l.in.width, ho = l.out.height, wo = l.out.width;
+    const int k = l.conv.kernel, s = l.conv.stride;
+    const int kk = 3 * k * k;
+    pool.parallel_for(int64_t(n) * ho, [&](int64_t task, int) {
+        const int image = int(task / ho), oy = int(task % ho);
+        const float* x = input + size_t(image) * 3 * h * w;
+        float* row = im2col.data() + (size_t(image) * ho + oy) * wo * kk;
+        for (int ox = 0; ox < wo; ++ox, row += kk)
+            for (int c = 0; c < 3; ++c)
+                for (int ky = 0; ky < k; ++ky) {
+                    const int iy = oy * s - l.conv.pad_top + ky;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int ix = ox * s - l.conv.pad_left + kx;
+                        const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+                        row[(c * k + ky) * k + kx] = inside ? x[(size_t(c) * h + iy) * w + ix] : 0.0f;
+                    }
+                }
+    });
+}
+
+void CpuSession::Impl::pool_mean(const FoldedLayer& f, const float* x, float* y, int n) {
+    const Layer& l = *f.layer;
+    const int cs = f.cin_s;
+    const int64_t pixels = l.in.pixels();
+    pool.parallel_for(n, [&](int64_t image, int) {
+        float* out = y + size_t(image) * cs;
+        std::fill(out, out + cs, 0.0f);
+        const float* in = x + size_t(image) * pixels * cs;
+        for (int64_t p = 0; p < pixels; ++p)
+            for (int c = 0; c < cs; ++c) out[c] += in[p * cs + c];
+        const float inv = 1.0f / float(pixels);
+        for (int c = 0; c < cs; ++c) out[c] *= inv;
+    });
+}
+
+void CpuSession::Impl::run_layer(const FoldedLayer& f, const float* input, int n) {
+    const Layer& l = *f.layer;
+    const int64_t rows = int64_t(n) * l.out.pixels();
+    cpu_fast::GemmArgs g;
+    g.m = rows;
+    g.n = f.cout_s;
+    g.b_packed = f.weight.data();
+    g.bias = f.bias.data();
+    g.act = f.act;
+    g.c = f.out_slot >= 0 ? slot(f.out_slot) : nullptr;
+    g.ldc = f.cout_s;
+    switch (l.kind) {
+    case LayerKind::Stem:
+        stem_im2col(f, input, n);
+        g.a = im2col.data();
+        g.lda = g.k = 3 * l.conv.kernel * l.conv.kernel;
+        return gemm(g);
+    case LayerKind::Project:
+        if (f.residual_slot >= 0) {
+            g.residual = slot(f.residual_slot);
+            g.ld_residual = f.cout_s;
+        }
+        if (layers[size_t(l.input)].layer->kind == LayerKind::SqueezeExcite) {
+            g.gate = gate.data();
+            g.rows_per_image = l.in.pixels();
+            g.ld_gate = f.cin_s;
+        }
+        [[fallthrough]];
+    case LayerKind::Expand:
+    case LayerKind::Head:
+        g.a = slot(f.in_slot);
+        g.lda = f.cin_s;
+        g.k = f.cin;
+        return gemm(g);
+    case LayerKind::Depthwise:
+        return depthwise(f, slot(f.in_slot), slot(f.out_slot), n);
+    case LayerKind::SqueezeExcite:
+        return squeeze_excite(f, n);
+    case LayerKind::Pool:
+        return pool_mean(f, slot(f.in_slot), slot(f.out_slot), n);
+    case LayerKind::Dropout:
+        return;
+    case LayerKind::Classifier:
+        g.m = n;
+        g.a = slot(f.in_slot);
+        g.lda = f.cin_s;
+        g.k = f.cin;
+        return gemm(g);
+    }
+}
+
+void CpuSession::Impl::forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds) {
+    using Clock = std::chrono::steady_clock;
+    for (size_t i = 0; i < layers.size(); ++i) {
+        const auto start = layer_seconds ? Clock::now() : Clock::time_point{};
+        run_layer(layers[i], input, n);
+        if (layer_seconds) (*layer_seconds)[i] += std::chrono::duration<double>(Clock::now() - start).count();
+    }
+    const FoldedLayer& last = layers.back();
+    const float* out = slot(last.out_slot);
+    for (int image = 0; image < n; ++image)
+        std::copy(out + size_t(image) * last.cout_s, out + size_t(image) * last.cout_s + num_classes,
+                  logits + size_t(image) * num_classes);
+}
+
+CpuSession::CpuSession(const Model& model, int batch, int height, int width,
+                       const CpuSessionOptions& options) {
+    EFFNET_CHECK(options.threads >= 0 && options.threads <= 1024,
+                 "CpuSession: threads must be 0 (all CPUs) or 1..1024, got " +
+                     std::to_string(options.threads));
+    impl_ = std::make_unique<Impl>(model, batch, height, width, options);
+    impl_->build(model);
+}
+
+CpuSession::~CpuSession() = default;
+CpuSession::CpuSession(CpuSession&&) noexcept = default;
+CpuSession& CpuSession::operator=(CpuSession&&) noexcept = default;
+
+void CpuSession::run(const float* input, float* logits, int n) {
+    Impl& m = *impl_;
+    if (n == 0) n = m.plan.batch;
+    EFFNET_CHECK(n >= 1 && n <= m.plan.batch, "CpuSession::run: " + std::to_string(n) +
+                                                  " images for a session of batch " +
+                                                  std::to_string(m.plan.batch));
+    EFFNET_CHECK(input && logits, "CpuSession::run: null input or logits pointer");
+    m.forward(input, n, logits, nullptr);
+}
+
+std::vector<CpuLayerProfile> CpuSession::profile(int reps) {
+    Impl& m = *impl_;
+    EFFNET_CHECK(reps >= 1, "CpuSession::profile: reps must be >= 1");
+    std::vector<float> logits(size_t(m.plan.batch) * m.num_classes);
+    std::vector<double> seconds(m.layers.size(), 0.0);
+    // A fixed input in [-2, 2): the times do not depend on the values (no denormals arise).
+    std::vector<float> input(size_t(m.plan.batch) * 3 * m.plan.height * m.plan.width);
+    uint32_t state = 12345;
+    for (float& v : input) {
+        state = state * 1664525u + 1013904223u;
+        v = float(state >> 8) / float(1u << 24) * 4.0f - 2.0f;
+    }
+    m.forward(input.data(), m.plan.batch, logits.data(), nullptr); // warm up
+    for (int r = 0; r < reps; ++r) m.forward(input.data(), m.plan.batch, logits.data(), &seconds);
+    std::vector<CpuLayerProfile> out;
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+        const FoldedLayer& f = m.layers[i];
+        out.push_back(
+            {f.layer->name, f.layer->kind, 1e3 * seconds[i] / reps, f.flops_per_image * m.plan.batch});
+    }
+    return out;
+}
+
+int CpuSession::batch() const {
+    return impl_->plan.batch;
+}
+int CpuSession::height() const {
+    return impl_->plan.height;
+}
+int CpuSession::width() const {
+    return impl_->plan.width;
+}
+int CpuSession::num_classes() const {
+    return impl_->num_classes;
+}
+int CpuSession::threads() const {
+    return impl_->pool.size();
+}
+CpuIsa CpuSession::isa() const {
+    return impl_->isa;
+}
+size_t CpuSession::arena_bytes() const {
+    return impl_->arena_bytes;
+}
+size_t CpuSession::weight_bytes() const {
+    return impl_->weight_bytes;
+}
+
+std::string CpuSession::description() const {
+    return std::string("cpu fast path (") + cpu_isa_name(isa()) + ", " + std::to_string(threads()) +
+           (threads() == 1 ? " thread)" : " threads)");
+}
+
+} // namespace effnet

@@ -1,0 +1,64 @@
+#pragma once
+// The fast CPU path's worker threads. A parallel loop hands out task indices dynamically to the
+// calling thread and the workers. Between loops the workers spin for a bounded time (the next
+// loop of a forward usually follows within microseconds) and then sleep on a condition variable,
+// so idle workers never hold a core for long: a busy machine is not slowed down by them.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace effnet::cpu_fast {
+
+class ThreadPool {
+public:
+    // threads >= 1 in all, the calling thread included (threads - 1 workers are started).
+    explicit ThreadPool(int threads);
+    ~ThreadPool();
+    ThreadPool(const ThreadPool&) = delete;
+    ThreadPool& operator=(const ThreadPool&) = delete;
+
+    int size() const { return int(workers_.size()) + 1; }
+
+    // Calls fn(task, thread) for every task in [0, tasks) (tasks < 2^24), thread in [0, size())
+    // naming the thread that runs it (for per-thread scratch). Returns when all are done, without
+    // waiting for workers that got no task; rethrows the first exception a task threw (the
+    // other tasks still run).
+    template <typename Fn>
+    void parallel_for(int64_t tasks, Fn&& fn) {
+        auto call = [](void* f, int64_t task, int thread) { (*static_cast<Fn*>(f))(task, thread); };
+        run(tasks, call, &fn);
+    }
+
+private:
+    using TaskCall = void (*)(void*, int64_t, int);
+    void run(int64_t tasks, TaskCall call, void* fn);
+    // Claims and runs tasks of the loop in `ticket` until none is left; false when the ticket
+    // belongs to a finished loop (nothing was run).
+    void work(uint64_t ticket, int thread);
+    void worker_main(int thread);
+
+    // The current loop as one word: generation (16 bits) | task count (24) | next task (24). A
+    // task is claimed by a compare-and-swap that keeps the generation, so a worker that wakes up
+    // late can never claim a task of a finished loop; the loop's function is read only after a
+    // successful claim, while run() still waits for that task.
+    static constexpr int kTaskBits = 24;
+    std::atomic<uint64_t> ticket_{0};
+    std::atomic<int64_t> done_{0}; // tasks finished in the current loop
+    TaskCall call_ = nullptr;
+    void* fn_ = nullptr;
+    std::vector<std::thread> workers_;
+    std::atomic<int> sleeping_{0};
+    std::atomic<bool> stop_{false};
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::exception_ptr error_;
+};
+
+// The CPUs this process may run on (sched_getaffinity), at least 1.
+int available_cpus();
+
+} // namespace effnet::cpu_fast
