@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "effnet/cpu_engine.hpp"
+#include "effnet/cpu_session.hpp"
 #include "effnet/error.hpp"
 
 namespace classify {
@@ -30,6 +31,23 @@ private:
     effnet::cpu::Network network_;
     int size_;
     int classes_;
+};
+
+class FastCpuBackend : public Backend {
+public:
+    FastCpuBackend(const effnet::Model& model, int batch, int size, int threads)
+        : session_(model, batch, size, size, options(threads)) {}
+
+    void run(const float* input, int n, float* logits) override { session_.run(input, logits, n); }
+    std::string description() const override { return session_.description(); }
+
+private:
+    static effnet::CpuSessionOptions options(int threads) {
+        effnet::CpuSessionOptions o;
+        o.threads = threads;
+        return o;
+    }
+    effnet::CpuSession session_;
 };
 
 class CudaBackend : public Backend {
@@ -67,8 +85,11 @@ private:
 
 } // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(effnet::Model& model, int size) {
-    return std::make_unique<CpuBackend>(model, size);
+std::unique_ptr<Backend> make_cpu_backend(effnet::Model& model, int batch, int size,
+                                          const std::string& engine, int threads) {
+    if (engine == "reference") return std::make_unique<CpuBackend>(model, size);
+    EFFNET_CHECK(engine == "fast", "unknown CPU engine '" + engine + "' (expected fast or reference)");
+    return std::make_unique<FastCpuBackend>(model, batch, size, threads);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(const effnet::Model& model, int batch, int size,

@@ -1,7 +1,8 @@
 // effnet-classify: classify image files with pretrained weights.
 //
 //   effnet-classify --weights W.safetensors [--labels FILE] [--top-k 5] [--batch 8]
-//                   [--device auto|cpu|cuda] [--precision fp32|fp16|bf16] [--json] [--quiet] PATH...
+//                   [--device auto|cpu|cuda] [--precision fp32|fp16|bf16] [--cpu-engine fast|reference]
+//                   [--threads N] [--json] [--quiet] PATH...
 //
 // PATH is a file or a directory (searched recursively for .jpg .jpeg .png .bmp .tga, sorted).
 // A file that cannot be read gets one line "error: PATH: reason" on stderr and the run goes on;
@@ -23,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/openmp_policy.hpp"
 #include "backend.hpp"
 #include "common/args.hpp"
 #include "common/output_path.hpp"
@@ -49,6 +51,9 @@ const char* kUsage = "usage: effnet-classify --weights W.safetensors [options] P
                      "  --batch N            images per forward (default 8)\n"
                      "  --device D           auto | cpu | cuda (default auto: cuda when available)\n"
                      "  --precision P        fp32 | fp16 | bf16 (default fp32; fp16/bf16 need cuda)\n"
+                     "  --cpu-engine E       fast | reference (default fast: the CPU path users run;\n"
+                     "                       reference: the plain engine it is tested against)\n"
+                     "  --threads N          CPU threads (default 0: every CPU this process may use)\n"
                      "  --json               print one JSON document instead of text\n"
                      "  --quiet              no timing summary, no progress\n"
                      "  --resize N --crop N --interpolation bilinear|bicubic --mean a,b,c --std a,b,c\n"
@@ -66,6 +71,8 @@ struct Options {
     int batch = 8;
     std::string device = "auto";
     std::string precision = "fp32";
+    std::string cpu_engine = "fast";
+    int threads = 0;
     bool json = false;
     bool quiet = false;
     std::vector<std::string> paths;
@@ -133,6 +140,12 @@ Options parse_args(int argc, char** argv) {
             o.device = value(i);
             if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
                 throw UsageError("--device expects auto, cpu or cuda, got '" + o.device + "'");
+        } else if (a == "--cpu-engine") {
+            o.cpu_engine = value(i);
+            if (o.cpu_engine != "fast" && o.cpu_engine != "reference")
+                throw UsageError("--cpu-engine expects fast or reference, got '" + o.cpu_engine + "'");
+        } else if (a == "--threads") {
+            o.threads = parse_int(a, value(i), 0, 1024);
         } else if (a == "--precision") {
             o.precision = value(i);
             try {
@@ -338,7 +351,7 @@ int run(const Options& o) {
                     throw UsageError("--precision " + o.precision + " needs --device cuda");
                 std::fprintf(stderr, "warning: no CUDA device; running fp32 on the CPU\n");
             }
-            backend = classify::make_cpu_backend(model, size);
+            backend = classify::make_cpu_backend(model, o.batch, size, o.cpu_engine, o.threads);
         }
     }
 
@@ -467,6 +480,7 @@ int run(const Options& o) {
 } // namespace
 
 int main(int argc, char** argv) {
+    effnet::examples::use_passive_openmp(argv);
     try {
         return run(parse_args(argc, argv));
     } catch (const UsageError& e) {

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <vector>
 
+#include "common/openmp_policy.hpp"
 #include "common/args.hpp"
 #include "common/output_path.hpp"
 #include "cpu/ops.hpp"
@@ -382,6 +383,7 @@ int run(int argc, char** argv) {
 } // namespace
 
 int main(int argc, char** argv) {
+    effnet::examples::use_passive_openmp(argv);
     try {
         return run(argc, argv);
     } catch (const std::exception& e) {

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "common/openmp_policy.hpp"
 #include "common/args.hpp"
 #include "effnet/config.hpp"
 #include "effnet/error.hpp"
@@ -153,6 +154,7 @@ int run(const Args& a) {
 } // namespace
 
 int main(int argc, char** argv) {
+    effnet::examples::use_passive_openmp(argv);
     try {
         return run(parse_args(argc, argv));
     } catch (const std::exception& e) {

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/openmp_policy.hpp"
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
 #include "effnet/inference.hpp"
@@ -604,6 +605,7 @@ std::unique_ptr<examples::Communicator> make_communicator(const examples::Launch
 } // namespace
 
 int main(int argc, char** argv) {
+    effnet::examples::use_passive_openmp(argv);
     try {
         g_launch = examples::detect_launch();
         g_comm = make_communicator(g_launch);

@@ -33,11 +33,17 @@ CpuIsa best_cpu_isa();                      // the widest supported (never Auto)
 struct CpuSessionOptions {
     int threads = 0;           // 0: the CPUs this process may run on (sched_getaffinity)
     CpuIsa isa = CpuIsa::Auto; // a named ISA the CPU lacks is refused
+    // An expand whose output per image is larger than this many bytes runs band by band with
+    // the depthwise after it, so that its output never leaves the cache (0: every expand; < 0:
+    // none). The default suits 1-2 MB of L2 per core.
+    int64_t fuse_min_bytes = 512 * 1024;
 };
 
 // One layer's share of a forward, as CpuSession::profile() measured it.
 struct CpuLayerProfile {
-    std::string name; // "blocks.3.expand", ...
+    // "blocks.3.expand", ...; an expand run together with its depthwise: "blocks.1.expand+dw"
+    // (time and flops of both), the depthwise then "blocks.1.dw (in blocks.1.expand+dw)" (0, 0).
+    std::string name;
     LayerKind kind = LayerKind::Stem;
     double ms = 0;    // mean time per forward
     double flops = 0; // multiply-adds x 2 per forward (the whole batch)

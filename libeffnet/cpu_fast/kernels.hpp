@@ -38,7 +38,12 @@ struct GemmArgs {
 // y = act(depthwise(x) + bias) for output rows [oy0, oy1) of one image; optionally the sum of
 // each output row over its pixels (the squeeze-excite pool, reduced later).
 struct DepthwiseArgs {
-    const float* x = nullptr;      // [images, h, w, cs]
+    // Input row iy of image i: x + i * x_image_stride + (iy - x_row0) * w * cs. A whole tensor
+    // [images, h, w, cs] has x_image_stride = h * w * cs and x_row0 = 0; a band of rows computed
+    // just before (the fused expand) has x_image_stride = 0 and x_row0 = its first row.
+    const float* x = nullptr;
+    int64_t x_image_stride = 0;
+    int x_row0 = 0;
     int h = 0, w = 0, cs = 0;      // cs: channel stride, a multiple of the vector width
     const float* weight = nullptr; // [k * k, cs]
     const float* bias = nullptr;   // [cs]

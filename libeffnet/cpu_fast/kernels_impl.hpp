@@ -4,6 +4,13 @@
 // the standard library is instantiated here, so no inline function built for a wide ISA can be
 // picked by the linker for code that runs on a narrower one.
 #include <cstdint>
+#include <utility> // std::integer_sequence: a type, no code
+
+#if defined(__x86_64__)
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps() and warn about it.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#endif
 
 #include "cpu_fast/kernels.hpp"
 
@@ -34,9 +41,30 @@ inline int imax(int a, int b) {
     return a > b ? a : b;
 }
 
-// e^x to ~2 ulp: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor-like polynomial
-// (Cephes' expf coefficients), 2^n built in the exponent bits. x is clamped to [-87, 88], where
-// 2^n stays a normal float.
+// e^x to ~2 ulp: x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 polynomial (Cephes' expf
+// coefficients), times 2^n. x is clamped to [-87, 88], where 2^n and the result stay normal
+// floats (a denormal would cost a microcode assist in every later multiply-add); a NaN stays NaN.
+inline vf exp_poly(vf r) {
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    return p * (r * r) + r + 1.0f;
+}
+
+#if defined(__AVX512F__) && EFFNET_VW == 16
+inline vf exp_v(vf x) {
+    // min/max return their second operand when one is NaN: x comes second.
+    __m512 c = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), (__m512)x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = (vf)c - (vf)n * 0.693359375f;
+    r = r - (vf)n * -2.12194440e-4f;
+    return (vf)_mm512_scalef_ps((__m512)exp_poly(r), n); // p * 2^n in one instruction
+}
+#else
 inline vf exp_v(vf x) {
     x = x < splat(-87.0f) ? splat(-87.0f) : x;
     x = x > splat(88.0f) ? splat(88.0f) : x;
@@ -44,21 +72,31 @@ inline vf exp_v(vf x) {
     const vf n = (x * 1.44269504088896341f + shifter) - shifter;
     vf r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
     const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)bits; // a vector cast reinterprets the bits
+    return exp_poly(r) * (vf)bits; // a vector cast reinterprets the bits
+}
+#endif
+
+// 1 / d to ~1 ulp: the hardware estimate refined by one Newton step (a division costs ~10x a
+// multiply-add and the SiLU epilogues would be bound by it).
+inline vf reciprocal(vf d) {
+#if defined(__AVX512F__) && EFFNET_VW == 16
+    const vf r = (vf)_mm512_maskz_rcp14_ps(0xffff, (__m512)d); // maskz: no undefined source
+    return r * (2.0f - d * r);
+#elif defined(__AVX__) && EFFNET_VW == 8
+    vf r = (vf)_mm256_rcp_ps((__m256)d);
+    r = r * (2.0f - d * r);
+    return r * (2.0f - d * r); // the estimate has 12 bits: two steps
+#else
+    return 1.0f / d;
+#endif
 }
 
 template <Act A>
 inline vf activate(vf v) {
     if constexpr (A == Act::SiLU) {
-        return v / (exp_v(-v) + 1.0f);
+        // x / (1 + e^-x); for x < -87 the denominator is e^87 (clamped) and the result -0-ish.
+        return v * reciprocal(exp_v(-v) + 1.0f);
     } else if constexpr (A == Act::ReLU6) {
         v = v < splat(0.0f) ? splat(0.0f) : v; // NaN compares false: it stays NaN
         return v > splat(6.0f) ? splat(6.0f) : v;
@@ -80,21 +118,22 @@ inline vf activate(vf v, Act a) {
 }
 
 // ---- GEMM -------------------------------------------------------------------------------
-// One MR x NR tile of C over kc columns of A (row-major, rows `a` .. `a + (rows-1) * lda`) and a
-// packed B chunk ([kc][NR]). first: C is overwritten (else accumulated); last: the epilogue
-// runs. cols is NR or VW (the last panel of an n that is an odd number of vectors).
-void gemm_tile(const GemmArgs& g, const float* a, int rows, int kc, const float* b, int64_t row0, int col0,
-               int cols, bool first, bool last) {
-    const float* ar[MR];
+// One R x NR tile of C (R <= MR rows) over kc columns of A (row-major, rows `a` .. `a + (R-1) *
+// lda`) and a packed B chunk ([kc][NR]). first: C is overwritten (else accumulated); last: the
+// epilogue runs. cols is NR or VW (the last panel of an n that is an odd number of vectors).
+template <int R>
+void gemm_tile(const GemmArgs& g, const float* a, int kc, const float* b, int64_t row0, int col0, int cols,
+               bool first, bool last) {
+    const float* ar[R];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) ar[i] = a + int64_t(imin(i, rows - 1)) * g.lda; // tail rows repeat
-    vf acc[MR][2];
+    for (int i = 0; i < R; ++i) ar[i] = a + int64_t(i) * g.lda;
+    vf acc[R][2];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = splat(0.0f);
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = splat(0.0f);
     for (int k = 0; k < kc; ++k, b += NR) {
         const vf b0 = load(b), b1 = load(b + VW);
 #pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
+        for (int i = 0; i < R; ++i) {
             const vf ai = splat(ar[i][k]);
             acc[i][0] += ai * b0;
             acc[i][1] += ai * b1;
@@ -102,8 +141,7 @@ void gemm_tile(const GemmArgs& g, const float* a, int rows, int kc, const float*
     }
     const bool two = cols == NR;
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-        if (i >= rows) break;
+    for (int i = 0; i < R; ++i) {
         float* c = g.c + (row0 + i) * g.ldc + col0;
         vf v0 = acc[i][0], v1 = acc[i][1];
         if (!first) {
@@ -112,7 +150,7 @@ void gemm_tile(const GemmArgs& g, const float* a, int rows, int kc, const float*
         }
         if (last) {
             v0 = activate(v0 + load(g.bias + col0), g.act);
-            v1 = activate(v1 + load(g.bias + col0 + VW), g.act);
+            if (two) v1 = activate(v1 + load(g.bias + col0 + VW), g.act);
             if (g.residual) {
                 const float* r = g.residual + (row0 + i) * g.ld_residual + col0;
                 v0 += load(r);
@@ -123,6 +161,16 @@ void gemm_tile(const GemmArgs& g, const float* a, int rows, int kc, const float*
         if (two) store(c + VW, v1);
     }
 }
+
+// The tile function for each row count 1..MR (a block's last tile, or a GEMM of few rows).
+using TileFn = void (*)(const GemmArgs&, const float*, int, const float*, int64_t, int, int, bool, bool);
+template <typename Rows>
+struct TileTable;
+template <int... R>
+struct TileTable<std::integer_sequence<int, R...>> {
+    static constexpr TileFn fns[] = {&gemm_tile<R + 1>...};
+};
+using Tiles = TileTable<std::make_integer_sequence<int, MR>>;
 
 void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scratch) {
     // With a gate, every row of [m0, m1) belongs to one image (the caller splits by image), and
@@ -143,9 +191,10 @@ void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scra
                 b = scratch;
             }
             const bool first = k0 == 0, last = k0 + kc == g.k;
-            for (int64_t t = m0; t < m1; t += MR)
-                gemm_tile(g, g.a + t * g.lda + k0, int(m1 - t < MR ? m1 - t : MR), kc, b, t, col0, cols,
-                          first, last);
+            for (int64_t t = m0; t < m1; t += MR) {
+                const int rows = int(m1 - t < MR ? m1 - t : MR);
+                Tiles::fns[rows - 1](g, g.a + t * g.lda + k0, kc, b, t, col0, cols, first, last);
+            }
         }
     }
 }
@@ -160,7 +209,7 @@ inline void dw_pixel(const DepthwiseArgs& d, const float* x, float* yp, float* s
     for (int c = 0; c < d.cs; c += VW) {
         vf acc = load(d.bias + c);
         for (int ky = ky0; ky < ky1; ++ky) {
-            const float* xr = x + (int64_t(iy0 + ky) * d.w + ix0) * d.cs + c;
+            const float* xr = x + (int64_t(iy0 + ky - d.x_row0) * d.w + ix0) * d.cs + c;
             const float* wr = d.weight + ky * K * d.cs + c;
             for (int kx = kx0; kx < kx1; ++kx) acc += load(xr + kx * d.cs) * load(wr + kx * d.cs);
         }
@@ -180,7 +229,7 @@ inline void dw_quad(const DepthwiseArgs& d, const float* x, float* yp, float* su
     for (int c = 0; c < d.cs; c += VW) {
         vf a0 = load(d.bias + c), a1 = a0, a2 = a0, a3 = a0;
         for (int ky = ky0; ky < ky1; ++ky) {
-            const float* xr = x + (int64_t(iy0 + ky) * d.w + ix0) * d.cs + c;
+            const float* xr = x + (int64_t(iy0 + ky - d.x_row0) * d.w + ix0) * d.cs + c;
             const float* wr = d.weight + ky * K * d.cs + c;
 #pragma GCC unroll 8
             for (int kx = 0; kx < K; ++kx) {
@@ -206,7 +255,7 @@ inline void dw_quad(const DepthwiseArgs& d, const float* x, float* yp, float* su
 
 template <int K, int S, Act A>
 void dw_rows(const DepthwiseArgs& d, int image, int oy0, int oy1) {
-    const float* x = d.x + int64_t(image) * d.h * d.w * d.cs;
+    const float* x = d.x + int64_t(image) * d.x_image_stride;
     // Output columns whose taps all fall inside the row: [lo, hi).
     const int lo = imin(d.wo, (d.pad_left + S - 1) / S);
     const int hi = imax(lo, imin(d.wo, (d.w - K + d.pad_left) / S + 1));

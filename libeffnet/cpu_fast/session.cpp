@@ -25,7 +25,9 @@ namespace {
 
 // Arena slots by liveness: each layer's output takes a free slot and gives it back after its
 // last reader (a squeeze-excite or dropout output is its input's slot, read by the next layer).
-int plan_slots(std::vector<FoldedLayer>& layers) {
+// An expand fused with its depthwise reads its input while the depthwise writes: the input is
+// given back only after the depthwise's output has its slot.
+int plan_slots(std::vector<FoldedLayer>& layers, const std::vector<char>& fused) {
     const size_t n = layers.size();
     std::vector<int> readers(n, 0);
     for (const FoldedLayer& f : layers) {
@@ -51,7 +53,8 @@ int plan_slots(std::vector<FoldedLayer>& layers) {
             f.out_slot = int(free_slot - refs.begin());
             refs[size_t(f.out_slot)] = readers[i] > 0 ? readers[i] : 1; // the last layer's is read by run()
         }
-        release(f.in_slot);
+        if (i > 0 && fused[i - 1]) release(layers[i - 1].in_slot);
+        if (!fused[i]) release(f.in_slot);
         release(f.residual_slot);
     }
     return int(refs.size());
@@ -72,12 +75,20 @@ struct CpuSession::Impl {
     std::vector<AlignedFloats> slots;
     AlignedFloats im2col, row_sums, gate, scratch;
     size_t arena_bytes = 0, weight_bytes = 0;
+    // Expand layers run together with the depthwise after them, band by band (see
+    // expand_depthwise); each thread's band of expanded rows.
+    std::vector<char> fused;    // per layer
+    std::vector<int> band_rows; // per fused expand: depthwise output rows per band
+    size_t band_floats = 0;
+    AlignedFloats bands;
+    int64_t fuse_min_bytes = 0;
 
     Impl(const Model& model, int batch, int height, int width, const CpuSessionOptions& options)
         : kernels(cpu_fast::kernel_table(options.isa)),
           isa(options.isa == CpuIsa::Auto ? best_cpu_isa() : options.isa),
           plan(make_network_plan(model.config, batch, height, width)), num_classes(model.config.num_classes),
-          pool(options.threads > 0 ? options.threads : cpu_fast::available_cpus()) {}
+          pool(options.threads > 0 ? options.threads : cpu_fast::available_cpus()),
+          fuse_min_bytes(options.fuse_min_bytes) {}
 
     void build(const Model& model);
     void forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds);
@@ -87,7 +98,10 @@ struct CpuSession::Impl {
     // GEMM over the whole batch: rows split in blocks (within images when gated) and, when they
     // are few, B's panels split too, so that every thread has work.
     void gemm(const cpu_fast::GemmArgs& g);
+    cpu_fast::DepthwiseArgs depthwise_args(const FoldedLayer& f, const float* x, float* y);
     void depthwise(const FoldedLayer& f, const float* x, float* y, int n);
+    void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, int n);
+    void plan_fusion(int64_t min_bytes);
     void squeeze_excite(const FoldedLayer& f, int n);
     void stem_im2col(const FoldedLayer& f, const float* input, int n);
     void pool_mean(const FoldedLayer& f, const float* x, float* y, int n);
@@ -115,7 +129,8 @@ void CpuSession::Impl::build(const Model& model) {
     EFFNET_CHECK(plan.layers.front().kind == LayerKind::Stem &&
                      plan.layers.back().kind == LayerKind::Classifier,
                  "fast CPU path: the plan must start with the stem and end with the classifier");
-    const int n_slots = plan_slots(layers);
+    plan_fusion(fuse_min_bytes);
+    const int n_slots = plan_slots(layers, fused);
     size_t rows_sums = 0, gates = 0, stem_rows = 0;
     for (const FoldedLayer& f : layers) {
         const Layer& l = *f.layer;
@@ -126,6 +141,7 @@ void CpuSession::Impl::build(const Model& model) {
         if (l.kind == LayerKind::Stem) stem_rows = size_t(l.out.rows());
     }
     for (int s = 0; s < n_slots; ++s) slots.emplace_back(slot_floats);
+    bands = AlignedFloats(size_t(pool.size()) * band_floats);
     im2col = AlignedFloats(stem_rows * 27);
     row_sums = AlignedFloats(rows_sums);
     gate = AlignedFloats(gates);
@@ -157,10 +173,11 @@ void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
     });
 }
 
-void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, int n) {
+cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, const float* x, float* y) {
     const Layer& l = *f.layer;
     cpu_fast::DepthwiseArgs d;
     d.x = x;
+    d.x_image_stride = l.in.pixels() * f.cout_s;
     d.h = l.in.height;
     d.w = l.in.width;
     d.cs = f.cout_s;
@@ -174,9 +191,14 @@ void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y,
     d.y = y;
     d.ho = l.out.height;
     d.wo = l.out.width;
-    const bool squeeze =
-        size_t(&f - layers.data()) + 1 < layers.size() && (&f + 1)->layer->kind == LayerKind::SqueezeExcite;
+    const size_t i = size_t(&f - layers.data());
+    const bool squeeze = i + 1 < layers.size() && layers[i + 1].layer->kind == LayerKind::SqueezeExcite;
     d.row_sums = squeeze ? row_sums.data() : nullptr;
+    return d;
+}
+
+void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, int n) {
+    const cpu_fast::DepthwiseArgs d = depthwise_args(f, x, y);
     // Tasks of a few rows each: at least ~8 per thread over the batch.
     const int64_t want = 8 * int64_t(pool.size());
     const int rows_per_task = int(std::max<int64_t>(1, int64_t(n) * d.ho / want));
@@ -185,6 +207,87 @@ void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y,
         const int image = int(task / tasks_per_image);
         const int oy0 = int(task % tasks_per_image) * rows_per_task;
         kernels.depthwise(d, image, oy0, std::min(d.ho, oy0 + rows_per_task));
+    });
+}
+
+// An expand whose output is larger than a core's cache runs with the depthwise after it: each
+// task walks a range of the depthwise's output rows in bands, computing the expanded input rows
+// a band needs into the thread's band buffer (rows shared with the previous band are moved up,
+// not recomputed) and running the depthwise on them while they are in cache. The expanded
+// tensor is never written whole.
+void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
+    constexpr size_t kBandBytes = 384 * 1024; // the band buffer: well inside a 1-2 MB L2
+    fused.assign(layers.size(), 0);
+    band_rows.assign(layers.size(), 0);
+    for (size_t i = 0; i + 1 < layers.size(); ++i) {
+        const FoldedLayer& e = layers[i];
+        const FoldedLayer& d = layers[i + 1];
+        if (e.layer->kind != LayerKind::Expand || d.layer->kind != LayerKind::Depthwise ||
+            d.layer->input != int(i))
+            continue;
+        const size_t row_bytes = sizeof(float) * size_t(d.layer->in.width) * d.cout_s;
+        if (min_bytes < 0 || int64_t(row_bytes) * d.layer->in.height <= min_bytes) continue;
+        const int k = d.layer->conv.kernel, s = d.layer->conv.stride;
+        const int fit = int(kBandBytes / row_bytes); // input rows the buffer should hold
+        const int rows = std::max(1, (fit - (k - s)) / s);
+        fused[i] = 1;
+        band_rows[i] = rows;
+        band_floats = std::max(band_floats, size_t(rows * s + k) * d.layer->in.width * d.cout_s);
+    }
+}
+
+void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer& dwf, int n) {
+    const Layer& ld = *dwf.layer;
+    const int h = ld.in.height, w = ld.in.width, k = ld.conv.kernel, s = ld.conv.stride;
+    const int cs = dwf.cout_s;
+    const int64_t row_floats = int64_t(w) * cs;
+    const int band = band_rows[size_t(&e - layers.data())];
+    // Each image's output rows in as many ranges as it takes to give every thread work (each
+    // range recomputes the k - s rows it shares with the one before).
+    const int ranges = int(std::clamp<int64_t>((pool.size() + n - 1) / n, 1, ld.out.height));
+    const int range_rows = (ld.out.height + ranges - 1) / ranges;
+    cpu_fast::DepthwiseArgs d = depthwise_args(dwf, nullptr, slot(dwf.out_slot));
+    d.x_image_stride = 0;
+    const float* input = slot(e.in_slot);
+    const int panels = (e.cout_s + kernels.nr - 1) / kernels.nr;
+    pool.parallel_for(int64_t(n) * ranges, [&](int64_t task, int thread) {
+        const int image = int(task / ranges);
+        const int begin = int(task % ranges) * range_rows, end = std::min(ld.out.height, begin + range_rows);
+        float* buffer = bands.data() + size_t(thread) * band_floats;
+        float* gemm_scratch = scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
+        cpu_fast::DepthwiseArgs db = d;
+        db.x = buffer;
+        int held_lo = 0, held_hi = 0; // expanded input rows in the buffer: [held_lo, held_hi)
+        for (int oy0 = begin; oy0 < end; oy0 += band) {
+            const int oy1 = std::min(end, oy0 + band);
+            const int lo = std::clamp(oy0 * s - ld.conv.pad_top, 0, h);
+            const int hi = std::clamp((oy1 - 1) * s - ld.conv.pad_top + k, 0, h);
+            if (lo >= held_hi || lo < held_lo) {
+                held_lo = held_hi = lo;
+            } else if (lo > held_lo) {
+                std::memmove(buffer, buffer + (lo - held_lo) * row_floats,
+                             sizeof(float) * size_t((held_hi - lo) * row_floats));
+                held_lo = lo;
+            }
+            if (hi > held_hi) { // expand rows [held_hi, hi) of the image into the buffer
+                cpu_fast::GemmArgs g;
+                g.a = input + (int64_t(image) * h + held_hi) * w * e.cin_s;
+                g.lda = e.cin_s;
+                g.k = e.cin;
+                g.n = e.cout_s;
+                g.m = int64_t(hi - held_hi) * w;
+                g.b_packed = e.weight.data();
+                g.bias = e.bias.data();
+                g.act = e.act;
+                g.c = buffer + (held_hi - held_lo) * row_floats;
+                g.ldc = cs;
+                for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
+                    kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch);
+                held_hi = hi;
+            }
+            db.x_row0 = held_lo;
+            kernels.depthwise(db, image, oy0, oy1);
+        }
     });
 }
 
@@ -311,8 +414,12 @@ void CpuSession::Impl::forward(const float* input, int n, float* logits, std::ve
     using Clock = std::chrono::steady_clock;
     for (size_t i = 0; i < layers.size(); ++i) {
         const auto start = layer_seconds ? Clock::now() : Clock::time_point{};
-        run_layer(layers[i], input, n);
+        if (fused[i])
+            expand_depthwise(layers[i], layers[i + 1], n);
+        else
+            run_layer(layers[i], input, n);
         if (layer_seconds) (*layer_seconds)[i] += std::chrono::duration<double>(Clock::now() - start).count();
+        i += size_t(fused[i]); // the depthwise ran with it
     }
     const FoldedLayer& last = layers.back();
     const float* out = slot(last.out_slot);

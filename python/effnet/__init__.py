@@ -2,7 +2,7 @@
 
     import effnet
     model = effnet.load_weights("b0.safetensors")          # torchvision / timm / lukemelas / effnet names
-    session = effnet.Session(model, device="auto")           # CPU reference engine, or the GPU
+    session = effnet.Session(model, device="auto")           # the fast CPU path, or the GPU
     logits = session.run(x)                                  # x: float32 [N, 3, H, W] (NumPy, DLPack)
     effnet.classify(model, ["cat.jpg"], top_k=5)             # effnet-classify's preprocessing
 
@@ -52,10 +52,13 @@ class Session(_effnet.Session):
     """An inference session.
 
     Session(model, device="auto", precision="fp32", batch=1, height=None, width=None,
-            features=None, features_only=False, autotune=True, cuda_graph=True, device_index=0)
+            features=None, features_only=False, autotune=True, cuda_graph=True, device_index=0,
+            engine="fast", threads=0)
 
-    device: "cpu" (the reference engine: fp32, any batch and size; height/width, when given,
-    fix the size), "cuda" (the GPU session: fixed batch, height and width, which default to the
+    device: "cpu" (fp32, any batch and size; height/width, when given, fix the size; engine
+    "fast": the fast CPU path on `threads` threads (0: every CPU), rebuilt for each new input
+    size or a larger batch; "reference": the plain reference engine it is tested against;
+    features always run on the reference engine), "cuda" (the GPU session: fixed batch, height and width, which default to the
     model's resolution; precision "fp32", "fp16" or "bf16"), or "auto" (cuda when usable).
     The session holds its own copy of the weights (later changes to `model` do not reach it).
 
@@ -81,7 +84,7 @@ class Session(_effnet.Session):
     """
 
     def __init__(self, model, device="auto", precision="fp32", batch=1, height=None, width=None, features=None,
-                 features_only=False, autotune=True, cuda_graph=True, device_index=0):
+                 features_only=False, autotune=True, cuda_graph=True, device_index=0, engine="fast", threads=0):
         if not isinstance(model, Model):
             raise TypeError("model must be an effnet.Model (effnet.load_weights), got %s" % type(model).__name__)
         if features is not None:
@@ -90,7 +93,7 @@ class Session(_effnet.Session):
             features = [_index(i, "features") for i in features]
         super().__init__(model, device, precision, _index(batch, "batch"), _opt_index(height, "height"),
                          _opt_index(width, "width"), features, bool(features_only), bool(autotune), bool(cuda_graph),
-                         _index(device_index, "device_index"))
+                         _index(device_index, "device_index"), str(engine), int(threads))
         self.model = model
 
     def __repr__(self):

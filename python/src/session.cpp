@@ -1,7 +1,8 @@
-// effnet._effnet.Session: inference on the CPU reference engine (cpu::Network, fp32, any batch
-// and size) or on the GPU (InferenceSession: fixed batch and size, fp32/fp16/bf16), on host
-// arrays (NumPy, or anything with the buffer protocol / DLPack on the CPU) and, on the GPU, on
-// device arrays through DLPack without a host copy.
+// effnet._effnet.Session: inference on the CPU (fp32, any batch and size: the fast path,
+// CpuSession, rebuilt when the size changes or the batch grows; features, and engine=
+// "reference", on the reference engine cpu::Network) or on the GPU (InferenceSession: fixed batch and size,
+// fp32/fp16/bf16), on host arrays (NumPy, or anything with the buffer protocol / DLPack on the CPU) and, on
+// the GPU, on device arrays through DLPack without a host copy.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
@@ -14,6 +15,7 @@
 
 #include "common.hpp"
 #include "effnet/cpu_engine.hpp"
+#include "effnet/cpu_session.hpp"
 #include "effnet/diagnose.hpp"
 #include "effnet/error.hpp"
 #include "effnet/inference.hpp"
@@ -81,8 +83,14 @@ class Session {
 public:
     Session(const Model& model, const std::string& device, const std::string& precision, int batch,
             std::optional<int> height, std::optional<int> width, std::optional<std::vector<int>> features,
-            bool features_only, bool autotune, bool cuda_graph, int device_index)
+            bool features_only, bool autotune, bool cuda_graph, int device_index, const std::string& engine,
+            int threads)
         : model_(model) {
+        if (engine != "fast" && engine != "reference")
+            value_error("engine must be 'fast' or 'reference', got '" + engine + "'");
+        if (threads < 0) value_error("threads must be >= 0 (0: every CPU), got " + std::to_string(threads));
+        engine_ = engine;
+        threads_ = threads;
         if (device != "auto" && device != "cpu" && device != "cuda")
             value_error("device must be 'auto', 'cpu' or 'cuda', got '" + device + "'");
         try {
@@ -178,7 +186,11 @@ public:
         return model_;
     }
     std::string description() const {
-        if (!cuda_) return "cpu (fp32, reference engine)";
+        if (!cuda_) {
+            if (engine_ == "reference") return "cpu (fp32, reference engine)";
+            if (fast_) return fast_->description();
+            return std::string("cpu fast path (") + cpu_isa_name(best_cpu_isa()) + ")";
+        }
         return std::string("cuda (") + precision_name(precision_) + ", " + cuda_device_description() + ")";
     }
     std::optional<size_t> peak_device_memory() const {
@@ -308,7 +320,19 @@ private:
         if (!out.is_none()) o = check_out(out, n, classes, nb::device::cpu::value, 0);
         cpu::ForwardResult r;
         Tensor input({n, int64_t(a.shape(1)), h, w});
-        {
+        if (!features && engine_ == "fast") {
+            r.logits = Tensor({n, int64_t(classes)});
+            nb::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(mutex_);
+            std::memcpy(input.ptr(), a.data(), sizeof(float) * size_t(input.numel()));
+            if (!fast_ || fast_->batch() < n || fast_->height() != h || fast_->width() != w) {
+                CpuSessionOptions o;
+                o.threads = threads_;
+                fast_.reset();
+                fast_ = std::make_unique<CpuSession>(model_, int(std::max<int64_t>(n, batch_)), h, w, o);
+            }
+            fast_->run(input.ptr(), r.logits.ptr(), int(n));
+        } else {
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(mutex_);
             std::memcpy(input.ptr(), a.data(), sizeof(float) * size_t(input.numel()));
@@ -459,7 +483,10 @@ private:
     int batch_ = 1, height_ = 0, width_ = 0, device_index_ = 0;
     std::vector<int> features_;
     bool features_only_ = false;
+    std::string engine_ = "fast";
+    int threads_ = 0;
     std::unique_ptr<cpu::Network> cpu_;
+    std::unique_ptr<CpuSession> fast_; // built at the first forward of each size
     std::unique_ptr<InferenceSession> gpu_;
     std::mutex mutex_; // one forward at a time (Python threads release the GIL while it runs)
     void* events_[2] = {nullptr, nullptr};
@@ -468,11 +495,13 @@ private:
 void bind_session(nb::module_& m) {
     nb::class_<Session>(m, "Session")
         .def(nb::init<const Model&, const std::string&, const std::string&, int, std::optional<int>,
-                      std::optional<int>, std::optional<std::vector<int>>, bool, bool, bool, int>(),
+                      std::optional<int>, std::optional<std::vector<int>>, bool, bool, bool, int,
+                      const std::string&, int>(),
              nb::arg("model"), nb::arg("device") = "auto", nb::arg("precision") = "fp32",
              nb::arg("batch") = 1, nb::arg("height") = nb::none(), nb::arg("width") = nb::none(),
              nb::arg("features") = nb::none(), nb::arg("features_only") = false, nb::arg("autotune") = true,
-             nb::arg("cuda_graph") = true, nb::arg("device_index") = 0)
+             nb::arg("cuda_graph") = true, nb::arg("device_index") = 0, nb::arg("engine") = "fast",
+             nb::arg("threads") = 0)
         .def_prop_ro("device", &Session::device, "'cpu' or 'cuda'")
         .def_prop_ro("precision", &Session::precision)
         .def_prop_ro("batch", &Session::batch)

@@ -48,11 +48,13 @@ ModelConfig small_config(Activation act, Padding padding, int classes) {
     return c;
 }
 
-Tensor fast_logits(const Model& model, const Tensor& input, CpuIsa isa, int threads, int batch = 0) {
+Tensor fast_logits(const Model& model, const Tensor& input, CpuIsa isa, int threads,
+                   int64_t fuse = 512 * 1024, int batch = 0) {
     const int n = int(input.dim(0));
     CpuSessionOptions opt;
     opt.isa = isa;
     opt.threads = threads;
+    opt.fuse_min_bytes = fuse;
     CpuSession session(model, batch > 0 ? batch : n, int(input.dim(2)), int(input.dim(3)), opt);
     Tensor logits({n, model.config.num_classes});
     session.run(input.ptr(), logits.ptr(), n);
@@ -103,16 +105,20 @@ TEST_CASE("fast CPU path matches the reference engine on odd shapes", "[cpu_sess
         calibrate(model, input);
         const Tensor ref = cpu::Network(model).forward(input).logits;
         for (CpuIsa isa : supported_isas())
-            for (int threads : {1, 2, 3}) {
-                INFO(activation_name(c.act) << " " << padding_name(c.padding) << " " << shape_str(input.shape)
-                                            << " on " << cpu_isa_name(isa) << ", " << threads << " threads");
-                const double e = relative_error(fast_logits(model, input, isa, threads), ref);
-                CHECK(e <= kTolerance);
-                if (threads == 2)
-                    std::printf("[cpu_session] %-5s %-9s %-16s %-8s vs reference %.2e\n",
-                                activation_name(c.act), padding_name(c.padding),
-                                shape_str(input.shape).c_str(), cpu_isa_name(isa), e);
-            }
+            for (int threads : {1, 2, 3})
+                for (int64_t fuse :
+                     {int64_t(0), int64_t(-1)}) { // every expand banded with its depthwise; none
+                    INFO(activation_name(c.act)
+                         << " " << padding_name(c.padding) << " " << shape_str(input.shape) << " on "
+                         << cpu_isa_name(isa) << ", " << threads << " threads, fuse " << fuse);
+                    const double e = relative_error(fast_logits(model, input, isa, threads, fuse), ref);
+                    CHECK(e <= kTolerance);
+                    if (threads == 2)
+                        std::printf("[cpu_session] %-5s %-9s %-16s %-8s %-7s vs reference %.2e\n",
+                                    activation_name(c.act), padding_name(c.padding),
+                                    shape_str(input.shape).c_str(), cpu_isa_name(isa),
+                                    fuse == 0 ? "fused" : "unfused", e);
+                }
     }
 }
 
