@@ -118,57 +118,59 @@ inline vf activate(vf v, Act a) {
 }
 
 // ---- GEMM -------------------------------------------------------------------------------
-// One R x NR tile of C (R <= MR rows) over kc columns of A (row-major, rows `a` .. `a + (R-1) *
-// lda`) and a packed B chunk ([kc][NR]). first: C is overwritten (else accumulated); last: the
-// epilogue runs. cols is NR or VW (the last panel of an n that is an odd number of vectors).
-template <int R>
-void gemm_tile(const GemmArgs& g, const float* a, int kc, const float* b, int64_t row0, int col0, int cols,
-               bool first, bool last) {
+// One R x NR tile of C (R <= MR rows; TWO: both vectors of the panel, else only the first,
+// for the last panel of an n that is an odd number of vectors) over kc columns of A (row-major,
+// rows `a` .. `a + (R-1) * lda`) and a packed B chunk ([kc][NR]). first: C is overwritten (else
+// accumulated); last: the epilogue runs.
+template <int R, bool TWO>
+void gemm_tile(const GemmArgs& g, const float* a, int kc, const float* b, int64_t row0, int col0, bool first,
+               bool last) {
+    constexpr int V = TWO ? 2 : 1;
     const float* ar[R];
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) ar[i] = a + int64_t(i) * g.lda;
-    vf acc[R][2];
+    vf acc[R][V];
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = splat(0.0f);
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) acc[i][v] = splat(0.0f);
     for (int k = 0; k < kc; ++k, b += NR) {
-        const vf b0 = load(b), b1 = load(b + VW);
+        vf bv[V];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) bv[v] = load(b + v * VW);
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
             const vf ai = splat(ar[i][k]);
-            acc[i][0] += ai * b0;
-            acc[i][1] += ai * b1;
+#pragma GCC unroll 2
+            for (int v = 0; v < V; ++v) acc[i][v] += ai * bv[v];
         }
     }
-    const bool two = cols == NR;
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
         float* c = g.c + (row0 + i) * g.ldc + col0;
-        vf v0 = acc[i][0], v1 = acc[i][1];
-        if (!first) {
-            v0 += load(c);
-            if (two) v1 += load(c + VW);
-        }
-        if (last) {
-            v0 = activate(v0 + load(g.bias + col0), g.act);
-            if (two) v1 = activate(v1 + load(g.bias + col0 + VW), g.act);
-            if (g.residual) {
-                const float* r = g.residual + (row0 + i) * g.ld_residual + col0;
-                v0 += load(r);
-                if (two) v1 += load(r + VW);
+        const float* r = g.residual ? g.residual + (row0 + i) * g.ld_residual + col0 : nullptr;
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) {
+            vf x = acc[i][v];
+            if (!first) x += load(c + v * VW);
+            if (last) {
+                x = activate(x + load(g.bias + col0 + v * VW), g.act);
+                if (r) x += load(r + v * VW);
             }
+            store(c + v * VW, x);
         }
-        store(c, v0);
-        if (two) store(c + VW, v1);
     }
 }
 
-// The tile function for each row count 1..MR (a block's last tile, or a GEMM of few rows).
-using TileFn = void (*)(const GemmArgs&, const float*, int, const float*, int64_t, int, int, bool, bool);
+// The tile function for each row count 1..MR and panel width (a block's last tile, a GEMM of
+// few rows, an odd number of vectors).
+using TileFn = void (*)(const GemmArgs&, const float*, int, const float*, int64_t, int, bool, bool);
 template <typename Rows>
 struct TileTable;
 template <int... R>
 struct TileTable<std::integer_sequence<int, R...>> {
-    static constexpr TileFn fns[] = {&gemm_tile<R + 1>...};
+    static constexpr TileFn two[] = {&gemm_tile<R + 1, true>...};
+    static constexpr TileFn one[] = {&gemm_tile<R + 1, false>...};
 };
 using Tiles = TileTable<std::make_integer_sequence<int, MR>>;
 
@@ -193,7 +195,8 @@ void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scra
             const bool first = k0 == 0, last = k0 + kc == g.k;
             for (int64_t t = m0; t < m1; t += MR) {
                 const int rows = int(m1 - t < MR ? m1 - t : MR);
-                Tiles::fns[rows - 1](g, g.a + t * g.lda + k0, kc, b, t, col0, cols, first, last);
+                const TileFn tile = cols == NR ? Tiles::two[rows - 1] : Tiles::one[rows - 1];
+                tile(g, g.a + t * g.lda + k0, kc, b, t, col0, first, last);
             }
         }
     }

@@ -60,6 +60,11 @@ int plan_slots(std::vector<FoldedLayer>& layers, const std::vector<char>& fused)
     return int(refs.size());
 }
 
+// Stem output rows per task: about two GEMM blocks of pixels.
+int stem_rows_per_task(int wo) {
+    return std::max(1, 2 * cpu_fast::kGemmMC / wo);
+}
+
 } // namespace
 
 struct CpuSession::Impl {
@@ -73,7 +78,8 @@ struct CpuSession::Impl {
     // gates, the GEMM scratch of each thread.
     size_t slot_floats = 0;
     std::vector<AlignedFloats> slots;
-    AlignedFloats im2col, row_sums, gate, scratch;
+    AlignedFloats im2col, row_sums, gate, scratch; // im2col: each thread's stem patches
+    size_t im2col_floats = 0;
     size_t arena_bytes = 0, weight_bytes = 0;
     // Expand layers run together with the depthwise after them, band by band (see
     // expand_depthwise); each thread's band of expanded rows.
@@ -103,7 +109,7 @@ struct CpuSession::Impl {
     void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, int n);
     void plan_fusion(int64_t min_bytes);
     void squeeze_excite(const FoldedLayer& f, int n);
-    void stem_im2col(const FoldedLayer& f, const float* input, int n);
+    void stem(const FoldedLayer& f, const float* input, int n);
     void pool_mean(const FoldedLayer& f, const float* x, float* y, int n);
 };
 
@@ -131,18 +137,20 @@ void CpuSession::Impl::build(const Model& model) {
                  "fast CPU path: the plan must start with the stem and end with the classifier");
     plan_fusion(fuse_min_bytes);
     const int n_slots = plan_slots(layers, fused);
-    size_t rows_sums = 0, gates = 0, stem_rows = 0;
+    size_t rows_sums = 0, gates = 0;
     for (const FoldedLayer& f : layers) {
         const Layer& l = *f.layer;
         slot_floats = std::max(slot_floats, size_t(l.out.rows()) * size_t(f.cout_s));
         if (l.kind == LayerKind::Depthwise)
             rows_sums = std::max(rows_sums, size_t(l.out.batch) * l.out.height * f.cout_s);
         if (l.kind == LayerKind::SqueezeExcite) gates = std::max(gates, size_t(l.in.batch) * f.cin_s);
-        if (l.kind == LayerKind::Stem) stem_rows = size_t(l.out.rows());
+        if (l.kind == LayerKind::Stem)
+            im2col_floats =
+                size_t(stem_rows_per_task(l.out.width)) * l.out.width * 3 * l.conv.kernel * l.conv.kernel;
     }
     for (int s = 0; s < n_slots; ++s) slots.emplace_back(slot_floats);
     bands = AlignedFloats(size_t(pool.size()) * band_floats);
-    im2col = AlignedFloats(stem_rows * 27);
+    im2col = AlignedFloats(size_t(pool.size()) * im2col_floats);
     row_sums = AlignedFloats(rows_sums);
     gate = AlignedFloats(gates);
     scratch = AlignedFloats(size_t(pool.size()) * cpu_fast::kGemmKC * nr);
@@ -321,26 +329,58 @@ void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, int n) {
     });
 }
 
-// The stem's 3x3 patches as GEMM rows: im2col[n, oy, ox][(c * 3 + ky) * 3 + kx], from NCHW input.
-void CpuSession::Impl::stem_im2col(const FoldedLayer& f, const float* input, int n) {
+// The stem, a few output rows per task: their 3x3 patches gathered from the NCHW input into the
+// thread's rows ([pixel][(c * k + ky) * k + kx], PyTorch's weight order), then the GEMM on them
+// while they are in cache.
+void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
     const Layer& l = *f.layer;
     const int h = l.in.height, w = l.in.width, ho = l.out.height, wo = l.out.width;
-    const int k = l.conv.kernel, s = l.conv.stride;
-    const int kk = 3 * k * k;
-    pool.parallel_for(int64_t(n) * ho, [&](int64_t task, int) {
-        const int image = int(task / ho), oy = int(task % ho);
+    const int k = l.conv.kernel, s = l.conv.stride, kk = 3 * k * k;
+    const int rows_per_task = stem_rows_per_task(wo);
+    const int tasks_per_image = (ho + rows_per_task - 1) / rows_per_task;
+    const int panels = (f.cout_s + kernels.nr - 1) / kernels.nr;
+    // Output columns whose taps are all inside the row: [lo, hi).
+    const int lo = std::min(wo, (l.conv.pad_left + s - 1) / s);
+    const int hi = std::max(lo, std::min(wo, (w - k + l.conv.pad_left) / s + 1));
+    pool.parallel_for(int64_t(n) * tasks_per_image, [&](int64_t task, int thread) {
+        const int image = int(task / tasks_per_image);
+        const int oy0 = int(task % tasks_per_image) * rows_per_task, oy1 = std::min(ho, oy0 + rows_per_task);
         const float* x = input + size_t(image) * 3 * h * w;
-        float* row = im2col.data() + (size_t(image) * ho + oy) * wo * kk;
-        for (int ox = 0; ox < wo; ++ox, row += kk)
-            for (int c = 0; c < 3; ++c)
-                for (int ky = 0; ky < k; ++ky) {
-                    const int iy = oy * s - l.conv.pad_top + ky;
-                    for (int kx = 0; kx < k; ++kx) {
-                        const int ix = ox * s - l.conv.pad_left + kx;
-                        const bool inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-                        row[(c * k + ky) * k + kx] = inside ? x[(size_t(c) * h + iy) * w + ix] : 0.0f;
+        float* patches = im2col.data() + size_t(thread) * im2col_floats;
+        float* row = patches;
+        for (int oy = oy0; oy < oy1; ++oy)
+            for (int ox = 0; ox < wo; ++ox, row += kk) {
+                const int ix0 = ox * s - l.conv.pad_left;
+                const bool inside_row = ox >= lo && ox < hi;
+                for (int c = 0; c < 3; ++c)
+                    for (int ky = 0; ky < k; ++ky) {
+                        const int iy = oy * s - l.conv.pad_top + ky;
+                        float* dst = row + (c * k + ky) * k;
+                        if (iy < 0 || iy >= h) {
+                            std::fill(dst, dst + k, 0.0f);
+                            continue;
+                        }
+                        const float* src = x + (size_t(c) * h + iy) * w + ix0;
+                        if (inside_row)
+                            std::copy(src, src + k, dst);
+                        else
+                            for (int kx = 0; kx < k; ++kx)
+                                dst[kx] = ix0 + kx >= 0 && ix0 + kx < w ? src[kx] : 0.0f;
                     }
-                }
+            }
+        cpu_fast::GemmArgs g;
+        g.a = patches;
+        g.lda = g.k = kk;
+        g.m = int64_t(oy1 - oy0) * wo;
+        g.n = f.cout_s;
+        g.b_packed = f.weight.data();
+        g.bias = f.bias.data();
+        g.act = f.act;
+        g.c = slot(f.out_slot) + (int64_t(image) * ho + oy0) * wo * f.cout_s;
+        g.ldc = f.cout_s;
+        float* gemm_scratch = scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
+        for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
+            kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch);
     });
 }
 
@@ -372,10 +412,7 @@ void CpuSession::Impl::run_layer(const FoldedLayer& f, const float* input, int n
     g.ldc = f.cout_s;
     switch (l.kind) {
     case LayerKind::Stem:
-        stem_im2col(f, input, n);
-        g.a = im2col.data();
-        g.lda = g.k = 3 * l.conv.kernel * l.conv.kernel;
-        return gemm(g);
+        return stem(f, input, n);
     case LayerKind::Project:
         if (f.residual_slot >= 0) {
             g.residual = slot(f.residual_slot);
