@@ -97,20 +97,21 @@ FoldedLayer fold_layer(const Model& model, const Layer& l, int nr, int vw) {
         break;
     }
     case LayerKind::SqueezeExcite: {
-        const int c = f.cin, r = l.reduced_channels;
+        const int c = f.cin, cs = f.cin_s, r = l.reduced_channels, rs = round_up(r, vw);
         f.reduced = r;
+        f.reduced_s = rs;
         const Tensor& w1 = model.param(l.param("reduce.weight")); // [R, C, 1, 1]
         const Tensor& b1 = model.param(l.param("reduce.bias"));   // [R]
         const Tensor& w2 = model.param(l.param("expand.weight")); // [C, R, 1, 1]
         const Tensor& b2 = model.param(l.param("expand.bias"));   // [C]
-        f.se_reduce = AlignedFloats(size_t(c) * r);
-        f.se_reduce_bias = AlignedFloats(size_t(r));
-        f.se_expand = AlignedFloats(size_t(r) * c);
-        f.se_expand_bias = AlignedFloats(size_t(c));
+        f.se_reduce = AlignedFloats(size_t(c) * rs);
+        f.se_reduce_bias = AlignedFloats(size_t(rs));
+        f.se_expand = AlignedFloats(size_t(r) * cs);
+        f.se_expand_bias = AlignedFloats(size_t(cs));
         for (int j = 0; j < r; ++j) {
             for (int i = 0; i < c; ++i) {
-                f.se_reduce[size_t(i) * r + j] = w1.data[size_t(j) * c + i];
-                f.se_expand[size_t(j) * c + i] = w2.data[size_t(i) * r + j];
+                f.se_reduce[size_t(i) * rs + j] = w1.data[size_t(j) * c + i];
+                f.se_expand[size_t(j) * cs + i] = w2.data[size_t(i) * r + j];
             }
             f.se_reduce_bias[size_t(j)] = b1.data[size_t(j)];
         }

@@ -20,8 +20,9 @@ struct FoldedLayer {
     // 27 for the stem: (channel, ky, kx) as PyTorch orders them) and bias [panels * nr].
     // Depthwise: weight [k * k][cout_s], bias [cout_s]. Zero beyond the real channels.
     AlignedFloats weight, bias;
-    // SqueezeExcite: reduce [C][R] (transposed), reduce bias [R], expand [R][C], expand bias [C].
-    int reduced = 0;
+    // SqueezeExcite: reduce [C][Rs] (transposed), reduce bias [Rs], expand [R][cin_s], expand
+    // bias [cin_s]; Rs = R padded to the vector width, zeros beyond the real sizes.
+    int reduced = 0, reduced_s = 0;
     AlignedFloats se_reduce, se_reduce_bias, se_expand, se_expand_bias;
     // Arena slots of the layer's input, output and residual (-1: none). Squeeze-excite and
     // dropout write no tensor: their output is their input's slot (the gate goes with it).

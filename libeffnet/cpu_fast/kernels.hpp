@@ -54,6 +54,21 @@ struct DepthwiseArgs {
     float* row_sums = nullptr; // [images, ho, cs] or null
 };
 
+// One image's squeeze-excite gate: gate = sigmoid(expand(act(reduce(mean)))), the mean from the
+// per-row sums the depthwise left. Weights padded with zeros: reduce [cs][rs], expand [r][cs].
+struct SqueezeExciteArgs {
+    const float* row_sums = nullptr; // [images, rows, cs]
+    int rows = 0, cs = 0, c = 0;     // c: real channels
+    int r = 0, rs = 0;               // reduced channels, and padded to the vector width
+    float inv_pixels = 0;
+    const float* reduce = nullptr;      // [c][rs]
+    const float* reduce_bias = nullptr; // [rs]
+    const float* expand = nullptr;      // [r][cs]
+    const float* expand_bias = nullptr; // [cs]
+    Act act = Act::SiLU;
+    float* gate = nullptr; // [images, cs]
+};
+
 struct KernelTable {
     const char* name;
     int vector_width; // floats per vector
@@ -63,6 +78,8 @@ struct KernelTable {
     // gated B chunk).
     void (*gemm)(const GemmArgs& args, int64_t m0, int64_t m1, int p0, int p1, float* scratch);
     void (*depthwise)(const DepthwiseArgs& args, int image, int oy0, int oy1);
+    // scratch: cs + rs floats private to the calling thread.
+    void (*squeeze_excite)(const SqueezeExciteArgs& args, int image, float* scratch);
 };
 
 const KernelTable& kernels_portable();

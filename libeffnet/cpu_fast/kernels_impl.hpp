@@ -311,10 +311,37 @@ void depthwise(const DepthwiseArgs& d, int image, int oy0, int oy1) {
     }
 }
 
+// ---- Squeeze-excite ---------------------------------------------------------------------
+void squeeze_excite(const SqueezeExciteArgs& a, int image, float* scratch) {
+    float* mean = scratch;          // [cs]
+    float* hidden = scratch + a.cs; // [rs]
+    const float* sums = a.row_sums + int64_t(image) * a.rows * a.cs;
+    for (int i = 0; i < a.cs; i += VW) {
+        vf m = load(sums + i);
+        for (int y = 1; y < a.rows; ++y) m += load(sums + int64_t(y) * a.cs + i);
+        store(mean + i, m * a.inv_pixels);
+    }
+    for (int j = 0; j < a.rs; j += VW) store(hidden + j, load(a.reduce_bias + j));
+    for (int i = 0; i < a.c; ++i) {
+        const vf m = splat(mean[i]);
+        const float* w = a.reduce + int64_t(i) * a.rs;
+        for (int j = 0; j < a.rs; j += VW) store(hidden + j, load(hidden + j) + m * load(w + j));
+    }
+    for (int j = 0; j < a.rs; j += VW) store(hidden + j, activate(load(hidden + j), a.act));
+    float* g = a.gate + int64_t(image) * a.cs;
+    for (int i = 0; i < a.cs; i += VW) store(g + i, load(a.expand_bias + i));
+    for (int j = 0; j < a.r; ++j) {
+        const vf h = splat(hidden[j]);
+        const float* w = a.expand + int64_t(j) * a.cs;
+        for (int i = 0; i < a.cs; i += VW) store(g + i, load(g + i) + h * load(w + i));
+    }
+    for (int i = 0; i < a.cs; i += VW) store(g + i, reciprocal(exp_v(-load(g + i)) + 1.0f));
+}
+
 } // namespace
 
 const KernelTable& table() {
-    static const KernelTable t{EFFNET_ISA_NAME, VW, MR, NR, &gemm, &depthwise};
+    static const KernelTable t{EFFNET_ISA_NAME, VW, MR, NR, &gemm, &depthwise, &squeeze_excite};
     return t;
 }
 

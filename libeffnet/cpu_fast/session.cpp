@@ -79,6 +79,8 @@ struct CpuSession::Impl {
     size_t slot_floats = 0;
     std::vector<AlignedFloats> slots;
     AlignedFloats im2col, row_sums, gate, scratch; // im2col: each thread's stem patches
+    AlignedFloats se_scratch;                      // each thread's squeeze-excite mean and hidden values
+    size_t se_scratch_floats = 0;
     size_t im2col_floats = 0;
     size_t arena_bytes = 0, weight_bytes = 0;
     // Expand layers run together with the depthwise after them, band by band (see
@@ -143,7 +145,10 @@ void CpuSession::Impl::build(const Model& model) {
         slot_floats = std::max(slot_floats, size_t(l.out.rows()) * size_t(f.cout_s));
         if (l.kind == LayerKind::Depthwise)
             rows_sums = std::max(rows_sums, size_t(l.out.batch) * l.out.height * f.cout_s);
-        if (l.kind == LayerKind::SqueezeExcite) gates = std::max(gates, size_t(l.in.batch) * f.cin_s);
+        if (l.kind == LayerKind::SqueezeExcite) {
+            gates = std::max(gates, size_t(l.in.batch) * f.cin_s);
+            se_scratch_floats = std::max(se_scratch_floats, size_t(f.cin_s + f.reduced_s));
+        }
         if (l.kind == LayerKind::Stem)
             im2col_floats =
                 size_t(stem_rows_per_task(l.out.width)) * l.out.width * 3 * l.conv.kernel * l.conv.kernel;
@@ -153,9 +158,10 @@ void CpuSession::Impl::build(const Model& model) {
     im2col = AlignedFloats(size_t(pool.size()) * im2col_floats);
     row_sums = AlignedFloats(rows_sums);
     gate = AlignedFloats(gates);
+    se_scratch = AlignedFloats(size_t(pool.size()) * se_scratch_floats);
     scratch = AlignedFloats(size_t(pool.size()) * cpu_fast::kGemmKC * nr);
     arena_bytes = sizeof(float) * (slot_floats * slots.size() + im2col.size() + row_sums.size() +
-                                   gate.size() + scratch.size());
+                                   gate.size() + scratch.size() + se_scratch.size());
 }
 
 void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
@@ -303,29 +309,22 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
 // the depthwise kernel left.
 void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, int n) {
     const Layer& l = *f.layer;
-    const int c = f.cin, cs = f.cin_s, r = f.reduced, rows = l.in.height;
-    const float inv_pixels = 1.0f / float(l.in.pixels());
-    pool.parallel_for(n, [&](int64_t image, int) {
-        std::vector<float> mean(size_t(c), 0.0f),
-            hidden(f.se_reduce_bias.data(), f.se_reduce_bias.data() + r);
-        const float* sums = row_sums.data() + size_t(image) * rows * cs;
-        for (int y = 0; y < rows; ++y)
-            for (int i = 0; i < c; ++i) mean[size_t(i)] += sums[size_t(y) * cs + i];
-        for (int i = 0; i < c; ++i) {
-            const float m = mean[size_t(i)] * inv_pixels;
-            const float* w = f.se_reduce.data() + size_t(i) * r;
-            for (int j = 0; j < r; ++j) hidden[size_t(j)] += m * w[j];
-        }
-        for (float& h : hidden)
-            h = f.act == cpu_fast::Act::SiLU ? h / (1.0f + std::exp(-h)) : std::min(std::max(h, 0.0f), 6.0f);
-        float* g = gate.data() + size_t(image) * cs;
-        std::copy(f.se_expand_bias.data(), f.se_expand_bias.data() + c, g);
-        for (int j = 0; j < r; ++j) {
-            const float h = hidden[size_t(j)];
-            const float* w = f.se_expand.data() + size_t(j) * c;
-            for (int i = 0; i < c; ++i) g[i] += h * w[i];
-        }
-        for (int i = 0; i < c; ++i) g[i] = 1.0f / (1.0f + std::exp(-g[i]));
+    cpu_fast::SqueezeExciteArgs a;
+    a.row_sums = row_sums.data();
+    a.rows = l.in.height;
+    a.cs = f.cin_s;
+    a.c = f.cin;
+    a.r = f.reduced;
+    a.rs = f.reduced_s;
+    a.inv_pixels = 1.0f / float(l.in.pixels());
+    a.reduce = f.se_reduce.data();
+    a.reduce_bias = f.se_reduce_bias.data();
+    a.expand = f.se_expand.data();
+    a.expand_bias = f.se_expand_bias.data();
+    a.act = f.act;
+    a.gate = gate.data();
+    pool.parallel_for(n, [&](int64_t image, int thread) {
+        kernels.squeeze_excite(a, int(image), se_scratch.data() + size_t(thread) * se_scratch_floats);
     });
 }
 
