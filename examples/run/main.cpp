@@ -17,6 +17,7 @@
 #include "common/output_path.hpp"
 #include "cpu/ops.hpp"
 #include "effnet/cpu_engine.hpp"
+#include "effnet/cpu_session.hpp"
 #include "effnet/diagnose.hpp"
 #include "effnet/error.hpp"
 #include "effnet/gpu_training.hpp"
@@ -32,7 +33,7 @@ namespace {
 
 const char* kUsage =
     "usage: effnet-run --weights W.safetensors --input IN.safetensors --output OUT.safetensors\n"
-    "                  [--device cpu|cuda] [--precision fp32|fp16|bf16]\n"
+    "                  [--device cpu|cuda] [--precision fp32|fp16|bf16] [--cpu-engine reference|fast]\n"
     "                  [--train --target T.safetensors] [--preset NAME] [--padding P] [--bn-eps E]\n"
     "       effnet-run --weights W.safetensors --save-weights OUT.safetensors [overrides]\n"
     "\n"
@@ -55,6 +56,7 @@ std::vector<examples::OptionSpec> option_specs() {
         {"output", true, "safetensors file to write"},
         {"device", true, "cpu (default) or cuda"},
         {"precision", true, "fp32 (default); fp16 / bf16 with --device cuda"},
+        {"cpu-engine", true, "reference (default: the plain engine) or fast (CpuSession; eval logits only)"},
         {"train", false, "train-mode forward + backward of cross-entropy"},
         {"target", true, "safetensors file holding int64 tensor 'target' [N] (with --train)"},
         {"lr", true, "with --train: then one SGD step at this learning rate (see above)"},
@@ -249,6 +251,13 @@ int run(int argc, char** argv) {
         throw Error(std::string("--precision: ") + e.what());
     }
     const bool train = args.has("train");
+    const std::string cpu_engine = args.get("cpu-engine", "reference");
+    EFFNET_CHECK(cpu_engine == "reference" || cpu_engine == "fast",
+                 "--cpu-engine must be reference or fast, got '" + cpu_engine + "'");
+    const bool fast = cpu_engine == "fast";
+    EFFNET_CHECK(
+        !fast || (device == "cpu" && !train && !args.has("features")),
+        "--cpu-engine fast runs the eval forward on the CPU only (no --train, --features, --device cuda)");
     EFFNET_CHECK(device == "cuda" || parse_precision(precision) == Precision::FP32,
                  "--precision " + precision + " needs --device cuda (the CPU engine computes in fp32)");
     EFFNET_CHECK(train || !args.has("target"), "--target is only used with --train");
@@ -316,6 +325,10 @@ int run(int argc, char** argv) {
         for (const auto& [name, grad] : r.grads) out.add("grad." + model.source_names.at(name), grad);
     } else if (device == "cuda") {
         logits = run_cuda(model, input, precision, features, features_only, &feature_maps);
+    } else if (fast) {
+        CpuSession session(model, int(input.dim(0)), int(input.dim(2)), int(input.dim(3)));
+        logits = Tensor({input.dim(0), int64_t(model.config.num_classes)});
+        session.run(input.ptr(), logits.ptr());
     } else {
         cpu::Network net(model);
         cpu::ForwardOptions forward;
@@ -351,7 +364,10 @@ int run(int argc, char** argv) {
         // No logits to check or write.
     } else if (!train) {
         check_logits_finite(model, input.ptr(), input.shape, logits.ptr(), classes,
-                            device == "cuda" ? "cuda " + precision : "the CPU engine", image_name);
+                            device == "cuda" ? "cuda " + precision
+                            : fast           ? "the fast CPU path"
+                                             : "the CPU engine",
+                            image_name);
     } else {
         const int64_t bad_row = first_non_finite_row(logits.ptr(), input.dim(0), classes);
         EFFNET_CHECK(bad_row < 0,

@@ -41,8 +41,9 @@ struct CpuSessionOptions {
 
 // One layer's share of a forward, as CpuSession::profile() measured it.
 struct CpuLayerProfile {
-    // "blocks.3.expand", ...; an expand run together with its depthwise: "blocks.1.expand+dw"
-    // (time and flops of both), the depthwise then "blocks.1.dw (in blocks.1.expand+dw)" (0, 0).
+    // "blocks.3.expand", ...; an expand run together with the layers after it:
+    // "blocks.1.expand+dw" or "blocks.1.expand+dw+project" (time and flops of all), those layers
+    // then "blocks.1.dw (in blocks.1.expand+dw)" (0 ms, 0 flops).
     std::string name;
     LayerKind kind = LayerKind::Stem;
     double ms = 0;    // mean time per forward

@@ -25,8 +25,9 @@ namespace {
 
 // Arena slots by liveness: each layer's output takes a free slot and gives it back after its
 // last reader (a squeeze-excite or dropout output is its input's slot, read by the next layer).
-// An expand fused with its depthwise reads its input while the depthwise writes: the input is
-// given back only after the depthwise's output has its slot.
+// An expand fused with the layers after it (fused[i] of them: its depthwise, and the project
+// too) reads its input while they write: the input is given back only after the last of them
+// has its output slot.
 int plan_slots(std::vector<FoldedLayer>& layers, const std::vector<char>& fused) {
     const size_t n = layers.size();
     std::vector<int> readers(n, 0);
@@ -53,7 +54,8 @@ int plan_slots(std::vector<FoldedLayer>& layers, const std::vector<char>& fused)
             f.out_slot = int(free_slot - refs.begin());
             refs[size_t(f.out_slot)] = readers[i] > 0 ? readers[i] : 1; // the last layer's is read by run()
         }
-        if (i > 0 && fused[i - 1]) release(layers[i - 1].in_slot);
+        for (size_t back = 1; back <= std::min<size_t>(i, 2); ++back) // the fused expand's input
+            if (fused[i - back] == int(back)) release(layers[i - back].in_slot);
         if (!fused[i]) release(f.in_slot);
         release(f.residual_slot);
     }
@@ -85,7 +87,8 @@ struct CpuSession::Impl {
     size_t arena_bytes = 0, weight_bytes = 0;
     // Expand layers run together with the depthwise after them, band by band (see
     // expand_depthwise); each thread's band of expanded rows.
-    std::vector<char> fused;    // per layer
+    std::vector<char> fused;    // per layer: how many layers after an expand run with it (1: the
+                                // depthwise, 2: the depthwise and the project)
     std::vector<int> band_rows; // per fused expand: depthwise output rows per band
     size_t band_floats = 0;
     AlignedFloats bands;
@@ -228,7 +231,8 @@ void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y,
 // task walks a range of the depthwise's output rows in bands, computing the expanded input rows
 // a band needs into the thread's band buffer (rows shared with the previous band are moved up,
 // not recomputed) and running the depthwise on them while they are in cache. The expanded
-// tensor is never written whole.
+// tensor is never written whole. Without a squeeze-excite (Lite), the project runs on the
+// band's depthwise rows too, while they are in cache.
 void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
     constexpr size_t kBandBytes = 384 * 1024; // the band buffer: well inside a 1-2 MB L2
     fused.assign(layers.size(), 0);
@@ -244,7 +248,9 @@ void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
         const int k = d.layer->conv.kernel, s = d.layer->conv.stride;
         const int fit = int(kBandBytes / row_bytes); // input rows the buffer should hold
         const int rows = std::max(1, (fit - (k - s)) / s);
-        fused[i] = 1;
+        const bool project = i + 2 < layers.size() && layers[i + 2].layer->kind == LayerKind::Project &&
+                             layers[i + 2].layer->input == int(i + 1);
+        fused[i] = project ? 2 : 1;
         band_rows[i] = rows;
         band_floats = std::max(band_floats, size_t(rows * s + k) * d.layer->in.width * d.cout_s);
     }
@@ -252,6 +258,7 @@ void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
 
 void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer& dwf, int n) {
     const Layer& ld = *dwf.layer;
+    const FoldedLayer* project = fused[size_t(&e - layers.data())] == 2 ? &dwf + 1 : nullptr;
     const int h = ld.in.height, w = ld.in.width, k = ld.conv.kernel, s = ld.conv.stride;
     const int cs = dwf.cout_s;
     const int64_t row_floats = int64_t(w) * cs;
@@ -301,6 +308,29 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
             }
             db.x_row0 = held_lo;
             kernels.depthwise(db, image, oy0, oy1);
+            if (project) { // the band's depthwise rows, still in cache, through the project
+                const FoldedLayer& p = *project;
+                const int64_t row0 = (int64_t(image) * ld.out.height + oy0) * ld.out.width;
+                cpu_fast::GemmArgs g;
+                g.a = slot(dwf.out_slot) + row0 * p.cin_s;
+                g.lda = p.cin_s;
+                g.k = p.cin;
+                g.n = p.cout_s;
+                g.m = int64_t(oy1 - oy0) * ld.out.width;
+                g.b_packed = p.weight.data();
+                g.bias = p.bias.data();
+                g.act = p.act;
+                g.c = slot(p.out_slot) + row0 * p.cout_s;
+                g.ldc = p.cout_s;
+                if (p.residual_slot >= 0) {
+                    g.residual = slot(p.residual_slot) + row0 * p.cout_s;
+                    g.ld_residual = p.cout_s;
+                }
+                const int project_panels = (p.cout_s + kernels.nr - 1) / kernels.nr;
+                for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
+                    kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, project_panels,
+                                 gemm_scratch);
+            }
         }
     });
 }
@@ -455,7 +485,7 @@ void CpuSession::Impl::forward(const float* input, int n, float* logits, std::ve
         else
             run_layer(layers[i], input, n);
         if (layer_seconds) (*layer_seconds)[i] += std::chrono::duration<double>(Clock::now() - start).count();
-        i += size_t(fused[i]); // the depthwise ran with it
+        i += size_t(fused[i]); // the layers that ran with it
     }
     const FoldedLayer& last = layers.back();
     const float* out = slot(last.out_slot);
@@ -506,6 +536,17 @@ std::vector<CpuLayerProfile> CpuSession::profile(int reps) {
         const FoldedLayer& f = m.layers[i];
         out.push_back(
             {f.layer->name, f.layer->kind, 1e3 * seconds[i] / reps, f.flops_per_image * m.plan.batch});
+    }
+    // A fused expand's entry holds the time and flops of the layers that ran with it; theirs are
+    // empty and name it.
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+        const int with = m.fused[i];
+        if (with) out[i].name += with == 2 ? "+dw+project" : "+dw";
+        for (int j = 1; j <= with; ++j) {
+            out[i].flops += out[i + size_t(j)].flops;
+            out[i + size_t(j)].flops = 0;
+            out[i + size_t(j)].name += " (in " + out[i].name + ")";
+        }
     }
     return out;
 }
