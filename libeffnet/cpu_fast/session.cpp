@@ -128,6 +128,9 @@ void CpuSession::Impl::build(const Model& model) {
     EFFNET_CHECK(model.config.in_channels == 3,
                  "fast CPU path: the stem takes 3 input channels, the config has " +
                      std::to_string(model.config.in_channels));
+    EFFNET_CHECK(plan.layers.front().conv.kernel <= 7,
+                 "fast CPU path: the stem's kernel is at most 7x7, the config has " +
+                     std::to_string(plan.layers.front().conv.kernel));
     const int vw = kernels.vector_width, nr = kernels.nr;
     layers.reserve(plan.layers.size());
     for (const Layer& l : plan.layers) {
@@ -377,26 +380,36 @@ void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
         const float* x = input + size_t(image) * 3 * h * w;
         float* patches = im2col.data() + size_t(thread) * im2col_floats;
         float* row = patches;
-        for (int oy = oy0; oy < oy1; ++oy)
+        for (int oy = oy0; oy < oy1; ++oy) {
+            // The k input rows of each channel this output row reads; null: outside the image.
+            const float* rows[3][7];
+            for (int c = 0; c < 3; ++c)
+                for (int ky = 0; ky < k; ++ky) {
+                    const int iy = oy * s - l.conv.pad_top + ky;
+                    rows[c][ky] = iy >= 0 && iy < h ? x + (size_t(c) * h + iy) * w : nullptr;
+                }
             for (int ox = 0; ox < wo; ++ox, row += kk) {
                 const int ix0 = ox * s - l.conv.pad_left;
-                const bool inside_row = ox >= lo && ox < hi;
-                for (int c = 0; c < 3; ++c)
-                    for (int ky = 0; ky < k; ++ky) {
-                        const int iy = oy * s - l.conv.pad_top + ky;
-                        float* dst = row + (c * k + ky) * k;
-                        if (iy < 0 || iy >= h) {
-                            std::fill(dst, dst + k, 0.0f);
-                            continue;
+                if (k == 3 && ox >= lo && ox < hi) { // the common case, unrolled
+                    for (int c = 0; c < 3; ++c)
+                        for (int ky = 0; ky < 3; ++ky) {
+                            float* dst = row + (c * 3 + ky) * 3;
+                            const float* src = rows[c][ky];
+                            dst[0] = src ? src[ix0] : 0.0f;
+                            dst[1] = src ? src[ix0 + 1] : 0.0f;
+                            dst[2] = src ? src[ix0 + 2] : 0.0f;
                         }
-                        const float* src = x + (size_t(c) * h + iy) * w + ix0;
-                        if (inside_row)
-                            std::copy(src, src + k, dst);
-                        else
-                            for (int kx = 0; kx < k; ++kx)
-                                dst[kx] = ix0 + kx >= 0 && ix0 + kx < w ? src[kx] : 0.0f;
-                    }
+                    continue;
+                }
+                for (int c = 0; c < 3; ++c)
+                    for (int ky = 0; ky < k; ++ky)
+                        for (int kx = 0; kx < k; ++kx) {
+                            const int ix = ix0 + kx;
+                            row[(c * k + ky) * k + kx] =
+                                rows[c][ky] && ix >= 0 && ix < w ? rows[c][ky][ix] : 0.0f;
+                        }
             }
+        }
         cpu_fast::GemmArgs g;
         g.a = patches;
         g.lda = g.k = kk;
@@ -478,6 +491,7 @@ void CpuSession::Impl::run_layer(const FoldedLayer& f, const float* input, int n
 
 void CpuSession::Impl::forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds) {
     using Clock = std::chrono::steady_clock;
+    const cpu_fast::FlushDenormals flush; // the caller's mode comes back on return
     for (size_t i = 0; i < layers.size(); ++i) {
         const auto start = layer_seconds ? Clock::now() : Clock::time_point{};
         if (fused[i])

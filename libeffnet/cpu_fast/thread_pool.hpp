@@ -58,6 +58,21 @@ private:
     std::exception_ptr error_;
 };
 
+// Denormal floats flushed to zero (and read as zero) on the calling thread while it lives: an
+// operation on a denormal costs a ~100-cycle microcode assist on x86, and a layer that produces
+// them (tiny activations times tiny gates) would run 20x slower. Results change only below
+// 1.2e-38. Restores the thread's previous mode. No effect off x86.
+class FlushDenormals {
+public:
+    FlushDenormals();
+    ~FlushDenormals();
+    FlushDenormals(const FlushDenormals&) = delete;
+    FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+private:
+    unsigned saved_ = 0;
+};
+
 // The CPUs this process may run on (sched_getaffinity), at least 1.
 int available_cpus();
 
