@@ -77,7 +77,8 @@ struct KernelTable {
     // panels [p0, p1); scratch holds kGemmKC * nr floats private to the calling thread (the
     // gated B chunk).
     void (*gemm)(const GemmArgs& args, int64_t m0, int64_t m1, int p0, int p1, float* scratch);
-    void (*depthwise)(const DepthwiseArgs& args, int image, int oy0, int oy1);
+    // Output rows [oy0, oy1), channels [c0, c1) (multiples of the vector width).
+    void (*depthwise)(const DepthwiseArgs& args, int image, int oy0, int oy1, int c0, int c1);
     // scratch: cs + rs floats private to the calling thread.
     void (*squeeze_excite)(const SqueezeExciteArgs& args, int image, float* scratch);
 };

@@ -219,14 +219,23 @@ cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, c
 
 void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, int n) {
     const cpu_fast::DepthwiseArgs d = depthwise_args(f, x, y);
-    // Tasks of a few rows each: at least ~8 per thread over the batch.
+    // Tasks of a few rows each, ~8 per thread over the batch; small maps (the late stages at a
+    // small batch) are split over channels too.
     const int64_t want = 8 * int64_t(pool.size());
     const int rows_per_task = int(std::max<int64_t>(1, int64_t(n) * d.ho / want));
     const int tasks_per_image = (d.ho + rows_per_task - 1) / rows_per_task;
-    pool.parallel_for(int64_t(n) * tasks_per_image, [&](int64_t task, int) {
-        const int image = int(task / tasks_per_image);
-        const int oy0 = int(task % tasks_per_image) * rows_per_task;
-        kernels.depthwise(d, image, oy0, std::min(d.ho, oy0 + rows_per_task));
+    const int vw = kernels.vector_width, vectors = d.cs / vw;
+    const int chunks =
+        int(std::clamp<int64_t>(want / (int64_t(n) * tasks_per_image), 1, std::max(1, vectors / 4)));
+    const int chunk_vectors = (vectors + chunks - 1) / chunks;
+    const int n_chunks = (vectors + chunk_vectors - 1) / chunk_vectors;
+    pool.parallel_for(int64_t(n) * tasks_per_image * n_chunks, [&](int64_t task, int) {
+        const int chunk = int(task % n_chunks);
+        const int64_t rows_task = task / n_chunks;
+        const int image = int(rows_task / tasks_per_image);
+        const int oy0 = int(rows_task % tasks_per_image) * rows_per_task;
+        const int c0 = chunk * chunk_vectors * vw, c1 = std::min(d.cs, c0 + chunk_vectors * vw);
+        kernels.depthwise(d, image, oy0, std::min(d.ho, oy0 + rows_per_task), c0, c1);
     });
 }
 
@@ -310,7 +319,7 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                 held_hi = hi;
             }
             db.x_row0 = held_lo;
-            kernels.depthwise(db, image, oy0, oy1);
+            kernels.depthwise(db, image, oy0, oy1, 0, cs);
             if (project) { // the band's depthwise rows, still in cache, through the project
                 const FoldedLayer& p = *project;
                 const int64_t row0 = (int64_t(image) * ld.out.height + oy0) * ld.out.width;
