@@ -80,16 +80,14 @@ inline vf exp_neg(vf v) {
 }
 #endif
 
-// 1 / d to ~1 ulp: the hardware estimate refined by one Newton step (a division costs ~10x a
-// multiply-add and the SiLU epilogues would be bound by it).
+// 1 / d. AVX-512: the 14-bit hardware estimate refined by one Newton step (~1 ulp; a division
+// costs ~10x a multiply-add and the SiLU epilogues would be bound by it). Elsewhere a division:
+// AVX2's 12-bit estimate needs two steps, and with them B5..B7's logits drifted 3x further from
+// the reference engine (1.4e-5 instead of 5e-6) than with the division.
 inline vf reciprocal(vf d) {
 #if defined(__AVX512F__) && EFFNET_VW == 16
     const vf r = (vf)_mm512_maskz_rcp14_ps(0xffff, (__m512)d); // maskz: no undefined source
     return r * (2.0f - d * r);
-#elif defined(__AVX__) && EFFNET_VW == 8
-    vf r = (vf)_mm256_rcp_ps((__m256)d);
-    r = r * (2.0f - d * r);
-    return r * (2.0f - d * r); // the estimate has 12 bits: two steps
 #else
     return 1.0f / d;
 #endif
