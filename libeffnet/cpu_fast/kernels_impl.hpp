@@ -194,9 +194,20 @@ void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scra
                 b = scratch;
             }
             const bool first = k0 == 0, last = k0 + kc == g.k;
+            // The task's next B chunk follows this one in memory (panels are [k][NR], one after
+            // the other): prefetch it into L2 a share per tile, so that a block of few rows (a
+            // small batch) does not wait on the weights at every chunk's first tile.
+            const char* next = reinterpret_cast<const char*>(g.b_packed + (int64_t(p) * g.k + k0 + kc) * NR);
+            const char* next_end = reinterpret_cast<const char*>(g.b_packed + int64_t(p1) * g.k * NR);
+            const int64_t next_bytes = imin(kGemmKC * NR * 4, int(next_end - next));
+            const int64_t tiles = (m1 - m0 + MR - 1) / MR;
+            const int64_t share = (next_bytes / 64 + tiles - 1) / tiles * 64;
             for (int64_t t = m0; t < m1; t += MR) {
                 const int rows = int(m1 - t < MR ? m1 - t : MR);
                 const TileFn tile = cols == NR ? Tiles::two[rows - 1] : Tiles::one[rows - 1];
+                const int64_t from = (t - m0) / MR * share;
+                for (int64_t off = from; off < from + share && off < next_bytes; off += 64)
+                    __builtin_prefetch(next + off, 0, 2);
                 tile(g, g.a + t * g.lda + k0, kc, b, t, col0, first, last);
             }
         }
