@@ -120,6 +120,15 @@ Model random_model(const ModelConfig& config, uint64_t seed) {
     return model;
 }
 
+void check_parameter_shapes(const Model& model) {
+    for (const ParamSpec& spec : parameter_specs(model.config)) {
+        const Tensor& t = model.param(spec.name);
+        EFFNET_CHECK(t.shape == spec.shape && t.numel() == shape_numel(spec.shape),
+                     "model parameter '" + spec.name + "' has shape " + shape_str(t.shape) +
+                         ", the config needs " + shape_str(spec.shape));
+    }
+}
+
 void save_weights(const Model& model, const std::string& path) {
     const ModelConfig& c = model.config;
     c.validate();

@@ -44,6 +44,10 @@ struct Model {
 // weights, writing checkpoints and resuming them.
 int64_t first_invalid_element(const std::string& name, const Tensor& t);
 
+// Throws effnet::Error naming the first parameter or buffer of parameter_specs(model.config)
+// that the model lacks or holds with another shape. The engines call it before using a model.
+void check_parameter_shapes(const Model& model);
+
 // Seeded random initialisation: fan-in Kaiming convs with per-role gains chosen so that
 // activations stay O(1) through B0..B7 (fp16-safe), BN weight 1, bias 0, running stats 0/1.
 Model random_model(const ModelConfig& config, uint64_t seed);

@@ -162,12 +162,7 @@ struct Network::Impl {
 
 Network::Network(Model& model) : impl_(std::make_unique<Impl>(model)) {
     model.config.validate();
-    for (const ParamSpec& spec : parameter_specs(model.config)) {
-        const Tensor& t = model.param(spec.name);
-        EFFNET_CHECK(t.shape == spec.shape && t.numel() == shape_numel(spec.shape),
-                     "model parameter '" + spec.name + "' has shape " + shape_str(t.shape) +
-                         ", the config needs " + shape_str(spec.shape));
-    }
+    check_parameter_shapes(model);
 }
 
 Network::~Network() = default;

@@ -77,7 +77,7 @@ struct CpuSession::Impl {
     std::vector<FoldedLayer> layers;
     cpu_fast::ThreadPool pool;
     // Arena: slots of slot_floats each, the stem's im2col rows, squeeze-excite row sums and
-    // gates, the GEMM scratch of each thread.
+    // gates, the GEMM scratch and the fused bands of each thread.
     size_t slot_floats = 0;
     std::vector<AlignedFloats> slots;
     AlignedFloats im2col, row_sums, gate, scratch; // im2col: each thread's stem patches
@@ -109,6 +109,11 @@ struct CpuSession::Impl {
     // GEMM over the whole batch: rows split in blocks (within images when gated) and, when they
     // are few, B's panels split too, so that every thread has work.
     void gemm(const cpu_fast::GemmArgs& g);
+    // The GEMM's rows [0, g.m) and all its panels on the calling thread (a task's share).
+    void gemm_rows(const cpu_fast::GemmArgs& g, int thread);
+    float* gemm_scratch(int thread) {
+        return scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
+    }
     cpu_fast::DepthwiseArgs depthwise_args(const FoldedLayer& f, const float* x, float* y);
     void depthwise(const FoldedLayer& f, const float* x, float* y, int n);
     void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, int n);
@@ -119,12 +124,7 @@ struct CpuSession::Impl {
 };
 
 void CpuSession::Impl::build(const Model& model) {
-    for (const ParamSpec& spec : parameter_specs(model.config)) {
-        const Tensor& t = model.param(spec.name);
-        EFFNET_CHECK(t.shape == spec.shape && t.numel() == shape_numel(spec.shape),
-                     "model parameter '" + spec.name + "' has shape " + shape_str(t.shape) +
-                         ", the config needs " + shape_str(spec.shape));
-    }
+    check_parameter_shapes(model);
     EFFNET_CHECK(model.config.in_channels == 3,
                  "fast CPU path: the stem takes 3 input channels, the config has " +
                      std::to_string(model.config.in_channels));
@@ -167,7 +167,7 @@ void CpuSession::Impl::build(const Model& model) {
     se_scratch = AlignedFloats(size_t(pool.size()) * se_scratch_floats);
     scratch = AlignedFloats(size_t(pool.size()) * cpu_fast::kGemmKC * nr);
     arena_bytes = sizeof(float) * (slot_floats * slots.size() + im2col.size() + row_sums.size() +
-                                   gate.size() + scratch.size() + se_scratch.size());
+                                   gate.size() + scratch.size() + se_scratch.size() + bands.size());
 }
 
 void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
@@ -189,8 +189,14 @@ void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
         const int64_t m0 = image * per_image + b * mc;
         const int64_t m1 = std::min(m0 + mc, (image + 1) * per_image);
         const int p0 = chunk * per_chunk, p1 = std::min(panels, p0 + per_chunk);
-        kernels.gemm(g, m0, m1, p0, p1, scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr);
+        kernels.gemm(g, m0, m1, p0, p1, gemm_scratch(thread));
     });
+}
+
+void CpuSession::Impl::gemm_rows(const cpu_fast::GemmArgs& g, int thread) {
+    const int panels = (g.n + kernels.nr - 1) / kernels.nr;
+    for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
+        kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch(thread));
 }
 
 cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, const float* x, float* y) {
@@ -282,12 +288,10 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
     cpu_fast::DepthwiseArgs d = depthwise_args(dwf, nullptr, slot(dwf.out_slot));
     d.x_image_stride = 0;
     const float* input = slot(e.in_slot);
-    const int panels = (e.cout_s + kernels.nr - 1) / kernels.nr;
     pool.parallel_for(int64_t(n) * ranges, [&](int64_t task, int thread) {
         const int image = int(task / ranges);
         const int begin = int(task % ranges) * range_rows, end = std::min(ld.out.height, begin + range_rows);
         float* buffer = bands.data() + size_t(thread) * band_floats;
-        float* gemm_scratch = scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
         cpu_fast::DepthwiseArgs db = d;
         db.x = buffer;
         int held_lo = 0, held_hi = 0; // expanded input rows in the buffer: [held_lo, held_hi)
@@ -314,8 +318,7 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                 g.act = e.act;
                 g.c = buffer + (held_hi - held_lo) * row_floats;
                 g.ldc = cs;
-                for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
-                    kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch);
+                gemm_rows(g, thread);
                 held_hi = hi;
             }
             db.x_row0 = held_lo;
@@ -338,10 +341,7 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                     g.residual = slot(p.residual_slot) + row0 * p.cout_s;
                     g.ld_residual = p.cout_s;
                 }
-                const int project_panels = (p.cout_s + kernels.nr - 1) / kernels.nr;
-                for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
-                    kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, project_panels,
-                                 gemm_scratch);
+                gemm_rows(g, thread);
             }
         }
     });
@@ -379,7 +379,6 @@ void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
     const int k = l.conv.kernel, s = l.conv.stride, kk = 3 * k * k;
     const int rows_per_task = stem_rows_per_task(wo);
     const int tasks_per_image = (ho + rows_per_task - 1) / rows_per_task;
-    const int panels = (f.cout_s + kernels.nr - 1) / kernels.nr;
     // Output columns whose taps are all inside the row: [lo, hi).
     const int lo = std::min(wo, (l.conv.pad_left + s - 1) / s);
     const int hi = std::max(lo, std::min(wo, (w - k + l.conv.pad_left) / s + 1));
@@ -429,9 +428,7 @@ void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
         g.act = f.act;
         g.c = slot(f.out_slot) + (int64_t(image) * ho + oy0) * wo * f.cout_s;
         g.ldc = f.cout_s;
-        float* gemm_scratch = scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
-        for (int64_t m0 = 0; m0 < g.m; m0 += cpu_fast::kGemmMC)
-            kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch);
+        gemm_rows(g, thread);
     });
 }
 

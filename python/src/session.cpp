@@ -319,23 +319,26 @@ private:
         std::optional<OutArray> o;
         if (!out.is_none()) o = check_out(out, n, classes, nb::device::cpu::value, 0);
         cpu::ForwardResult r;
-        Tensor input({n, int64_t(a.shape(1)), h, w});
+        // The fast path reads the caller's array in place; the reference engine takes a Tensor.
+        const float* x = static_cast<const float*>(a.data());
+        Tensor input;
         if (!features && engine_ == "fast") {
             r.logits = Tensor({n, int64_t(classes)});
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(mutex_);
-            std::memcpy(input.ptr(), a.data(), sizeof(float) * size_t(input.numel()));
             if (!fast_ || fast_->batch() < n || fast_->height() != h || fast_->width() != w) {
                 CpuSessionOptions o;
                 o.threads = threads_;
                 fast_.reset();
                 fast_ = std::make_unique<CpuSession>(model_, int(std::max<int64_t>(n, batch_)), h, w, o);
             }
-            fast_->run(input.ptr(), r.logits.ptr(), int(n));
+            fast_->run(x, r.logits.ptr(), int(n));
         } else {
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(mutex_);
-            std::memcpy(input.ptr(), a.data(), sizeof(float) * size_t(input.numel()));
+            input = Tensor({n, int64_t(a.shape(1)), h, w});
+            std::memcpy(input.ptr(), x, sizeof(float) * size_t(input.numel()));
+            x = input.ptr();
             cpu::ForwardOptions fo;
 #ifdef EFFNET_PY_FEATURES
             if (features) {
@@ -345,7 +348,7 @@ private:
 #endif
             r = cpu_->forward(input, fo);
         }
-        if (!r.logits.empty()) check_finite(input.ptr(), n, h, w, r.logits.ptr());
+        if (!r.logits.empty()) check_finite(x, n, h, w, r.logits.ptr());
         nb::object logits;
         if (!features || with_logits) {
             if (o) {
