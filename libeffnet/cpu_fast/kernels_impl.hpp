@@ -123,7 +123,28 @@ inline vf activate(vf v, Act a) {
 // for the last panel of an n that is an odd number of vectors) over kc columns of A (row-major,
 // rows `a` .. `a + (R-1) * lda`) and a packed B chunk ([kc][NR]). first: C is overwritten (else
 // accumulated); last: the epilogue runs.
-template <int R, bool TWO>
+// The tile's epilogue when its K chunk is the last: v = act(acc [+ C] + bias) [+ residual],
+// specialised so that no branch runs per vector.
+template <int R, int V, Act A, bool ACCUMULATE, bool RESIDUAL>
+inline void finish_tile(const GemmArgs& g, vf (&acc)[R][V], int64_t row0, int col0) {
+    vf bias[V];
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) bias[v] = load(g.bias + col0 + v * VW);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+        float* c = g.c + (row0 + i) * g.ldc + col0;
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) {
+            vf x = acc[i][v];
+            if constexpr (ACCUMULATE) x += load(c + v * VW);
+            x = activate<A>(x + bias[v]);
+            if constexpr (RESIDUAL) x += load(g.residual + (row0 + i) * g.ld_residual + col0 + v * VW);
+            store(c + v * VW, x);
+        }
+    }
+}
+
+template <int R, bool TWO, Act A>
 void gemm_tile(const GemmArgs& g, const float* a, int kc, const float* b, int64_t row0, int col0, bool first,
                bool last) {
     constexpr int V = TWO ? 2 : 1;
@@ -146,20 +167,23 @@ void gemm_tile(const GemmArgs& g, const float* a, int kc, const float* b, int64_
             for (int v = 0; v < V; ++v) acc[i][v] += ai * bv[v];
         }
     }
+    if (!last) { // a partial sum: no epilogue
 #pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-        float* c = g.c + (row0 + i) * g.ldc + col0;
-        const float* r = g.residual ? g.residual + (row0 + i) * g.ld_residual + col0 : nullptr;
+        for (int i = 0; i < R; ++i) {
+            float* c = g.c + (row0 + i) * g.ldc + col0;
 #pragma GCC unroll 2
-        for (int v = 0; v < V; ++v) {
-            vf x = acc[i][v];
-            if (!first) x += load(c + v * VW);
-            if (last) {
-                x = activate(x + load(g.bias + col0 + v * VW), g.act);
-                if (r) x += load(r + v * VW);
-            }
-            store(c + v * VW, x);
+            for (int v = 0; v < V; ++v) store(c + v * VW, first ? acc[i][v] : acc[i][v] + load(c + v * VW));
         }
+    } else if (g.residual) {
+        if (first)
+            finish_tile<R, V, A, false, true>(g, acc, row0, col0);
+        else
+            finish_tile<R, V, A, true, true>(g, acc, row0, col0);
+    } else {
+        if (first)
+            finish_tile<R, V, A, false, false>(g, acc, row0, col0);
+        else
+            finish_tile<R, V, A, true, false>(g, acc, row0, col0);
     }
 }
 
@@ -170,10 +194,24 @@ template <typename Rows>
 struct TileTable;
 template <int... R>
 struct TileTable<std::integer_sequence<int, R...>> {
-    static constexpr TileFn two[] = {&gemm_tile<R + 1, true>...};
-    static constexpr TileFn one[] = {&gemm_tile<R + 1, false>...};
+    template <Act A>
+    static constexpr TileFn two[] = {&gemm_tile<R + 1, true, A>...};
+    template <Act A>
+    static constexpr TileFn one[] = {&gemm_tile<R + 1, false, A>...};
 };
 using Tiles = TileTable<std::make_integer_sequence<int, MR>>;
+
+inline TileFn tile_fn(Act act, bool two, int rows) {
+    switch (act) {
+    case Act::SiLU:
+        return two ? Tiles::two<Act::SiLU>[rows - 1] : Tiles::one<Act::SiLU>[rows - 1];
+    case Act::ReLU6:
+        return two ? Tiles::two<Act::ReLU6>[rows - 1] : Tiles::one<Act::ReLU6>[rows - 1];
+    case Act::None:
+        break;
+    }
+    return two ? Tiles::two<Act::None>[rows - 1] : Tiles::one<Act::None>[rows - 1];
+}
 
 void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scratch) {
     // With a gate, every row of [m0, m1) belongs to one image (the caller splits by image), and
@@ -204,7 +242,7 @@ void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scra
             const int64_t share = (next_bytes / 64 + tiles - 1) / tiles * 64;
             for (int64_t t = m0; t < m1; t += MR) {
                 const int rows = int(m1 - t < MR ? m1 - t : MR);
-                const TileFn tile = cols == NR ? Tiles::two[rows - 1] : Tiles::one[rows - 1];
+                const TileFn tile = tile_fn(g.act, cols == NR, rows);
                 const int64_t from = (t - m0) / MR * share;
                 for (int64_t off = from; off < from + share && off < next_bytes; off += 64)
                     __builtin_prefetch(next + off, 0, 2);
