@@ -5,17 +5,21 @@
 #   results.jsonl      every measurement as one JSON object per line (all tools)
 #   check.log          the full output of every step
 #   gpu_tests.log      effnet_gpu_tests and compute-sanitizer output
-#   torch_compile.log  torch.compile's output
+#   torch_compile.log  bench/pytorch_bench.py's output (every mode, torch.compile included)
+#   baseline.md        effnet against the best PyTorch mode, pipelined and per call (bench/baseline_report.py)
 #   microbench.json    Google Benchmark's JSON
 # Every step runs under `timeout` and a failure never stops the next one. The whole run keeps
 # to GPU_CHECK_BUDGET_S (default 450 s) plus the report; the summary table is printed last.
-# torch.compile compiles in the background while the GPU tests, parity and sanitizer run (they
-# are not timed), and is timed later with the GPU otherwise idle, as are all other timings.
+# The GPU tests run first (correctness before timing); then PyTorch alone on the GPU, each
+# configuration in its own process (compile and autotuning included: compiling next to other GPU
+# work cost it 6-33%); then everything of effnet.
 #
 # Environment: OUT (default /tmp/effnet-gpu-check), DRY_RUN=1 (no GPU steps: checks the flow
 # here), GPU_CHECK_BUDGET_S, GPU_CHECK_SECTIONS (comma list of header,ceilings,tests,parity,
 # sanitizer,compile,bench,torch,train,trainprof,features,dist,micro,extras; default all), EFFNET_BIN (default .carry/bin),
-# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32), SANITIZER_SPEC
+# PYTHON (default python3), BENCH_ITERS (30), BENCH_WARMUP (5), MICRO_BATCH (32), TORCH_BUDGET_S
+# (PyTorch inference, default a third of the budget), TORCH_CONFIGS / TORCH_MODES / TORCH_TRAIN_SPECS
+# (what PyTorch runs: specs of bench/pytorch_bench.py and pytorch_train_bench.py), SANITIZER_SPEC
 # (Catch2 test spec for compute-sanitizer, default '[sanitize]'), SANITIZER_CAP_S (45),
 # GPU_CHECK_STOP_ON_TEST_FAILURE=1 (stop after failing GPU tests, before any timing).
 set -u
@@ -36,7 +40,6 @@ ITERS=${BENCH_ITERS:-30}
 MICRO_BATCH=${MICRO_BATCH:-32}
 WARMUP=${BENCH_WARMUP:-5}
 RESERVE=15              # seconds kept for the report
-POST_COMPILE_NEED=270   # seconds the timed steps after the compile window need (bench, eager, training, micro)
 TMP=$(mktemp -d /tmp/effnet-gpu-check.XXXXXX)
 RESULTS=$OUT/results.jsonl
 LOG=$OUT/check.log
@@ -142,30 +145,8 @@ if want ceilings || want header; then
     run_step ceilings 60 "$LOG" "$PY" bench/pytorch_bench.py --env --ceilings --json-out "$RESULTS"
 fi
 
-# ---- torch.compile, compiling in the background (timed later)
-COMPILE_PID=""
-COMPILE_DEADLINE=$((BUDGET - POST_COMPILE_NEED))   # relative to the script's start
-if want compile; then
-    if [ "$DRY_RUN" = 1 ]; then
-        say "[dry-run] torch.compile in the background until ${COMPILE_DEADLINE}s"; record compile dry-run 0 0 0
-    elif ((COMPILE_DEADLINE - SECONDS < 30)); then
-        say "SKIP torch.compile: no time"; record compile skipped 0 0 0 "time budget"
-    else
-        deadline_epoch=$(($(date +%s) + COMPILE_DEADLINE - SECONDS))
-        export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
-        export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/effnet-inductor-cache}
-        say "== torch.compile in the background (compile deadline at ${COMPILE_DEADLINE}s, $TORCHINDUCTOR_COMPILE_THREADS threads)"
-        COMPILE_T0=$SECONDS
-        timeout -k 10 $((COMPILE_DEADLINE - SECONDS + 120)) "$PY" bench/pytorch_bench.py \
-            --spec b0:256:compile --spec b0:32:compile-ro --spec b0:1:compile-ro \
-            --iters "$ITERS" --warmup "$WARMUP" --compile-deadline "$deadline_epoch" \
-            --ready-file "$TMP/compile.ready" --wait-file "$TMP/compile.go" \
-            --json-out "$TMP/compile.jsonl" >"$COMPILELOG" 2>&1 &
-        COMPILE_PID=$!
-    fi
-fi
-
-# ---- GPU tests (not timed: may overlap the compile)
+# ---- GPU tests first: a regression is what a short device session must find before anything
+# is timed. They finish before PyTorch starts, so nothing else shares the GPU with it.
 if want tests && have_bin effnet_gpu_tests gpu_tests; then
     TAIL_LINES=4 run_step gpu_tests 100 "$TESTLOG" "${EENV[@]}" "$BIN/effnet_gpu_tests" --order decl
     tests_rc=$?
@@ -174,11 +155,45 @@ if want tests && have_bin effnet_gpu_tests gpu_tests; then
     if [ "${GPU_CHECK_STOP_ON_TEST_FAILURE:-0}" = 1 ] && [ "$tests_rc" != 0 ] && [ "$DRY_RUN" != 1 ]; then
         say "GPU tests failed (rc $tests_rc): stopping before the timed steps"
         grep -E "FAIL|failed" "$TESTLOG" | head -n 20 | cut -c1-200 | sed 's/^/    /'
-        [ -n "${COMPILE_PID:-}" ] && kill "$COMPILE_PID" 2>/dev/null
         SECTIONS=header
     fi
 fi
 
+# ---- PyTorch next, alone on the GPU (compile and autotuning included), each headline
+# configuration in its own process: every mode (eager half / autocast / fp32 NCHW and
+# channels_last, CUDA graph, torch.compile default, reduce-overhead, max-autotune), pipelined and
+# per call, allocator peak memory; then the training steps (eager, compiled step, CUDA-graphed
+# step). Nothing of effnet runs until they are done. TORCH_BUDGET_S (default: a third of the budget;
+# the full baseline wants a call of its own, bench/README.md)
+# bounds the inference part; a mode that does not fit is reported "skipped: time budget".
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(nproc)}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/effnet-inductor-cache}
+TORCH_CONFIGS=(${TORCH_CONFIGS:-b0:1:fp16 b0:32:fp16 b0:256:fp16 b0:256:fp32 b4:64:fp16 b7:32:fp16})
+TORCH_MODES=${TORCH_MODES:-all}
+TORCH_BUDGET=${TORCH_BUDGET_S:-$((BUDGET / 3))}
+if want torch || want compile; then
+    torch_t0=$SECONDS
+    for i in "${!TORCH_CONFIGS[@]}"; do
+        cfg=${TORCH_CONFIGS[$i]}
+        # An equal share of what is left of the PyTorch budget for each remaining configuration.
+        cap=$(((TORCH_BUDGET - (SECONDS - torch_t0)) / (${#TORCH_CONFIGS[@]} - i)))
+        ((cap < 20)) && cap=20
+        TAIL_LINES=3 run_step "torch $cfg" "$cap" "$COMPILELOG" "$PY" bench/pytorch_bench.py \
+            --spec "$cfg:$TORCH_MODES" --iters "$ITERS" --warmup "$WARMUP" --time-budget $((cap - 10)) \
+            --compile-min-s 30 --compile-cap-s $((cap - 20 > 20 ? cap - 20 : 20)) --json-out "$RESULTS"
+    done
+fi
+# Training: as effnet-train-bench runs it (SGD momentum 0.9, label smoothing 0.1, no dropout nor
+# stochastic depth: GpuTrainOptions::dropout is off there), batch resident on the device.
+# Default: B0 b128 AMP only (the training target); the full set (b0:128, b4:32, b7:8 x amp-fp16,
+# fp32) through TORCH_TRAIN_SPECS in a call of its own.
+TORCH_TRAIN_SPECS=(${TORCH_TRAIN_SPECS:-b0:128:amp-fp16})
+if want train; then
+    for spec in "${TORCH_TRAIN_SPECS[@]}"; do
+        TAIL_LINES=3 run_step "torch_train $spec" 75 "$LOG" "$PY" bench/pytorch_train_bench.py --spec "$spec:all" \
+            --dropout off --iters 10 --warmup 4 --json-out "$RESULTS"
+    done
+fi
 # ---- parity with PyTorch, B0..B7
 if want parity && have_bin effnet-run parity; then
     TAIL_LINES=20 run_step parity 110 "$LOG" "$PY" tools/torch_parity.py --effnet-run "$BIN/effnet-run" \
@@ -218,38 +233,9 @@ run_sanitizer() { # cap per tool
     SANITIZER_DONE=1
 }
 SANITIZER_DONE=0
-if want sanitizer && have_bin effnet_gpu_tests sanitizer; then
-    # Only while waiting for the compile anyway; else at the end if time is left.
-    if [ -n "$COMPILE_PID" ] && [ ! -e "$TMP/compile.ready" ] && ((COMPILE_DEADLINE - SECONDS > 40)); then
-        run_sanitizer $(((COMPILE_DEADLINE - SECONDS) / 2 < 45 ? (COMPILE_DEADLINE - SECONDS) / 2 : 45))
-    fi
-fi
+# (runs after the timed steps, with the time left: see the end)
 
-# ---- torch.compile: wait for it to be compiled, then let it time alone
-if [ -n "$COMPILE_PID" ]; then
-    say "waiting for torch.compile (until ${COMPILE_DEADLINE}s + 15s)"
-    while [ ! -e "$TMP/compile.ready" ] && kill -0 "$COMPILE_PID" 2>/dev/null && ((SECONDS < COMPILE_DEADLINE + 15)); do
-        sleep 1
-    done
-    if [ -e "$TMP/compile.ready" ]; then
-        say "torch.compile ready after $((SECONDS - COMPILE_T0))s; timing it"
-        touch "$TMP/compile.go"
-        stop_at=$((SECONDS + 60))
-        while kill -0 "$COMPILE_PID" 2>/dev/null && ((SECONDS < stop_at)); do sleep 1; done
-    fi
-    if kill -0 "$COMPILE_PID" 2>/dev/null; then
-        say "torch.compile ran out of time: stopping it"; kill -TERM "$COMPILE_PID"; sleep 3
-        kill -KILL "$COMPILE_PID" 2>/dev/null
-    fi
-    wait "$COMPILE_PID"; crc=$?
-    cat "$TMP/compile.jsonl" >>"$RESULTS" 2>/dev/null
-    grep -E '^compiled|error|Error' "$COMPILELOG" | tail -n 5 | cut -c1-200 | sed 's/^/    /'
-    st=ok; ((crc != 0)) && st=failed; ((crc == 124 || crc == 137 || crc == 143)) && st=timeout
-    say "-- torch.compile: $st (rc $crc, $((SECONDS - COMPILE_T0))s)"
-    record compile "$st" "$crc" $((SECONDS - COMPILE_T0)) 0
-fi
-
-# ---- end to end: effnet-bench, then PyTorch eager, same card, GPU otherwise idle
+# ---- end to end: effnet-bench (PyTorch ran first, above), same card, GPU otherwise idle
 # variant precision batch [extra effnet-bench options]. fp32 twice: true fp32, and with TF32 GEMMs
 # (PyTorch's fp32 convolutions run TF32: torch.backends.cudnn.allow_tf32 defaults to True).
 # The B0 fp16 runs also write per-step profiles (profile-*.csv: step, kernel chosen, ms).
@@ -263,14 +249,7 @@ if want bench && have_bin effnet-bench effnet_bench; then
         grep '^{' "$STEP_OUT" >>"$RESULTS"
     done
 fi
-if want torch; then
-    run_step torch_eager 130 "$LOG" "$PY" bench/pytorch_bench.py \
-        --spec b0:256:fp32+fp16-cl+graph --spec b0:32:fp32+fp16-cl+graph --spec b0:1:fp32+fp16-cl+graph \
-        --spec b4:64:fp16-cl+graph --spec b7:32:fp16-cl+graph \
-        --iters "$ITERS" --warmup "$WARMUP" --time-budget 120 --json-out "$RESULTS"
-fi
-
-# ---- training step: effnet-train-bench, then PyTorch (channels_last, SGD momentum), same card
+# ---- training step: effnet-train-bench (PyTorch's step ran first, above), same card
 TRAIN_CONFIGS=("b0 amp-fp16 128" "b0 fp32 128" "b4 amp-fp16 32")
 if want train && have_bin effnet-train-bench train_bench; then
     for c in "${TRAIN_CONFIGS[@]}"; do
@@ -288,8 +267,6 @@ if want train && have_bin effnet-train-bench train_bench; then
             --variant b0 --precision "$1" --batch 128 --iters 10 "${@:2}"
         grep '^{' "$STEP_OUT" | sed 's/^{/{"tool": "effnet-train", /' >>"$RESULTS"
     done
-    run_step torch_train 150 "$LOG" "$PY" bench/pytorch_train_bench.py --spec b0:128:amp-fp16 \
-        --spec b0:128:fp32 --spec b4:32:amp-fp16 --iters 10 --warmup 4 --json-out "$RESULTS"
 fi
 
 # ---- where the training step's time goes: every kernel of two B0 amp-fp16 b128 steps under
@@ -351,7 +328,7 @@ if want micro && have_bin effnet_microbench microbench; then
 fi
 
 # ---- extras, only with time left: the fused and graph-less paths (what fusion and the
-# CUDA graph buy), then the sanitizer if it did not run during the compile.
+# CUDA graph buy), then compute-sanitizer.
 if want extras && have_bin effnet-bench extras; then
     # What autotuning buys (per-layer GEMM and depthwise schedule vs the fixed defaults), and
     # what fusion and the CUDA graph buy.
@@ -380,5 +357,7 @@ dry=(); [ "$DRY_RUN" = 1 ] && dry=(--dry-run)
     --profiles "$OUT"/profile-*.csv 2>&1 |
     tee -a "$LOG" | tail -n 60
 rc=${PIPESTATUS[0]}
+"$PY" bench/baseline_report.py --results "$RESULTS" --out "$OUT/baseline.md" >>"$LOG" 2>&1 ||
+    echo "warning: bench/baseline_report.py failed (see $LOG)"
 rm -rf "$TMP"
 exit "$rc"
