@@ -8,6 +8,7 @@
 #   torch_compile.log  bench/pytorch_bench.py's output (every mode, torch.compile included)
 #   baseline.md        effnet against the best PyTorch mode, pipelined and per call (bench/baseline_report.py)
 #   microbench.json    Google Benchmark's JSON
+#   roofline.txt, roofline_<precision>.png  each microbenchmark against its ceiling (bench/roofline.py)
 # Every step runs under `timeout` and a failure never stops the next one. The whole run keeps
 # to GPU_CHECK_BUDGET_S (default 450 s) plus the report; the summary table is printed last.
 # The GPU tests run first (correctness before timing); then PyTorch alone on the GPU, each
@@ -323,8 +324,15 @@ fi
 # ---- microbenchmarks (kernels vs cuDNN, vs the measured copy bandwidth)
 if want micro && have_bin effnet_microbench microbench; then
     # Batch 32 (the targets are for batch >= 32); the names do not carry it, the report is told.
+    # MICRO_MODELS (default b0): every kernel group on these models' shapes (b0,b4,b7 is several
+    # hundred benchmarks: a call of its own).
     TAIL_LINES=25 run_step microbench 90 "$LOG" "${EENV[@]}" "$BIN/effnet_microbench" --batch="$MICRO_BATCH" \
-        --benchmark_out="$MICROJSON" --benchmark_out_format=json
+        --models="${MICRO_MODELS:-b0}" --benchmark_out="$MICROJSON" --benchmark_out_format=json
+    # Each kernel against its ceiling measured in the same run: a table and roofline_<precision>.png.
+    if [ "$DRY_RUN" != 1 ] && [ -s "$MICROJSON" ]; then
+        "$PY" bench/roofline.py --out-dir "$OUT" "$MICROJSON" >"$OUT/roofline.txt" 2>&1 ||
+            "$PY" bench/roofline.py --no-plot "$MICROJSON" >"$OUT/roofline.txt" 2>&1 || true
+    fi
 fi
 
 # ---- extras, only with time left: the fused and graph-less paths (what fusion and the

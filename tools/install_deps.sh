@@ -20,6 +20,7 @@ py_missing=()
 python3 -c "import numpy" 2>/dev/null || py_missing+=(numpy)
 python3 -c "import PIL" 2>/dev/null || py_missing+=(pillow)
 python3 -c "import xxhash" 2>/dev/null || py_missing+=(xxhash)
+python3 -c "import matplotlib" 2>/dev/null || py_missing+=(matplotlib) # bench/roofline.py charts
 if ((${#py_missing[@]})); then
   echo "installing (pip): ${py_missing[*]}"
   python3 -m pip install -q "${py_missing[@]}" 2>/dev/null ||

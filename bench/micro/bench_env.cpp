@@ -132,11 +132,12 @@ void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, do
     state.counters["FLOPs"] = flops;
     state.counters["GB/s"] = gbps;
     state.counters["bw_frac"] = gbps / env.copy_gbps();
-    if (matrix_op) {
-        const double tflops = flops / per_launch / 1e12;
-        state.counters["TFLOP/s"] = tflops;
-        state.counters["tc_frac"] = tflops / env.gemm_tflops();
-    }
+    // The run's ceilings on every benchmark, so that bench/roofline.py needs nothing but the JSON.
+    state.counters["ceiling_GB/s"] = env.copy_gbps();
+    state.counters["ceiling_TFLOP/s"] = env.gemm_tflops();
+    const double tflops = flops / per_launch / 1e12;
+    state.counters["TFLOP/s"] = tflops;
+    if (matrix_op) state.counters["tc_frac"] = tflops / env.gemm_tflops();
 }
 
 cuda::DeviceBuffer filled_buffer(size_t bytes, const char* what) {

@@ -63,7 +63,8 @@ private:
     double copy_gbps_ = 0.0, gemm_tflops_ = 0.0;
 };
 
-// Bytes, FLOPs and the rates derived from the measured total time.
+// Bytes, FLOPs and the rates derived from the measured total time, with the run's ceilings
+// (ceiling_GB/s, ceiling_TFLOP/s) on every benchmark; TFLOP/s always, tc_frac for matrix ops.
 void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, double flops,
                   double total_seconds, bool matrix_op);
 
@@ -99,5 +100,12 @@ void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes);
 void register_pointwise_benchmarks(BenchEnv& env, const ModelShapes& shapes);
 void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes);
 void register_session_benchmarks(BenchEnv& env, const std::string& model_name);
+// The kernels outside the MBConv main path, on the listed models' shapes (bench_stem.cpp,
+// bench_excite.cpp, bench_pool_classifier.cpp, bench_batchnorm_train.cpp, bench_optimizers.cpp).
+void register_stem_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_excite_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_pool_classifier_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_batchnorm_train_benchmarks(BenchEnv& env, const ModelShapes& shapes);
+void register_optimizer_benchmarks(BenchEnv& env, const ModelShapes& shapes);
 
 } // namespace effnet::bench

@@ -2,7 +2,8 @@
 // reported against the device's measured ceilings and against cuDNN / cuBLASLt.
 //   effnet_microbench [--batch=32] [--precision=fp16|bf16|fp32] [--iterations=30]
 //                     [--models=b0,b4,b7] [benchmark flags, e.g. --benchmark_filter=depthwise]
-// Depthwise: the models listed (default B0, B4, B7); GEMMs and fused expand+dw: B0 only;
+// Depthwise, stem, excite, pool + classifier, batch-norm training, optimizers: the models listed
+// (default B0, B4, B7); GEMMs and fused expand+dw: B0 only;
 // whole network (session, graph replay): B0 and B4 at their resolutions.
 #include <benchmark/benchmark.h>
 
@@ -64,7 +65,14 @@ int main(int argc, char** argv) {
 
         std::vector<effnet::bench::ModelShapes> shapes;
         for (const std::string& m : models) shapes.push_back(effnet::bench::model_shapes(m, options.batch));
-        for (const auto& s : shapes) effnet::bench::register_depthwise_benchmarks(*env, s);
+        for (const auto& s : shapes) {
+            effnet::bench::register_depthwise_benchmarks(*env, s);
+            effnet::bench::register_stem_benchmarks(*env, s);
+            effnet::bench::register_excite_benchmarks(*env, s);
+            effnet::bench::register_pool_classifier_benchmarks(*env, s);
+            effnet::bench::register_batchnorm_train_benchmarks(*env, s);
+            effnet::bench::register_optimizer_benchmarks(*env, s);
+        }
         const effnet::bench::ModelShapes b0 = effnet::bench::model_shapes("b0", options.batch);
         effnet::bench::register_pointwise_benchmarks(*env, b0);
         effnet::bench::register_fused_benchmarks(*env, b0);
