@@ -49,6 +49,25 @@ GemmBackend parse_gemm_backend(const std::string& s) {
     throw Error("unknown GEMM backend '" + s + "' (expected auto, handwritten or cublaslt)");
 }
 
+const char* cudnn_candidate_name(CudnnCandidate c) {
+    switch (c) {
+    case CudnnCandidate::Auto:
+        return "auto";
+    case CudnnCandidate::Off:
+        return "off";
+    case CudnnCandidate::Force:
+        return "force";
+    }
+    return "unknown";
+}
+
+CudnnCandidate parse_cudnn_candidate(const std::string& s) {
+    if (s == "auto") return CudnnCandidate::Auto;
+    if (s == "off") return CudnnCandidate::Off;
+    if (s == "force") return CudnnCandidate::Force;
+    throw Error("unknown cuDNN candidate mode '" + s + "' (expected off, auto or force)");
+}
+
 #ifndef EFFNET_WITH_CUDA
 bool cuda_available() {
     return false;

@@ -241,7 +241,12 @@ SANITIZER_DONE=0
 # (PyTorch's fp32 convolutions run TF32: torch.backends.cudnn.allow_tf32 defaults to True).
 # The B0 fp16 runs also write per-step profiles (profile-*.csv: step, kernel chosen, ms).
 BENCH_CONFIGS=("b0 fp16 256 --profile $OUT/profile-b0-fp16-b256.csv" "b0 fp16 32 --profile $OUT/profile-b0-fp16-b32.csv"
-    "b0 fp16 1" "b4 fp16 64" "b7 fp16 32" "b0 fp32 256" "b0 fp32 256 --tf32")
+    "b0 fp16 1" "b4 fp16 64" "b7 fp16 32" "b0 fp32 256" "b0 fp32 256 --tf32"
+    # The candidates written without a GPU (off by default until verified): cuDNN for the stem and
+    # depthwise, the tensor-core fused expand + depthwise; the profile names what each layer chose.
+    "b0 fp16 256 --cudnn auto --fused-tc --profile $OUT/profile-b0-fp16-b256-candidates.csv"
+    "b0 fp16 32 --cudnn auto --fused-tc --profile $OUT/profile-b0-fp16-b32-candidates.csv"
+    "b7 fp16 32 --cudnn auto --fused-tc")
 if want bench && have_bin effnet-bench effnet_bench; then
     for c in "${BENCH_CONFIGS[@]}"; do
         set -- $c

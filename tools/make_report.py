@@ -137,7 +137,9 @@ def index_runs(rows):
             variant = "" + ("fused" if r.get("fused", False) else "") + ("" if r.get("graph", True) else " no-graph") \
                 + (" tf32" if r.get("tf32") else "") \
                 + (f" gemm={r['gemm']}" if r.get("gemm", "auto") != "auto" else "") \
-                + (" no-autotune" if r.get("autotune") is False else "")
+                + (" no-autotune" if r.get("autotune") is False else "") \
+                + (f" cudnn={r['cudnn']}" if r.get("cudnn", "off") != "off" else "") \
+                + (" fused-tc" if r.get("fused_tc") else "")
             key = (r.get("variant"), int(r.get("batch", 0)), r.get("precision"), variant.strip())
             effnet[key] = r
         elif r.get("tool") == "pytorch":

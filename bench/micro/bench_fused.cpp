@@ -1,16 +1,26 @@
 // Fused expand 1x1 + act + depthwise + act (one kernel, expanded tile in shared memory) against
 // the unfused pair (expand GEMM writing the expanded tensor, then the depthwise kernel reading
-// it), over the real shapes. Bytes counted are the fused kernel's compulsory traffic for both,
-// so GB/s compares like with like.
+// it), over the real shapes. Three variants per shape: the tensor-core fused kernel
+// (fused_mbconv_tc.cuh, "fused_tc"), the first fused kernel (fused_mbconv.cuh, SIMT expand,
+// "fused") and the unfused sequence ("unfused"), each with the squeeze when the block has one.
+// Bytes counted are the fused kernel's compulsory traffic for all three, so GB/s compares like
+// with like. Run at --batch=32 and --batch=256 for the B0 fp16 stage shapes.
 #include <string>
 
 #include "bench/micro/bench_env.hpp"
 #include "kernels/depthwise_conv.cuh"
 #include "kernels/fused_mbconv.cuh"
+#include "kernels/fused_mbconv_tc.cuh"
 #include "kernels/pointwise_conv.cuh"
 
 namespace effnet::bench {
 namespace {
+
+enum class Variant { FusedTc, Fused, Unfused };
+
+const char* variant_name(Variant v) {
+    return v == Variant::FusedTc ? "fused_tc" : v == Variant::Fused ? "fused" : "unfused";
+}
 
 std::string shape_name(const ModelShapes& m, const FusedShape& f) {
     return "expand_dw/" + m.model + "/" + std::to_string(f.h) + "x" + std::to_string(f.w) + "_" +
@@ -18,7 +28,7 @@ std::string shape_name(const ModelShapes& m, const FusedShape& f) {
            std::to_string(f.s);
 }
 
-void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused) {
+void bench_variant(benchmark::State& state, BenchEnv& env, FusedShape f, Variant variant) {
     try {
         const int N = env.options().batch;
         const Precision p = env.options().precision;
@@ -31,7 +41,8 @@ void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused
         cuda::DeviceBuffer y(size_t(N) * f.ho * f.wo * f.ce * es, "output");
         cuda::DeviceBuffer pooled(size_t(N) * f.ce * 4, "pooled");
         cuda::DeviceBuffer expanded;
-        if (!fused) expanded = cuda::DeviceBuffer(size_t(N) * f.h * f.w * f.ce * es, "expanded");
+        if (variant == Variant::Unfused)
+            expanded = cuda::DeviceBuffer(size_t(N) * f.h * f.w * f.ce * es, "expanded");
         kernels::FusedExpandDepthwiseArgs fa;
         fa.input = x.data();
         fa.expand_weight = we.data();
@@ -79,12 +90,25 @@ void bench_pair(benchmark::State& state, BenchEnv& env, FusedShape f, bool fused
         da.out_height = f.ho;
         da.out_width = f.wo;
         da.act = kernels::Act::SiLU;
+        if (variant == Variant::FusedTc) {
+            const std::string why = kernels::fused_mbconv_tc_ineligible_reason(fa, p);
+            if (!why.empty()) {
+                state.SkipWithError(("not eligible: " + why).c_str());
+                return;
+            }
+        }
         const double total = env.time_launches(state, [&](cudaStream_t s) {
-            if (fused) {
+            switch (variant) {
+            case Variant::FusedTc:
+                kernels::launch_fused_mbconv_tc(fa, p, s);
+                break;
+            case Variant::Fused:
                 kernels::launch_fused_expand_depthwise(fa, p, s);
-            } else {
+                break;
+            case Variant::Unfused:
                 kernels::launch_pointwise_conv(pa, p, kernels::GemmKernel::Auto, s);
                 kernels::launch_depthwise_conv(da, p, s);
+                break;
             }
         });
         const double bytes =
@@ -103,16 +127,12 @@ void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
     for (const FusedShape& f : shapes.fused) {
         const std::string base = shape_name(shapes, f);
-        benchmark::RegisterBenchmark((base + "/fused_" + prec).c_str(),
-                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, true); })
-            ->UseManualTime()
-            ->Iterations(env.options().iterations)
-            ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark((base + "/unfused_" + prec).c_str(),
-                                     [&env, f](benchmark::State& st) { bench_pair(st, env, f, false); })
-            ->UseManualTime()
-            ->Iterations(env.options().iterations)
-            ->Unit(benchmark::kMicrosecond);
+        for (Variant v : {Variant::FusedTc, Variant::Fused, Variant::Unfused})
+            benchmark::RegisterBenchmark((base + "/" + variant_name(v) + "_" + prec).c_str(),
+                                         [&env, f, v](benchmark::State& st) { bench_variant(st, env, f, v); })
+                ->UseManualTime()
+                ->Iterations(env.options().iterations)
+                ->Unit(benchmark::kMicrosecond);
     }
 }
 

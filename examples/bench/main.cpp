@@ -3,7 +3,8 @@
 //
 //   effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp16] [--iters N]
 //                [--warmup N] [--seed S] [--fused|--unfused] [--no-graph] [--tf32] [--json]
-//                [--gemm auto|handwritten|cublaslt] [--no-autotune] [--profile FILE]
+//                [--gemm auto|handwritten|cublaslt] [--no-autotune] [--cudnn off|auto|force]
+//                [--fused-tc] [--profile FILE]
 //   effnet-bench --device cpu [--weights FILE | --variant b0] [--batch N] [--resolution R]
 //                [--threads T] [--isa auto|portable|avx2|avx512] [--cpu-path fast|reference]
 //                [--iters N] [--warmup N] [--rounds R] [--seed S] [--json] [--profile FILE]
@@ -70,7 +71,9 @@ struct Args {
     bool json = false;
     std::string gemm = "auto";
     bool autotune = true;
-    std::string profile; // CSV of per-step (CUDA) or per-layer (CPU) times, after the timed runs
+    std::string cudnn = "off"; // cuDNN as a per-layer candidate: off | auto | force
+    bool fused_tc = false;     // the tensor-core fused expand + depthwise as a candidate
+    std::string profile;       // CSV of per-step (CUDA) or per-layer (CPU) times, after the timed runs
     // --device cpu only
     int threads = 0; // 0: the session's default (the CPUs this process may run on)
     std::string isa = "auto";
@@ -86,7 +89,7 @@ const char* kUsage =
     "usage: effnet-bench --variant b0 --batch 256 [--resolution R] [--precision fp32|fp16|bf16]\n"
     "                    [--iters N] [--warmup N] [--seed S] [--fused|--unfused] [--no-graph]\n"
     "                    [--tf32] [--json] [--gemm auto|handwritten|cublaslt] [--no-autotune]\n"
-    "                    [--profile FILE]\n"
+    "                    [--cudnn off|auto|force] [--fused-tc] [--profile FILE]\n"
     "       effnet-bench --device cpu [--weights FILE | --variant b0] [--batch N] [--resolution R]\n"
     "                    [--threads T] [--isa auto|portable|avx2|avx512] [--cpu-path fast|reference]\n"
     "                    [--iters N | --min-round-s S] [--warmup N] [--rounds R] [--seed S] [--json]\n"
@@ -95,7 +98,10 @@ const char* kUsage =
     "images/s, latency p50/p90/p99, device memory. --json prints one JSON object per line. --gemm\n"
     "picks the 1x1 convolutions' GEMM (auto: the fastest per layer, timed when the session is\n"
     "built). --no-autotune: no timing at build, fixed defaults (hand-written GEMMs, register-strip\n"
-    "depthwise). --profile FILE writes each step's mean time (eager, an event between steps) as\n"
+    "depthwise). --cudnn auto: cuDNN competes for the stem and depthwise convolutions (force: used\n"
+    "wherever it can run); --fused-tc: the tensor-core fused expand + depthwise competes per block\n"
+    "(both off by default: not yet verified on a GPU). --profile FILE writes each step's mean time (eager, "
+    "an event between steps) as\n"
     "CSV: step,kernel,ms.\n"
     "CPU: times CpuSession::run (--cpu-path fast, the default) or the reference engine\n"
     "(--cpu-path reference) on random N(0,1) input: `warmup` untimed runs, then `rounds` rounds\n"
@@ -109,8 +115,8 @@ const char* kUsage =
     "a logit is not finite.\n";
 
 // Options that belong to one device only (the other refuses them).
-const std::vector<std::string> kCudaOnly = {"precision", "fused", "unfused",    "no-graph",
-                                            "tf32",      "gemm",  "no-autotune"};
+const std::vector<std::string> kCudaOnly = {"precision", "fused",       "unfused", "no-graph", "tf32",
+                                            "gemm",      "no-autotune", "cudnn",   "fused-tc"};
 const std::vector<std::string> kCpuOnly = {"weights", "threads",     "isa",   "cpu-path",
                                            "rounds",  "min-round-s", "input", "dump-logits"};
 
@@ -158,6 +164,10 @@ bool parse_args(int argc, char** argv, Args& a) {
             a.autotune = false;
         else if (opt == "--gemm")
             a.gemm = value();
+        else if (opt == "--cudnn")
+            a.cudnn = effnet::cudnn_candidate_name(effnet::parse_cudnn_candidate(value())); // refused here
+        else if (opt == "--fused-tc")
+            a.fused_tc = true;
         else if (opt == "--profile")
             a.profile = value();
         else if (opt == "--threads")
@@ -496,6 +506,8 @@ int run_benchmark(const Args& a) {
     options.allow_tf32 = a.tf32;
     options.gemm = effnet::parse_gemm_backend(a.gemm);
     options.autotune = a.autotune;
+    options.cudnn = effnet::parse_cudnn_candidate(a.cudnn);
+    options.fused_mbconv_tc = a.fused_tc;
 
     auto t_setup = std::chrono::steady_clock::now();
     effnet::Model model = effnet::random_model(config, a.seed);
@@ -575,7 +587,8 @@ int run_benchmark(const Args& a) {
 
     if (a.json) {
         std::printf("{\"tool\":\"effnet-bench\",\"variant\":\"%s\",\"resolution\":%d,\"batch\":%d,"
-                    "\"precision\":\"%s\",\"gemm\":\"%s\",\"autotune\":%s,\"fused\":%s,\"graph\":%s,\"tf32\":"
+                    "\"precision\":\"%s\",\"gemm\":\"%s\",\"cudnn\":\"%s\",\"fused_tc\":%s,\"autotune\":%s,"
+                    "\"fused\":%s,\"graph\":%s,\"tf32\":"
                     "%s,\"iters\":%d,"
                     "\"warmup\":%d,"
                     "\"ms_p50\":%.6f,\"ms_p90\":%.6f,\"ms_p99\":%.6f,\"ms_mean\":%.6f,\"ms_min\":%.6f,"
@@ -584,9 +597,10 @@ int run_benchmark(const Args& a) {
                     "\"device_memory_delta_bytes\":%lld,\"output_ok\":%s,\"non_finite_logits\":%zu,"
                     "\"setup_s\":%.3f,\"device\":\"%s\"}\n",
                     config.name.c_str(), res, a.batch, effnet::precision_name(precision), a.gemm.c_str(),
-                    a.autotune ? "true" : "false", a.fused ? "true" : "false", a.graph ? "true" : "false",
-                    a.tf32 ? "true" : "false", a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips,
-                    ips_pipelined, peak, arena, mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
+                    a.cudnn.c_str(), a.fused_tc ? "true" : "false", a.autotune ? "true" : "false",
+                    a.fused ? "true" : "false", a.graph ? "true" : "false", a.tf32 ? "true" : "false",
+                    a.iters, a.warmup, p50, p90, p99, mean, sorted.front(), ips, ips_pipelined, peak, arena,
+                    mem_delta, output_ok ? "true" : "false", non_finite, setup_s,
                     json_escape(effnet::cuda_device_description()).c_str());
     }
     std::printf("effnet-bench %s %dx%d batch %d %s%s%s%s: %.1f img/s (pipelined %.1f), "

@@ -32,6 +32,16 @@ enum class GemmBackend {
 const char* gemm_backend_name(GemmBackend b);         // "auto" | "handwritten" | "cublaslt"
 GemmBackend parse_gemm_backend(const std::string& s); // throws effnet::Error on unknown names
 
+// cuDNN as a candidate for the stem and the depthwise convolutions (grouped convolution, then
+// bias + activation and the squeeze sums as separate passes, all timed together).
+enum class CudnnCandidate {
+    Auto,  // timed against the hand-written kernels when autotune is on; kept where faster
+    Off,   // never
+    Force, // used wherever cuDNN can run the layer, untimed (tests); elsewhere hand-written
+};
+const char* cudnn_candidate_name(CudnnCandidate c);         // "off" | "auto" | "force"
+CudnnCandidate parse_cudnn_candidate(const std::string& s); // throws effnet::Error on unknown names
+
 struct SessionOptions {
     bool fused_mbconv = false; // true: expand 1x1 + depthwise fused (slower today, see bench/results)
     bool use_cuda_graph = true;
@@ -41,6 +51,15 @@ struct SessionOptions {
     // depthwise schedule: register strips or a shared-memory tile) and keep the fastest. false:
     // the fixed defaults (hand-written GEMMs, register strips); construction is faster.
     bool autotune = true;
+    // Whether cuDNN competes for the stem and the depthwise convolutions. A layer cuDNN cannot
+    // run (asymmetric padding, an unsupported type) keeps the hand-written kernel. Off by default
+    // until its GPU tests (tests/gpu/test_session_cudnn.cpp) have passed on a GPU: it was written
+    // without one, and a candidate is chosen by speed alone.
+    CudnnCandidate cudnn = CudnnCandidate::Off;
+    // The tensor-core fused expand + depthwise (kernels/fused_mbconv_tc.cuh) as a timed candidate
+    // for each eligible block (fp16/bf16, autotune on, fused_mbconv off). Off by default until its
+    // GPU tests have passed on a GPU, for the same reason.
+    bool fused_mbconv_tc = false;
     // Activation memory: a block whose expand output is k times its depthwise output (stride 2:
     // k = 4) runs expand + depthwise in k chunks of the batch when each chunk keeps at least
     // this many images (large batches: less memory, the same speed). 0 or a huge value: never.

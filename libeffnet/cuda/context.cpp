@@ -15,6 +15,7 @@ Context::Context(int device) : device_(device) {
 
 Context::~Context() {
     // Destructors cannot throw: release in reverse order and ignore errors.
+    if (cudnn_) cudnnDestroy(cudnn_);
     if (cublaslt_) cublasLtDestroy(cublaslt_);
     if (stream_) cudaStreamDestroy(stream_);
 }
@@ -29,6 +30,22 @@ cublasLtHandle_t Context::cublaslt() {
         EFFNET_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
     }
     return cublaslt_;
+}
+
+cudnnHandle_t Context::cudnn() {
+    if (!cudnn_) {
+        activate();
+        cudnnHandle_t h = nullptr;
+        const cudnnStatus_t st = cudnnCreate(&h);
+        EFFNET_CHECK(st == CUDNN_STATUS_SUCCESS,
+                     std::string("cudnnCreate failed: ") + cudnnGetErrorString(st));
+        if (cudnnSetStream(h, stream_) != CUDNN_STATUS_SUCCESS) {
+            cudnnDestroy(h);
+            throw Error("cudnnSetStream failed");
+        }
+        cudnn_ = h;
+    }
+    return cudnn_;
 }
 
 void* Context::workspace(size_t bytes) {

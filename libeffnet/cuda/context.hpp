@@ -1,8 +1,9 @@
 #pragma once
-// The CUDA context of one session or benchmark: device, stream, a cuBLASLt handle (created on
-// first use) and a workspace.
+// The CUDA context of one session or benchmark: device, stream, a cuBLASLt and a cuDNN handle
+// (each created on first use) and a workspace.
 // No global state: everything a launch needs is reachable from here.
 #include <cublasLt.h>
+#include <cudnn.h>
 #include <cuda_runtime_api.h>
 
 #include <string>
@@ -33,6 +34,7 @@ public:
     const cudaDeviceProp& properties() const { return props_; }
     cudaStream_t stream() const { return stream_; }
     cublasLtHandle_t cublaslt(); // created on first call
+    cudnnHandle_t cudnn();       // created on first call, bound to stream()
     // A workspace of at least `bytes` (grown by reallocation: call outside timed/captured code).
     void* workspace(size_t bytes);
     size_t workspace_bytes() const { return workspace_.size(); }
@@ -44,6 +46,7 @@ private:
     cudaDeviceProp props_{};
     cudaStream_t stream_ = nullptr;
     cublasLtHandle_t cublaslt_ = nullptr;
+    cudnnHandle_t cudnn_ = nullptr;
     DeviceBuffer workspace_;
 };
 

@@ -4,12 +4,14 @@
 // depthwise; the squeeze-excite gate applied by the project GEMM as it loads).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "effnet/error.hpp"
 #include "kernels/fused_mbconv.cuh"
+#include "kernels/fused_mbconv_tc.cuh"
 #include "kernels/layout.cuh"
 #include "kernels/pool_classifier.cuh"
 #include "kernels/squeeze_excite.cuh"
@@ -69,6 +71,8 @@ void InferenceSession::Impl::build(const Model& model) {
     // features_only: the graph ends at the last requested feature's layer.
     const size_t end = options.features_only ? size_t(features.back().layer) + 1 : net.layers.size();
     WeightPack pack;
+    cudnn_candidates =
+        options.cudnn == CudnnCandidate::Force || (options.cudnn == CudnnCandidate::Auto && options.autotune);
     input_bytes = size_t(batch) * model.config.in_channels * height * width * sizeof(float);
     input_id = plan.add("input", input_bytes, 0, 0);
 
@@ -118,12 +122,16 @@ void InferenceSession::Impl::build(const Model& model) {
     }
     // run_features() reads the copies after the last step: keep them live to the end.
     for (int id : feature_ids) plan.touch(id, next_step() - 1);
+    if (cudnn_candidates && cudnn_max_channels > 0) { // the bias pass's identity statistics
+        cudnn_unit_off = pack.add_f32(std::vector<float>(size_t(cudnn_max_channels), 1.0f));
+        cudnn_zero_off = pack.add_f32(std::vector<float>(size_t(cudnn_max_channels), 0.0f));
+    }
     allocate(pack);
 }
 
 SessionValue InferenceSession::Impl::add_stem(const Model& model, const Layer& l, WeightPack& pack) {
     const int step = next_step();
-    const cuda::FoldedConv stem = cuda::fold_batchnorm(model, l.name);
+    const cuda::FoldedConv stem_conv_folded = cuda::fold_batchnorm(model, l.name);
     const int out_id = plan.add(l.name, size_t(l.out.numel()) * kernels::storage_size(precision), step, step);
     kernels::StemConvArgs a;
     a.batch = batch;
@@ -138,14 +146,24 @@ SessionValue InferenceSession::Impl::add_stem(const Model& model, const Layer& l
     a.pad_top = l.conv.pad_top;
     a.pad_left = l.conv.pad_left;
     a.act = layer_act(l);
-    const size_t w_off = pack.add_f32(cuda::stem_layout(stem)), b_off = pack.add_f32(stem.bias);
+    const size_t w_off = pack.add_f32(cuda::stem_layout(stem_conv_folded)),
+                 b_off = pack.add_f32(stem_conv_folded.bias);
     const int in_id = input_id;
+    stem.step = steps.size();
+    if (cudnn_candidates) {
+        stem.cudnn_w_off = pack.add(cuda::to_storage(stem_conv_folded.weight, precision));
+        cudnn_max_channels = std::max(cudnn_max_channels, a.out_channels);
+    }
     steps.push_back({l.name, "stem_conv", [this, a, w_off, b_off, in_id, out_id](cudaStream_t s) mutable {
                          a.input = reinterpret_cast<const float*>(tensor(in_id));
                          a.weight = weight_f32(w_off);
                          a.bias = weight_f32(b_off);
                          a.output = tensor(out_id);
-                         kernels::launch_stem_conv(a, precision, s);
+                         stem.args = a;
+                         if (stem.cudnn)
+                             run_stem_cudnn(a, s);
+                         else
+                             kernels::launch_stem_conv(a, precision, s);
                      }});
     return {out_id};
 }
@@ -215,6 +233,12 @@ SessionValue InferenceSession::Impl::add_depthwise(const Model& model, const Lay
             }
     }
     const int64_t chunk_n = N / chunks;
+    // cuDNN's weight: the folded [C, 1, k, k] in the storage precision (a candidate, tune_cudnn).
+    size_t cudnn_w = 0;
+    if (cudnn_candidates) {
+        cudnn_w = pack.add(cuda::to_storage(dw_folded.weight, precision));
+        cudnn_max_channels = std::max(cudnn_max_channels, ce);
+    }
     int dw_in = block_in;
     PackedConv expand_conv;
     if (expand) {
@@ -234,6 +258,7 @@ SessionValue InferenceSession::Impl::add_depthwise(const Model& model, const Lay
         plan.touch(dw_out, next_step());
         auto dl = std::make_unique<DepthwiseLayer>();
         dl->step = steps.size();
+        dl->cudnn_w_off = cudnn_w;
         DepthwiseLayer* dlp = dl.get();
         depthwise.push_back(std::move(dl));
         kernels::DepthwiseArgs dwk = dwa;
@@ -254,8 +279,34 @@ SessionValue InferenceSession::Impl::add_depthwise(const Model& model, const Lay
                              dwk.pooled_sum = squeeze_sum(pool_off);
                              dwk.schedule = dlp->schedule;
                              dlp->args = dwk;
-                             kernels::launch_depthwise_conv(dwk, precision, s);
+                             if (dlp->cudnn)
+                                 run_depthwise_cudnn(*dlp, dwk, s);
+                             else
+                                 kernels::launch_depthwise_conv(dwk, precision, s);
                          }});
+    }
+    // The tensor-core fused kernel as a candidate for the steps just added (tune_fused_mbconv
+    // times both): not when the fused path or cuBLASLt was asked for, nor without autotuning.
+    // It applies one activation (fa.act, the depthwise conv's) to both convs.
+    if (expand && options.fused_mbconv_tc && options.autotune && !options.fused_mbconv &&
+        options.gemm != GemmBackend::CublasLt && layer_act(*expand) == fa.act &&
+        kernels::fused_mbconv_tc_eligible(fa, precision)) {
+        FusedCandidate fc;
+        fc.first_step = size_t(step);
+        fc.end_step = steps.size();
+        fc.name = "blocks." + std::to_string(dw.block) + ".fused_expand_dw";
+        fc.launch = [this, fa, e_w = expand_conv.w_off, e_b = expand_conv.b_off, dw_w, dw_b, block_in, dw_out,
+                     pooled_off](cudaStream_t s) mutable {
+            fa.input = tensor(block_in);
+            fa.expand_weight = weight(e_w);
+            fa.expand_bias = weight_f32(e_b);
+            fa.dw_weight = weight_f32(dw_w);
+            fa.dw_bias = weight_f32(dw_b);
+            fa.output = tensor(dw_out);
+            fa.pooled_sum = squeeze_sum(pooled_off);
+            kernels::launch_fused_mbconv_tc(fa, precision, s);
+        };
+        fused_candidates.push_back(std::move(fc));
     }
     return {dw_out, -1, pooled_off};
 }
@@ -423,7 +474,9 @@ void InferenceSession::Impl::allocate(const WeightPack& pack) {
     EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));
     EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
     if (options.autotune) tune_depthwise(); // first: expand GEMMs are timed with their depthwise conv
+    tune_cudnn();                           // against the schedule just chosen; before the GEMMs
     tune_gemms();
+    tune_fused_mbconv(); // last: against the unfused steps as tuned
     // Tuning ran layers on whatever the arena held, and depthwise convs without their excite:
     // start the warm-up from zeros again.
     EFFNET_CUDA_CHECK(cudaMemsetAsync(arena.data(), 0, arena.size(), ctx->stream()));

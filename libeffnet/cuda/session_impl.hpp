@@ -15,8 +15,10 @@
 #include "effnet/network_plan.hpp"
 #include "kernels/depthwise_conv.cuh"
 #include "kernels/pointwise_conv.cuh"
+#include "kernels/stem_conv.cuh"
 #include "libeffnet/cuda/arena_plan.hpp"
 #include "libeffnet/cuda/context.hpp"
+#include "libeffnet/cuda/cudnn_conv.hpp"
 #include "libeffnet/cuda/device_buffer.hpp"
 #include "libeffnet/cuda/folded_weights.hpp"
 #include "libeffnet/cuda/lt_matmul.hpp"
@@ -108,8 +110,33 @@ struct InferenceSession::Impl {
         size_t step = 0;
         kernels::DepthwiseArgs args; // as last launched
         kernels::DepthwiseSchedule schedule = kernels::DepthwiseSchedule::RegisterStrips;
+        size_t cudnn_w_off = 0;                 // [C, 1, k, k] storage precision (cuDNN's weight)
+        std::unique_ptr<cuda::CudnnConv> cudnn; // set when cuDNN runs this layer (tune_cudnn)
     };
     std::vector<std::unique_ptr<DepthwiseLayer>> depthwise;
+    // The stem and whether cuDNN runs it (tune_cudnn).
+    struct StemLayer {
+        size_t step = 0;
+        kernels::StemConvArgs args; // as last launched
+        size_t cudnn_w_off = 0;     // [Cout, Cin, k, k] storage precision
+        std::unique_ptr<cuda::CudnnConv> cudnn;
+    } stem;
+    // The cuDNN candidates' shared state: the convolution writes into cudnn_scratch, the bias +
+    // activation pass (batchnorm_apply with mean 0, invstd 1, gamma 1) writes the layer's
+    // output from it. One scratch for all layers: the steps run one at a time on one stream.
+    bool cudnn_candidates = false; // options allow cuDNN (set by build)
+    int cudnn_max_channels = 0;
+    size_t cudnn_unit_off = 0, cudnn_zero_off = 0; // [cudnn_max_channels] fp32 ones / zeros
+    cuda::DeviceBuffer cudnn_scratch;
+    // An expand + depthwise pair the tensor-core fused kernel (kernels/fused_mbconv_tc.cuh) can
+    // also run: tune_fused_mbconv times it against the unfused steps [first_step, end_step) and
+    // puts it in their place where it is faster.
+    struct FusedCandidate {
+        size_t first_step = 0, end_step = 0;
+        std::string name; // the fused step's name
+        std::function<void(cudaStream_t)> launch;
+    };
+    std::vector<FusedCandidate> fused_candidates;
     // The classifier (fp32 in every precision): effnet's linear kernel or a cuBLASLt fp32 GEMM.
     struct Classifier {
         size_t step = 0;
@@ -176,6 +203,15 @@ struct InferenceSession::Impl {
     void launch_pointwise(PointwiseLayer& l, GemmChoice choice, cudaStream_t stream);
     void tune_gemms();
     void tune_depthwise();
+    void tune_fused_mbconv();
+    void tune_cudnn();
+    bool try_cudnn_depthwise(DepthwiseLayer& d, void* workspace);
+    bool try_cudnn_stem(void* workspace);
+    void ensure_cudnn_scratch(size_t bytes);
+    size_t depthwise_cudnn_scratch_bytes(const kernels::DepthwiseArgs& a) const;
+    size_t stem_cudnn_scratch_bytes() const;
+    void run_depthwise_cudnn(const DepthwiseLayer& d, const kernels::DepthwiseArgs& a, cudaStream_t stream);
+    void run_stem_cudnn(const kernels::StemConvArgs& a, cudaStream_t stream);
     void launch_classifier(bool use_lt, cudaStream_t stream);
     cuda::LtMatmulBuffers classifier_buffers() const {
         cuda::LtMatmulBuffers b;

@@ -1,11 +1,15 @@
 // InferenceSession's per-layer kernel choices: each 1x1 convolution's GEMM and each depthwise
 // convolution's schedule, by timing the candidates on this GPU.
+#include <algorithm>
 #include <limits>
 #include <memory>
 #include <string>
 
 #include "kernels/channel_gate.cuh"
 #include "kernels/activation.cuh"
+#include "kernels/batchnorm.cuh"
+#include "kernels/cast.cuh"
+#include "kernels/squeeze_excite_train.cuh"
 #include "kernels/pointwise_conv_small_k.cuh"
 #include "kernels/pool_classifier.cuh"
 #include "libeffnet/cuda/session_impl.hpp"
@@ -162,6 +166,228 @@ void InferenceSession::Impl::tune_depthwise() {
         steps[d.step].kernel = chosen == DepthwiseSchedule::SharedTile        ? "depthwise-tile"
                                : chosen == DepthwiseSchedule::SharedTileSmall ? "depthwise-tile128"
                                                                               : "depthwise-strips";
+    }
+}
+
+// Per expand + depthwise pair with a candidate (add_depthwise): the fused tensor-core kernel or
+// the unfused steps with the GEMM and depthwise choices already made, whichever is faster here.
+// The fused kernel takes the first step's place and the others launch nothing (the expand
+// output keeps its arena space: the arena was planned before this choice).
+void InferenceSession::Impl::tune_fused_mbconv() {
+    cudaStream_t s = ctx->stream();
+    for (FusedCandidate& fc : fused_candidates) {
+        const float unfused_ms = cuda::time_launches(s, [&] {
+            for (size_t i = fc.first_step; i < fc.end_step; ++i) steps[i].launch(s);
+        });
+        const float fused_ms = cuda::time_launches(s, [&] { fc.launch(s); });
+        if (!(fused_ms < unfused_ms)) continue;
+        steps[fc.first_step] = {fc.name, "fused-mbconv-tc", std::move(fc.launch)};
+        for (size_t i = fc.first_step + 1; i < fc.end_step; ++i) {
+            steps[i].kernel = "in " + fc.name;
+            steps[i].launch = [](cudaStream_t) {};
+        }
+    }
+    fused_candidates.clear();
+}
+
+// ---- cuDNN candidates (stem and depthwise) ----
+
+namespace {
+
+// y [rows, C] = act(x + bias[c]): batch norm's apply pass with identity statistics (mean 0,
+// invstd 1, gamma 1), the bias and activation cuDNN's grouped convolution cannot fuse.
+void launch_bias_activation(const void* x, const float* bias, const float* zeros, const float* ones, void* y,
+                            int64_t rows, int channels, Act act, Precision precision, cudaStream_t s) {
+    kernels::BatchNormApplyArgs b;
+    b.x = x;
+    b.mean = zeros;
+    b.invstd = ones;
+    b.gamma = ones;
+    b.beta = bias;
+    b.y = y;
+    b.rows = rows;
+    b.channels = channels;
+    b.act = act;
+    kernels::launch_batchnorm_apply(b, precision, s);
+}
+
+size_t align256(size_t bytes) {
+    return (bytes + 255) / 256 * 256;
+}
+
+} // namespace
+
+size_t InferenceSession::Impl::depthwise_cudnn_scratch_bytes(const kernels::DepthwiseArgs& a) const {
+    return size_t(a.batch) * a.out_height * a.out_width * a.channels * kernels::storage_size(precision);
+}
+
+// The convolution's output, then (fp16 / bf16) the input cast from the user's fp32.
+size_t InferenceSession::Impl::stem_cudnn_scratch_bytes() const {
+    const kernels::StemConvArgs& a = stem.args;
+    const size_t es = kernels::storage_size(precision);
+    const size_t out = align256(size_t(a.batch) * a.out_height * a.out_width * a.out_channels * es);
+    const size_t cast =
+        precision == Precision::FP32 ? 0 : size_t(a.batch) * a.in_channels * a.height * a.width * es;
+    return out + cast;
+}
+
+void InferenceSession::Impl::ensure_cudnn_scratch(size_t bytes) {
+    if (cudnn_scratch.size() >= bytes) return;
+    EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream())); // the old scratch may be in use
+    cudnn_scratch = cuda::DeviceBuffer(bytes, "cuDNN scratch");
+}
+
+// [N, H, W, C] -> cuDNN grouped conv -> scratch -> bias + activation -> output [N, Ho, Wo, C],
+// then the squeeze sums (overwritten: the excite leaves them zero, so this equals the
+// hand-written kernel's +=). A vendor GEMM's expand activation (CublasLtActInNext) is applied
+// in place first: the expand output has no other reader.
+void InferenceSession::Impl::run_depthwise_cudnn(const DepthwiseLayer& d, const kernels::DepthwiseArgs& a,
+                                                 cudaStream_t s) {
+    EFFNET_CHECK(!a.residual && !a.input_scale,
+                 "InferenceSession: cuDNN depthwise has no residual / input affine");
+    if (a.input_act != Act::None)
+        kernels::launch_activation_forward(a.input, const_cast<void*>(a.input),
+                                           int64_t(a.batch) * a.height * a.width * a.channels, a.input_act,
+                                           precision, s);
+    d.cudnn->run({a.input, weight(d.cudnn_w_off), cudnn_scratch.data()}, s);
+    const int64_t pixels = int64_t(a.out_height) * a.out_width;
+    launch_bias_activation(cudnn_scratch.data(), a.bias, weight_f32(cudnn_zero_off),
+                           weight_f32(cudnn_unit_off), a.output, a.batch * pixels, a.channels, a.act,
+                           precision, s);
+    if (a.pooled_sum)
+        kernels::launch_spatial_sum(a.output, nullptr, a.pooled_sum, a.batch, pixels, a.channels, 1.0f,
+                                    precision, s);
+}
+
+// NCHW fp32 input -> [cast to the storage precision] -> cuDNN conv -> scratch -> bias +
+// activation -> output [N, Ho, Wo, Cout].
+void InferenceSession::Impl::run_stem_cudnn(const kernels::StemConvArgs& a, cudaStream_t s) {
+    char* scratch = static_cast<char*>(cudnn_scratch.data());
+    const void* x = a.input;
+    if (precision != Precision::FP32) {
+        void* cast = scratch + align256(size_t(a.batch) * a.out_height * a.out_width * a.out_channels *
+                                        kernels::storage_size(precision));
+        kernels::launch_cast_from_f32(a.input, cast, int64_t(a.batch) * a.in_channels * a.height * a.width,
+                                      precision, s);
+        x = cast;
+    }
+    stem.cudnn->run({x, weight(stem.cudnn_w_off), scratch}, s);
+    launch_bias_activation(scratch, a.bias, weight_f32(cudnn_zero_off), weight_f32(cudnn_unit_off), a.output,
+                           int64_t(a.batch) * a.out_height * a.out_width, a.out_channels, a.act, precision,
+                           s);
+}
+
+// cuDNN for one depthwise layer: kept where it is faster than the schedule tune_depthwise chose
+// (every pass it needs timed), or wherever it runs when forced. Any cuDNN failure (an
+// unsupported shape, CUDNN_STATUS_NOT_SUPPORTED, no algorithm) leaves the hand-written kernel.
+bool InferenceSession::Impl::try_cudnn_depthwise(DepthwiseLayer& d, void* workspace) {
+    cudaStream_t s = ctx->stream();
+    const Step& step = steps[d.step];
+    d.cudnn.reset();
+    step.launch(s); // records the arguments
+    const kernels::DepthwiseArgs a = d.args;
+    if (a.residual || a.input_scale) return false;
+    cuda::CudnnConvShape shape;
+    shape.batch = a.batch;
+    shape.in_channels = shape.out_channels = shape.groups = a.channels;
+    shape.height = a.height;
+    shape.width = a.width;
+    shape.out_height = a.out_height;
+    shape.out_width = a.out_width;
+    shape.kernel = a.kernel;
+    shape.stride = a.stride;
+    shape.pad_top = a.pad_top;
+    shape.pad_left = a.pad_left;
+    shape.precision = precision;
+    shape.allow_tf32 = options.allow_tf32;
+    const bool forced = options.cudnn == CudnnCandidate::Force;
+    try {
+        ensure_cudnn_scratch(depthwise_cudnn_scratch_bytes(a));
+        auto conv = std::make_unique<cuda::CudnnConv>(
+            ctx->cudnn(), shape, cuda::CudnnConvBuffers{a.input, weight(d.cudnn_w_off), cudnn_scratch.data()},
+            workspace, kLtWorkspaceBytes, s);
+        const float hand_ms = forced ? 0.0f : cuda::time_launches(s, [&] { step.launch(s); });
+        d.cudnn = std::move(conv);
+        if (forced) {
+            step.launch(s);
+            EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+        } else if (!(cuda::time_launches(s, [&] { step.launch(s); }) < hand_ms)) {
+            d.cudnn.reset();
+            return false;
+        }
+    } catch (const Error&) {
+        d.cudnn.reset();
+        (void)cudaGetLastError();
+        return false;
+    }
+    steps[d.step].kernel = "cudnn:" + d.cudnn->algo_name() + "+bias-act" + (a.pooled_sum ? "+squeeze" : "");
+    return true;
+}
+
+// The same for the stem (cuDNN reads the NCHW input; fp16 / bf16 cast it first).
+bool InferenceSession::Impl::try_cudnn_stem(void* workspace) {
+    cudaStream_t s = ctx->stream();
+    const Step& step = steps[stem.step];
+    stem.cudnn.reset();
+    step.launch(s); // records the arguments
+    const kernels::StemConvArgs& a = stem.args;
+    cuda::CudnnConvShape shape;
+    shape.batch = a.batch;
+    shape.in_channels = a.in_channels;
+    shape.height = a.height;
+    shape.width = a.width;
+    shape.out_channels = a.out_channels;
+    shape.out_height = a.out_height;
+    shape.out_width = a.out_width;
+    shape.kernel = a.kernel;
+    shape.stride = a.stride;
+    shape.pad_top = a.pad_top;
+    shape.pad_left = a.pad_left;
+    shape.input_nchw = true;
+    shape.precision = precision;
+    shape.allow_tf32 = options.allow_tf32;
+    const bool forced = options.cudnn == CudnnCandidate::Force;
+    try {
+        ensure_cudnn_scratch(stem_cudnn_scratch_bytes());
+        char* scratch = static_cast<char*>(cudnn_scratch.data());
+        const void* probe_x = precision == Precision::FP32
+                                  ? static_cast<const void*>(a.input)
+                                  : scratch + align256(size_t(a.batch) * a.out_height * a.out_width *
+                                                       a.out_channels * kernels::storage_size(precision));
+        auto conv = std::make_unique<cuda::CudnnConv>(
+            ctx->cudnn(), shape, cuda::CudnnConvBuffers{probe_x, weight(stem.cudnn_w_off), scratch},
+            workspace, kLtWorkspaceBytes, s);
+        const float hand_ms = forced ? 0.0f : cuda::time_launches(s, [&] { step.launch(s); });
+        stem.cudnn = std::move(conv);
+        if (forced) {
+            step.launch(s);
+            EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+        } else if (!(cuda::time_launches(s, [&] { step.launch(s); }) < hand_ms)) {
+            stem.cudnn.reset();
+            return false;
+        }
+    } catch (const Error&) {
+        stem.cudnn.reset();
+        (void)cudaGetLastError();
+        return false;
+    }
+    steps[stem.step].kernel = "cudnn:" + stem.cudnn->algo_name() + "+bias-act";
+    return true;
+}
+
+// cuDNN against the hand-written stem and depthwise kernels (SessionOptions::cudnn), then the
+// shared scratch cut to what the layers that kept cuDNN need (none: freed).
+void InferenceSession::Impl::tune_cudnn() {
+    if (!cudnn_candidates || steps.empty()) return;
+    void* workspace = ctx->workspace(kLtWorkspaceBytes); // the size cuBLASLt asks for: no reallocation
+    try_cudnn_stem(workspace);
+    for (auto& dp : depthwise) try_cudnn_depthwise(*dp, workspace);
+    size_t need = stem.cudnn ? stem_cudnn_scratch_bytes() : 0;
+    for (auto& dp : depthwise)
+        if (dp->cudnn) need = std::max(need, depthwise_cudnn_scratch_bytes(dp->args));
+    if (need < cudnn_scratch.size()) {
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(ctx->stream()));
+        cudnn_scratch = need > 0 ? cuda::DeviceBuffer(need, "cuDNN scratch") : cuda::DeviceBuffer();
     }
 }
 
