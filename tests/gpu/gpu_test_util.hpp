@@ -21,6 +21,27 @@
 
 namespace effnet::gpu_test {
 
+// random_model leaves batch norm at identity statistics; random ones make a mis-folded BN (or a
+// bias added in a separate pass) show up in the logits.
+inline void randomise_batchnorm(Model& model, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (auto& [name, t] : model.params) {
+        const auto ends_with = [&](const std::string& suffix) {
+            return name.size() >= suffix.size() &&
+                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+        };
+        if (ends_with(".bn.weight"))
+            for (float& v : t.data) v = 0.6f + 0.8f * u(rng);
+        else if (ends_with(".bn.bias"))
+            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
+        else if (ends_with(".bn.running_mean"))
+            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
+        else if (ends_with(".bn.running_var"))
+            for (float& v : t.data) v = 0.5f + 1.0f * u(rng);
+    }
+}
+
 // Test cases that needed a GPU and found none: counted here, so that the GPU test binary's main
 // (tests/gpu_main.cpp) can exit with kSkipExitCode when every test case it ran was skipped, and
 // ctest (SKIP_RETURN_CODE) reports them as skipped rather than passed.

@@ -21,27 +21,6 @@ using namespace effnet::gpu_test;
 
 namespace {
 
-// random_model leaves BN at identity statistics; randomise them so a mis-folded BN shows up.
-void randomise_batchnorm(Model& model, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<float> u(0.0f, 1.0f);
-    for (auto& [name, t] : model.params) {
-        const auto ends_with = [&](const char* s) {
-            const std::string suffix(s);
-            return name.size() >= suffix.size() &&
-                   name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-        };
-        if (ends_with(".bn.weight"))
-            for (float& v : t.data) v = 0.6f + 0.8f * u(rng);
-        else if (ends_with(".bn.bias"))
-            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_mean"))
-            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_var"))
-            for (float& v : t.data) v = 0.5f + 1.0f * u(rng);
-    }
-}
-
 Tensor cpu_logits(Model& model, const Tensor& input) {
     cpu::Network net(model);
     return net.forward(input).logits;

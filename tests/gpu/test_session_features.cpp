@@ -33,24 +33,6 @@ namespace {
 //     layer; the NCHW float32 conversion itself is exact (fp16 / bf16 widen without rounding).
 constexpr Bounds kFeatureBound{3e-5, 2e-2, 6e-2};
 
-void randomise_batchnorm(Model& model, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<float> u(0.0f, 1.0f);
-    for (auto& [name, t] : model.params) {
-        auto ends_with = [&](const std::string& s) {
-            return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-        };
-        if (ends_with(".bn.weight"))
-            for (float& v : t.data) v = 0.6f + 0.8f * u(rng);
-        else if (ends_with(".bn.bias"))
-            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_mean"))
-            for (float& v : t.data) v = -0.2f + 0.4f * u(rng);
-        else if (ends_with(".bn.running_var"))
-            for (float& v : t.data) v = 0.5f + 1.0f * u(rng);
-    }
-}
-
 ModelConfig small_config() {
     CustomOptions o;
     o.width = 0.5;
