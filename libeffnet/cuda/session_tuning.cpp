@@ -277,6 +277,27 @@ void InferenceSession::Impl::run_stem_cudnn(const kernels::StemConvArgs& a, cuda
                            s);
 }
 
+namespace {
+
+// Puts `conv` in `slot` (the step then runs cuDNN) and keeps it when forced (after one checked
+// run) or when `launch` runs faster with it than without; otherwise leaves `slot` empty.
+template <typename Launch>
+bool keep_cudnn(std::unique_ptr<cuda::CudnnConv>& slot, std::unique_ptr<cuda::CudnnConv> conv,
+                const Launch& launch, bool forced, cudaStream_t s) {
+    const float hand_ms = forced ? 0.0f : cuda::time_launches(s, [&] { launch(s); });
+    slot = std::move(conv);
+    if (forced) {
+        launch(s);
+        EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
+        return true;
+    }
+    if (cuda::time_launches(s, [&] { launch(s); }) < hand_ms) return true;
+    slot.reset();
+    return false;
+}
+
+} // namespace
+
 // cuDNN for one depthwise layer: kept where it is faster than the schedule tune_depthwise chose
 // (every pass it needs timed), or wherever it runs when forced. Any cuDNN failure (an
 // unsupported shape, CUDNN_STATUS_NOT_SUPPORTED, no algorithm) leaves the hand-written kernel.
@@ -306,15 +327,7 @@ bool InferenceSession::Impl::try_cudnn_depthwise(DepthwiseLayer& d, void* worksp
         auto conv = std::make_unique<cuda::CudnnConv>(
             ctx->cudnn(), shape, cuda::CudnnConvBuffers{a.input, weight(d.cudnn_w_off), cudnn_scratch.data()},
             workspace, kLtWorkspaceBytes, s);
-        const float hand_ms = forced ? 0.0f : cuda::time_launches(s, [&] { step.launch(s); });
-        d.cudnn = std::move(conv);
-        if (forced) {
-            step.launch(s);
-            EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
-        } else if (!(cuda::time_launches(s, [&] { step.launch(s); }) < hand_ms)) {
-            d.cudnn.reset();
-            return false;
-        }
+        if (!keep_cudnn(d.cudnn, std::move(conv), step.launch, forced, s)) return false;
     } catch (const Error&) {
         d.cudnn.reset();
         (void)cudaGetLastError();
@@ -357,15 +370,7 @@ bool InferenceSession::Impl::try_cudnn_stem(void* workspace) {
         auto conv = std::make_unique<cuda::CudnnConv>(
             ctx->cudnn(), shape, cuda::CudnnConvBuffers{probe_x, weight(stem.cudnn_w_off), scratch},
             workspace, kLtWorkspaceBytes, s);
-        const float hand_ms = forced ? 0.0f : cuda::time_launches(s, [&] { step.launch(s); });
-        stem.cudnn = std::move(conv);
-        if (forced) {
-            step.launch(s);
-            EFFNET_CUDA_CHECK(cudaStreamSynchronize(s));
-        } else if (!(cuda::time_launches(s, [&] { step.launch(s); }) < hand_ms)) {
-            stem.cudnn.reset();
-            return false;
-        }
+        if (!keep_cudnn(stem.cudnn, std::move(conv), step.launch, forced, s)) return false;
     } catch (const Error&) {
         stem.cudnn.reset();
         (void)cudaGetLastError();

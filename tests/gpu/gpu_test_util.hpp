@@ -21,6 +21,17 @@
 
 namespace effnet::gpu_test {
 
+// The odd-shaped network of the session tests: width and depth 0.5, TF "same" padding, 17 classes.
+inline ModelConfig small_config() {
+    CustomOptions o;
+    o.width = 0.5;
+    o.depth = 0.5;
+    o.num_classes = 17;
+    o.padding = Padding::TfSame;
+    o.bn_eps = 1e-3f;
+    return custom_config(o);
+}
+
 // random_model leaves batch norm at identity statistics; random ones make a mis-folded BN (or a
 // bias added in a separate pass) show up in the logits.
 inline void randomise_batchnorm(Model& model, uint64_t seed) {

@@ -47,16 +47,6 @@ constexpr Bounds kB0NetworkBound{5e-5, 2e-2, 6e-2};
 // PyTorch golden fixtures (tiny networks, float64 in PyTorch): measured 6.9e-7 / 1.3e-3 / 8.0e-3.
 constexpr Bounds kGoldenBound{2e-5, 2e-2, 6e-2};
 
-ModelConfig small_config() {
-    CustomOptions o;
-    o.width = 0.5;
-    o.depth = 0.5;
-    o.num_classes = 17;
-    o.padding = Padding::TfSame;
-    o.bn_eps = 1e-3f;
-    return custom_config(o);
-}
-
 } // namespace
 
 TEST_CASE("session: small custom network matches the CPU engine, every precision and path", "[gpu]") {

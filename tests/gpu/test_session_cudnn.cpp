@@ -50,16 +50,6 @@ GpuResult run_gpu(const Model& model, const Tensor& input, Precision prec, const
 constexpr Bounds kCustomNetworkBound{3e-5, 2e-2, 6e-2};
 constexpr Bounds kB0NetworkBound{5e-5, 2e-2, 6e-2};
 
-ModelConfig small_config() {
-    CustomOptions o;
-    o.width = 0.5;
-    o.depth = 0.5;
-    o.num_classes = 17;
-    o.padding = Padding::TfSame;
-    o.bn_eps = 1e-3f;
-    return custom_config(o);
-}
-
 SessionOptions forced(bool graph) {
     SessionOptions opt;
     opt.cudnn = CudnnCandidate::Force;

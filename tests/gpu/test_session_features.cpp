@@ -33,16 +33,6 @@ namespace {
 //     layer; the NCHW float32 conversion itself is exact (fp16 / bf16 widen without rounding).
 constexpr Bounds kFeatureBound{3e-5, 2e-2, 6e-2};
 
-ModelConfig small_config() {
-    CustomOptions o;
-    o.width = 0.5;
-    o.depth = 0.5;
-    o.num_classes = 17;
-    o.padding = Padding::TfSame;
-    o.bn_eps = 1e-3f;
-    return custom_config(o);
-}
-
 struct GpuFeatures {
     std::vector<std::vector<float>> maps; // NCHW float32, options.features order
     std::vector<float> logits;            // empty with features_only
