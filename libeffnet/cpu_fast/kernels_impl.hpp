@@ -4,7 +4,8 @@
 // the standard library is instantiated here, so no inline function built for a wide ISA can be
 // picked by the linker for code that runs on a narrower one.
 #include <cstdint>
-#include <utility> // std::integer_sequence: a type, no code
+#include <type_traits> // std::integral_constant: a type, no code
+#include <utility>     // std::integer_sequence: a type, no code
 
 #if defined(__x86_64__)
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps() and warn about it.
@@ -253,81 +254,117 @@ void gemm(const GemmArgs& g, int64_t m0, int64_t m1, int p0, int p1, float* scra
 }
 
 // ---- Depthwise --------------------------------------------------------------------------
-// One output pixel with only the taps inside the image (the borders).
-template <int K, int S, Act A>
-inline void dw_pixel(const DepthwiseArgs& d, const float* x, float* yp, float* sums, int iy0, int ky0,
-                     int ky1, int ox, int c0, int c1) {
-    const int ix0 = ox * S - d.pad_left;
-    const int kx0 = imax(0, -ix0), kx1 = imin(K, d.w - ix0);
-    for (int c = c0; c < c1; c += VW) {
-        vf acc = load(d.bias + c);
-        for (int ky = ky0; ky < ky1; ++ky) {
-            const float* xr = x + (int64_t(iy0 + ky - d.x_row0) * d.w + ix0) * d.cs + c;
-            const float* wr = d.weight + ky * K * d.cs + c;
-            for (int kx = kx0; kx < kx1; ++kx) acc += load(xr + kx * d.cs) * load(wr + kx * d.cs);
-        }
-        acc = activate<A>(acc);
-        store(yp + c, acc);
-        if (sums) store(sums + c, load(sums + c) + acc);
-    }
-}
+// A strip of up to SW neighbouring output pixels of one row, one channel vector: each input
+// vector the strip reads is loaded once and multiplied into every output that uses it (a
+// 3x3 stride-1 strip of 8 loads 10 input vectors per kernel row, not 24). x: the strip's first
+// input column in its first kernel row (ky0), channel c; w: kernel row ky0's weights at c; y:
+// the strip's first output at c. EDGE: taps outside the row are skipped (ix0: the first input
+// column's index, in [-pad, w)) and only `count` outputs are written; else all SW outputs and
+// their taps are inside.
+struct StripArgs {
+    int64_t cs, row_stride; // floats between neighbouring pixels, input rows
+    int rows;               // kernel rows inside the image (ky0..ky1)
+    int ix0, w, count;      // EDGE only
+};
 
-// Four neighbouring output pixels whose taps are all inside the row: each weight vector is
-// loaded once for the four.
-template <int K, int S, Act A>
-inline void dw_quad(const DepthwiseArgs& d, const float* x, float* yp, float* sums, int iy0, int ky0, int ky1,
-                    int ox, int c0, int c1) {
-    const int ix0 = ox * S - d.pad_left;
-    const int64_t step = int64_t(S) * d.cs;
-    for (int c = c0; c < c1; c += VW) {
-        vf a0 = load(d.bias + c), a1 = a0, a2 = a0, a3 = a0;
-        for (int ky = ky0; ky < ky1; ++ky) {
-            const float* xr = x + (int64_t(iy0 + ky - d.x_row0) * d.w + ix0) * d.cs + c;
-            const float* wr = d.weight + ky * K * d.cs + c;
+template <int K, int S, int SW, bool EDGE, Act A>
+__attribute__((always_inline)) inline vf dw_strip(const StripArgs& s, const float* x, const float* w, vf bias,
+                                                  float* y) {
+    constexpr int IN = (SW - 1) * S + K; // input columns the strip reads
+    vf acc[SW];
+#pragma GCC unroll 16
+    for (int o = 0; o < SW; ++o) acc[o] = bias;
+    for (int ky = 0; ky < s.rows; ++ky, x += s.row_stride, w += K * s.cs) {
+        vf wk[K];
 #pragma GCC unroll 8
-            for (int kx = 0; kx < K; ++kx) {
-                const vf wv = load(wr + kx * d.cs);
-                const float* xp = xr + kx * d.cs;
-                a0 += load(xp) * wv;
-                a1 += load(xp + step) * wv;
-                a2 += load(xp + 2 * step) * wv;
-                a3 += load(xp + 3 * step) * wv;
+        for (int kx = 0; kx < K; ++kx) wk[kx] = load(w + kx * s.cs);
+        const float* xp = x;
+#pragma GCC unroll 32
+        for (int j = 0; j < IN; ++j, xp += s.cs) {
+            // One pointer stepped along the row: without the barrier GCC keeps an address per
+            // column and spills them.
+            asm("" : "+r"(xp));
+            if constexpr (EDGE) {
+                if (s.ix0 + j < 0 || s.ix0 + j >= s.w || j > (s.count - 1) * S + K - 1) continue;
+            }
+            const vf xv = load(xp);
+#pragma GCC unroll 16
+            for (int o = 0; o < SW; ++o) {
+                const int kx = j - o * S;
+                if (kx >= 0 && kx < K) acc[o] += xv * wk[kx];
             }
         }
-        a0 = activate<A>(a0);
-        a1 = activate<A>(a1);
-        a2 = activate<A>(a2);
-        a3 = activate<A>(a3);
-        store(yp + c, a0);
-        store(yp + d.cs + c, a1);
-        store(yp + 2 * d.cs + c, a2);
-        store(yp + 3 * d.cs + c, a3);
-        if (sums) store(sums + c, load(sums + c) + ((a0 + a1) + (a2 + a3)));
     }
+    vf sum = splat(0.0f);
+#pragma GCC unroll 16
+    for (int o = 0; o < SW; ++o) {
+        if (EDGE && o >= s.count) break;
+        const vf v = activate<A>(acc[o]);
+        store(y + o * s.cs, v);
+        sum += v;
+    }
+    return sum;
 }
 
+// Strip width: 8 outputs when the accumulators, the K weights and an input fit the registers.
+template <int K>
+constexpr int strip_width() {
+    return VW == 16 || K <= 5 ? 8 : 4;
+}
+
+// Output rows [oy0, oy1), channels [c0, c1): each row in strips along x (every channel vector
+// of a strip before the next strip: the strip's input columns stay in L1 for the next one's
+// overlap): the inside in strips of SW, then SW / 2; the borders and what is left in edge
+// strips of SW / 2.
 template <int K, int S, Act A>
 void dw_rows(const DepthwiseArgs& d, int image, int oy0, int oy1, int c0, int c1) {
+    constexpr int SW = strip_width<K>(), SH = SW / 2;
     const float* x = d.x + int64_t(image) * d.x_image_stride;
     // Output columns whose taps all fall inside the row: [lo, hi).
     const int lo = imin(d.wo, (d.pad_left + S - 1) / S);
     const int hi = imax(lo, imin(d.wo, (d.w - K + d.pad_left) / S + 1));
+    StripArgs s;
+    s.cs = d.cs;
+    s.row_stride = int64_t(d.w) * d.cs;
+    s.w = d.w;
     for (int oy = oy0; oy < oy1; ++oy) {
         const int iy0 = oy * S - d.pad_top;
         const int ky0 = imax(0, -iy0), ky1 = imin(K, d.h - iy0);
+        s.rows = ky1 - ky0;
+        const float* xrow = x + int64_t(iy0 + ky0 - d.x_row0) * s.row_stride; // at column 0
+        const float* wrow = d.weight + ky0 * K * d.cs;
         float* yrow = d.y + (int64_t(image) * d.ho + oy) * d.wo * d.cs;
-        float* sums = nullptr;
-        if (d.row_sums) {
-            sums = d.row_sums + (int64_t(image) * d.ho + oy) * d.cs;
+        float* sums = d.row_sums ? d.row_sums + (int64_t(image) * d.ho + oy) * d.cs : nullptr;
+        if (sums)
             for (int c = c0; c < c1; c += VW) store(sums + c, splat(0.0f));
-        }
-        int ox = 0;
-        for (; ox < lo; ++ox)
-            dw_pixel<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox, c0, c1);
-        for (; ox + 4 <= hi; ox += 4)
-            dw_quad<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox, c0, c1);
-        for (; ox < d.wo; ++ox)
-            dw_pixel<K, S, A>(d, x, yrow + int64_t(ox) * d.cs, sums, iy0, ky0, ky1, ox, c0, c1);
+        auto edges = [&](int from, int to) {
+            for (int ox = from; ox < to; ox += SH) {
+                s.ix0 = ox * S - d.pad_left;
+                s.count = imin(SH, to - ox);
+                for (int c = c0; c < c1; c += VW) {
+                    const vf sum =
+                        dw_strip<K, S, SH, true, A>(s, xrow + int64_t(s.ix0) * d.cs + c, wrow + c,
+                                                    load(d.bias + c), yrow + int64_t(ox) * d.cs + c);
+                    if (sums) store(sums + c, load(sums + c) + sum);
+                }
+            }
+        };
+        auto inside = [&](auto width, int& ox) {
+            constexpr int W = decltype(width)::value;
+            for (; ox + W <= hi; ox += W) {
+                const float* xs = xrow + int64_t(ox * S - d.pad_left) * d.cs;
+                float* ys = yrow + int64_t(ox) * d.cs;
+                for (int c = c0; c < c1; c += VW) {
+                    const vf sum = dw_strip<K, S, W, false, A>(s, xs + c, wrow + c, load(d.bias + c), ys + c);
+                    if (sums) store(sums + c, load(sums + c) + sum);
+                }
+            }
+        };
+        edges(0, lo);
+        int ox = lo;
+        inside(std::integral_constant<int, SW>{}, ox);
+        inside(std::integral_constant<int, SH>{}, ox);
+        edges(ox, d.wo);
     }
 }
 
