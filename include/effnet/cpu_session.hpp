@@ -34,8 +34,9 @@ struct CpuSessionOptions {
     int threads = 0;           // 0: the CPUs this process may run on (sched_getaffinity)
     CpuIsa isa = CpuIsa::Auto; // a named ISA the CPU lacks is refused
     // An expand whose output per image is larger than this many bytes runs band by band with
-    // the depthwise after it, so that its output never leaves the cache (0: every expand; < 0:
-    // none). The default suits 1-2 MB of L2 per core.
+    // the depthwise after it, so that its output never leaves the cache; a smaller one runs with
+    // its depthwise by chunks of channels, each chunk on one core (0: every expand in bands;
+    // < 0: every layer on its own). The default suits 1-2 MB of L2 per core.
     int64_t fuse_min_bytes = 512 * 1024;
 };
 

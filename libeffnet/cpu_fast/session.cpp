@@ -25,9 +25,9 @@ namespace {
 
 // Arena slots by liveness: each layer's output takes a free slot and gives it back after its
 // last reader (a squeeze-excite or dropout output is its input's slot, read by the next layer).
-// An expand fused with the layers after it (fused[i] of them: its depthwise, and the project
-// too) reads its input while they write: the input is given back only after the last of them
-// has its output slot.
+// An expand run together with the layers after it (fused[i] of them: its depthwise, and the
+// project too) reads its input while they write: the input is given back only after the last
+// of them has its output slot.
 int plan_slots(std::vector<FoldedLayer>& layers, const std::vector<char>& fused) {
     const size_t n = layers.size();
     std::vector<int> readers(n, 0);
@@ -87,9 +87,11 @@ struct CpuSession::Impl {
     size_t arena_bytes = 0, weight_bytes = 0;
     // Expand layers run together with the depthwise after them, band by band (see
     // expand_depthwise); each thread's band of expanded rows.
-    std::vector<char> fused;    // per layer: how many layers after an expand run with it (1: the
-                                // depthwise, 2: the depthwise and the project)
-    std::vector<int> band_rows; // per fused expand: depthwise output rows per band
+    std::vector<char> fused;       // per layer: how many layers after an expand run with it (1: the
+                                   // depthwise, 2: the depthwise and the project)
+    std::vector<char> by_channels; // per expand too small to band: runs with its depthwise by
+                                   // channel chunks (see expand_depthwise_channels)
+    std::vector<int> band_rows;    // per fused expand: depthwise output rows per band
     size_t band_floats = 0;
     AlignedFloats bands;
     int64_t fuse_min_bytes = 0;
@@ -117,6 +119,7 @@ struct CpuSession::Impl {
     cpu_fast::DepthwiseArgs depthwise_args(const FoldedLayer& f, const float* x, float* y);
     void depthwise(const FoldedLayer& f, const float* x, float* y, int n);
     void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, int n);
+    void expand_depthwise_channels(const FoldedLayer& expand, const FoldedLayer& dw, int n);
     void plan_fusion(int64_t min_bytes);
     void squeeze_excite(const FoldedLayer& f, int n);
     void stem(const FoldedLayer& f, const float* input, int n);
@@ -144,7 +147,9 @@ void CpuSession::Impl::build(const Model& model) {
                      plan.layers.back().kind == LayerKind::Classifier,
                  "fast CPU path: the plan must start with the stem and end with the classifier");
     plan_fusion(fuse_min_bytes);
-    const int n_slots = plan_slots(layers, fused);
+    std::vector<char> with = fused; // the layers each runs with, banded or by channels
+    for (size_t i = 0; i < with.size(); ++i) with[i] = char(with[i] + by_channels[i]);
+    const int n_slots = plan_slots(layers, with);
     size_t rows_sums = 0, gates = 0;
     for (const FoldedLayer& f : layers) {
         const Layer& l = *f.layer;
@@ -250,19 +255,25 @@ void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y,
 // a band needs into the thread's band buffer (rows shared with the previous band are moved up,
 // not recomputed) and running the depthwise on them while they are in cache. The expanded
 // tensor is never written whole. Without a squeeze-excite (Lite), the project runs on the
-// band's depthwise rows too, while they are in cache.
+// band's depthwise rows too, while they are in cache. A smaller expand runs with its depthwise
+// by channel chunks instead (expand_depthwise_channels).
 void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
     constexpr size_t kBandBytes = 384 * 1024; // the band buffer: well inside a 1-2 MB L2
     fused.assign(layers.size(), 0);
+    by_channels.assign(layers.size(), 0);
     band_rows.assign(layers.size(), 0);
     for (size_t i = 0; i + 1 < layers.size(); ++i) {
         const FoldedLayer& e = layers[i];
         const FoldedLayer& d = layers[i + 1];
         if (e.layer->kind != LayerKind::Expand || d.layer->kind != LayerKind::Depthwise ||
-            d.layer->input != int(i))
+            d.layer->input != int(i) || e.cout_s != d.cout_s)
             continue;
+        if (min_bytes < 0) continue;
         const size_t row_bytes = sizeof(float) * size_t(d.layer->in.width) * d.cout_s;
-        if (min_bytes < 0 || int64_t(row_bytes) * d.layer->in.height <= min_bytes) continue;
+        if (int64_t(row_bytes) * d.layer->in.height <= min_bytes) {
+            by_channels[i] = 1;
+            continue;
+        }
         const int k = d.layer->conv.kernel, s = d.layer->conv.stride;
         const int fit = int(kBandBytes / row_bytes); // input rows the buffer should hold
         const int rows = std::max(1, (fit - (k - s)) / s);
@@ -344,6 +355,41 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                 gemm_rows(g, thread);
             }
         }
+    });
+}
+
+// An expand too small to band runs with its depthwise per image and chunk of channels: a task
+// expands its channels for every pixel of the image and runs the depthwise on them while they
+// are in its core's cache. Between the two there is no barrier, and the expanded tensor (the
+// block's largest) is read by the core that wrote it; with the tasks split by pixels instead,
+// half of it would cross to the other core.
+void CpuSession::Impl::expand_depthwise_channels(const FoldedLayer& e, const FoldedLayer& dwf, int n) {
+    const int nr = kernels.nr;
+    const int panels = (e.cout_s + nr - 1) / nr;
+    const int64_t want = 4 * int64_t(pool.size());
+    const int chunks = int(std::clamp<int64_t>((want + n - 1) / n, 1, panels));
+    const int per_chunk = (panels + chunks - 1) / chunks;
+    const int n_chunks = (panels + per_chunk - 1) / per_chunk;
+    const int64_t pixels = e.layer->out.pixels();
+    cpu_fast::GemmArgs g;
+    g.a = slot(e.in_slot);
+    g.lda = e.cin_s;
+    g.k = e.cin;
+    g.n = e.cout_s;
+    g.m = int64_t(n) * pixels;
+    g.b_packed = e.weight.data();
+    g.bias = e.bias.data();
+    g.act = e.act;
+    g.c = slot(e.out_slot);
+    g.ldc = e.cout_s;
+    const cpu_fast::DepthwiseArgs d = depthwise_args(dwf, slot(e.out_slot), slot(dwf.out_slot));
+    pool.parallel_for(int64_t(n) * n_chunks, [&](int64_t task, int thread) {
+        const int image = int(task / n_chunks);
+        const int p0 = int(task % n_chunks) * per_chunk, p1 = std::min(panels, p0 + per_chunk);
+        for (int64_t m0 = image * pixels; m0 < (image + 1) * pixels; m0 += cpu_fast::kGemmMC)
+            kernels.gemm(g, m0, std::min((image + 1) * pixels, m0 + cpu_fast::kGemmMC), p0, p1,
+                         gemm_scratch(thread));
+        kernels.depthwise(d, image, 0, d.ho, p0 * nr, std::min(d.cs, p1 * nr));
     });
 }
 
@@ -502,10 +548,12 @@ void CpuSession::Impl::forward(const float* input, int n, float* logits, std::ve
         const auto start = layer_seconds ? Clock::now() : Clock::time_point{};
         if (fused[i])
             expand_depthwise(layers[i], layers[i + 1], n);
+        else if (by_channels[i])
+            expand_depthwise_channels(layers[i], layers[i + 1], n);
         else
             run_layer(layers[i], input, n);
         if (layer_seconds) (*layer_seconds)[i] += std::chrono::duration<double>(Clock::now() - start).count();
-        i += size_t(fused[i]); // the layers that ran with it
+        i += size_t(fused[i] + by_channels[i]); // the layers that ran with it
     }
     const FoldedLayer& last = layers.back();
     const float* out = slot(last.out_slot);
@@ -560,7 +608,7 @@ std::vector<CpuLayerProfile> CpuSession::profile(int reps) {
     // A fused expand's entry holds the time and flops of the layers that ran with it; theirs are
     // empty and name it.
     for (size_t i = 0; i < m.layers.size(); ++i) {
-        const int with = m.fused[i];
+        const int with = m.fused[i] + m.by_channels[i];
         if (with) out[i].name += with == 2 ? "+dw+project" : "+dw";
         for (int j = 1; j <= with; ++j) {
             out[i].flops += out[i + size_t(j)].flops;
