@@ -67,6 +67,16 @@ int stem_rows_per_task(int wo) {
     return std::max(1, 2 * cpu_fast::kGemmMC / wo);
 }
 
+// The images one walk of the network covers: [first, first + count) of the batch, numbered
+// 0 .. count - 1 inside it, their tensors in the arena's region `region`. thread >= 0: all of it
+// on that thread (one of several groups of images running side by side, each on its own core
+// with no barrier between layers); thread < 0: every layer spread over the pool.
+struct Images {
+    int first = 0, count = 0;
+    int thread = -1;
+    int region = 0;
+};
+
 } // namespace
 
 struct CpuSession::Impl {
@@ -77,8 +87,12 @@ struct CpuSession::Impl {
     std::vector<FoldedLayer> layers;
     cpu_fast::ThreadPool pool;
     // Arena: slots of slot_floats each, the stem's im2col rows, squeeze-excite row sums and
-    // gates, the GEMM scratch and the fused bands of each thread.
+    // gates, the GEMM scratch and the fused bands of each thread. Slots, row sums and gates are
+    // split in one region per thread for groups of images that run side by side (the layers
+    // of one group reuse a slot for tensors of other sizes while another group's layers still
+    // read theirs); a walk over the pool uses them whole.
     size_t slot_floats = 0;
+    size_t slot_region = 0, sums_region = 0, gate_region = 0; // floats
     std::vector<AlignedFloats> slots;
     AlignedFloats im2col, row_sums, gate, scratch; // im2col: each thread's stem patches
     AlignedFloats se_scratch;                      // each thread's squeeze-excite mean and hidden values
@@ -105,25 +119,37 @@ struct CpuSession::Impl {
 
     void build(const Model& model);
     void forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds);
-    void run_layer(const FoldedLayer& f, const float* input, int n);
+    void run_layers(const float* input, float* logits, const Images& im, std::vector<double>* layer_seconds);
+    void run_layer(const FoldedLayer& f, const float* input, const Images& im);
 
-    float* slot(int s) { return slots[size_t(s)].data(); }
-    // GEMM over the whole batch: rows split in blocks (within images when gated) and, when they
-    // are few, B's panels split too, so that every thread has work.
-    void gemm(const cpu_fast::GemmArgs& g);
+    // fn(task, thread) for every task in [0, tasks): over the pool, or on im's thread.
+    template <typename Fn>
+    void for_tasks(const Images& im, int64_t tasks, Fn&& fn) {
+        if (im.thread < 0) return pool.parallel_for(tasks, fn);
+        for (int64_t t = 0; t < tasks; ++t) fn(t, im.thread);
+    }
+    // The threads a call's tasks are spread over.
+    int workers(const Images& im) const { return im.thread < 0 ? pool.size() : 1; }
+
+    float* slot(int s, const Images& im) { return slots[size_t(s)].data() + size_t(im.region) * slot_region; }
+    float* sums(const Images& im) { return row_sums.data() + size_t(im.region) * sums_region; }
+    float* gates(const Images& im) { return gate.data() + size_t(im.region) * gate_region; }
+    // GEMM over im's images, image_rows rows each: rows split in blocks (within images when
+    // gated) and, when they are few, B's panels split too, so that every thread has work.
+    void gemm(const cpu_fast::GemmArgs& g, int64_t image_rows, const Images& im);
     // The GEMM's rows [0, g.m) and all its panels on the calling thread (a task's share).
     void gemm_rows(const cpu_fast::GemmArgs& g, int thread);
     float* gemm_scratch(int thread) {
         return scratch.data() + size_t(thread) * cpu_fast::kGemmKC * kernels.nr;
     }
-    cpu_fast::DepthwiseArgs depthwise_args(const FoldedLayer& f, const float* x, float* y);
-    void depthwise(const FoldedLayer& f, const float* x, float* y, int n);
-    void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, int n);
-    void expand_depthwise_channels(const FoldedLayer& expand, const FoldedLayer& dw, int n);
+    cpu_fast::DepthwiseArgs depthwise_args(const FoldedLayer& f, const float* x, float* y, const Images& im);
+    void depthwise(const FoldedLayer& f, const float* x, float* y, const Images& im);
+    void expand_depthwise(const FoldedLayer& expand, const FoldedLayer& dw, const Images& im);
+    void expand_depthwise_channels(const FoldedLayer& expand, const FoldedLayer& dw, const Images& im);
     void plan_fusion(int64_t min_bytes);
-    void squeeze_excite(const FoldedLayer& f, int n);
-    void stem(const FoldedLayer& f, const float* input, int n);
-    void pool_mean(const FoldedLayer& f, const float* x, float* y, int n);
+    void squeeze_excite(const FoldedLayer& f, const Images& im);
+    void stem(const FoldedLayer& f, const float* input, const Images& im);
+    void pool_mean(const FoldedLayer& f, const float* x, float* y, const Images& im);
 };
 
 void CpuSession::Impl::build(const Model& model) {
@@ -150,44 +176,52 @@ void CpuSession::Impl::build(const Model& model) {
     std::vector<char> with = fused; // the layers each runs with, banded or by channels
     for (size_t i = 0; i < with.size(); ++i) with[i] = char(with[i] + by_channels[i]);
     const int n_slots = plan_slots(layers, with);
-    size_t rows_sums = 0, gates = 0;
+    size_t slot_image = 0, sums_image = 0, gate_image = 0; // floats per image
     for (const FoldedLayer& f : layers) {
         const Layer& l = *f.layer;
-        slot_floats = std::max(slot_floats, size_t(l.out.rows()) * size_t(f.cout_s));
+        slot_image = std::max(slot_image, size_t(l.out.pixels()) * size_t(f.cout_s));
         if (l.kind == LayerKind::Depthwise)
-            rows_sums = std::max(rows_sums, size_t(l.out.batch) * l.out.height * f.cout_s);
+            sums_image = std::max(sums_image, size_t(l.out.height) * f.cout_s);
         if (l.kind == LayerKind::SqueezeExcite) {
-            gates = std::max(gates, size_t(l.in.batch) * f.cin_s);
+            gate_image = std::max(gate_image, size_t(f.cin_s));
             se_scratch_floats = std::max(se_scratch_floats, size_t(f.cin_s + f.reduced_s));
         }
         if (l.kind == LayerKind::Stem)
             im2col_floats =
                 size_t(stem_rows_per_task(l.out.width)) * l.out.width * 3 * l.conv.kernel * l.conv.kernel;
     }
+    // Whole: the batch; a region: a group's images (batch / threads), on a cache line.
+    const size_t batch = size_t(plan.batch), threads = size_t(pool.size()), per_group = batch / threads;
+    auto region = [&](size_t per_image) { return (per_group * per_image + 15) / 16 * 16; };
+    slot_region = region(slot_image);
+    sums_region = region(sums_image);
+    gate_region = region(gate_image);
+    slot_floats = std::max(batch * slot_image, threads * slot_region);
     for (int s = 0; s < n_slots; ++s) slots.emplace_back(slot_floats);
     bands = AlignedFloats(size_t(pool.size()) * band_floats);
     im2col = AlignedFloats(size_t(pool.size()) * im2col_floats);
-    row_sums = AlignedFloats(rows_sums);
-    gate = AlignedFloats(gates);
+    row_sums = AlignedFloats(std::max(batch * sums_image, threads * sums_region));
+    gate = AlignedFloats(std::max(batch * gate_image, threads * gate_region));
     se_scratch = AlignedFloats(size_t(pool.size()) * se_scratch_floats);
     scratch = AlignedFloats(size_t(pool.size()) * cpu_fast::kGemmKC * nr);
     arena_bytes = sizeof(float) * (slot_floats * slots.size() + im2col.size() + row_sums.size() +
                                    gate.size() + scratch.size() + se_scratch.size() + bands.size());
 }
 
-void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g) {
+void CpuSession::Impl::gemm(const cpu_fast::GemmArgs& g, int64_t image_rows, const Images& im) {
     const int64_t mc = cpu_fast::kGemmMC;
-    // Row blocks: [image][block] when gated (a block never crosses an image), else over all rows.
-    const int64_t per_image = g.gate ? g.rows_per_image : g.m;
-    const int64_t images = g.m / per_image;
+    // Row blocks: [image][block] when gated (a block never crosses an image), else over all of
+    // im's rows as one.
+    const int64_t per_image = g.gate ? image_rows : image_rows * im.count;
+    const int64_t images = g.gate ? im.count : 1;
     const int64_t blocks_per_image = (per_image + mc - 1) / mc;
     const int64_t blocks = images * blocks_per_image;
     const int panels = (g.n + kernels.nr - 1) / kernels.nr;
-    const int64_t want = 4 * int64_t(pool.size());
+    const int64_t want = 4 * int64_t(workers(im));
     const int chunks = int(std::clamp<int64_t>((want + blocks - 1) / blocks, 1, panels));
     const int per_chunk = (panels + chunks - 1) / chunks;
     const int n_chunks = (panels + per_chunk - 1) / per_chunk;
-    pool.parallel_for(blocks * n_chunks, [&](int64_t task, int thread) {
+    for_tasks(im, blocks * n_chunks, [&](int64_t task, int thread) {
         const int64_t block = task / n_chunks;
         const int chunk = int(task % n_chunks);
         const int64_t image = block / blocks_per_image, b = block % blocks_per_image;
@@ -204,7 +238,8 @@ void CpuSession::Impl::gemm_rows(const cpu_fast::GemmArgs& g, int thread) {
         kernels.gemm(g, m0, std::min(g.m, m0 + cpu_fast::kGemmMC), 0, panels, gemm_scratch(thread));
 }
 
-cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, const float* x, float* y) {
+cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, const float* x, float* y,
+                                                         const Images& im) {
     const Layer& l = *f.layer;
     cpu_fast::DepthwiseArgs d;
     d.x = x;
@@ -224,15 +259,16 @@ cpu_fast::DepthwiseArgs CpuSession::Impl::depthwise_args(const FoldedLayer& f, c
     d.wo = l.out.width;
     const size_t i = size_t(&f - layers.data());
     const bool squeeze = i + 1 < layers.size() && layers[i + 1].layer->kind == LayerKind::SqueezeExcite;
-    d.row_sums = squeeze ? row_sums.data() : nullptr;
+    d.row_sums = squeeze ? sums(im) : nullptr;
     return d;
 }
 
-void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, int n) {
-    const cpu_fast::DepthwiseArgs d = depthwise_args(f, x, y);
-    // Tasks of a few rows each, ~8 per thread over the batch; small maps (the late stages at a
+void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y, const Images& im) {
+    const cpu_fast::DepthwiseArgs d = depthwise_args(f, x, y, im);
+    // Tasks of a few rows each, ~8 per thread over the images; small maps (the late stages at a
     // small batch) are split over channels too.
-    const int64_t want = 8 * int64_t(pool.size());
+    const int n = im.count;
+    const int64_t want = 8 * int64_t(workers(im));
     const int rows_per_task = int(std::max<int64_t>(1, int64_t(n) * d.ho / want));
     const int tasks_per_image = (d.ho + rows_per_task - 1) / rows_per_task;
     const int vw = kernels.vector_width, vectors = d.cs / vw;
@@ -240,7 +276,7 @@ void CpuSession::Impl::depthwise(const FoldedLayer& f, const float* x, float* y,
         int(std::clamp<int64_t>(want / (int64_t(n) * tasks_per_image), 1, std::max(1, vectors / 4)));
     const int chunk_vectors = (vectors + chunks - 1) / chunks;
     const int n_chunks = (vectors + chunk_vectors - 1) / chunk_vectors;
-    pool.parallel_for(int64_t(n) * tasks_per_image * n_chunks, [&](int64_t task, int) {
+    for_tasks(im, int64_t(n) * tasks_per_image * n_chunks, [&](int64_t task, int) {
         const int chunk = int(task % n_chunks);
         const int64_t rows_task = task / n_chunks;
         const int image = int(rows_task / tasks_per_image);
@@ -285,7 +321,7 @@ void CpuSession::Impl::plan_fusion(int64_t min_bytes) {
     }
 }
 
-void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer& dwf, int n) {
+void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer& dwf, const Images& im) {
     const Layer& ld = *dwf.layer;
     const FoldedLayer* project = fused[size_t(&e - layers.data())] == 2 ? &dwf + 1 : nullptr;
     const int h = ld.in.height, w = ld.in.width, k = ld.conv.kernel, s = ld.conv.stride;
@@ -294,12 +330,13 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
     const int band = band_rows[size_t(&e - layers.data())];
     // Each image's output rows in as many ranges as it takes to give every thread work (each
     // range recomputes the k - s rows it shares with the one before).
-    const int ranges = int(std::clamp<int64_t>((pool.size() + n - 1) / n, 1, ld.out.height));
+    const int n = im.count;
+    const int ranges = int(std::clamp<int64_t>((workers(im) + n - 1) / n, 1, ld.out.height));
     const int range_rows = (ld.out.height + ranges - 1) / ranges;
-    cpu_fast::DepthwiseArgs d = depthwise_args(dwf, nullptr, slot(dwf.out_slot));
+    cpu_fast::DepthwiseArgs d = depthwise_args(dwf, nullptr, slot(dwf.out_slot, im), im);
     d.x_image_stride = 0;
-    const float* input = slot(e.in_slot);
-    pool.parallel_for(int64_t(n) * ranges, [&](int64_t task, int thread) {
+    const float* input = slot(e.in_slot, im);
+    for_tasks(im, int64_t(n) * ranges, [&](int64_t task, int thread) {
         const int image = int(task / ranges);
         const int begin = int(task % ranges) * range_rows, end = std::min(ld.out.height, begin + range_rows);
         float* buffer = bands.data() + size_t(thread) * band_floats;
@@ -338,7 +375,7 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                 const FoldedLayer& p = *project;
                 const int64_t row0 = (int64_t(image) * ld.out.height + oy0) * ld.out.width;
                 cpu_fast::GemmArgs g;
-                g.a = slot(dwf.out_slot) + row0 * p.cin_s;
+                g.a = slot(dwf.out_slot, im) + row0 * p.cin_s;
                 g.lda = p.cin_s;
                 g.k = p.cin;
                 g.n = p.cout_s;
@@ -346,10 +383,10 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
                 g.b_packed = p.weight.data();
                 g.bias = p.bias.data();
                 g.act = p.act;
-                g.c = slot(p.out_slot) + row0 * p.cout_s;
+                g.c = slot(p.out_slot, im) + row0 * p.cout_s;
                 g.ldc = p.cout_s;
                 if (p.residual_slot >= 0) {
-                    g.residual = slot(p.residual_slot) + row0 * p.cout_s;
+                    g.residual = slot(p.residual_slot, im) + row0 * p.cout_s;
                     g.ld_residual = p.cout_s;
                 }
                 gemm_rows(g, thread);
@@ -363,16 +400,17 @@ void CpuSession::Impl::expand_depthwise(const FoldedLayer& e, const FoldedLayer&
 // are in its core's cache. Between the two there is no barrier, and the expanded tensor (the
 // block's largest) is read by the core that wrote it; with the tasks split by pixels instead,
 // half of it would cross to the other core.
-void CpuSession::Impl::expand_depthwise_channels(const FoldedLayer& e, const FoldedLayer& dwf, int n) {
-    const int nr = kernels.nr;
+void CpuSession::Impl::expand_depthwise_channels(const FoldedLayer& e, const FoldedLayer& dwf,
+                                                 const Images& im) {
+    const int nr = kernels.nr, n = im.count;
     const int panels = (e.cout_s + nr - 1) / nr;
-    const int64_t want = 4 * int64_t(pool.size());
+    const int64_t want = 4 * int64_t(workers(im));
     const int chunks = int(std::clamp<int64_t>((want + n - 1) / n, 1, panels));
     const int per_chunk = (panels + chunks - 1) / chunks;
     const int n_chunks = (panels + per_chunk - 1) / per_chunk;
     const int64_t pixels = e.layer->out.pixels();
     cpu_fast::GemmArgs g;
-    g.a = slot(e.in_slot);
+    g.a = slot(e.in_slot, im);
     g.lda = e.cin_s;
     g.k = e.cin;
     g.n = e.cout_s;
@@ -380,10 +418,10 @@ void CpuSession::Impl::expand_depthwise_channels(const FoldedLayer& e, const Fol
     g.b_packed = e.weight.data();
     g.bias = e.bias.data();
     g.act = e.act;
-    g.c = slot(e.out_slot);
+    g.c = slot(e.out_slot, im);
     g.ldc = e.cout_s;
-    const cpu_fast::DepthwiseArgs d = depthwise_args(dwf, slot(e.out_slot), slot(dwf.out_slot));
-    pool.parallel_for(int64_t(n) * n_chunks, [&](int64_t task, int thread) {
+    const cpu_fast::DepthwiseArgs d = depthwise_args(dwf, g.c, slot(dwf.out_slot, im), im);
+    for_tasks(im, int64_t(n) * n_chunks, [&](int64_t task, int thread) {
         const int image = int(task / n_chunks);
         const int p0 = int(task % n_chunks) * per_chunk, p1 = std::min(panels, p0 + per_chunk);
         for (int64_t m0 = image * pixels; m0 < (image + 1) * pixels; m0 += cpu_fast::kGemmMC)
@@ -395,10 +433,10 @@ void CpuSession::Impl::expand_depthwise_channels(const FoldedLayer& e, const Fol
 
 // gate[image] = sigmoid(expand(act(reduce(mean of the depthwise output)))), from the row sums
 // the depthwise kernel left.
-void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, int n) {
+void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, const Images& im) {
     const Layer& l = *f.layer;
     cpu_fast::SqueezeExciteArgs a;
-    a.row_sums = row_sums.data();
+    a.row_sums = sums(im);
     a.rows = l.in.height;
     a.cs = f.cin_s;
     a.c = f.cin;
@@ -410,16 +448,16 @@ void CpuSession::Impl::squeeze_excite(const FoldedLayer& f, int n) {
     a.expand = f.se_expand.data();
     a.expand_bias = f.se_expand_bias.data();
     a.act = f.act;
-    a.gate = gate.data();
-    pool.parallel_for(n, [&](int64_t image, int thread) {
-        kernels.squeeze_excite(a, int(image), se_scratch.data() + size_t(thread) * se_scratch_floats);
+    a.gate = gates(im);
+    for_tasks(im, im.count, [&](int64_t task, int thread) {
+        kernels.squeeze_excite(a, int(task), se_scratch.data() + size_t(thread) * se_scratch_floats);
     });
 }
 
 // The stem, a few output rows per task: their 3x3 patches gathered from the NCHW input into the
 // thread's rows ([pixel][(c * k + ky) * k + kx], PyTorch's weight order), then the GEMM on them
 // while they are in cache.
-void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
+void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, const Images& im) {
     const Layer& l = *f.layer;
     const int h = l.in.height, w = l.in.width, ho = l.out.height, wo = l.out.width;
     const int k = l.conv.kernel, s = l.conv.stride, kk = 3 * k * k;
@@ -428,7 +466,7 @@ void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
     // Output columns whose taps are all inside the row: [lo, hi).
     const int lo = std::min(wo, (l.conv.pad_left + s - 1) / s);
     const int hi = std::max(lo, std::min(wo, (w - k + l.conv.pad_left) / s + 1));
-    pool.parallel_for(int64_t(n) * tasks_per_image, [&](int64_t task, int thread) {
+    for_tasks(im, int64_t(im.count) * tasks_per_image, [&](int64_t task, int thread) {
         const int image = int(task / tasks_per_image);
         const int oy0 = int(task % tasks_per_image) * rows_per_task, oy1 = std::min(ho, oy0 + rows_per_task);
         const float* x = input + size_t(image) * 3 * h * w;
@@ -472,17 +510,18 @@ void CpuSession::Impl::stem(const FoldedLayer& f, const float* input, int n) {
         g.b_packed = f.weight.data();
         g.bias = f.bias.data();
         g.act = f.act;
-        g.c = slot(f.out_slot) + (int64_t(image) * ho + oy0) * wo * f.cout_s;
+        g.c = slot(f.out_slot, im) + (int64_t(image) * ho + oy0) * wo * f.cout_s;
         g.ldc = f.cout_s;
         gemm_rows(g, thread);
     });
 }
 
-void CpuSession::Impl::pool_mean(const FoldedLayer& f, const float* x, float* y, int n) {
+void CpuSession::Impl::pool_mean(const FoldedLayer& f, const float* x, float* y, const Images& im) {
     const Layer& l = *f.layer;
     const int cs = f.cin_s;
     const int64_t pixels = l.in.pixels();
-    pool.parallel_for(n, [&](int64_t image, int) {
+    for_tasks(im, im.count, [&](int64_t task, int) {
+        const int64_t image = task;
         float* out = y + size_t(image) * cs;
         std::fill(out, out + cs, 0.0f);
         const float* in = x + size_t(image) * pixels * cs;
@@ -493,73 +532,86 @@ void CpuSession::Impl::pool_mean(const FoldedLayer& f, const float* x, float* y,
     });
 }
 
-void CpuSession::Impl::run_layer(const FoldedLayer& f, const float* input, int n) {
+void CpuSession::Impl::run_layer(const FoldedLayer& f, const float* input, const Images& im) {
     const Layer& l = *f.layer;
-    const int64_t rows = int64_t(n) * l.out.pixels();
     cpu_fast::GemmArgs g;
-    g.m = rows;
+    g.m = int64_t(im.count) * l.out.pixels();
     g.n = f.cout_s;
     g.b_packed = f.weight.data();
     g.bias = f.bias.data();
     g.act = f.act;
-    g.c = f.out_slot >= 0 ? slot(f.out_slot) : nullptr;
+    g.c = f.out_slot >= 0 ? slot(f.out_slot, im) : nullptr;
     g.ldc = f.cout_s;
     switch (l.kind) {
     case LayerKind::Stem:
-        return stem(f, input, n);
+        return stem(f, input, im);
     case LayerKind::Project:
         if (f.residual_slot >= 0) {
-            g.residual = slot(f.residual_slot);
+            g.residual = slot(f.residual_slot, im);
             g.ld_residual = f.cout_s;
         }
         if (layers[size_t(l.input)].layer->kind == LayerKind::SqueezeExcite) {
-            g.gate = gate.data();
+            g.gate = gates(im);
             g.rows_per_image = l.in.pixels();
             g.ld_gate = f.cin_s;
         }
         [[fallthrough]];
     case LayerKind::Expand:
     case LayerKind::Head:
-        g.a = slot(f.in_slot);
+    case LayerKind::Classifier: // one row per image
+        g.a = slot(f.in_slot, im);
         g.lda = f.cin_s;
         g.k = f.cin;
-        return gemm(g);
+        return gemm(g, l.out.pixels(), im);
     case LayerKind::Depthwise:
-        return depthwise(f, slot(f.in_slot), slot(f.out_slot), n);
+        return depthwise(f, slot(f.in_slot, im), slot(f.out_slot, im), im);
     case LayerKind::SqueezeExcite:
-        return squeeze_excite(f, n);
+        return squeeze_excite(f, im);
     case LayerKind::Pool:
-        return pool_mean(f, slot(f.in_slot), slot(f.out_slot), n);
+        return pool_mean(f, slot(f.in_slot, im), slot(f.out_slot, im), im);
     case LayerKind::Dropout:
         return;
-    case LayerKind::Classifier:
-        g.m = n;
-        g.a = slot(f.in_slot);
-        g.lda = f.cin_s;
-        g.k = f.cin;
-        return gemm(g);
     }
 }
 
-void CpuSession::Impl::forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds) {
+// The network over im's images: input [images, 3, h, w] and logits [images, classes] of the
+// whole batch.
+void CpuSession::Impl::run_layers(const float* input, float* logits, const Images& im,
+                                  std::vector<double>* layer_seconds) {
     using Clock = std::chrono::steady_clock;
-    const cpu_fast::FlushDenormals flush; // the caller's mode comes back on return
+    const float* x = input + size_t(im.first) * 3 * plan.height * plan.width;
     for (size_t i = 0; i < layers.size(); ++i) {
         const auto start = layer_seconds ? Clock::now() : Clock::time_point{};
         if (fused[i])
-            expand_depthwise(layers[i], layers[i + 1], n);
+            expand_depthwise(layers[i], layers[i + 1], im);
         else if (by_channels[i])
-            expand_depthwise_channels(layers[i], layers[i + 1], n);
+            expand_depthwise_channels(layers[i], layers[i + 1], im);
         else
-            run_layer(layers[i], input, n);
+            run_layer(layers[i], x, im);
         if (layer_seconds) (*layer_seconds)[i] += std::chrono::duration<double>(Clock::now() - start).count();
         i += size_t(fused[i] + by_channels[i]); // the layers that ran with it
     }
     const FoldedLayer& last = layers.back();
-    const float* out = slot(last.out_slot);
-    for (int image = 0; image < n; ++image)
+    const float* out = slot(last.out_slot, im);
+    for (int image = 0; image < im.count; ++image)
         std::copy(out + size_t(image) * last.cout_s, out + size_t(image) * last.cout_s + num_classes,
-                  logits + size_t(image) * num_classes);
+                  logits + size_t(im.first + image) * num_classes);
+}
+
+// At least one image per thread: the images in as many groups as threads, each group walking
+// the whole network on its own core (no barrier between layers, every tensor in the cache of
+// the core that wrote it); the images left over (n not a multiple of the threads) after them
+// with every layer spread over the pool. Per-layer timing (profile) always spreads.
+void CpuSession::Impl::forward(const float* input, int n, float* logits, std::vector<double>* layer_seconds) {
+    const cpu_fast::FlushDenormals flush; // the caller's mode comes back on return
+    const int groups = pool.size();
+    const int per_group = layer_seconds ? 0 : n / groups;
+    if (groups > 1 && per_group > 0)
+        pool.parallel_for(groups, [&](int64_t group, int thread) {
+            run_layers(input, logits, Images{int(group) * per_group, per_group, thread, int(group)}, nullptr);
+        });
+    const int done = groups > 1 ? groups * per_group : 0;
+    if (n > done) run_layers(input, logits, Images{done, n - done, -1, 0}, layer_seconds);
 }
 
 CpuSession::CpuSession(const Model& model, int batch, int height, int width,

@@ -9,6 +9,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace effnet::cpu_fast {
@@ -29,8 +30,9 @@ public:
     // other tasks still run).
     template <typename Fn>
     void parallel_for(int64_t tasks, Fn&& fn) {
-        auto call = [](void* f, int64_t task, int thread) { (*static_cast<Fn*>(f))(task, thread); };
-        run(tasks, call, &fn);
+        using F = std::remove_reference_t<Fn>; // Fn is a reference when fn is an lvalue
+        auto call = [](void* f, int64_t task, int thread) { (*static_cast<F*>(f))(task, thread); };
+        run(tasks, call, const_cast<void*>(static_cast<const void*>(&fn)));
     }
 
 private:
