@@ -401,6 +401,32 @@ void depthwise(const DepthwiseArgs& d, int image, int oy0, int oy1, int c0, int 
 }
 
 // ---- Squeeze-excite ---------------------------------------------------------------------
+// out[o] = bias[o] + sum_i in[i] * w[i][o] for o in [0, n) (a multiple of VW), w rows ld apart:
+// up to four output vectors accumulate in registers over all of in (stored once, not once per
+// input).
+inline void matvec(const float* in, int count, const float* w, int64_t ld, const float* bias, int n,
+                   float* out) {
+    int o = 0;
+    for (; o + 4 * VW <= n; o += 4 * VW) {
+        vf acc[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) acc[v] = load(bias + o + v * VW);
+        for (int i = 0; i < count; ++i) {
+            const vf x = splat(in[i]);
+            const float* wr = w + i * ld + o;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; ++v) acc[v] += x * load(wr + v * VW);
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) store(out + o + v * VW, acc[v]);
+    }
+    for (; o < n; o += VW) {
+        vf acc = load(bias + o);
+        for (int i = 0; i < count; ++i) acc += splat(in[i]) * load(w + i * ld + o);
+        store(out + o, acc);
+    }
+}
+
 void squeeze_excite(const SqueezeExciteArgs& a, int image, float* scratch) {
     float* mean = scratch;          // [cs]
     float* hidden = scratch + a.cs; // [rs]
@@ -410,20 +436,10 @@ void squeeze_excite(const SqueezeExciteArgs& a, int image, float* scratch) {
         for (int y = 1; y < a.rows; ++y) m += load(sums + int64_t(y) * a.cs + i);
         store(mean + i, m * a.inv_pixels);
     }
-    for (int j = 0; j < a.rs; j += VW) store(hidden + j, load(a.reduce_bias + j));
-    for (int i = 0; i < a.c; ++i) {
-        const vf m = splat(mean[i]);
-        const float* w = a.reduce + int64_t(i) * a.rs;
-        for (int j = 0; j < a.rs; j += VW) store(hidden + j, load(hidden + j) + m * load(w + j));
-    }
+    matvec(mean, a.c, a.reduce, a.rs, a.reduce_bias, a.rs, hidden);
     for (int j = 0; j < a.rs; j += VW) store(hidden + j, activate(load(hidden + j), a.act));
     float* g = a.gate + int64_t(image) * a.cs;
-    for (int i = 0; i < a.cs; i += VW) store(g + i, load(a.expand_bias + i));
-    for (int j = 0; j < a.r; ++j) {
-        const vf h = splat(hidden[j]);
-        const float* w = a.expand + int64_t(j) * a.cs;
-        for (int i = 0; i < a.cs; i += VW) store(g + i, load(g + i) + h * load(w + i));
-    }
+    matvec(hidden, a.r, a.expand, a.cs, a.expand_bias, a.cs, g);
     for (int i = 0; i < a.cs; i += VW) store(g + i, reciprocal(exp_neg(load(g + i)) + 1.0f));
 }
 
