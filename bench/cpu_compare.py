@@ -40,6 +40,9 @@ MODELS = {  # name -> (family, constructor, resolution)
 }
 CONFIGS = ["b0:1", "b0:8", "lite0:1", "lite0:8", "b4:1"]
 ENGINES = ["effnet", "torch_eager", "torch_compile", "torch_compile_max_autotune", "onnxruntime", "openvino"]
+# The contenders for the best time (PyTorch's are 2-3x slower): --repeat runs these again,
+# interleaved with each other.
+REPEATED = ["effnet", "onnxruntime", "openvino"]
 SEED = 0
 CALIB_BATCHES = 20
 CALIB_BATCH = 8
@@ -272,6 +275,50 @@ def machine_info():
     return info
 
 
+def run_engine(a, e, m, b, t, res, base, ref, threads, me, log):
+    """One timed run of engine e on (model m, batch b, t threads): its JSON record."""
+    if e != "effnet":
+        return run_json([a.python, me, "_worker", "--model", m, "--batch", str(b), "--threads", str(t),
+                         "--engine", e, "--work-dir", a.work_dir, "--rounds", str(a.rounds), "--round-s",
+                         str(a.round_s)], engine_env(t), a.timeout, log)
+    dump = base + f"_t{t}_effnet_logits.bin"
+    cmd = [a.effnet_bench, "--device", "cpu", "--weights", os.path.join(a.work_dir, m + ".safetensors"),
+           "--batch", str(b), "--resolution", str(res), "--threads", str(t), "--json",
+           "--rounds", str(a.rounds), "--min-round-s", str(a.round_s), "--input", base + "_input.bin",
+           "--dump-logits", dump]
+    prof = None
+    if m == "b0" and t == max(threads):
+        prof = base + f"_t{t}_profile.csv"
+        cmd += ["--profile", prof]
+    r = run_json(cmd, engine_env(t), a.timeout, log)
+    if "error" not in r:
+        got = array.array("f")
+        with open(dump, "rb") as f:
+            got.frombytes(f.read())
+        r["rel_err_vs_fp64"] = rel_err(got, ref)
+        r["variant"] = r.get("description", "")
+        if prof:
+            r["profile_csv"] = prof
+    return r
+
+
+def merge_runs(runs):
+    """An engine's repeated runs as one record: the median of the runs' medians, the min of their mins
+    (the first failure, if any run failed)."""
+    failed = [r for r in runs if "error" in r]
+    if failed or len(runs) == 1:
+        return dict(failed[0] if failed else runs[0])
+    out = dict(runs[0])
+    medians = [r["ms_per_image_median"] for r in runs]
+    out["ms_per_image_median"] = statistics.median(medians)
+    out["ms_per_image_min"] = min(r["ms_per_image_min"] for r in runs)
+    out["run_medians_ms_per_image"] = medians
+    if "ms_per_batch_median" in out:  # effnet-bench's
+        out["ms_per_batch_median"] = out["ms_per_image_median"] * out["batch"]
+        out["ms_per_batch_min"] = out["ms_per_image_min"] * out["batch"]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", default=sys.executable, help="interpreter of the venv holding the engines")
@@ -283,6 +330,11 @@ def main():
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--round-s", type=float, default=0.5, help="minimum seconds per timed round")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run effnet, ONNX Runtime and OpenVINO this many times per configuration, interleaved "
+                         "(effnet, ..., openvino, effnet, ...), and report the median of their medians and the "
+                         "min of their mins: on a shared machine a burst of other load then hits every contender "
+                         "alike instead of one engine's whole run (PyTorch's engines run once)")
     ap.add_argument("--max-autotune-configs", default="b0:1",
                     help="configs on which torch_compile_max_autotune runs (it is slow to compile)")
     ap.add_argument("--timeout", type=int, default=400, help="seconds per engine subprocess")
@@ -322,6 +374,8 @@ def main():
         a.python = py
     if a.quick:
         a.rounds, a.round_s = 2, 0.05
+    if not 1 <= a.repeat <= 20:
+        ap.error(f"--repeat must be 1..20, got {a.repeat}")
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in a.configs.split(",") if c]
     for m, b in configs:
         if m not in MODELS or b < 1:
@@ -399,37 +453,24 @@ def main():
         with open(base + "_ref64.bin", "rb") as f:
             ref.frombytes(f.read())
         for t in threads:
+            runs = {}  # engine -> its records, one per repetition
+            for rep in range(a.repeat):
+                for e in engines:
+                    if e == "torch_compile_max_autotune" and f"{m}:{b}" not in ma_configs:
+                        continue
+                    if rep > 0 and e not in REPEATED:
+                        continue
+                    r = run_engine(a, e, m, b, t, res, base, ref, threads, me, log)
+                    runs.setdefault(e, []).append(r)
+                    tag = f" (run {rep + 1}/{a.repeat})" if a.repeat > 1 and e in REPEATED else ""
+                    log(f"{m} b{b} t{t} {e}{tag}: " + (r["error"] if "error" in r else
+                        f"{r['ms_per_image_median']:.3f} ms/image (min {r['ms_per_image_min']:.3f}), rel err "
+                        f"{r.get('rel_err_vs_fp64', float('nan')):.2e}"))
             for e in engines:
-                if e == "torch_compile_max_autotune" and f"{m}:{b}" not in ma_configs:
-                    continue
-                if e == "effnet":
-                    dump = base + f"_t{t}_effnet_logits.bin"
-                    cmd = [a.effnet_bench, "--device", "cpu", "--weights", os.path.join(a.work_dir, m + ".safetensors"),
-                           "--batch", str(b), "--resolution", str(res), "--threads", str(t), "--json",
-                           "--rounds", str(a.rounds), "--min-round-s", str(a.round_s), "--input", base + "_input.bin",
-                           "--dump-logits", dump]
-                    prof = None
-                    if m == "b0" and t == max(threads):
-                        prof = base + f"_t{t}_profile.csv"
-                        cmd += ["--profile", prof]
-                    r = run_json(cmd, engine_env(t), a.timeout, log)
-                    if "error" not in r:
-                        got = array.array("f")
-                        with open(dump, "rb") as f:
-                            got.frombytes(f.read())
-                        r["rel_err_vs_fp64"] = rel_err(got, ref)
-                        r["variant"] = r.get("description", "")
-                        if prof:
-                            r["profile_csv"] = prof
-                else:
-                    r = run_json([a.python, me, "_worker", "--model", m, "--batch", str(b), "--threads", str(t),
-                                  "--engine", e, "--work-dir", a.work_dir, "--rounds", str(a.rounds), "--round-s",
-                                  str(a.round_s)], engine_env(t), a.timeout, log)
-                r.update({"tool": "cpu_compare", "engine": e, "model": m, "batch": b, "threads": t})
-                emit(r)
-                log(f"{m} b{b} t{t} {e}: " + (r["error"] if "error" in r else
-                    f"{r['ms_per_image_median']:.3f} ms/image (min {r['ms_per_image_min']:.3f}), rel err "
-                    f"{r.get('rel_err_vs_fp64', float('nan')):.2e}"))
+                if e in runs:
+                    r = merge_runs(runs[e])
+                    r.update({"tool": "cpu_compare", "engine": e, "model": m, "batch": b, "threads": t})
+                    emit(r)
     log("done")
     if jout:
         jout.close()
@@ -455,8 +496,8 @@ def report_from(a):
         shlex.quote(x) for x in [os.path.relpath(os.path.abspath(__file__), ROOT)] + sys.argv[1:])
     if not a.report:
         raise SystemExit("--report-from needs --report")
-    ns = argparse.Namespace(quick="--quick" in cmd, rounds=a.rounds, round_s=a.round_s)
-    for tok, key in (("--rounds", "rounds"), ("--round-s", "round_s")):
+    ns = argparse.Namespace(quick="--quick" in cmd, rounds=a.rounds, round_s=a.round_s, repeat=1)
+    for tok, key in (("--rounds", "rounds"), ("--round-s", "round_s"), ("--repeat", "repeat")):
         parts = shlex.split(cmd)
         if tok in parts:
             setattr(ns, key, type(getattr(ns, key))(parts[parts.index(tok) + 1]))
@@ -492,7 +533,9 @@ def write_report(path, argv_line, records, configs, threads, peak, versions, mac
          "- The machine is shared (another process may have been running): treat differences under ~10% as noise.",
          "", "Protocol: each engine in its own subprocess (OMP_NUM_THREADS = MKL_NUM_THREADS = threads, plus the "
          "engine's own setting), warmup, then "
-         f"{a.rounds} rounds of back-to-back runs of >= {a.round_s} s each; ms/image = median round / batch. "
+         f"{a.rounds} rounds of back-to-back runs of >= {a.round_s} s each; ms/image = median round / batch"
+         + (f"; effnet, ONNX Runtime and OpenVINO ran {a.repeat} times each, interleaved, and report the median "
+            "of their medians and the min of their mins" if getattr(a, "repeat", 1) > 1 else "") + ". "
          "fp32 everywhere (OpenVINO INFERENCE_PRECISION_HINT=f32: its default on this CPU would be bf16). "
          "Relative error: ||logits - fp64 eager|| / ||fp64 eager|| on one shared input. "
          "GFLOP/s from effnet's count of multiply-adds x 2 per image (convs, SE, classifier).", ""]
