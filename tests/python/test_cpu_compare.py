@@ -85,9 +85,9 @@ with tempfile.TemporaryDirectory() as tmp:
         return r
 
     # effnet: median(4.1, 3.9, 4.0) = 4.0, min 3.7; ORT: median(4.3, 4.6, 4.2) = 4.3, min 4.1;
-    # OpenVINO: median(4.1, 5.0, 4.0) = 4.1, min 3.9 -> the best other is OpenVINO by median
-    # (ONNX Runtime has the lower min of the two, which does not count): 4.1 / 4.0 -> "1.02x" (the
-    # double nearest 4.1 / 4.0 is just below 1.025). torch_eager (run once): 16.0 / 4.0 = 4.00x.
+    # OpenVINO: median(4.1, 5.0, 4.0) = 4.1, min 3.9 -> the best other by median is OpenVINO:
+    # 4.1 / 4.0 -> "1.02x" (the double nearest 4.1 / 4.0 is just below 1.025). torch_eager (run
+    # once): 16.0 / 4.0 = 4.00x.
     records += [rec("effnet", [4.1, 3.9, 4.0], [3.8, 3.7, 3.9], flops_per_image=0.77e9),
                 rec("onnxruntime", [4.3, 4.6, 4.2], [4.2, 4.1, 4.15]),
                 rec("openvino", [4.1, 5.0, 4.0], [4.0, 3.9, 3.95]),
