@@ -21,20 +21,15 @@ import tempfile
 SOURCE = os.environ.get("EFFNET_SOURCE_DIR",
                         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 SCRIPT = os.path.join(SOURCE, "bench", "cpu_compare.py")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import Checks  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("cpu_compare", SCRIPT)
 cpu_compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cpu_compare)
 
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}", flush=True)
+checks = Checks()
+check = checks.check
 
 
 def run(*args):
@@ -109,5 +104,4 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rows.get("torch_eager", [""] * 9)[8] == "4.00x", f"torch_eager ratio: {rows.get('torch_eager')}")
     check("ran 3 times each, interleaved" in text, "the protocol line names the repeats")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+checks.finish()
