@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "effnet/error.hpp"
@@ -24,6 +25,7 @@ constexpr uint64_t kMask = (uint64_t(1) << 24) - 1;
 uint64_t generation_of(uint64_t t) {
     return t >> 48;
 }
+// The middle field: a ticket's task count, or the end of a thread's range.
 int64_t tasks_of(uint64_t t) {
     return int64_t((t >> 24) & kMask);
 }
@@ -55,7 +57,7 @@ int available_cpus() {
     return n > 0 ? int(n) : 1;
 }
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads) : ranges_(new Range[size_t(std::max(threads, 1))]) {
     for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { worker_main(t); });
 }
 
@@ -69,20 +71,25 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::work(uint64_t ticket, int thread) {
-    for (;;) {
-        if (next_of(ticket) >= tasks_of(ticket)) return;
-        if (!ticket_.compare_exchange_weak(ticket, ticket + 1, std::memory_order_acq_rel)) {
-            if (generation_of(ticket) != generation_of(ticket_.load())) return; // a later loop
-            continue; // another thread claimed it: ticket now holds the current value
+    const uint64_t generation = generation_of(ticket);
+    const int n = size();
+    for (int i = 0; i < n; ++i) { // its own range, then the others'
+        std::atomic<uint64_t>& range = ranges_[size_t((thread + i) % n)].word;
+        uint64_t w = range.load(std::memory_order_acquire);
+        for (;;) {
+            if (generation_of(w) != generation) return; // a later loop: this one is over
+            if (next_of(w) >= tasks_of(w)) break;       // the range is taken
+            if (!range.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel))
+                continue; // another thread claimed it: w now holds the current value
+            try {
+                call_(fn_, next_of(w), thread);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (!error_) error_ = std::current_exception();
+            }
+            done_.fetch_add(1, std::memory_order_acq_rel);
+            w += 1;
         }
-        try {
-            call_(fn_, next_of(ticket), thread);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (!error_) error_ = std::current_exception();
-        }
-        done_.fetch_add(1, std::memory_order_acq_rel);
-        ticket += 1;
     }
 }
 
@@ -98,6 +105,11 @@ void ThreadPool::run(int64_t tasks, TaskCall call, void* fn) {
     error_ = nullptr;
     done_.store(0, std::memory_order_relaxed);
     const uint64_t generation = (generation_of(ticket_.load()) + 1) & 0xffff;
+    const uint64_t n = uint64_t(size());
+    for (uint64_t t = 0; t < n; ++t) { // [begin, end) of thread t, published by the ticket below
+        const uint64_t begin = uint64_t(tasks) * t / n, end = uint64_t(tasks) * (t + 1) / n;
+        ranges_[t].word.store(generation << 48 | end << 24 | begin, std::memory_order_relaxed);
+    }
     const uint64_t ticket = generation << 48 | uint64_t(tasks) << 24;
     ticket_.store(ticket); // seq_cst with sleeping_: a worker either sees it or is woken
     if (sleeping_.load() > 0) {
