@@ -24,6 +24,7 @@ SCRIPT = os.path.join(SOURCE, "bench", "cpu_compare.py")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checks import Checks  # noqa: E402
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 spec = importlib.util.spec_from_file_location("cpu_compare", SCRIPT)
 cpu_compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cpu_compare)
