@@ -222,30 +222,23 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, BnShape t, bool backwar
 
 void register_batchnorm_train_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
-    auto add = [&](const std::string& name, std::function<void(benchmark::State&)> fn) {
-        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
-    };
     for (const BnShape& t : bn_shapes(shapes)) {
         const std::string shape =
             shapes.model + "/HW" + std::to_string(t.pixels) + "_C" + std::to_string(t.c);
-        add("bn_stats/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Stats); });
-        add("bn_apply_silu/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Apply); });
-        add("bn_forward/" + shape + "/cudnn_" + prec,
-            [&env, t](benchmark::State& st) { bench_cudnn(st, env, t, false); });
-        add("bn_backward_silu/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Backward); });
-        add("bn_backward/" + shape + "/cudnn_" + prec,
-            [&env, t](benchmark::State& st) { bench_cudnn(st, env, t, true); });
-        add("silu_forward/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::ActForward); });
-        add("silu_backward/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::ActBackward); });
+        register_timed(env, "bn_stats/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Stats); });
+        register_timed(env, "bn_apply_silu/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Apply); });
+        register_timed(env, "bn_forward/" + shape + "/cudnn_" + prec,
+                       [&env, t](benchmark::State& st) { bench_cudnn(st, env, t, false); });
+        register_timed(env, "bn_backward_silu/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::Backward); });
+        register_timed(env, "bn_backward/" + shape + "/cudnn_" + prec,
+                       [&env, t](benchmark::State& st) { bench_cudnn(st, env, t, true); });
+        register_timed(env, "silu_forward/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::ActForward); });
+        register_timed(env, "silu_backward/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_ours(st, env, t, BnPass::ActBackward); });
     }
 }
 

@@ -76,19 +76,6 @@ void bench_ours(benchmark::State& state, BenchEnv& env, DepthwiseShape d,
     }
 }
 
-// RAII for the cuDNN descriptors of one benchmark.
-struct CudnnConv {
-    cudnnTensorDescriptor_t x = nullptr, y = nullptr;
-    cudnnFilterDescriptor_t w = nullptr;
-    cudnnConvolutionDescriptor_t conv = nullptr;
-    ~CudnnConv() {
-        if (x) cudnnDestroyTensorDescriptor(x);
-        if (y) cudnnDestroyTensorDescriptor(y);
-        if (w) cudnnDestroyFilterDescriptor(w);
-        if (conv) cudnnDestroyConvolutionDescriptor(conv);
-    }
-};
-
 void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
     try {
         const int N = env.options().batch;
@@ -97,12 +84,7 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         const cudnnDataType_t type = p == Precision::FP32   ? CUDNN_DATA_FLOAT
                                      : p == Precision::FP16 ? CUDNN_DATA_HALF
                                                             : CUDNN_DATA_BFLOAT16;
-        cudnnHandle_t h = env.cudnn();
-        CudnnConv c;
-        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.x));
-        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.y));
-        EFFNET_CUDNN_CHECK(cudnnCreateFilterDescriptor(&c.w));
-        EFFNET_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c.conv));
+        CudnnConvDescriptors c;
         EFFNET_CUDNN_CHECK(cudnnSetTensor4dDescriptor(c.x, CUDNN_TENSOR_NHWC, type, N, d.c, d.h, d.w));
         EFFNET_CUDNN_CHECK(cudnnSetFilter4dDescriptor(c.w, type, CUDNN_TENSOR_NHWC, d.c, 1, d.k, d.k));
         // cuDNN's legacy API has symmetric padding only: the torchvision presets are symmetric.
@@ -118,25 +100,8 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, DepthwiseShape d) {
         cuda::DeviceBuffer x = filled_buffer(size_t(N) * d.h * d.w * d.c * es, "cudnn input");
         cuda::DeviceBuffer y(size_t(N) * d.ho * d.wo * d.c * es, "cudnn output");
         cuda::DeviceBuffer wgt = filled_buffer(size_t(d.k) * d.k * d.c * es, "cudnn weight");
-        cudnnConvolutionFwdAlgoPerf_t perf[8];
-        int returned = 0;
-        EFFNET_CUDNN_CHECK(
-            cudnnFindConvolutionForwardAlgorithm(h, c.x, c.w, c.conv, c.y, 8, &returned, perf));
-        int best = -1;
-        for (int i = 0; i < returned; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) {
-                best = i;
-                break;
-            }
-        EFFNET_CHECK(best >= 0, "cuDNN found no algorithm");
-        const cudnnConvolutionFwdAlgo_t algo = perf[best].algo;
-        const size_t ws_bytes = perf[best].memory;
-        void* ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
-        const float alpha = 1.0f, beta = 0.0f;
-        const double total = env.time_launches(state, [&](cudaStream_t) {
-            EFFNET_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, c.x, x.data(), c.w, wgt.data(), c.conv,
-                                                       algo, ws, ws_bytes, &beta, c.y, y.data()));
-        });
+        cudnnConvolutionFwdAlgo_t algo;
+        const double total = time_cudnn_forward(state, env, c, x.data(), wgt.data(), y.data(), algo);
         set_counters(state, env, depthwise_bytes(d, N, es), depthwise_flops(d, N), total, false);
         state.SetLabel("algo " + std::to_string(int(algo)));
     } catch (const std::exception& e) {
@@ -288,17 +253,11 @@ void register_depthwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
             {"tile", kernels::DepthwiseSchedule::SharedTile},
             {"tile128", kernels::DepthwiseSchedule::SharedTileSmall}};
         for (const auto& [label, schedule] : schedules)
-            benchmark::RegisterBenchmark(
-                (base + "/ours_" + label + "_" + prec).c_str(),
-                [&env, d, schedule = schedule](benchmark::State& st) { bench_ours(st, env, d, schedule); })
-                ->UseManualTime()
-                ->Iterations(env.options().iterations)
-                ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark((base + "/cudnn_" + prec).c_str(),
-                                     [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); })
-            ->UseManualTime()
-            ->Iterations(env.options().iterations)
-            ->Unit(benchmark::kMicrosecond);
+            register_timed(
+                env, base + "/ours_" + label + "_" + prec,
+                [&env, d, schedule = schedule](benchmark::State& st) { bench_ours(st, env, d, schedule); });
+        register_timed(env, base + "/cudnn_" + prec,
+                       [&env, d](benchmark::State& st) { bench_cudnn(st, env, d); });
     }
 }
 

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <set>
+#include <utility>
 
 namespace effnet::bench {
 
@@ -138,6 +139,59 @@ void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, do
     const double tflops = flops / per_launch / 1e12;
     state.counters["TFLOP/s"] = tflops;
     if (matrix_op) state.counters["tc_frac"] = tflops / env.gemm_tflops();
+}
+
+void register_timed(BenchEnv& env, const std::string& name, std::function<void(benchmark::State&)> fn) {
+    benchmark::RegisterBenchmark(name.c_str(), [fn = std::move(fn)](benchmark::State& st) { fn(st); })
+        ->UseManualTime()
+        ->Iterations(env.options().iterations)
+        ->Unit(benchmark::kMicrosecond);
+}
+
+CudnnConvDescriptors::CudnnConvDescriptors() {
+    try {
+        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&x));
+        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y));
+        EFFNET_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w));
+        EFFNET_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv));
+    } catch (...) {
+        destroy();
+        throw;
+    }
+}
+
+CudnnConvDescriptors::~CudnnConvDescriptors() {
+    destroy();
+}
+
+void CudnnConvDescriptors::destroy() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+    x = y = nullptr;
+    w = nullptr;
+    conv = nullptr;
+}
+
+double time_cudnn_forward(benchmark::State& state, BenchEnv& env, const CudnnConvDescriptors& c,
+                          const void* x, const void* w, void* y, cudnnConvolutionFwdAlgo_t& algo) {
+    cudnnHandle_t h = env.cudnn();
+    cudnnConvolutionFwdAlgoPerf_t perf[8];
+    int returned = 0;
+    EFFNET_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, c.x, c.w, c.conv, c.y, 8, &returned, perf));
+    int best = -1;
+    for (int i = 0; i < returned && best < 0; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS) best = i;
+    EFFNET_CHECK(best >= 0, "cuDNN found no algorithm");
+    algo = perf[best].algo;
+    const size_t ws_bytes = perf[best].memory;
+    void* ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
+    const float alpha = 1.0f, beta = 0.0f;
+    return env.time_launches(state, [&](cudaStream_t) {
+        EFFNET_CUDNN_CHECK(
+            cudnnConvolutionForward(h, &alpha, c.x, x, c.w, w, c.conv, algo, ws, ws_bytes, &beta, c.y, y));
+    });
 }
 
 cuda::DeviceBuffer filled_buffer(size_t bytes, const char* what) {

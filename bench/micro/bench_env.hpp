@@ -63,10 +63,34 @@ private:
     double copy_gbps_ = 0.0, gemm_tflops_ = 0.0;
 };
 
+// Registers a benchmark timed by time_launches: manual time, the run's iteration count, in
+// microseconds.
+void register_timed(BenchEnv& env, const std::string& name, std::function<void(benchmark::State&)> fn);
+
 // Bytes, FLOPs and the rates derived from the measured total time, with the run's ceilings
 // (ceiling_GB/s, ceiling_TFLOP/s) on every benchmark; TFLOP/s always, tc_frac for matrix ops.
 void set_counters(benchmark::State& state, const BenchEnv& env, double bytes, double flops,
                   double total_seconds, bool matrix_op);
+
+// The descriptors of one cuDNN forward convolution of a baseline, created together and
+// destroyed with it; the benchmark sets them.
+struct CudnnConvDescriptors {
+    CudnnConvDescriptors();
+    ~CudnnConvDescriptors();
+    CudnnConvDescriptors(const CudnnConvDescriptors&) = delete;
+    CudnnConvDescriptors& operator=(const CudnnConvDescriptors&) = delete;
+    cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+    cudnnFilterDescriptor_t w = nullptr;
+    cudnnConvolutionDescriptor_t conv = nullptr;
+
+private:
+    void destroy();
+};
+
+// Times cuDNN's fastest successful algorithm for c (cudnnFindConvolutionForwardAlgorithm) on
+// x, w -> y as time_launches does; returns the total seconds and the algorithm in `algo`.
+double time_cudnn_forward(benchmark::State& state, BenchEnv& env, const CudnnConvDescriptors& c,
+                          const void* x, const void* w, void* y, cudnnConvolutionFwdAlgo_t& algo);
 
 // A device buffer filled with 0x3C bytes (about 1.06 in fp16, 0.0115 in fp32, 0.0115 in bf16):
 // finite, non-zero data.

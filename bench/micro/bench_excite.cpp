@@ -181,26 +181,19 @@ void bench_train(benchmark::State& state, BenchEnv& env, SeShape t, bool backwar
 
 void register_excite_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
-    auto add = [&](const std::string& name, std::function<void(benchmark::State&)> fn) {
-        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
-    };
     for (const SeShape& t : se_shapes(shapes.config)) {
         const std::string shape = shapes.model + "/HW" + std::to_string(t.hw) + "_C" + std::to_string(t.c) +
                                   "_S" + std::to_string(t.s);
         // The excite is float32 whatever the storage precision; named with the run's precision
         // so that it lands on that run's chart.
-        add("excite/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_excite(st, env, t); });
-        add("channel_gate/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_channel_gate(st, env, t); });
-        add("se_train_forward/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_train(st, env, t, false); });
-        add("se_train_backward/" + shape + "/ours_" + prec,
-            [&env, t](benchmark::State& st) { bench_train(st, env, t, true); });
+        register_timed(env, "excite/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_excite(st, env, t); });
+        register_timed(env, "channel_gate/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_channel_gate(st, env, t); });
+        register_timed(env, "se_train_forward/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_train(st, env, t, false); });
+        register_timed(env, "se_train_backward/" + shape + "/ours_" + prec,
+                       [&env, t](benchmark::State& st) { bench_train(st, env, t, true); });
     }
 }
 

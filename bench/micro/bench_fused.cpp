@@ -128,11 +128,8 @@ void register_fused_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     for (const FusedShape& f : shapes.fused) {
         const std::string base = shape_name(shapes, f);
         for (Variant v : {Variant::FusedTc, Variant::Fused, Variant::Unfused})
-            benchmark::RegisterBenchmark((base + "/" + variant_name(v) + "_" + prec).c_str(),
-                                         [&env, f, v](benchmark::State& st) { bench_variant(st, env, f, v); })
-                ->UseManualTime()
-                ->Iterations(env.options().iterations)
-                ->Unit(benchmark::kMicrosecond);
+            register_timed(env, base + "/" + variant_name(v) + "_" + prec,
+                           [&env, f, v](benchmark::State& st) { bench_variant(st, env, f, v); });
     }
 }
 

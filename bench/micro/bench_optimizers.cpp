@@ -82,7 +82,6 @@ void bench_optimizer(benchmark::State& state, BenchEnv& env, int64_t n, Optimize
 
 void register_optimizer_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
     const int64_t n = parameter_count(shapes.config);
     const struct {
         const char* name;
@@ -92,12 +91,9 @@ void register_optimizer_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
         const Optimizer o = k.o;
         // float32 master weights whatever the storage precision; named with the run's precision
         // so that they land on that run's chart.
-        benchmark::RegisterBenchmark(
-            (std::string(k.name) + "/" + shapes.model + "/P" + std::to_string(n) + "/ours_" + prec).c_str(),
-            [&env, n, o](benchmark::State& st) { bench_optimizer(st, env, n, o); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
+        register_timed(env,
+                       std::string(k.name) + "/" + shapes.model + "/P" + std::to_string(n) + "/ours_" + prec,
+                       [&env, n, o](benchmark::State& st) { bench_optimizer(st, env, n, o); });
     }
 }
 

@@ -124,38 +124,25 @@ void bench_cublaslt(benchmark::State& state, BenchEnv& env, GemmShape g) {
 
 void register_pointwise_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
     for (const GemmShape& g : shapes.gemms) {
         const std::string base = shape_name(shapes, g);
         if (env.options().precision != Precision::FP32)
-            benchmark::RegisterBenchmark(
-                (base + "/ours_tc_" + prec).c_str(),
-                [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::TensorCore); })
-                ->UseManualTime()
-                ->Iterations(iters)
-                ->Unit(benchmark::kMicrosecond);
+            register_timed(env, base + "/ours_tc_" + prec, [&env, g](benchmark::State& st) {
+                bench_ours(st, env, g, kernels::GemmKernel::TensorCore);
+            });
         if (env.options().precision != Precision::FP32) {
             const char* tiles[] = {"128x32", "128x64", "64x64", "32x64"}; // PointwiseTile order
             for (int t = 0; t < 4; ++t)
-                benchmark::RegisterBenchmark((base + "/ours_tile" + tiles[t] + "_" + prec).c_str(),
-                                             [&env, g, t](benchmark::State& st) {
-                                                 bench_ours(st, env, g, kernels::GemmKernel::TensorCore, t);
-                                             })
-                    ->UseManualTime()
-                    ->Iterations(iters)
-                    ->Unit(benchmark::kMicrosecond);
+                register_timed(env, base + "/ours_tile" + tiles[t] + "_" + prec,
+                               [&env, g, t](benchmark::State& st) {
+                                   bench_ours(st, env, g, kernels::GemmKernel::TensorCore, t);
+                               });
         }
-        benchmark::RegisterBenchmark(
-            (base + "/ours_simt_" + prec).c_str(),
-            [&env, g](benchmark::State& st) { bench_ours(st, env, g, kernels::GemmKernel::Simt); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
-        benchmark::RegisterBenchmark((base + "/cublaslt_" + prec).c_str(),
-                                     [&env, g](benchmark::State& st) { bench_cublaslt(st, env, g); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
+        register_timed(env, base + "/ours_simt_" + prec, [&env, g](benchmark::State& st) {
+            bench_ours(st, env, g, kernels::GemmKernel::Simt);
+        });
+        register_timed(env, base + "/cublaslt_" + prec,
+                       [&env, g](benchmark::State& st) { bench_cublaslt(st, env, g); });
     }
 }
 

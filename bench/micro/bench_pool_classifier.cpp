@@ -184,28 +184,22 @@ void bench_cross_entropy(benchmark::State& state, BenchEnv& env, TailShape t) {
 
 void register_pool_classifier_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
     const TailShape t = tail_shape(shapes.config);
-    auto add = [&](const std::string& name, std::function<void(benchmark::State&)> fn) {
-        benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
-            ->UseManualTime()
-            ->Iterations(iters)
-            ->Unit(benchmark::kMicrosecond);
-    };
     const std::string pool =
         "global_avg_pool/" + shapes.model + "/HW" + std::to_string(t.hw) + "_C" + std::to_string(t.c);
     const std::string fc =
         "classifier/" + shapes.model + "/K" + std::to_string(t.c) + "_M" + std::to_string(t.classes);
-    add(pool + "/ours_" + prec, [&env, t](benchmark::State& st) { bench_pool(st, env, t); });
+    register_timed(env, pool + "/ours_" + prec, [&env, t](benchmark::State& st) { bench_pool(st, env, t); });
     // The classifier, dropout and cross-entropy are float32 whatever the storage precision; named
     // with the run's precision so that they land on that run's chart (its compute ceiling is that
     // precision's, an upper bound for float32 work).
-    add(fc + "/ours_" + prec, [&env, t](benchmark::State& st) { bench_linear(st, env, t); });
-    add(fc + "/cublaslt_" + prec, [&env, t](benchmark::State& st) { bench_linear_cublaslt(st, env, t); });
-    add("dropout/" + shapes.model + "/C" + std::to_string(t.c) + "/ours_" + prec,
-        [&env, t](benchmark::State& st) { bench_dropout(st, env, t); });
-    add("cross_entropy/" + shapes.model + "/M" + std::to_string(t.classes) + "/ours_" + prec,
-        [&env, t](benchmark::State& st) { bench_cross_entropy(st, env, t); });
+    register_timed(env, fc + "/ours_" + prec, [&env, t](benchmark::State& st) { bench_linear(st, env, t); });
+    register_timed(env, fc + "/cublaslt_" + prec,
+                   [&env, t](benchmark::State& st) { bench_linear_cublaslt(st, env, t); });
+    register_timed(env, "dropout/" + shapes.model + "/C" + std::to_string(t.c) + "/ours_" + prec,
+                   [&env, t](benchmark::State& st) { bench_dropout(st, env, t); });
+    register_timed(env, "cross_entropy/" + shapes.model + "/M" + std::to_string(t.classes) + "/ours_" + prec,
+                   [&env, t](benchmark::State& st) { bench_cross_entropy(st, env, t); });
 }
 
 } // namespace effnet::bench

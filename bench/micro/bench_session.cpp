@@ -45,12 +45,9 @@ void register_session_benchmarks(BenchEnv& env, const std::string& model_name) {
     for (bool fused : {false, true}) {
         const std::string name = "network/" + model_name + "/batch" + std::to_string(env.options().batch) +
                                  "/" + (fused ? "fused_" : "unfused_") + prec;
-        benchmark::RegisterBenchmark(
-            name.c_str(),
-            [&env, model_name, fused](benchmark::State& st) { bench_session(st, env, model_name, fused); })
-            ->UseManualTime()
-            ->Iterations(env.options().iterations)
-            ->Unit(benchmark::kMicrosecond);
+        register_timed(env, name, [&env, model_name, fused](benchmark::State& st) {
+            bench_session(st, env, model_name, fused);
+        });
     }
 }
 

@@ -71,28 +71,10 @@ void bench_ours(benchmark::State& state, BenchEnv& env, StemShape t) {
     }
 }
 
-// RAII for the cuDNN descriptors of one benchmark.
-struct CudnnConv {
-    cudnnTensorDescriptor_t x = nullptr, y = nullptr;
-    cudnnFilterDescriptor_t w = nullptr;
-    cudnnConvolutionDescriptor_t conv = nullptr;
-    ~CudnnConv() {
-        if (x) cudnnDestroyTensorDescriptor(x);
-        if (y) cudnnDestroyTensorDescriptor(y);
-        if (w) cudnnDestroyFilterDescriptor(w);
-        if (conv) cudnnDestroyConvolutionDescriptor(conv);
-    }
-};
-
 void bench_cudnn(benchmark::State& state, BenchEnv& env, StemShape t) {
     try {
         const int N = env.options().batch;
-        cudnnHandle_t h = env.cudnn();
-        CudnnConv c;
-        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.x));
-        EFFNET_CUDNN_CHECK(cudnnCreateTensorDescriptor(&c.y));
-        EFFNET_CUDNN_CHECK(cudnnCreateFilterDescriptor(&c.w));
-        EFFNET_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c.conv));
+        CudnnConvDescriptors c;
         EFFNET_CUDNN_CHECK(
             cudnnSetTensor4dDescriptor(c.x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, t.cin, t.h, t.w));
         EFFNET_CUDNN_CHECK(
@@ -112,22 +94,8 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, StemShape t) {
         cuda::DeviceBuffer x = filled_buffer(size_t(N) * t.cin * t.h * t.w * 4, "cudnn stem input");
         cuda::DeviceBuffer w = filled_buffer(size_t(t.k) * t.k * t.cin * t.cout * 4, "cudnn stem weight");
         cuda::DeviceBuffer y(size_t(N) * t.ho * t.wo * t.cout * 4, "cudnn stem output");
-        cudnnConvolutionFwdAlgoPerf_t perf[8];
-        int returned = 0;
-        EFFNET_CUDNN_CHECK(
-            cudnnFindConvolutionForwardAlgorithm(h, c.x, c.w, c.conv, c.y, 8, &returned, perf));
-        int best = -1;
-        for (int i = 0; i < returned && best < 0; ++i)
-            if (perf[i].status == CUDNN_STATUS_SUCCESS) best = i;
-        EFFNET_CHECK(best >= 0, "cuDNN found no stem algorithm");
-        const cudnnConvolutionFwdAlgo_t algo = perf[best].algo;
-        const size_t ws_bytes = perf[best].memory;
-        void* ws = ws_bytes ? env.ctx().workspace(ws_bytes) : nullptr;
-        const float alpha = 1.0f, beta = 0.0f;
-        const double total = env.time_launches(state, [&](cudaStream_t) {
-            EFFNET_CUDNN_CHECK(cudnnConvolutionForward(h, &alpha, c.x, x.data(), c.w, w.data(), c.conv, algo,
-                                                       ws, ws_bytes, &beta, c.y, y.data()));
-        });
+        cudnnConvolutionFwdAlgo_t algo;
+        const double total = time_cudnn_forward(state, env, c, x.data(), w.data(), y.data(), algo);
         // fp32 output, and no bias read.
         set_counters(state, env, stem_bytes(t, N, 4) - t.cout * 4.0, stem_flops(t, N), total, false);
         state.SetLabel("algo " + std::to_string(int(algo)) + ", fp32 out");
@@ -140,21 +108,13 @@ void bench_cudnn(benchmark::State& state, BenchEnv& env, StemShape t) {
 
 void register_stem_benchmarks(BenchEnv& env, const ModelShapes& shapes) {
     const std::string prec = precision_name(env.options().precision);
-    const int iters = env.options().iterations;
     const StemShape t = stem_shape(shapes.config);
     const std::string base = "stem/" + shapes.model + "/" + std::to_string(t.h) + "x" + std::to_string(t.w) +
                              "xC" + std::to_string(t.cin) + "_to_C" + std::to_string(t.cout);
-    benchmark::RegisterBenchmark((base + "/ours_" + prec).c_str(),
-                                 [&env, t](benchmark::State& st) { bench_ours(st, env, t); })
-        ->UseManualTime()
-        ->Iterations(iters)
-        ->Unit(benchmark::kMicrosecond);
+    register_timed(env, base + "/ours_" + prec, [&env, t](benchmark::State& st) { bench_ours(st, env, t); });
     // cuDNN computes in fp32 whatever --precision is; named by what it computes.
-    benchmark::RegisterBenchmark((base + "/cudnn_fp32io_" + prec).c_str(),
-                                 [&env, t](benchmark::State& st) { bench_cudnn(st, env, t); })
-        ->UseManualTime()
-        ->Iterations(iters)
-        ->Unit(benchmark::kMicrosecond);
+    register_timed(env, base + "/cudnn_fp32io_" + prec,
+                   [&env, t](benchmark::State& st) { bench_cudnn(st, env, t); });
 }
 
 } // namespace effnet::bench
